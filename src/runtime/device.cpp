@@ -1,0 +1,53 @@
+#include "fluxbatch/runtime/device.h"
+
+#include "fluxbatch/core/error.h"
+
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+namespace fluxbatch::runtime {
+
+bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
+
+int cuda_device_count() { return cuda_available() ? static_cast<int>(at::detail::getCUDAHooks().deviceCount()) : 0; }
+
+c10::Device parse_device(const std::string& text) {
+  if (text == "cpu") return c10::Device(c10::kCPU);
+  if (text.rfind("cuda", 0) != 0) {
+    throw InputError("--device: expected cpu, cuda or cuda:N, got '" + text + "'");
+  }
+  int index = 0;
+  if (text.size() > 4) {
+    if (text[4] != ':' || text.size() == 5 || text.size() > 8 ||
+        text.find_first_not_of("0123456789", 5) != std::string::npos) {
+      throw InputError("--device: expected cpu, cuda or cuda:N, got '" + text + "'");
+    }
+    index = std::stoi(text.substr(5));
+  }
+  if (!cuda_available()) {
+    throw DeviceError("--device " + text + ": no CUDA device is available on this machine (use --device cpu)");
+  }
+  if (index >= cuda_device_count()) {
+    throw DeviceError("--device " + text + ": this machine has " + std::to_string(cuda_device_count()) +
+                      " CUDA device(s)");
+  }
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+c10::ScalarType parse_dtype(const std::string& text) {
+  if (text == "bf16" || text == "bfloat16") return c10::kBFloat16;
+  if (text == "fp16" || text == "float16") return c10::kHalf;
+  if (text == "fp32" || text == "float32") return c10::kFloat;
+  throw InputError("--dtype: expected bf16, fp16 or fp32, got '" + text + "'");
+}
+
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kBFloat16: return "bf16";
+    case c10::kHalf: return "fp16";
+    case c10::kFloat: return "fp32";
+    default: return c10::toString(dtype);
+  }
+}
+
+}  // namespace fluxbatch::runtime
