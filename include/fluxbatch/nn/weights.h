@@ -1,0 +1,44 @@
+// From safetensors spans to module parameters. A TensorMap holds CPU tensors that are views of the
+// memory-mapped files (no copy); load_state() copies them into a module, converting dtype/device.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace fluxbatch::io {
+class SafetensorsFile;
+}
+
+namespace fluxbatch::nn {
+
+// name -> CPU tensor (a view of a mapped file, kept alive by the tensor's deleter).
+using TensorMap = std::map<std::string, at::Tensor>;
+
+// Every tensor of the files (e.g. shards of one component). Duplicate names across files are an
+// error. With `strip_prefix`, only names starting with it are taken, and it is removed.
+TensorMap read_safetensors(const std::vector<std::string>& paths, const std::string& strip_prefix = "");
+
+// Wraps one tensor of an open file as a CPU at::Tensor (zero-copy when aligned, else a copy).
+at::Tensor to_tensor(const std::shared_ptr<io::SafetensorsFile>& file, const std::string& name);
+
+struct LoadOptions {
+  c10::ScalarType dtype = c10::kFloat;  // floating tensors are converted to it; integer ones kept
+  c10::Device device = c10::Device(c10::kCPU);
+  std::vector<std::string> ignore_prefixes;  // checkpoint keys that are fine to leave unused
+  std::string what;                          // e.g. "transformer (models/x/transformer)", for errors
+};
+
+// Copies `weights` into `module`'s parameters and buffers by name. Throws ModelError that names
+// every missing key, unexpected key, or shape mismatch (first few, then a count).
+void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options);
+
+}  // namespace fluxbatch::nn
