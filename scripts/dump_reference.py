@@ -70,7 +70,25 @@ TEXTS = [
     "a" * 120,
     LONG_PROMPT,
     LONG_PROMPT + " " + LONG_PROMPT + " " + LONG_PROMPT,
+    "a<|endoftext|>b",
+    "a <|startoftext|> b",
+    "x <|ENDOFTEXT|> y",
+    "<|endoftext|>",
 ]
+
+
+def fuzz_texts(n=48):
+    """Deterministic random strings over scripts, combining marks, Hangul jamo, whitespace and special casings."""
+    import random
+    rng = random.Random(7)
+    pools = [range(0x20, 0x7F), range(0xA0, 0x250), range(0x300, 0x370), range(0x370, 0x530),
+             range(0x1E00, 0x1F00), range(0x2000, 0x2070), range(0x3000, 0x3100), range(0x4E00, 0x4E80),
+             range(0x1F300, 0x1F700), range(0xAC00, 0xAC40), range(0x1100, 0x1176), range(0x11A8, 0x11C3),
+             [9, 10, 13, 0x85, 0x130, 0x3A3, 0x1E9E, 0xFB01, 0x212B, 0x2126, 0x0344, 0x0F73, 0x1D15E, 0x2ADC]]
+    return ["".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+FUZZ = fuzz_texts()
 T5_ONLY = [
     "<extra_id_0> sentinel and </s> eos in text",
     "pad <pad> unk <unk>",
@@ -84,7 +102,7 @@ def dump_tokens(models: Path, out: Path):
     clip = CLIPTokenizer.from_pretrained(str(tok_dir / "tokenizer"))
     t5 = T5TokenizerFast.from_pretrained(str(tok_dir / "tokenizer_2"))
     res = {"clip": [], "t5": []}
-    for text in TEXTS:
+    for text in TEXTS + FUZZ:
         ids = clip(text, padding="max_length", max_length=77, truncation=True).input_ids
         assert len(ids) == 77
         res["clip"].append({"text": text, "ids": ids})
@@ -96,6 +114,9 @@ def dump_tokens(models: Path, out: Path):
             ids = t5(text, padding="max_length", max_length=n, truncation=True).input_ids
             assert len(ids) == n
             res["t5"].append({"text": text, "max_length": n, "ids": ids})
+    for text in FUZZ:
+        ids = t5(text, padding="max_length", max_length=64, truncation=True).input_ids
+        res["t5"].append({"text": text, "max_length": 64, "ids": ids})
     (out / "tokens.json").write_text(json.dumps(res, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return res
 
