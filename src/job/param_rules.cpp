@@ -107,8 +107,12 @@ std::string read_param(const std::string& key, const json& value, ParamOverrides
       out->random_seed = true;
       return "";
     }
-    if (value.is_number_unsigned()) {  // nlohmann stores every non-negative integer as unsigned
+    if (value.is_number_unsigned()) {  // nlohmann stores non-negative integers as unsigned...
       out->seed = value.get<uint64_t>();
+      return "";
+    }
+    if (value.is_number_integer() && value.get<int64_t>() == 0) {  // ...except "-0"
+      out->seed = 0;
       return "";
     }
     return seed_expectation() + got;

@@ -248,4 +248,5 @@ TEST_CASE("large seeds and the widest settings are accepted", "[job]") {
   REQUIRE(spec.items.size() == 2);
   CHECK(spec.items[1].params.seed == 18446744073709551615ull);
   CHECK(spec.items[1].file == "00001-x-18446744073709551615.png");
+  CHECK(parse_job(R"({"items": [{"prompt": "x", "seed": -0}]})", "j.json", {}).items[0].params.seed == 0);
 }
