@@ -37,6 +37,13 @@ TEST_CASE("T5 parameter names equal the checkpoint keys", "[t5]") {
   CHECK(model->named_parameters().contains("encoder.block.1.layer.1.DenseReluDense.wi_0.weight"));
 }
 
+TEST_CASE("T5 BFL single file t5xxl.safetensors has the same names", "[t5]") {
+  T5EncoderModel model(read_t5_config(model_dir("dev", "text_encoder_2")));
+  auto weights = read_tensors(model_dir("dev-bfl", "t5xxl.safetensors"));
+  models::t5::canonicalize_t5_checkpoint(weights);
+  CHECK(parameter_names(*model) == checkpoint_names(weights, models::t5::t5_ignored_prefixes()));
+}
+
 TEST_CASE("T5 tied embed_tokens is folded into shared.weight", "[t5]") {
   nn::TensorMap only_tied{{"encoder.embed_tokens.weight", at::ones({4, 2})}};
   models::t5::canonicalize_t5_checkpoint(only_tied);
@@ -81,7 +88,8 @@ TEST_CASE("T5 fp32 CPU output matches the transformers golden", "[t5]") {
   const at::Tensor& expected = golden.at("last_hidden_state");
   REQUIRE(out.sizes() == expected.sizes());
   CHECK(out.scalar_type() == at::kFloat);
-  // Same ATen ops in the same order: only fp32 rounding (thread-count dependent reductions) differs.
+  // Same ATen ops in the same order (bit-identical here); the margin covers thread-count dependent
+  // fp32 reductions.
   const double scale = std::max(1.0, max_abs(expected));
   CHECK(max_abs_diff(out, expected) <= 1e-5 * scale);
 }
@@ -95,8 +103,8 @@ TEST_CASE("T5 bf16 CPU output is within bf16 tolerance of the fp32 golden", "[t5
   CHECK(out.scalar_type() == at::kBFloat16);
   const at::Tensor& expected = golden.at("last_hidden_state");
   // bf16 keeps 8 mantissa bits (2^-8 relative per op); over two blocks a few ulps of the largest
-  // activation accumulate.
-  CHECK(max_abs_diff(out, expected) <= 8e-2 * max_abs(expected));
+  // activation accumulate (measured ~1% of the peak).
+  CHECK(max_abs_diff(out, expected) <= 4e-2 * max_abs(expected));
 }
 
 TEST_CASE("T5 fp16 with wo kept in fp32 follows transformers' dtype flow", "[t5]") {

@@ -41,7 +41,8 @@ TEST_CASE("VAE fp32 CPU decode matches the diffusers golden", "[vae]") {
   at::Tensor sample = model->decode(latents);
   const at::Tensor& expected = golden.at("sample");
   REQUIRE(sample.sizes() == at::IntArrayRef({latents.size(0), 3, 8 * latents.size(2), 8 * latents.size(3)}));
-  // Same ATen ops in the same order: only fp32 rounding differs.
+  // Same ATen ops in the same order (bit-identical here); the margin covers thread-count dependent
+  // fp32 reductions.
   CHECK(max_abs_diff(sample, expected) <= 1e-5 * std::max(1.0, max_abs(expected)));
 }
 
@@ -53,8 +54,8 @@ TEST_CASE("VAE bf16 CPU decode is within bf16 tolerance of the fp32 golden", "[v
   at::Tensor sample = model->decode(golden.at("latents").to(at::kBFloat16));
   CHECK(sample.scalar_type() == at::kBFloat16);
   const at::Tensor& expected = golden.at("sample");
-  // bf16 (2^-8 relative per op) through ~15 conv/norm layers: a few percent of the peak value.
-  CHECK(max_abs_diff(sample, expected) <= 5e-2 * max_abs(expected));
+  // bf16 (2^-8 relative per op) through ~15 conv/norm layers (measured ~1.5% of the peak).
+  CHECK(max_abs_diff(sample, expected) <= 4e-2 * max_abs(expected));
 }
 
 TEST_CASE("unscale_latents is latents / scaling_factor + shift_factor, rounded per op", "[vae]") {
