@@ -1,0 +1,214 @@
+#include "fluxbatch/nn/weights.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/io/safetensors.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace fluxbatch::nn {
+namespace {
+
+c10::ScalarType to_scalar_type(io::DType dtype) {
+  switch (dtype) {
+    case io::DType::kF64: return c10::kDouble;
+    case io::DType::kF32: return c10::kFloat;
+    case io::DType::kF16: return c10::kHalf;
+    case io::DType::kBF16: return c10::kBFloat16;
+    case io::DType::kF8_E4M3: return c10::kFloat8_e4m3fn;
+    case io::DType::kF8_E5M2: return c10::kFloat8_e5m2;
+    case io::DType::kI64: return c10::kLong;
+    case io::DType::kI32: return c10::kInt;
+    case io::DType::kI16: return c10::kShort;
+    case io::DType::kI8: return c10::kChar;
+    case io::DType::kU8: return c10::kByte;
+    case io::DType::kBool: return c10::kBool;
+    case io::DType::kU16: return c10::kUInt16;
+    case io::DType::kU32: return c10::kUInt32;
+    case io::DType::kU64: return c10::kUInt64;
+  }
+  throw ModelError("unsupported safetensors dtype");
+}
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << '[';
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A sharded component: "<name>.safetensors.index.json" with {"weight_map": {tensor: shard file}}.
+struct ShardIndex {
+  std::vector<std::string> shards;                 // unique, in first-mention order, full paths
+  std::map<std::string, std::string> weight_map;  // tensor -> full shard path
+};
+
+ShardIndex read_shard_index(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ModelError(path + ": cannot open");
+  nlohmann::json root;
+  try {
+    root = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(path + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
+    throw ModelError(path + ": no \"weight_map\" object (expected a safetensors shard index)");
+  }
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  ShardIndex index;
+  std::set<std::string> seen;
+  for (const auto& [tensor, file] : root["weight_map"].items()) {
+    if (!file.is_string()) throw ModelError(path + ": weight_map entry '" + tensor + "' is not a file name");
+    const std::string name = file.get<std::string>();
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+      throw ModelError(path + ": weight_map entry '" + tensor + "' names '" + name + "', not a file beside the index");
+    }
+    const std::string shard = (dir / name).string();
+    index.weight_map[tensor] = shard;
+    if (seen.insert(shard).second) index.shards.push_back(shard);
+  }
+  return index;
+}
+
+void add_file(const std::string& path, const std::string& strip_prefix, TensorMap* out,
+              std::map<std::string, std::string>* origin) {
+  auto file = io::SafetensorsFile::open(path);
+  for (const auto& view : file->tensors()) {
+    if (view.name.compare(0, strip_prefix.size(), strip_prefix) != 0) continue;
+    const std::string name = view.name.substr(strip_prefix.size());
+    auto [it, inserted] = origin->emplace(name, path);
+    if (!inserted) {
+      throw ModelError("tensor '" + view.name + "' is in both " + it->second + " and " + path);
+    }
+    (*out)[name] = to_tensor(file, view.name);
+  }
+}
+
+}  // namespace
+
+at::Tensor to_tensor(const std::shared_ptr<io::SafetensorsFile>& file, const std::string& name) {
+  const io::TensorView& view = file->at(name);
+  const auto options = at::TensorOptions().dtype(to_scalar_type(view.dtype)).device(at::kCPU);
+  if (view.nbytes == 0) return at::empty(view.shape, options);
+  void* data = const_cast<uint8_t*>(view.data);
+  const size_t alignment = io::dtype_size(view.dtype);
+  if (reinterpret_cast<uintptr_t>(data) % alignment != 0) {
+    // Misaligned spans (legal in the format) would break vectorized kernels: copy them.
+    at::Tensor copy = at::empty(view.shape, options);
+    std::memcpy(copy.data_ptr(), view.data, view.nbytes);
+    return copy;
+  }
+  std::shared_ptr<io::SafetensorsFile> keep_alive = file;
+  return at::from_blob(data, view.shape, [keep_alive](void*) mutable { keep_alive.reset(); }, options);
+}
+
+TensorMap read_safetensors(const std::vector<std::string>& paths, const std::string& strip_prefix) {
+  TensorMap out;
+  std::map<std::string, std::string> origin;
+  for (const auto& path : paths) {
+    if (!ends_with(path, ".index.json")) {
+      add_file(path, strip_prefix, &out, &origin);
+      continue;
+    }
+    const ShardIndex index = read_shard_index(path);
+    std::map<std::string, std::string> shard_origin;
+    TensorMap shard_tensors;
+    for (const auto& shard : index.shards) add_file(shard, strip_prefix, &shard_tensors, &shard_origin);
+    for (const auto& [tensor, shard] : index.weight_map) {
+      if (tensor.compare(0, strip_prefix.size(), strip_prefix) != 0) continue;
+      auto it = shard_origin.find(tensor.substr(strip_prefix.size()));
+      if (it == shard_origin.end() || it->second != shard) {
+        throw ModelError(path + ": tensor '" + tensor + "' is listed in " + shard + " but is not there");
+      }
+    }
+    for (auto& [name, tensor] : shard_tensors) {
+      auto [it, inserted] = origin.emplace(name, shard_origin[name]);
+      if (!inserted) throw ModelError("tensor '" + name + "' is in both " + it->second + " and " + shard_origin[name]);
+      out[name] = std::move(tensor);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+struct Mismatch {
+  std::vector<std::string> lines;
+  size_t missing = 0, unexpected = 0, shape = 0;
+};
+
+bool ignored(const std::string& key, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes) {
+    if (key.compare(0, p.size(), p) == 0) return true;
+  }
+  return false;
+}
+
+// Floating checkpoint tensors follow options.dtype; integer/bool ones (packed quantized data,
+// ids) keep theirs. The cast happens on whichever side moves fewer bytes.
+at::Tensor convert(const at::Tensor& source, const LoadOptions& options) {
+  const bool floating = at::isFloatingType(source.scalar_type());
+  const c10::ScalarType target = floating ? options.dtype : source.scalar_type();
+  if (source.device() == options.device) return source.to(target).contiguous();
+  if (c10::elementSize(target) <= source.element_size()) return source.to(target).to(options.device);
+  return source.to(options.device).to(target);
+}
+
+void throw_mismatch(const Mismatch& m, const LoadOptions& options) {
+  std::ostringstream out;
+  out << (options.what.empty() ? std::string("model") : options.what) << ": the checkpoint does not match the model ("
+      << m.missing << " missing, " << m.unexpected << " unexpected, " << m.shape << " with a different shape)";
+  constexpr size_t kListed = 10;
+  for (size_t i = 0; i < m.lines.size() && i < kListed; ++i) out << "\n  " << m.lines[i];
+  if (m.lines.size() > kListed) out << "\n  ... and " << (m.lines.size() - kListed) << " more";
+  throw ModelError(out.str());
+}
+
+}  // namespace
+
+void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options) {
+  std::map<std::string, at::Tensor> targets;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace(item.key(), item.value());
+
+  Mismatch m;
+  for (const auto& [name, target] : targets) {
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      m.lines.push_back("missing: " + name + " " + shape_string(target.sizes()));
+      ++m.missing;
+    } else if (it->second.sizes() != target.sizes()) {
+      m.lines.push_back("shape mismatch: " + name + ": checkpoint " + shape_string(it->second.sizes()) + ", model " +
+                        shape_string(target.sizes()));
+      ++m.shape;
+    }
+  }
+  for (const auto& [name, tensor] : weights) {
+    if (targets.count(name) == 0 && !ignored(name, options.ignore_prefixes)) {
+      m.lines.push_back("unexpected: " + name + " " + shape_string(tensor.sizes()));
+      ++m.unexpected;
+    }
+  }
+  if (!m.lines.empty()) throw_mismatch(m, options);
+
+  c10::NoGradGuard no_grad;
+  for (auto& [name, target] : targets) {
+    // set_data swaps the storage behind every handle to this tensor, so the module's members see it.
+    target.set_data(convert(weights.at(name), options));
+  }
+}
+
+}  // namespace fluxbatch::nn
