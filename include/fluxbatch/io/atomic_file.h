@@ -1,0 +1,18 @@
+// Crash-safe file output: a file appears under its final name complete or not at all.
+#pragma once
+#include <string>
+#include <string_view>
+
+namespace fluxbatch::io {
+
+// Writes `bytes` to a temporary file in the directory of `path`, fsyncs it, renames it over
+// `path` and fsyncs the directory. On any failure the temporary file is removed, `path` is left
+// as it was (absent or the previous complete file) and OutputError names `path` and the cause.
+// The parent directory must exist.
+void write_file_atomic(const std::string& path, std::string_view bytes);
+
+// Creates `dir` and its parents if needed; OutputError (naming `dir`) when that fails or when
+// `dir` exists and is not a directory.
+void ensure_directory(const std::string& dir);
+
+}  // namespace fluxbatch::io

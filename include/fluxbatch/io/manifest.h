@@ -1,0 +1,79 @@
+// manifest.jsonl: one JSON line per finished or failed image, appended and fsynced as soon as the
+// image is done, so a crash loses at most the line being written. The reader tolerates such a
+// torn line; resume decisions are built on top of it (runtime/job_runner.h).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace fluxbatch::io {
+
+inline constexpr const char* kManifestFileName = "manifest.jsonl";
+
+enum class ManifestStatus { kOk, kFailed };  // "ok" | "failed" on disk
+
+struct ManifestTimings {
+  double generate_s = 0.0;  // this image's share of its batch's generate() time
+  double write_s = 0.0;     // PNG encode + atomic write
+};
+
+// One line. Field names on disk are the member names (timings: {"generate_s", "write_s"}).
+struct ManifestEntry {
+  int64_t index = 0;  // RenderItem::index
+  std::string name;
+  int copy = 0;
+  std::string prompt;
+  uint64_t seed = 0;
+  int width = 0;
+  int height = 0;
+  int steps = 0;
+  double guidance = 0.0;
+  int max_sequence_length = 0;
+  std::string model;  // ImageGenerator::model_description()
+  std::string file;   // relative to the output directory
+  ManifestStatus status = ManifestStatus::kOk;
+  std::string error;  // why it failed; empty when ok
+  ManifestTimings timings;
+  int batch_size = 1;
+  std::string finished_at;  // UTC, ISO 8601 ("2025-01-31T12:00:00Z")
+};
+
+// The JSON text of one entry, without the newline.
+std::string manifest_line(const ManifestEntry& entry);
+// Parses one line; throws InputError naming the problem (bad JSON, missing or mistyped field).
+ManifestEntry parse_manifest_line(std::string_view line);
+
+// Current UTC time in the finished_at format.
+std::string utc_timestamp();
+
+struct ManifestContents {
+  std::vector<ManifestEntry> entries;  // in file order
+  std::vector<std::string> skipped;    // "manifest.jsonl:7: <why>" for each unreadable line
+};
+
+// Reads a manifest; a missing file reads as empty. Unparsable lines (a torn last line after a
+// crash, or garbage) are skipped and listed in `skipped`, never fatal. OutputError when the file
+// exists but cannot be read.
+ManifestContents read_manifest(const std::string& path);
+
+// Appends lines to a manifest, creating it. Holds an exclusive lock (flock) so two runs cannot
+// interleave in one output directory. If the file ends in a torn line, a newline is added first so
+// the next entry starts on its own line.
+class ManifestWriter {
+ public:
+  explicit ManifestWriter(const std::string& path);
+  ~ManifestWriter();
+  ManifestWriter(const ManifestWriter&) = delete;
+  ManifestWriter& operator=(const ManifestWriter&) = delete;
+
+  // One write() of the line + '\n', then fsync. OutputError naming the path on failure.
+  void append(const ManifestEntry& entry);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+}  // namespace fluxbatch::io

@@ -1,0 +1,58 @@
+// Adaptive LayerNorms driven by the conditioning vector temb (diffusers normalization.py):
+// modulation = Linear(SiLU(temb)), then LayerNorm(x, no affine, eps 1e-6) * (1 + scale) + shift.
+#pragma once
+#include "fluxbatch/nn/linear.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace fluxbatch::models::flux {
+
+constexpr double kAdaNormEps = 1e-6;
+
+// Modulated input plus the remaining chunks; every chunk is [B, dim].
+struct AdaNormZeroOutput {
+  at::Tensor x;  // [B, S, dim]
+  at::Tensor gate_msa, shift_mlp, scale_mlp, gate_mlp;
+};
+
+// AdaLayerNormZero: linear [6*dim, dim] -> (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp).
+class AdaLayerNormZeroImpl : public torch::nn::Module {
+ public:
+  AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options);
+  // x: [B, S, dim], temb: [B, dim]
+  AdaNormZeroOutput forward(const at::Tensor& x, const at::Tensor& temb) const;
+
+  nn::Linear linear{nullptr};
+};
+TORCH_MODULE(AdaLayerNormZero);
+
+// AdaLayerNormZeroSingle: linear [3*dim, dim] -> (shift, scale, gate).
+class AdaLayerNormZeroSingleImpl : public torch::nn::Module {
+ public:
+  AdaLayerNormZeroSingleImpl(int64_t dim, const at::TensorOptions& options);
+  // x: [B, S, dim], temb: [B, dim] -> {modulated x [B, S, dim], gate [B, dim]}
+  std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& temb) const;
+
+  nn::Linear linear{nullptr};
+};
+TORCH_MODULE(AdaLayerNormZeroSingle);
+
+// AdaLayerNormContinuous(elementwise_affine=False): linear [2*dim, cond_dim] -> (scale, shift). Note the
+// order: BFL checkpoints store (shift, scale) and are swapped when converted.
+class AdaLayerNormContinuousImpl : public torch::nn::Module {
+ public:
+  AdaLayerNormContinuousImpl(int64_t dim, int64_t conditioning_dim, const at::TensorOptions& options);
+  // x: [B, S, dim], conditioning: [B, conditioning_dim] -> [B, S, dim]
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& conditioning) const;
+
+  nn::Linear linear{nullptr};
+};
+TORCH_MODULE(AdaLayerNormContinuous);
+
+}  // namespace fluxbatch::models::flux

@@ -1,0 +1,57 @@
+// FluxAttention with FluxAttnProcessor: per-stream Q/K/V projections, RMSNorm on each head's q and k,
+// RoPE, one SDPA over the joint sequence (text tokens first), output projections.
+#pragma once
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/nn/norms.h"
+#include "fluxbatch/nn/rope.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <utility>
+
+namespace fluxbatch::models::flux {
+
+// Variant of the attention block.
+enum class AttentionKind {
+  kJoint,   // double-stream block: image stream (to_q...) + text stream (add_q_proj...), with output projections
+  kSingle,  // single-stream block: one stream, no output projection (pre_only)
+};
+
+class FluxAttentionImpl : public torch::nn::Module {
+ public:
+  FluxAttentionImpl(int64_t dim, int64_t heads, int64_t head_dim, AttentionKind kind, double eps,
+                    const at::TensorOptions& options);
+
+  // Joint: x: [B, S, dim] (image), context: [B, L, dim] (text), rope over L + S tokens
+  // -> {image out [B, S, dim], text out [B, L, dim]}.
+  std::pair<at::Tensor, at::Tensor> forward_joint(const at::Tensor& x, const at::Tensor& context,
+                                                  const nn::RopeTables& rope) const;
+  // Single: x: [B, S, dim] -> [B, S, heads * head_dim] (no output projection).
+  at::Tensor forward_single(const at::Tensor& x, const nn::RopeTables& rope) const;
+
+  int64_t head_dim() const { return head_dim_; }
+
+  nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};  // [inner, dim]
+  nn::RMSNorm norm_q{nullptr}, norm_k{nullptr};             // [head_dim]
+  // kJoint only:
+  nn::Linear add_q_proj{nullptr}, add_k_proj{nullptr}, add_v_proj{nullptr};  // [inner, dim]
+  nn::RMSNorm norm_added_q{nullptr}, norm_added_k{nullptr};
+  torch::nn::ModuleList to_out{nullptr};  // to_out.0: Linear [dim, inner] (diffusers' index 1 is a no-op Dropout)
+  nn::Linear to_out_0{nullptr};
+  nn::Linear to_add_out{nullptr};  // [dim, inner]
+
+ private:
+  // [B, S, inner] -> [B, S, heads, head_dim]
+  at::Tensor split_heads(const at::Tensor& x) const { return x.unflatten(-1, {-1, head_dim_}); }
+
+  int64_t head_dim_;
+  AttentionKind kind_;
+};
+TORCH_MODULE(FluxAttention);
+
+}  // namespace fluxbatch::models::flux

@@ -1,0 +1,80 @@
+// Runs an expanded job through an ImageGenerator: resume (skip finished images), batching,
+// one PNG + one manifest line per image as soon as it exists, failures recorded per item.
+// Torch-free; the model lives behind runtime::ImageGenerator.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fluxbatch/io/manifest.h"
+#include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/image_generator.h"
+
+namespace fluxbatch::runtime {
+
+struct RunnerOptions {
+  bool overwrite = false;  // re-render every item, atomically replacing existing images
+  bool dry_run = false;    // plan only: no generate(), no file written
+  int batch_size = 1;      // most images per generate() call (>= 1)
+  // Polled between batches; once true the runner finishes writing the batch in hand and stops
+  // (SIGINT handling sets it). Null: never stops early.
+  const std::atomic<bool>* stop = nullptr;
+};
+
+enum class ItemState {
+  kRender,   // will be rendered
+  kSkip,     // finished earlier: PNG present and its manifest line matches the item
+  kBlocked,  // a file is in the way that this item did not produce; needs --overwrite
+};
+
+struct PlannedItem {
+  const job::RenderItem* item = nullptr;  // points into the JobSpec given to plan_job
+  ItemState state = ItemState::kRender;
+  std::string reason;  // why skipped or blocked (for --dry-run and logs)
+};
+
+struct JobPlan {
+  std::vector<PlannedItem> items;                            // render order
+  std::vector<std::vector<const job::RenderItem*>> batches;  // the kRender items, grouped
+  std::vector<std::string> manifest_warnings;                // unreadable manifest lines
+  int64_t count(ItemState state) const;
+};
+
+// Resume rule: `item` is finished when <output_dir>/<item.file> exists and the LAST "ok" manifest
+// line for that file records the item's prompt, seed, size, steps, guidance,
+// max_sequence_length and (when `model` is given) model. Only the last ok line counts because a
+// later --overwrite run replaces the image.
+bool is_finished(const job::RenderItem& item, const std::string& output_dir, const io::ManifestContents& manifest,
+                 const std::optional<std::string>& model);
+
+// Decides every item's state and groups the items to render into batches: a batch starts at the
+// first unbatched item in render order and takes the following items with the same width,
+// height, steps, max_sequence_length and priority, up to batch_size (so batching never moves an
+// image ahead of a higher-priority one). `model` as for is_finished. InputError when two items
+// write the same file or batch_size < 1.
+JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
+                 bool overwrite, int batch_size);
+
+struct RunSummary {
+  int64_t total = 0;        // items in the job
+  int64_t rendered = 0;     // PNG written this run
+  int64_t skipped = 0;      // finished earlier
+  int64_t failed = 0;       // generate() threw, returned a bad image, or the PNG write failed
+  int64_t blocked = 0;      // kBlocked items (counted as failures for the exit code)
+  int64_t not_started = 0;  // left when interrupted (or, in a dry run, the ones that would render)
+  bool interrupted = false;
+  std::vector<std::string> failures;  // "<file>: <reason>" for failed and blocked items
+  double seconds = 0.0;
+};
+
+// Plans `spec` (model = generator.model_description()), creates output_dir, then renders batch by
+// batch, writing <output_dir>/<item.file> (PNG with "parameters" and "fluxbatch" text chunks) and
+// appending to <output_dir>/manifest.jsonl after every image. An exception from generate() fails
+// that batch's items and the job goes on. OutputError (exit 3) when the output directory or the
+// manifest cannot be written.
+RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
+                   ImageGenerator& generator);
+
+}  // namespace fluxbatch::runtime

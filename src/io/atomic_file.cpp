@@ -1,0 +1,94 @@
+// Temp file + fsync + rename + directory fsync: the POSIX recipe for atomic replacement.
+#include "fluxbatch/io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include "fluxbatch/core/error.h"
+
+namespace fluxbatch::io {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+[[noreturn]] void fail(const std::string& path, const std::string& what, int err) {
+  throw OutputError("cannot write " + path + ": " + what + ": " + errno_text(err));
+}
+
+// Unique within the process (counter) and across processes (pid); hidden so that a crash
+// leftover is not mistaken for an output image.
+std::string temp_path_for(const fs::path& target) {
+  static std::atomic<unsigned> counter{0};
+  const std::string name = "." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                           std::to_string(counter.fetch_add(1));
+  return (target.parent_path() / name).string();
+}
+
+void write_all(int fd, std::string_view bytes, const std::string& path) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(path, "write failed", errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+}
+
+// Makes the rename itself durable; some filesystems refuse fsync on directories (EINVAL),
+// which is not an error for us.
+void fsync_directory(const fs::path& dir, const std::string& path) {
+  const std::string d = dir.empty() ? std::string(".") : dir.string();
+  const int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+    const int err = errno;
+    ::close(fd);
+    fail(path, "fsync of directory " + d + " failed", err);
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  const fs::path target(path);
+  const std::string temp = temp_path_for(target);
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, "cannot create temporary file " + temp, errno);
+  bool closed = false;
+  try {
+    write_all(fd, bytes, path);
+    if (::fsync(fd) != 0) fail(path, "fsync failed", errno);
+    closed = true;  // close() releases the descriptor even when it reports an error
+    if (::close(fd) != 0) fail(path, "close failed", errno);
+  } catch (...) {
+    if (!closed) ::close(fd);
+    ::unlink(temp.c_str());
+    throw;
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp.c_str());
+    fail(path, "rename from " + temp + " failed", err);
+  }
+  fsync_directory(target.parent_path(), path);
+}
+
+void ensure_directory(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw OutputError("cannot create output directory " + dir + ": " + ec.message());
+  if (!fs::is_directory(dir, ec)) throw OutputError("output path " + dir + " exists and is not a directory");
+}
+
+}  // namespace fluxbatch::io

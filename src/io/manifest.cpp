@@ -1,0 +1,175 @@
+// manifest.jsonl serialisation, tolerant reading and durable appends.
+#include "fluxbatch/io/manifest.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "fluxbatch/core/error.h"
+
+namespace fluxbatch::io {
+namespace {
+
+using nlohmann::json;
+
+const char* status_name(ManifestStatus s) { return s == ManifestStatus::kOk ? "ok" : "failed"; }
+
+template <class T>
+T field(const json& j, const char* key) {
+  const auto it = j.find(key);
+  if (it == j.end()) throw InputError(std::string("missing field \"") + key + "\"");
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    throw InputError(std::string("field \"") + key + "\" has the wrong type");
+  }
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw OutputError("manifest " + path + ": " + what + ": " + std::strerror(errno));
+}
+
+// True when the file is non-empty and its last byte is not '\n' (a torn line after a crash).
+bool ends_torn(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_size == 0) return false;
+  char last = '\n';
+  return ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
+}
+
+void write_all(int fd, const std::string& bytes, const std::string& path) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(path, "write failed");
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::string manifest_line(const ManifestEntry& e) {
+  json j = {{"index", e.index},
+            {"name", e.name},
+            {"copy", e.copy},
+            {"prompt", e.prompt},
+            {"seed", e.seed},
+            {"width", e.width},
+            {"height", e.height},
+            {"steps", e.steps},
+            {"guidance", e.guidance},
+            {"max_sequence_length", e.max_sequence_length},
+            {"model", e.model},
+            {"file", e.file},
+            {"status", status_name(e.status)},
+            {"error", e.error},
+            {"timings", {{"generate_s", e.timings.generate_s}, {"write_s", e.timings.write_s}}},
+            {"batch_size", e.batch_size},
+            {"finished_at", e.finished_at}};
+  // Invalid UTF-8 in a prompt must not lose the line: replace it rather than throw.
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+ManifestEntry parse_manifest_line(std::string_view line) {
+  json j;
+  try {
+    j = json::parse(line.begin(), line.end());
+  } catch (const json::parse_error&) {
+    throw InputError("not valid JSON (torn line?)");
+  }
+  if (!j.is_object()) throw InputError("not a JSON object");
+  ManifestEntry e;
+  e.index = field<int64_t>(j, "index");
+  e.name = field<std::string>(j, "name");
+  e.copy = field<int>(j, "copy");
+  e.prompt = field<std::string>(j, "prompt");
+  e.seed = field<uint64_t>(j, "seed");
+  e.width = field<int>(j, "width");
+  e.height = field<int>(j, "height");
+  e.steps = field<int>(j, "steps");
+  e.guidance = field<double>(j, "guidance");
+  e.max_sequence_length = field<int>(j, "max_sequence_length");
+  e.model = field<std::string>(j, "model");
+  e.file = field<std::string>(j, "file");
+  const auto status = field<std::string>(j, "status");
+  if (status != "ok" && status != "failed") throw InputError("status \"" + status + "\" is not ok or failed");
+  e.status = status == "ok" ? ManifestStatus::kOk : ManifestStatus::kFailed;
+  e.error = field<std::string>(j, "error");
+  const json timings = field<json>(j, "timings");
+  e.timings.generate_s = field<double>(timings, "generate_s");
+  e.timings.write_s = field<double>(timings, "write_s");
+  e.batch_size = field<int>(j, "batch_size");
+  e.finished_at = field<std::string>(j, "finished_at");
+  return e;
+}
+
+std::string utc_timestamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+ManifestContents read_manifest(const std::string& path) {
+  ManifestContents out;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (::access(path.c_str(), F_OK) != 0) return out;  // no manifest yet
+    throw OutputError("cannot read manifest " + path);
+  }
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    try {
+      out.entries.push_back(parse_manifest_line(line));
+    } catch (const InputError& e) {
+      out.skipped.push_back(path + ":" + std::to_string(number) + ": " + e.what());
+    }
+  }
+  if (in.bad()) throw OutputError("cannot read manifest " + path);
+  return out;
+}
+
+ManifestWriter::ManifestWriter(const std::string& path) : path_(path) {
+  // Read access too: ends_torn() peeks at the last byte.
+  fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(path, "cannot open for appending");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    errno = err;
+    if (err == EWOULDBLOCK) {
+      throw OutputError("manifest " + path + " is in use by another fluxbatch run on the same output directory");
+    }
+    fail(path, "cannot lock");
+  }
+  try {
+    if (ends_torn(fd_)) write_all(fd_, "\n", path_);
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    throw;
+  }
+}
+
+ManifestWriter::~ManifestWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void ManifestWriter::append(const ManifestEntry& entry) {
+  write_all(fd_, manifest_line(entry) + "\n", path_);
+  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+}
+
+}  // namespace fluxbatch::io

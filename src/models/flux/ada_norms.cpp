@@ -1,0 +1,45 @@
+#include "fluxbatch/models/flux/ada_norms.h"
+
+#include "fluxbatch/nn/activations.h"
+#include "fluxbatch/nn/norms.h"
+
+#include <ATen/ATen.h>
+
+namespace fluxbatch::models::flux {
+namespace {
+
+// LayerNorm(x) * (1 + scale[:, None]) + shift[:, None], in the reference's op order (each op rounds
+// to x's dtype, so a fused addcmul would differ in bf16).
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  return nn::layer_norm(x, kAdaNormEps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
+}  // namespace
+
+AdaLayerNormZeroImpl::AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options)
+    : linear(register_module("linear", nn::Linear(dim, 6 * dim, true, options))) {}
+
+AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb) const {
+  const auto e = linear->forward(nn::silu(temb)).chunk(6, 1);  // 6 x [B, dim]
+  return {modulate(x, e[0], e[1]), e[2], e[3], e[4], e[5]};
+}
+
+AdaLayerNormZeroSingleImpl::AdaLayerNormZeroSingleImpl(int64_t dim, const at::TensorOptions& options)
+    : linear(register_module("linear", nn::Linear(dim, 3 * dim, true, options))) {}
+
+std::pair<at::Tensor, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x,
+                                                                      const at::Tensor& temb) const {
+  const auto e = linear->forward(nn::silu(temb)).chunk(3, 1);  // shift, scale, gate: [B, dim]
+  return {modulate(x, e[0], e[1]), e[2]};
+}
+
+AdaLayerNormContinuousImpl::AdaLayerNormContinuousImpl(int64_t dim, int64_t conditioning_dim,
+                                                       const at::TensorOptions& options)
+    : linear(register_module("linear", nn::Linear(conditioning_dim, 2 * dim, true, options))) {}
+
+at::Tensor AdaLayerNormContinuousImpl::forward(const at::Tensor& x, const at::Tensor& conditioning) const {
+  const auto e = linear->forward(nn::silu(conditioning).to(x.scalar_type())).chunk(2, 1);  // scale, shift
+  return modulate(x, e[1], e[0]);
+}
+
+}  // namespace fluxbatch::models::flux

@@ -1,0 +1,20 @@
+#include "fluxbatch/models/flux/feed_forward.h"
+
+#include "fluxbatch/nn/activations.h"
+
+namespace fluxbatch::models::flux {
+
+FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, const at::TensorOptions& options)
+    : proj_in(nn::Linear(dim, hidden, true, options)), proj_out(nn::Linear(hidden, dim_out, true, options)) {
+  // Only the names matter here: "net" holds "0" (the GELU wrapper owning "proj") and "2".
+  auto net = register_module("net", std::make_shared<torch::nn::Module>());
+  auto gelu = net->register_module("0", std::make_shared<torch::nn::Module>());
+  gelu->register_module("proj", proj_in);
+  net->register_module("2", proj_out);
+}
+
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) const {
+  return proj_out->forward(nn::gelu_tanh(proj_in->forward(x)));
+}
+
+}  // namespace fluxbatch::models::flux

@@ -1,0 +1,148 @@
+#include "fluxbatch/models/flux/transformer.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/models/flux/rope.h"
+
+#include <ATen/ATen.h>
+
+#include <numeric>
+#include <sstream>
+
+namespace fluxbatch::models::flux {
+namespace {
+
+std::string shape_of(const at::Tensor& t) {
+  if (!t.defined()) return "undefined";
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+// The structural requirements this implementation relies on (FluxConfig::validate checks more).
+void check_config(const FluxConfig& config) {
+  const int64_t rope_dims = std::accumulate(config.axes_dims_rope.begin(), config.axes_dims_rope.end(), int64_t{0});
+  FLUXBATCH_CHECK(config.num_attention_heads > 0 && config.attention_head_dim > 0, ModelError,
+                  "FluxTransformer2DModel: num_attention_heads and attention_head_dim must be positive");
+  FLUXBATCH_CHECK(rope_dims == config.attention_head_dim, ModelError,
+                  "FluxTransformer2DModel: sum(axes_dims_rope) = " + std::to_string(rope_dims) +
+                      " must equal attention_head_dim = " + std::to_string(config.attention_head_dim));
+  for (int64_t d : config.axes_dims_rope) {
+    FLUXBATCH_CHECK(d > 0 && d % 2 == 0, ModelError,
+                    "FluxTransformer2DModel: every axes_dims_rope entry must be even and positive, got " +
+                        std::to_string(d));
+  }
+}
+
+void check_shape(bool ok, const std::string& what, const std::string& expected, const at::Tensor& t) {
+  FLUXBATCH_CHECK(ok, InputError,
+                  "FluxTransformer2DModel.forward: " + what + " must be " + expected + ", got " + shape_of(t));
+}
+
+}  // namespace
+
+FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxConfig& config, const at::TensorOptions& options)
+    : config_(config) {
+  check_config(config_);
+  const int64_t inner = config_.inner_dim();
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t head_dim = config_.attention_head_dim;
+  time_text_embed = register_module(
+      "time_text_embed", TimeTextEmbed(inner, config_.pooled_projection_dim, config_.guidance_embeds, options));
+  context_embedder = register_module("context_embedder", nn::Linear(config_.joint_attention_dim, inner, true, options));
+  x_embedder = register_module("x_embedder", nn::Linear(config_.in_channels, inner, true, options));
+
+  auto doubles = register_module("transformer_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    transformer_blocks.emplace_back(inner, heads, head_dim, options);
+    doubles->push_back(transformer_blocks.back());
+  }
+  auto singles = register_module("single_transformer_blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.num_single_layers; ++i) {
+    single_transformer_blocks.emplace_back(inner, heads, head_dim, options);
+    singles->push_back(single_transformer_blocks.back());
+  }
+  norm_out = register_module("norm_out", AdaLayerNormContinuous(inner, inner, options));
+  const int64_t out_features = config_.patch_size * config_.patch_size * config_.out_channels;
+  proj_out = register_module("proj_out", nn::Linear(inner, out_features, true, options));
+}
+
+void FluxTransformer2DModelImpl::check_inputs(const at::Tensor& hidden_states, const at::Tensor& encoder_hidden_states,
+                                              const at::Tensor& pooled_projections, const at::Tensor& timestep,
+                                              const at::Tensor& img_ids, const at::Tensor& txt_ids,
+                                              const at::Tensor& guidance) const {
+  const auto& c = config_;
+  check_shape(hidden_states.defined() && hidden_states.dim() == 3 && hidden_states.size(2) == c.in_channels,
+              "hidden_states", "[B, S, " + std::to_string(c.in_channels) + "]", hidden_states);
+  const int64_t batch = hidden_states.size(0);
+  const int64_t image_len = hidden_states.size(1);
+  const std::string b = std::to_string(batch);
+  check_shape(encoder_hidden_states.defined() && encoder_hidden_states.dim() == 3 &&
+                  encoder_hidden_states.size(0) == batch && encoder_hidden_states.size(2) == c.joint_attention_dim,
+              "encoder_hidden_states", "[" + b + ", L, " + std::to_string(c.joint_attention_dim) + "]",
+              encoder_hidden_states);
+  const int64_t text_len = encoder_hidden_states.size(1);
+  check_shape(pooled_projections.defined() && pooled_projections.dim() == 2 && pooled_projections.size(0) == batch &&
+                  pooled_projections.size(1) == c.pooled_projection_dim,
+              "pooled_projections", "[" + b + ", " + std::to_string(c.pooled_projection_dim) + "]",
+              pooled_projections);
+  check_shape(timestep.defined() && timestep.dim() == 1 && timestep.size(0) == batch, "timestep", "[" + b + "]",
+              timestep);
+  const std::string axes = std::to_string(c.axes_dims_rope.size());
+  check_shape(img_ids.defined() && img_ids.dim() == 2 && img_ids.size(0) == image_len &&
+                  img_ids.size(1) == static_cast<int64_t>(c.axes_dims_rope.size()),
+              "img_ids", "[" + std::to_string(image_len) + ", " + axes + "]", img_ids);
+  check_shape(txt_ids.defined() && txt_ids.dim() == 2 && txt_ids.size(0) == text_len &&
+                  txt_ids.size(1) == static_cast<int64_t>(c.axes_dims_rope.size()),
+              "txt_ids", "[" + std::to_string(text_len) + ", " + axes + "]", txt_ids);
+  if (c.guidance_embeds) {
+    check_shape(guidance.defined() && guidance.dim() == 1 && guidance.size(0) == batch, "guidance",
+                "[" + b + "] (the model has guidance_embeds)", guidance);
+  } else {
+    FLUXBATCH_CHECK(!guidance.defined(), InputError,
+                    "FluxTransformer2DModel.forward: guidance given, but the model has no guidance embedder "
+                    "(guidance_embeds is false, as in FLUX.1-schnell)");
+  }
+}
+
+at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
+                                               const at::Tensor& encoder_hidden_states,
+                                               const at::Tensor& pooled_projections, const at::Tensor& timestep,
+                                               const at::Tensor& img_ids, const at::Tensor& txt_ids,
+                                               const at::Tensor& guidance) const {
+  check_inputs(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance);
+  at::Tensor x = x_embedder->forward(hidden_states);  // [B, S, inner]
+  trace("x_embedder", x);
+
+  // The reference rounds timestep and guidance to the model dtype before scaling: in bf16 a guidance of
+  // 3.5 becomes 3504 and sigma 0.98841 becomes 988, and the embedders see exactly those values.
+  const auto dtype = x.scalar_type();
+  const at::Tensor t = timestep.to(dtype) * 1000;
+  const at::Tensor g = guidance.defined() ? guidance.to(dtype) * 1000 : at::Tensor();
+  const at::Tensor temb = time_text_embed->forward(t, g, pooled_projections);  // [B, inner]
+  trace("time_text_embed", temb);
+
+  at::Tensor context = context_embedder->forward(encoder_hidden_states);  // [B, L, inner]
+  trace("context_embedder", context);
+  const nn::RopeTables rope = flux_pos_embed(at::cat({txt_ids, img_ids}, 0), config_.axes_dims_rope);
+
+  for (size_t i = 0; i < transformer_blocks.size(); ++i) {
+    StreamPair streams = transformer_blocks[i]->forward(x, context, temb, rope);
+    x = std::move(streams.x);
+    context = std::move(streams.context);
+    trace("transformer_blocks." + std::to_string(i), x);
+    trace("transformer_blocks." + std::to_string(i) + ".context", context);
+  }
+
+  const int64_t text_len = context.size(1);
+  at::Tensor h = at::cat({context, x}, 1);  // [B, L+S, inner], text first
+  for (size_t i = 0; i < single_transformer_blocks.size(); ++i) {
+    h = single_transformer_blocks[i]->forward(h, temb, rope);
+    trace("single_transformer_blocks." + std::to_string(i), h);
+  }
+
+  x = norm_out->forward(h.slice(1, text_len), temb);
+  trace("norm_out", x);
+  return proj_out->forward(x);  // [B, S, patch^2 * out_channels]
+}
+
+}  // namespace fluxbatch::models::flux

@@ -1,0 +1,320 @@
+// The job runner: plan (resume + batching), then generate -> PNG -> manifest line, per image.
+#include "fluxbatch/runtime/job_runner.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <unordered_map>
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/io/atomic_file.h"
+#include "fluxbatch/io/png_writer.h"
+#include "fluxbatch/job/job_loader.h"
+
+namespace fluxbatch::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string format_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", s);
+  return buf;
+}
+
+std::string output_path(const std::string& output_dir, const std::string& file) {
+  return (fs::path(output_dir) / file).string();
+}
+
+// file -> its last "ok" line (a later line means a later write replaced the image).
+std::unordered_map<std::string, const io::ManifestEntry*> last_ok_lines(const io::ManifestContents& manifest) {
+  std::unordered_map<std::string, const io::ManifestEntry*> out;
+  for (const io::ManifestEntry& e : manifest.entries) {
+    if (e.status == io::ManifestStatus::kOk) out[e.file] = &e;
+  }
+  return out;
+}
+
+bool same_params(const job::RenderItem& item, const io::ManifestEntry& e, const std::optional<std::string>& model) {
+  const job::RenderParams& p = item.params;
+  return e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
+         e.steps == p.steps && e.guidance == p.guidance && e.max_sequence_length == p.max_sequence_length &&
+         (!model || e.model == *model);
+}
+
+bool finished(const job::RenderItem& item, const std::string& output_dir,
+              const std::unordered_map<std::string, const io::ManifestEntry*>& ok_lines,
+              const std::optional<std::string>& model) {
+  const auto it = ok_lines.find(item.file);
+  if (it == ok_lines.end() || !same_params(item, *it->second, model)) return false;
+  std::error_code ec;
+  return fs::is_regular_file(output_path(output_dir, item.file), ec);
+}
+
+PlannedItem plan_item(const job::RenderItem& item, const std::string& output_dir, bool overwrite,
+                      const std::unordered_map<std::string, const io::ManifestEntry*>& ok_lines,
+                      const std::optional<std::string>& model) {
+  if (overwrite) return {&item, ItemState::kRender, ""};
+  if (finished(item, output_dir, ok_lines, model)) {
+    return {&item, ItemState::kSkip, "finished earlier (image and manifest line match)"};
+  }
+  std::error_code ec;
+  if (fs::exists(output_path(output_dir, item.file), ec)) {
+    return {&item, ItemState::kBlocked,
+            "exists but was not rendered with these parameters by fluxbatch (manifest); "
+            "--overwrite replaces it"};
+  }
+  return {&item, ItemState::kRender, ""};
+}
+
+void check_unique_files(const job::JobSpec& spec) {
+  std::map<std::string, const job::RenderItem*> seen;
+  for (const job::RenderItem& item : spec.items) {
+    const auto [it, inserted] = seen.emplace(item.file, &item);
+    if (!inserted) {
+      throw InputError(item.location + ": output file " + item.file + " is also written by the item at " +
+                       it->second->location);
+    }
+  }
+}
+
+bool batchable(const job::RenderItem& a, const job::RenderItem& b) {
+  return a.params.width == b.params.width && a.params.height == b.params.height &&
+         a.params.steps == b.params.steps && a.params.max_sequence_length == b.params.max_sequence_length &&
+         a.priority == b.priority;
+}
+
+std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<PlannedItem>& items, int batch_size) {
+  std::vector<std::vector<const job::RenderItem*>> batches;
+  std::vector<bool> taken(items.size(), false);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (taken[i] || items[i].state != ItemState::kRender) continue;
+    std::vector<const job::RenderItem*> batch{items[i].item};
+    taken[i] = true;
+    for (size_t j = i + 1; j < items.size() && static_cast<int>(batch.size()) < batch_size; ++j) {
+      if (items[j].item->priority != items[i].item->priority) break;  // render order is by priority
+      if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item)) {
+        batch.push_back(items[j].item);
+        taken[j] = true;
+      }
+    }
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+// One execution of a plan: owns the manifest writer and the running summary.
+class Run {
+ public:
+  Run(const std::string& output_dir, ImageGenerator& generator, io::ManifestWriter& manifest, RunSummary& summary,
+      int64_t to_render)
+      : output_dir_(output_dir),
+        generator_(generator),
+        model_(generator.model_description()),
+        manifest_(manifest),
+        summary_(summary),
+        to_render_(to_render) {}
+
+  void record_blocked(const PlannedItem& planned) {
+    ++summary_.blocked;
+    summary_.failures.push_back(planned.item->file + ": " + planned.reason);
+    log::warn(planned.item->file + ": " + planned.reason);
+    io::ManifestEntry e = entry_for(*planned.item, 0);
+    e.status = io::ManifestStatus::kFailed;
+    e.error = planned.reason;
+    manifest_.append(e);
+  }
+
+  void render_batch(const std::vector<const job::RenderItem*>& batch) {
+    std::vector<job::RenderItem> items;
+    items.reserve(batch.size());
+    for (const job::RenderItem* item : batch) items.push_back(*item);
+    const auto start = Clock::now();
+    std::vector<Image> images;
+    try {
+      images = generator_.generate(items);
+    } catch (const std::exception& e) {
+      return fail_all(batch, e.what(), seconds_since(start));
+    } catch (...) {
+      return fail_all(batch, "unknown error from the image generator", seconds_since(start));
+    }
+    const double per_image = seconds_since(start) / static_cast<double>(batch.size());
+    if (images.size() != batch.size()) {
+      return fail_all(batch,
+                      "the image generator returned " + std::to_string(images.size()) + " images for a batch of " +
+                          std::to_string(batch.size()),
+                      per_image * static_cast<double>(batch.size()));
+    }
+    for (size_t i = 0; i < batch.size(); ++i) write_image(*batch[i], images[i], per_image, batch.size());
+  }
+
+ private:
+  io::ManifestEntry entry_for(const job::RenderItem& item, size_t batch_size) const {
+    io::ManifestEntry e;
+    e.index = item.index;
+    e.name = item.name;
+    e.copy = item.copy;
+    e.prompt = item.prompt;
+    e.seed = item.params.seed;
+    e.width = item.params.width;
+    e.height = item.params.height;
+    e.steps = item.params.steps;
+    e.guidance = item.params.guidance;
+    e.max_sequence_length = item.params.max_sequence_length;
+    e.model = model_;
+    e.file = item.file;
+    e.batch_size = static_cast<int>(batch_size);
+    e.finished_at = io::utc_timestamp();
+    return e;
+  }
+
+  std::string progress() const {
+    return "[" + std::to_string(summary_.rendered + summary_.failed) + "/" + std::to_string(to_render_) + "] ";
+  }
+
+  void fail_item(const job::RenderItem& item, const std::string& reason, io::ManifestTimings timings,
+                 size_t batch_size) {
+    ++summary_.failed;
+    summary_.failures.push_back(item.file + ": " + reason);
+    log::error(progress() + item.file + " failed: " + reason);
+    io::ManifestEntry e = entry_for(item, batch_size);
+    e.status = io::ManifestStatus::kFailed;
+    e.error = reason;
+    e.timings = timings;
+    manifest_.append(e);
+  }
+
+  void fail_all(const std::vector<const job::RenderItem*>& batch, const std::string& reason, double seconds) {
+    const double per_image = seconds / static_cast<double>(batch.size());
+    for (const job::RenderItem* item : batch) fail_item(*item, reason, {per_image, 0.0}, batch.size());
+  }
+
+  static std::string image_problem(const job::RenderItem& item, const Image& image) {
+    const std::string want = std::to_string(item.params.width) + "x" + std::to_string(item.params.height);
+    if (image.width != item.params.width || image.height != item.params.height) {
+      return "the image generator returned a " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+             " image for a " + want + " item";
+    }
+    if (image.rgb.size() != size_t(image.width) * size_t(image.height) * 3) {
+      return "the image generator returned " + std::to_string(image.rgb.size()) + " bytes for a " + want +
+             " RGB image";
+    }
+    return "";
+  }
+
+  std::vector<io::PngText> png_text(const job::RenderItem& item) const {
+    io::InfotextParams p;
+    p.prompt = item.prompt;
+    p.steps = item.params.steps;
+    p.guidance = item.params.guidance;
+    p.seed = item.params.seed;
+    p.width = item.params.width;
+    p.height = item.params.height;
+    p.model = model_;
+    return {{"parameters", io::a1111_parameters(p)}, {"fluxbatch", job::item_to_json(item)}};
+  }
+
+  void write_image(const job::RenderItem& item, const Image& image, double generate_s, size_t batch_size) {
+    if (const std::string problem = image_problem(item, image); !problem.empty()) {
+      return fail_item(item, problem, {generate_s, 0.0}, batch_size);
+    }
+    const auto start = Clock::now();
+    const std::string path = output_path(output_dir_, item.file);
+    try {
+      io::ensure_directory(fs::path(path).parent_path().string());
+      io::write_png_atomic(path, image, png_text(item));
+    } catch (const OutputError& e) {
+      return fail_item(item, e.what(), {generate_s, seconds_since(start)}, batch_size);
+    }
+    io::ManifestEntry e = entry_for(item, batch_size);
+    e.timings = {generate_s, seconds_since(start)};
+    manifest_.append(e);
+    ++summary_.rendered;
+    log::info(progress() + path + " (" + format_seconds(generate_s) + ")");
+  }
+
+  std::string output_dir_;
+  ImageGenerator& generator_;
+  std::string model_;
+  io::ManifestWriter& manifest_;
+  RunSummary& summary_;
+  int64_t to_render_ = 0;
+};
+
+bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
+
+}  // namespace
+
+int64_t JobPlan::count(ItemState state) const {
+  int64_t n = 0;
+  for (const PlannedItem& p : items) n += p.state == state ? 1 : 0;
+  return n;
+}
+
+bool is_finished(const job::RenderItem& item, const std::string& output_dir, const io::ManifestContents& manifest,
+                 const std::optional<std::string>& model) {
+  return finished(item, output_dir, last_ok_lines(manifest), model);
+}
+
+JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
+                 bool overwrite, int batch_size) {
+  if (batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(batch_size));
+  check_unique_files(spec);
+  JobPlan plan;
+  const io::ManifestContents manifest =
+      io::read_manifest(output_path(output_dir, io::kManifestFileName));
+  plan.manifest_warnings = manifest.skipped;
+  const auto ok_lines = last_ok_lines(manifest);
+  plan.items.reserve(spec.items.size());
+  for (const job::RenderItem& item : spec.items) {
+    plan.items.push_back(plan_item(item, output_dir, overwrite, ok_lines, model));
+  }
+  plan.batches = make_batches(plan.items, batch_size);
+  return plan;
+}
+
+
+RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
+                   ImageGenerator& generator) {
+  const auto start = Clock::now();
+  const std::string model = generator.model_description();
+  if (options.dry_run) {
+    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
+    RunSummary summary;
+    summary.total = static_cast<int64_t>(plan.items.size());
+    summary.skipped = plan.count(ItemState::kSkip);
+    summary.blocked = plan.count(ItemState::kBlocked);
+    summary.not_started = plan.count(ItemState::kRender);
+    return summary;
+  }
+  io::ensure_directory(output_dir);
+  // Lock the manifest before planning so no other run changes it between plan and render.
+  io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
+  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
+  for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
+  RunSummary summary;
+  summary.total = static_cast<int64_t>(plan.items.size());
+  summary.skipped = plan.count(ItemState::kSkip);
+  const int64_t to_render = plan.count(ItemState::kRender);
+  Run run(output_dir, generator, manifest, summary, to_render);
+  for (const PlannedItem& planned : plan.items) {
+    if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
+  }
+  for (const auto& batch : plan.batches) {
+    if (stop_requested(options)) break;
+    run.render_batch(batch);
+  }
+  summary.not_started = to_render - summary.rendered - summary.failed;
+  summary.interrupted = summary.not_started > 0;
+  summary.seconds = seconds_since(start);
+  return summary;
+}
+
+}  // namespace fluxbatch::runtime

@@ -1,0 +1,142 @@
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <filesystem>
+#include <string>
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/io/manifest.h"
+#include "test_support.h"
+
+using Catch::Matchers::ContainsSubstring;
+using fluxbatch::io::ManifestEntry;
+using fluxbatch::io::ManifestStatus;
+
+namespace {
+
+ManifestEntry sample(int64_t index, ManifestStatus status = ManifestStatus::kOk) {
+  ManifestEntry e;
+  e.index = index;
+  e.name = "fox";
+  e.copy = 1;
+  e.prompt = "a \"quoted\" fox,\nsecond line \xc3\xa9";
+  e.seed = 18446744073709551615ULL - static_cast<uint64_t>(index);
+  e.width = 1024;
+  e.height = 768;
+  e.steps = 28;
+  e.guidance = 3.3000000000000003;
+  e.max_sequence_length = 256;
+  e.model = "FLUX.1-dev (diffusers)";
+  e.file = "00003-fox-" + std::to_string(index) + ".png";
+  e.status = status;
+  e.error = status == ManifestStatus::kOk ? "" : "CUDA out of memory";
+  e.timings = {1.25, 0.03};
+  e.batch_size = 2;
+  e.finished_at = "2025-01-31T12:00:00Z";
+  return e;
+}
+
+void check_equal(const ManifestEntry& a, const ManifestEntry& b) {
+  CHECK(a.index == b.index);
+  CHECK(a.name == b.name);
+  CHECK(a.copy == b.copy);
+  CHECK(a.prompt == b.prompt);
+  CHECK(a.seed == b.seed);
+  CHECK(a.width == b.width);
+  CHECK(a.height == b.height);
+  CHECK(a.steps == b.steps);
+  CHECK(a.guidance == b.guidance);  // exact: JSON doubles round-trip
+  CHECK(a.max_sequence_length == b.max_sequence_length);
+  CHECK(a.model == b.model);
+  CHECK(a.file == b.file);
+  CHECK(a.status == b.status);
+  CHECK(a.error == b.error);
+  CHECK(a.timings.generate_s == b.timings.generate_s);
+  CHECK(a.timings.write_s == b.timings.write_s);
+  CHECK(a.batch_size == b.batch_size);
+  CHECK(a.finished_at == b.finished_at);
+}
+
+}  // namespace
+
+TEST_CASE("manifest lines round-trip every field", "[io]") {
+  const ManifestEntry e = sample(3, ManifestStatus::kFailed);
+  const std::string line = fluxbatch::io::manifest_line(e);
+  CHECK(line.find('\n') == std::string::npos);
+  CHECK_THAT(line, ContainsSubstring("\"status\":\"failed\""));
+  check_equal(fluxbatch::io::parse_manifest_line(line), e);
+}
+
+TEST_CASE("parse_manifest_line names what is wrong", "[io]") {
+  CHECK_THROWS_WITH(fluxbatch::io::parse_manifest_line(R"({"index":1,"name":"x")"), ContainsSubstring("JSON"));
+  CHECK_THROWS_WITH(fluxbatch::io::parse_manifest_line(R"({"index":1})"), ContainsSubstring("\"name\""));
+  std::string line = fluxbatch::io::manifest_line(sample(1));
+  line.replace(line.find("\"ok\""), 4, "\"done\"");
+  CHECK_THROWS_WITH(fluxbatch::io::parse_manifest_line(line), ContainsSubstring("done"));
+}
+
+TEST_CASE("ManifestWriter appends lines that read_manifest reads back", "[io]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = (dir / fluxbatch::io::kManifestFileName).string();
+  CHECK(fluxbatch::io::read_manifest(path).entries.empty());  // missing file reads as empty
+  {
+    fluxbatch::io::ManifestWriter writer(path);
+    writer.append(sample(0));
+    writer.append(sample(1, ManifestStatus::kFailed));
+  }
+  {
+    fluxbatch::io::ManifestWriter writer(path);  // a second run appends, never truncates
+    writer.append(sample(2));
+  }
+  const auto contents = fluxbatch::io::read_manifest(path);
+  CHECK(contents.skipped.empty());
+  REQUIRE(contents.entries.size() == 3);
+  check_equal(contents.entries[0], sample(0));
+  check_equal(contents.entries[1], sample(1, ManifestStatus::kFailed));
+  check_equal(contents.entries[2], sample(2));
+}
+
+TEST_CASE("a torn last line is skipped and the next append starts a fresh line", "[io]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = dir / fluxbatch::io::kManifestFileName;
+  const std::string whole = fluxbatch::io::manifest_line(sample(0)) + "\n";
+  const std::string torn = fluxbatch::io::manifest_line(sample(1)).substr(0, 40);
+  fluxbatch::test::write_file(path, whole + torn);
+
+  auto contents = fluxbatch::io::read_manifest(path.string());
+  REQUIRE(contents.entries.size() == 1);
+  CHECK(contents.entries[0].index == 0);
+  REQUIRE(contents.skipped.size() == 1);
+  CHECK_THAT(contents.skipped[0], ContainsSubstring(path.string() + ":2:"));
+
+  {
+    fluxbatch::io::ManifestWriter writer(path.string());
+    writer.append(sample(2));
+  }
+  contents = fluxbatch::io::read_manifest(path.string());
+  REQUIRE(contents.entries.size() == 2);
+  CHECK(contents.entries[1].index == 2);
+  CHECK(contents.skipped.size() == 1);  // the torn fragment stays, on its own line
+  CHECK(fluxbatch::test::read_file(path) == whole + torn + "\n" + fluxbatch::io::manifest_line(sample(2)) + "\n");
+}
+
+TEST_CASE("a second writer on the same manifest is refused", "[io]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = (dir / fluxbatch::io::kManifestFileName).string();
+  fluxbatch::io::ManifestWriter first(path);
+  CHECK_THROWS_WITH(fluxbatch::io::ManifestWriter(path), ContainsSubstring("in use"));
+}
+
+TEST_CASE("ManifestWriter reports an unwritable location as OutputError", "[io]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = (dir / "missing" / fluxbatch::io::kManifestFileName).string();
+  CHECK_THROWS_AS(fluxbatch::io::ManifestWriter(path), fluxbatch::OutputError);
+}
+
+TEST_CASE("utc_timestamp has the ISO 8601 shape", "[io]") {
+  const std::string t = fluxbatch::io::utc_timestamp();
+  REQUIRE(t.size() == 20);
+  CHECK(t[4] == '-');
+  CHECK(t[10] == 'T');
+  CHECK(t.back() == 'Z');
+}
