@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/io/safetensors.h"
+#include "fluxbatch/io/safetensors_writer.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -99,6 +100,8 @@ void add_file(const std::string& path, const std::string& strip_prefix, TensorMa
 
 }  // namespace
 
+std::vector<std::string> shard_files(const std::string& index_path) { return read_shard_index(index_path).shards; }
+
 at::Tensor to_tensor(const std::shared_ptr<io::SafetensorsFile>& file, const std::string& name) {
   const io::TensorView& view = file->at(name);
   const auto options = at::TensorOptions().dtype(to_scalar_type(view.dtype)).device(at::kCPU);
@@ -141,6 +144,32 @@ TensorMap read_safetensors(const std::vector<std::string>& paths, const std::str
     }
   }
   return out;
+}
+
+void write_safetensors(const std::string& path, const TensorMap& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  static const std::map<c10::ScalarType, io::DType> kTypes = {
+      {c10::kDouble, io::DType::kF64},         {c10::kFloat, io::DType::kF32},
+      {c10::kHalf, io::DType::kF16},           {c10::kBFloat16, io::DType::kBF16},
+      {c10::kFloat8_e4m3fn, io::DType::kF8_E4M3}, {c10::kFloat8_e5m2, io::DType::kF8_E5M2},
+      {c10::kLong, io::DType::kI64},           {c10::kInt, io::DType::kI32},
+      {c10::kShort, io::DType::kI16},          {c10::kChar, io::DType::kI8},
+      {c10::kByte, io::DType::kU8},            {c10::kBool, io::DType::kBool},
+      {c10::kUInt16, io::DType::kU16},         {c10::kUInt32, io::DType::kU32},
+      {c10::kUInt64, io::DType::kU64}};
+  io::SafetensorsWriter writer;
+  std::vector<at::Tensor> keep;  // CPU contiguous copies live until the file is written
+  for (const auto& [name, tensor] : tensors) {
+    auto type = kTypes.find(tensor.scalar_type());
+    if (type == kTypes.end()) {
+      throw ModelError(path + ": tensor '" + name + "' has dtype " + std::string(c10::toString(tensor.scalar_type())) +
+                       ", which safetensors cannot store");
+    }
+    keep.push_back(tensor.to(at::kCPU).contiguous());
+    writer.add_view(name, type->second, tensor.sizes().vec(), keep.back().data_ptr(), keep.back().nbytes());
+  }
+  for (const auto& [key, value] : metadata) writer.set_metadata(key, value);
+  writer.write(path);
 }
 
 namespace {

@@ -24,11 +24,21 @@ namespace fluxbatch::nn {
 using TensorMap = std::map<std::string, at::Tensor>;
 
 // Every tensor of the files (e.g. shards of one component). Duplicate names across files are an
-// error. With `strip_prefix`, only names starting with it are taken, and it is removed.
+// error. With `strip_prefix`, only names starting with it are taken, and it is removed. A path
+// ending in ".index.json" stands for the shards it lists (and is checked against them).
 TensorMap read_safetensors(const std::vector<std::string>& paths, const std::string& strip_prefix = "");
+
+// The shard files a "<name>.safetensors.index.json" names (unique, in first-mention order, full
+// paths); ModelError when the index is malformed or names a file outside its folder.
+std::vector<std::string> shard_files(const std::string& index_path);
 
 // Wraps one tensor of an open file as a CPU at::Tensor (zero-copy when aligned, else a copy).
 at::Tensor to_tensor(const std::shared_ptr<io::SafetensorsFile>& file, const std::string& name);
+
+// Writes tensors (any device; copied to CPU contiguous as needed) to a safetensors file through
+// io::SafetensorsWriter. OutputError on I/O failure, ModelError for a dtype safetensors lacks.
+void write_safetensors(const std::string& path, const TensorMap& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
 
 struct LoadOptions {
   c10::ScalarType dtype = c10::kFloat;  // floating tensors are converted to it; integer ones kept
