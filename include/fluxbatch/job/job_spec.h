@@ -2,6 +2,7 @@
 // src/job/ turns files into these and everything downstream only sees them.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@ struct RenderItem {
   RenderParams params;      // params.count is the item's count; params.seed already includes copy
   std::string file;         // output file name relative to JobSpec::output_dir
   std::string location;     // "jobs/night.json:14:12" of the item, for messages
+  bool seed_drawn = false;  // the seed was "random": drawn once at load time, recorded here
 };
 
 struct JobSpec {
@@ -63,6 +65,9 @@ struct LoadOptions {
   ParamOverrides cli_defaults;                 // used where neither the item nor "defaults" sets a field
   std::optional<std::string> output_dir;       // --out
   std::optional<std::string> name_template;    // --name
+  // Source of "random" seeds (one draw per item). Empty: std::random_device, 0 .. 2^32-1.
+  // Tests and the fuzzer inject a fixed source to keep expansion reproducible.
+  std::function<uint64_t()> seed_source;
 };
 
 inline constexpr const char* kDefaultNameTemplate = "{index:05}-{slug}-{seed}.png";

@@ -1,0 +1,179 @@
+#include "job/expand.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+#include <random>
+#include <unordered_map>
+
+#include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/job/name_template.h"
+#include "job/param_rules.h"
+
+namespace fluxbatch::job::detail {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ResolvedItem {
+  const RawItem* raw = nullptr;
+  int64_t item_index = 0;  // position in RawJob::items
+  RenderParams params;
+  bool random_seed = false;
+  const std::string* name_template = nullptr;
+};
+
+// Later layers win: built-in defaults < command line < "defaults" < the item.
+void apply(const ParamOverrides& overrides, RenderParams* params, bool* random_seed) {
+  if (overrides.width) params->width = *overrides.width;
+  if (overrides.height) params->height = *overrides.height;
+  if (overrides.steps) params->steps = *overrides.steps;
+  if (overrides.guidance) params->guidance = *overrides.guidance;
+  if (overrides.count) params->count = *overrides.count;
+  if (overrides.max_sequence_length) params->max_sequence_length = *overrides.max_sequence_length;
+  if (overrides.random_seed) {
+    *random_seed = true;
+  } else if (overrides.seed) {
+    params->seed = *overrides.seed;
+    *random_seed = false;
+  }
+}
+
+std::string resolve_against(const std::string& path, const std::string& job_path) {
+  const fs::path relative(path);
+  if (relative.is_absolute()) return relative.lexically_normal().string();
+  return (fs::path(job_path).parent_path() / relative).lexically_normal().string();
+}
+
+uint64_t draw_seed(const LoadOptions& options) {
+  if (options.seed_source) return options.seed_source();
+  std::random_device device;
+  return static_cast<uint64_t>(device()) & kMaxRandomSeed;
+}
+
+class Expander {
+ public:
+  Expander(const RawJob& raw, const LoadOptions& options, DiagnosticSink& sink)
+      : raw_(raw), options_(options), sink_(sink) {}
+
+  std::vector<RenderItem> run(const std::string& global_template) {
+    std::vector<ResolvedItem> resolved = resolve(global_template);
+    int64_t total = 0;
+    for (const auto& item : resolved) total += item.params.count;
+    if (total > kMaxRenderItems) {
+      sink_.add(raw_.items_offset, raw_.prompt_list ? "" : "items",
+                "the job expands to " + std::to_string(total) + " images (count copies per item); " +
+                    "the limit is " + std::to_string(kMaxRenderItems));
+      return {};
+    }
+    std::vector<RenderItem> items;
+    items.reserve(static_cast<size_t>(total));
+    for (auto& item : resolved) expand(item, &items);
+    std::stable_sort(items.begin(), items.end(), [](const RenderItem& a, const RenderItem& b) {
+      return a.priority > b.priority;
+    });
+    return items;
+  }
+
+ private:
+  std::string field(const RawItem& item) const { return raw_.prompt_list ? "" : item.label; }
+
+  std::vector<ResolvedItem> resolve(const std::string& global_template) {
+    std::vector<ResolvedItem> resolved;
+    for (size_t i = 0; i < raw_.items.size(); ++i) {
+      const RawItem& raw_item = raw_.items[i];
+      if (!raw_item.valid) continue;
+      ResolvedItem item;
+      item.raw = &raw_item;
+      item.item_index = static_cast<int64_t>(i);
+      apply(options_.cli_defaults, &item.params, &item.random_seed);
+      apply(raw_.defaults, &item.params, &item.random_seed);
+      apply(raw_item.overrides, &item.params, &item.random_seed);
+      item.name_template = raw_item.name ? &*raw_item.name : &global_template;
+      resolved.push_back(item);
+    }
+    return resolved;
+  }
+
+  void expand(ResolvedItem& item, std::vector<RenderItem>* out) {
+    const RawItem& raw_item = *item.raw;
+    if (item.random_seed) item.params.seed = draw_seed(options_);
+    const auto last_copy = static_cast<uint64_t>(item.params.count - 1);
+    if (item.params.seed > std::numeric_limits<uint64_t>::max() - last_copy) {
+      sink_.add(raw_item.offset, field(raw_item),
+                "seed " + std::to_string(item.params.seed) + " + count - 1 is larger than the " +
+                    "largest seed 18446744073709551615");
+      return;
+    }
+    RenderItem render;
+    render.item_index = item.item_index;
+    render.priority = raw_item.priority;
+    render.name = raw_item.name.value_or("");
+    render.prompt = raw_item.prompt;
+    render.location = sink_.location(raw_item.offset);
+    render.seed_drawn = item.random_seed;
+    const uint64_t base_seed = item.params.seed;
+    for (int copy = 0; copy < item.params.count; ++copy) {
+      render.index = next_index_++;
+      render.copy = copy;
+      render.params = item.params;
+      render.params.seed = base_seed + static_cast<uint64_t>(copy);
+      render.file = format_name(*item.name_template, render);
+      if (!claim_file(render, raw_item)) return;
+      out->push_back(render);
+    }
+  }
+
+  // Records render.file as taken; reports the first collision of an item and stops its copies.
+  bool claim_file(const RenderItem& render, const RawItem& raw_item) {
+    const auto [owner, inserted] = owners_.emplace(render.file, Owner{&raw_item, render.copy});
+    if (inserted) return true;
+    std::string other = owner->second.item == &raw_item ? "copy " : owner->second.item->label;
+    if (owner->second.item == &raw_item) {
+      other += std::to_string(owner->second.copy) + " of this item (use {copy}, {seed} or " +
+               "{index} in the name)";
+    } else if (render.params.count > 1 || owner->second.copy > 0) {
+      other += " (copy " + std::to_string(owner->second.copy) + ")";
+    }
+    sink_.add(raw_item.offset, field(raw_item),
+              "output file \"" + render.file + "\"" +
+                  (render.params.count > 1 ? " of copy " + std::to_string(render.copy) : "") +
+                  " is also written by " + other);
+    return false;
+  }
+
+  struct Owner {
+    const RawItem* item;
+    int copy;
+  };
+
+  const RawJob& raw_;
+  const LoadOptions& options_;
+  DiagnosticSink& sink_;
+  int64_t next_index_ = 0;
+  std::unordered_map<std::string, Owner> owners_;
+};
+
+}  // namespace
+
+JobSpec expand_job(const RawJob& raw, const std::string& path, const LoadOptions& options,
+                   DiagnosticSink& sink) {
+  JobSpec spec;
+  spec.path = path;
+  if (raw.model) spec.model = resolve_against(*raw.model, path);
+  if (options.output_dir) {
+    spec.output_dir = *options.output_dir;
+  } else {
+    spec.output_dir = resolve_against(raw.output_dir.value_or(kDefaultOutputDir), path);
+  }
+  spec.name_template = options.name_template   ? *options.name_template
+                       : raw.name_template     ? *raw.name_template
+                                               : std::string(kDefaultNameTemplate);
+  // Expanding on top of broken settings would only add follow-up noise to the real problems
+  // (a bad --name is reported by the loader).
+  if (!raw.settings_valid || !name_template_error(spec.name_template).empty()) return spec;
+  spec.items = Expander(raw, options, sink).run(spec.name_template);
+  return spec;
+}
+
+}  // namespace fluxbatch::job::detail

@@ -1,0 +1,67 @@
+// Parameter-holding leaf layers for the text encoders and the VAE. Unlike torch::nn::Linear & co.
+// they allocate their parameters uninitialised, directly in the target dtype and device: a
+// randomly initialised fp32 T5-XXL on the CPU would cost 19 GB and minutes before the checkpoint
+// overwrites it. Each forward is the single ATen op the PyTorch module calls, so numerics match.
+// Generic (not T5-specific): candidates for src/nn once a shared home exists.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+
+namespace fluxbatch::models::layers {
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // x: [..., in] -> [..., out]
+  at::Tensor weight;                        // [out, in]
+  at::Tensor bias;                          // [out] or undefined
+};
+TORCH_MODULE(Linear);
+
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num_embeddings, int64_t dim, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& ids);  // ids: [...] int64 -> [..., dim]
+  at::Tensor weight;                          // [num_embeddings, dim]
+};
+TORCH_MODULE(Embedding);
+
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // x: [..., dim] -> [..., dim]
+  at::Tensor weight, bias;                  // [dim]
+ private:
+  int64_t dim_;
+  double eps_;
+};
+TORCH_MODULE(LayerNorm);
+
+class GroupNormImpl : public torch::nn::Module {
+ public:
+  GroupNormImpl(int64_t groups, int64_t channels, double eps, const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // x: [B, C, *] -> [B, C, *]
+  at::Tensor weight, bias;                  // [C]
+ private:
+  int64_t groups_;
+  double eps_;
+};
+TORCH_MODULE(GroupNorm);
+
+// Stride 1, zero padding, with bias (all the VAE decoder uses).
+class Conv2dImpl : public torch::nn::Module {
+ public:
+  Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t padding,
+             const at::TensorOptions& options);
+  at::Tensor forward(const at::Tensor& x);  // x: [B, Cin, H, W] -> [B, Cout, H, W]
+  at::Tensor weight;                        // [Cout, Cin, k, k]
+  at::Tensor bias;                          // [Cout]
+ private:
+  int64_t padding_;
+};
+TORCH_MODULE(Conv2d);
+
+}  // namespace fluxbatch::models::layers

@@ -1,0 +1,38 @@
+#include "fluxbatch/models/t5/t5_encoder.h"
+
+#include "fluxbatch/core/error.h"
+#include "models/t5/t5_layers.h"
+
+namespace fluxbatch::models::t5 {
+
+std::vector<std::string> t5_ignored_prefixes() { return {"decoder.", "lm_head."}; }
+
+void canonicalize_t5_checkpoint(nn::TensorMap& weights) {
+  const std::string tied = "encoder.embed_tokens.weight";
+  auto it = weights.find(tied);
+  if (it == weights.end()) return;
+  if (weights.count("shared.weight") == 0) weights["shared.weight"] = it->second;
+  weights.erase(tied);
+}
+
+T5EncoderModelImpl::T5EncoderModelImpl(const T5Config& config, const at::TensorOptions& options) : config_(config) {
+  FLUXBATCH_CHECK(config.num_layers > 0 && config.num_heads > 0 && config.d_kv > 0, ModelError,
+                  "T5: num_layers, num_heads and d_kv must be positive");
+  shared_ = register_module("shared", layers::Embedding(config.vocab_size, config.d_model, options));
+  encoder_ = register_module("encoder", std::make_shared<T5StackImpl>(config, options));
+}
+
+at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
+  FLUXBATCH_CHECK(input_ids.dim() == 2, InputError,
+                  "T5: input_ids must be [batch, length], got " + std::to_string(input_ids.dim()) + " dims");
+  return encoder_->forward(shared_->forward(input_ids));  // [B, L] -> [B, L, d_model]
+}
+
+void T5EncoderModelImpl::keep_wo_in_float32() {
+  for (auto& block : encoder_->blocks) {
+    at::Tensor& weight = block->ff->dense->wo->weight;
+    weight.set_data(weight.to(at::kFloat));
+  }
+}
+
+}  // namespace fluxbatch::models::t5

@@ -1,0 +1,434 @@
+#include "fluxbatch/models/weight_map.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <set>
+
+namespace fluxbatch::models {
+namespace {
+
+bool starts_with(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool starts_with_any(const std::string& text, std::initializer_list<const char*> prefixes) {
+  for (const char* p : prefixes) {
+    if (starts_with(text, p)) return true;
+  }
+  return false;
+}
+
+// Component and dialect of one bare (prefix-free) key; false when it belongs to none.
+bool classify_bare(const std::string& key, Component* component, KeyDialect* dialect) {
+  if (starts_with_any(key, {"double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.",
+                            "guidance_in.", "final_layer."})) {
+    *component = Component::kTransformer;
+    *dialect = KeyDialect::kBfl;
+  } else if (starts_with_any(key, {"transformer_blocks.", "single_transformer_blocks.", "x_embedder.",
+                                   "context_embedder.", "time_text_embed.", "norm_out.", "proj_out."})) {
+    *component = Component::kTransformer;
+    *dialect = KeyDialect::kDiffusers;
+  } else if (starts_with_any(key, {"text_model.", "text_projection.", "logit_scale"})) {
+    *component = Component::kTextEncoder;
+    *dialect = KeyDialect::kTransformers;
+  } else if (starts_with_any(key, {"encoder.block.", "encoder.final_layer_norm.", "encoder.embed_tokens.", "shared."})) {
+    *component = Component::kTextEncoder2;
+    *dialect = KeyDialect::kTransformers;
+  } else if (starts_with_any(key, {"decoder.up_blocks.", "decoder.mid_block.", "decoder.conv_norm_out.",
+                                   "encoder.down_blocks.", "encoder.mid_block.", "encoder.conv_norm_out."})) {
+    *component = Component::kVae;
+    *dialect = KeyDialect::kDiffusers;
+  } else if (starts_with_any(key, {"encoder.", "decoder.", "quant_conv.", "post_quant_conv."})) {
+    *component = Component::kVae;
+    *dialect = KeyDialect::kLdm;  // shared keys (conv_in, conv_out) too: settled per component below
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* component_name(Component component) {
+  switch (component) {
+    case Component::kTransformer: return "transformer";
+    case Component::kTextEncoder: return "text_encoder";
+    case Component::kTextEncoder2: return "text_encoder_2";
+    case Component::kVae: return "vae";
+  }
+  return "?";
+}
+
+const char* dialect_name(KeyDialect dialect) {
+  switch (dialect) {
+    case KeyDialect::kDiffusers: return "diffusers";
+    case KeyDialect::kBfl: return "bfl";
+    case KeyDialect::kLdm: return "ldm";
+    case KeyDialect::kTransformers: return "transformers";
+  }
+  return "?";
+}
+
+const std::vector<PrefixRule>& known_prefixes() {
+  static const std::vector<PrefixRule> kRules = [] {
+    std::vector<PrefixRule> rules = {
+        {"model.diffusion_model.", Component::kTransformer},                 // ComfyUI / Forge / LDM
+        {"diffusion_model.", Component::kTransformer},
+        {"transformer.", Component::kTransformer},                           // diffusers-in-one
+        {"first_stage_model.", Component::kVae},                             // LDM / ComfyUI
+        {"vae.", Component::kVae},                                           // Forge
+        {"text_encoders.clip_l.transformer.", Component::kTextEncoder},      // ComfyUI / Forge
+        {"cond_stage_model.transformer.", Component::kTextEncoder},          // LDM
+        {"conditioner.embedders.0.transformer.", Component::kTextEncoder},   // SGM
+        {"text_encoder.", Component::kTextEncoder},
+        {"text_encoders.t5xxl.transformer.", Component::kTextEncoder2},      // ComfyUI / Forge
+        {"text_encoder_2.", Component::kTextEncoder2},
+    };
+    // Longest first so that nested prefixes win.
+    std::stable_sort(rules.begin(), rules.end(),
+                     [](const PrefixRule& a, const PrefixRule& b) { return a.prefix.size() > b.prefix.size(); });
+    return rules;
+  }();
+  return kRules;
+}
+
+std::vector<ComponentKeys> classify_keys(const std::vector<std::string>& names) {
+  struct Group {
+    size_t count = 0;
+    std::set<KeyDialect> dialects;
+  };
+  std::map<std::pair<Component, std::string>, Group> groups;
+  for (const auto& name : names) {
+    std::string prefix;
+    for (const auto& rule : known_prefixes()) {
+      if (starts_with(name, rule.prefix)) {
+        prefix = rule.prefix;
+        break;
+      }
+    }
+    Component component;
+    KeyDialect dialect;
+    if (!classify_bare(name.substr(prefix.size()), &component, &dialect)) continue;
+    if (!prefix.empty()) {
+      // The prefix decides the component; the bare rules only tell the dialect.
+      for (const auto& rule : known_prefixes()) {
+        if (rule.prefix == prefix) component = rule.component;
+      }
+      if (component == Component::kTextEncoder || component == Component::kTextEncoder2) {
+        dialect = KeyDialect::kTransformers;
+      }
+    }
+    Group& group = groups[{component, prefix}];
+    ++group.count;
+    group.dialects.insert(dialect);
+  }
+  std::vector<ComponentKeys> out;
+  for (const auto& [key, group] : groups) {
+    ComponentKeys keys{key.first, key.second, *group.dialects.begin(), group.count};
+    // A diffusers VAE also has bare encoder./decoder. keys (conv_in ...) that look LDM.
+    if (key.first == Component::kVae) {
+      keys.dialect = group.dialects.count(KeyDialect::kDiffusers) ? KeyDialect::kDiffusers : KeyDialect::kLdm;
+    }
+    if (key.first == Component::kTransformer) {
+      keys.dialect = group.dialects.count(KeyDialect::kBfl) ? KeyDialect::kBfl : KeyDialect::kDiffusers;
+    }
+    out.push_back(keys);
+  }
+  return out;
+}
+
+nn::TensorMap strip_prefix(const nn::TensorMap& weights, const std::string& prefix) {
+  nn::TensorMap out;
+  for (const auto& [name, tensor] : weights) {
+    if (starts_with(name, prefix)) out.emplace(name.substr(prefix.size()), tensor);
+  }
+  return out;
+}
+
+// ---- FLUX transformer -----------------------------------------------------------------------------
+
+namespace {
+
+class BflSource {
+ public:
+  explicit BflSource(const nn::TensorMap& weights) {
+    for (const auto& [name, tensor] : weights) {
+      const std::string key = starts_with(name, "model.diffusion_model.") ? name.substr(22) : name;
+      map_[key] = tensor;
+    }
+  }
+  // Removes and returns a key, as diffusers' checkpoint.pop does.
+  at::Tensor pop(const std::string& key) {
+    auto it = map_.find(key);
+    if (it == map_.end()) {
+      throw ModelError("BFL FLUX checkpoint: missing tensor '" + key + "' (expected by the diffusers conversion)");
+    }
+    at::Tensor t = it->second;
+    map_.erase(it);
+    return t;
+  }
+  bool any_contains(const std::string& text) const {
+    for (const auto& [name, tensor] : map_) {
+      if (name.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+  const nn::TensorMap& left() const { return map_; }
+
+ private:
+  nn::TensorMap map_;
+};
+
+// Splits rows [sizes...] of a fused weight or bias; checks the total.
+std::vector<at::Tensor> split_rows(const at::Tensor& fused, const std::vector<int64_t>& sizes, const std::string& key) {
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  if (fused.dim() == 0 || fused.size(0) != total) {
+    throw ModelError("BFL FLUX checkpoint: '" + key + "' has " + std::to_string(fused.dim() ? fused.size(0) : 0) +
+                     " rows, expected " + std::to_string(total) + " for the detected configuration");
+  }
+  return at::split_with_sizes(fused, sizes, 0);
+}
+
+at::Tensor swap_scale_shift(const at::Tensor& weight) {
+  auto halves = weight.chunk(2, 0);
+  return at::cat({halves[1], halves[0]}, 0);
+}
+
+void move_linear(BflSource& src, nn::TensorMap& out, const std::string& from, const std::string& to) {
+  out[to + ".weight"] = src.pop(from + ".weight");
+  out[to + ".bias"] = src.pop(from + ".bias");
+}
+
+void convert_double_block(BflSource& src, nn::TensorMap& out, int64_t i, int64_t inner) {
+  const std::string d = "double_blocks." + std::to_string(i) + ".";
+  const std::string b = "transformer_blocks." + std::to_string(i) + ".";
+  move_linear(src, out, d + "img_mod.lin", b + "norm1.linear");
+  move_linear(src, out, d + "txt_mod.lin", b + "norm1_context.linear");
+  const std::vector<int64_t> qkv = {inner, inner, inner};
+  const char* img[] = {"attn.to_q", "attn.to_k", "attn.to_v"};
+  const char* txt[] = {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"};
+  for (const char* suffix : {".weight", ".bias"}) {
+    auto sample = split_rows(src.pop(d + "img_attn.qkv" + suffix), qkv, d + "img_attn.qkv" + suffix);
+    auto context = split_rows(src.pop(d + "txt_attn.qkv" + suffix), qkv, d + "txt_attn.qkv" + suffix);
+    for (int k = 0; k < 3; ++k) {
+      out[b + img[k] + suffix] = sample[k];
+      out[b + txt[k] + suffix] = context[k];
+    }
+  }
+  out[b + "attn.norm_q.weight"] = src.pop(d + "img_attn.norm.query_norm.scale");
+  out[b + "attn.norm_k.weight"] = src.pop(d + "img_attn.norm.key_norm.scale");
+  out[b + "attn.norm_added_q.weight"] = src.pop(d + "txt_attn.norm.query_norm.scale");
+  out[b + "attn.norm_added_k.weight"] = src.pop(d + "txt_attn.norm.key_norm.scale");
+  move_linear(src, out, d + "img_mlp.0", b + "ff.net.0.proj");
+  move_linear(src, out, d + "img_mlp.2", b + "ff.net.2");
+  move_linear(src, out, d + "txt_mlp.0", b + "ff_context.net.0.proj");
+  move_linear(src, out, d + "txt_mlp.2", b + "ff_context.net.2");
+  move_linear(src, out, d + "img_attn.proj", b + "attn.to_out.0");
+  move_linear(src, out, d + "txt_attn.proj", b + "attn.to_add_out");
+}
+
+void convert_single_block(BflSource& src, nn::TensorMap& out, int64_t i, int64_t inner) {
+  const std::string s = "single_blocks." + std::to_string(i) + ".";
+  const std::string b = "single_transformer_blocks." + std::to_string(i) + ".";
+  move_linear(src, out, s + "modulation.lin", b + "norm.linear");
+  const int64_t mlp_hidden = inner * 4;  // mlp_ratio 4.0
+  const std::vector<int64_t> sizes = {inner, inner, inner, mlp_hidden};
+  const char* names[] = {"attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"};
+  for (const char* suffix : {".weight", ".bias"}) {
+    auto parts = split_rows(src.pop(s + "linear1" + suffix), sizes, s + "linear1" + suffix);
+    for (int k = 0; k < 4; ++k) out[b + names[k] + suffix] = parts[k];
+  }
+  out[b + "attn.norm_q.weight"] = src.pop(s + "norm.query_norm.scale");
+  out[b + "attn.norm_k.weight"] = src.pop(s + "norm.key_norm.scale");
+  move_linear(src, out, s + "linear2", b + "proj_out");
+}
+
+}  // namespace
+
+nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxConfig& config) {
+  for (const auto& [name, tensor] : bfl) {
+    if (ends_with(name, ".absmax") || name.find("quant_state.bitsandbytes__") != std::string::npos) {
+      throw ModelError("BFL FLUX checkpoint: '" + name +
+                       "' is bnb-NF4 packed data; packed BFL transformers are loaded in BFL layout, not converted");
+    }
+  }
+  BflSource src(bfl);
+  nn::TensorMap out;
+  move_linear(src, out, "time_in.in_layer", "time_text_embed.timestep_embedder.linear_1");
+  move_linear(src, out, "time_in.out_layer", "time_text_embed.timestep_embedder.linear_2");
+  move_linear(src, out, "vector_in.in_layer", "time_text_embed.text_embedder.linear_1");
+  move_linear(src, out, "vector_in.out_layer", "time_text_embed.text_embedder.linear_2");
+  if (src.any_contains("guidance")) {
+    move_linear(src, out, "guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1");
+    move_linear(src, out, "guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2");
+  }
+  move_linear(src, out, "txt_in", "context_embedder");
+  move_linear(src, out, "img_in", "x_embedder");
+  const int64_t inner = config.inner_dim();
+  for (int64_t i = 0; i < config.num_layers; ++i) convert_double_block(src, out, i, inner);
+  for (int64_t i = 0; i < config.num_single_layers; ++i) convert_single_block(src, out, i, inner);
+  move_linear(src, out, "final_layer.linear", "proj_out");
+  out["norm_out.linear.weight"] = swap_scale_shift(src.pop("final_layer.adaLN_modulation.1.weight"));
+  out["norm_out.linear.bias"] = swap_scale_shift(src.pop("final_layer.adaLN_modulation.1.bias"));
+  if (!src.left().empty()) {
+    // diffusers drops leftovers silently; say so, since it usually means a different architecture.
+    log::warn("BFL FLUX checkpoint: " + std::to_string(src.left().size()) + " tensors not used by the conversion, e.g. '" +
+              src.left().begin()->first + "'");
+  }
+  return out;
+}
+
+// ---- VAE ------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+  for (size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
+    text.replace(pos, from.size(), to);
+  }
+  return text;
+}
+
+// Reads "<head><N>.<rest>" -> N and rest; false if the key does not have that form.
+bool indexed(const std::string& key, const std::string& head, int64_t* index, std::string* rest) {
+  if (!starts_with(key, head)) return false;
+  size_t pos = head.size();
+  size_t end = pos;
+  while (end < key.size() && std::isdigit(static_cast<unsigned char>(key[end]))) ++end;
+  if (end == pos || end >= key.size() || key[end] != '.') return false;
+  *index = std::stoll(key.substr(pos, end - pos));
+  *rest = key.substr(end + 1);
+  return true;
+}
+
+// update_vae_attentions_ldm_to_diffusers: renames and turns 1x1 convs into Linear weights.
+void put_attention(nn::TensorMap& out, const std::string& side, const std::string& rest, const at::Tensor& t) {
+  std::string name = side + ".mid_block.attentions.0." + rest;
+  name = replace_all(name, "norm.weight", "group_norm.weight");
+  name = replace_all(name, "norm.bias", "group_norm.bias");
+  for (const char* p : {"q", "k", "v"}) {
+    name = replace_all(name, std::string(p) + ".weight", std::string("to_") + p + ".weight");
+    name = replace_all(name, std::string(p) + ".bias", std::string("to_") + p + ".bias");
+  }
+  name = replace_all(name, "proj_out.weight", "to_out.0.weight");
+  name = replace_all(name, "proj_out.bias", "to_out.0.bias");
+  at::Tensor value = t;
+  if (value.dim() == 3) value = value.select(2, 0);
+  if (value.dim() == 4) value = value.select(3, 0).select(2, 0);
+  out[name] = value;
+}
+
+int64_t count_indexed(const nn::TensorMap& weights, const std::string& head) {
+  int64_t count = 0;
+  for (const auto& [name, tensor] : weights) {
+    int64_t index;
+    std::string rest;
+    if (indexed(name, head, &index, &rest)) count = std::max<int64_t>(count, index + 1);
+  }
+  return count;
+}
+
+}  // namespace
+
+nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm) {
+  static const std::map<std::string, std::string> kDirect = {
+      {"encoder.conv_in.weight", "encoder.conv_in.weight"},   {"encoder.conv_in.bias", "encoder.conv_in.bias"},
+      {"encoder.conv_out.weight", "encoder.conv_out.weight"}, {"encoder.conv_out.bias", "encoder.conv_out.bias"},
+      {"encoder.norm_out.weight", "encoder.conv_norm_out.weight"},
+      {"encoder.norm_out.bias", "encoder.conv_norm_out.bias"},
+      {"decoder.conv_in.weight", "decoder.conv_in.weight"},   {"decoder.conv_in.bias", "decoder.conv_in.bias"},
+      {"decoder.conv_out.weight", "decoder.conv_out.weight"}, {"decoder.conv_out.bias", "decoder.conv_out.bias"},
+      {"decoder.norm_out.weight", "decoder.conv_norm_out.weight"},
+      {"decoder.norm_out.bias", "decoder.conv_norm_out.bias"},
+      {"quant_conv.weight", "quant_conv.weight"},             {"quant_conv.bias", "quant_conv.bias"},
+      {"post_quant_conv.weight", "post_quant_conv.weight"},   {"post_quant_conv.bias", "post_quant_conv.bias"},
+  };
+  const int64_t num_up = count_indexed(ldm, "decoder.up.");
+  nn::TensorMap out;
+  for (const auto& [key, tensor] : ldm) {
+    auto direct = kDirect.find(key);
+    int64_t i;
+    std::string rest;
+    if (direct != kDirect.end()) {
+      out[direct->second] = tensor;
+    } else if (indexed(key, "encoder.down.", &i, &rest)) {
+      int64_t k;
+      std::string tail;
+      const std::string level = "encoder.down_blocks." + std::to_string(i);
+      if (indexed(rest, "block.", &k, &tail)) {
+        out[level + ".resnets." + std::to_string(k) + "." + replace_all(tail, "nin_shortcut", "conv_shortcut")] = tensor;
+      } else if (rest == "downsample.conv.weight" || rest == "downsample.conv.bias") {
+        out[level + ".downsamplers.0.conv." + rest.substr(16)] = tensor;
+      }
+    } else if (indexed(key, "decoder.up.", &i, &rest)) {
+      int64_t k;
+      std::string tail;
+      const std::string level = "decoder.up_blocks." + std::to_string(num_up - 1 - i);
+      if (indexed(rest, "block.", &k, &tail)) {
+        out[level + ".resnets." + std::to_string(k) + "." + replace_all(tail, "nin_shortcut", "conv_shortcut")] = tensor;
+      } else if (rest == "upsample.conv.weight" || rest == "upsample.conv.bias") {
+        out[level + ".upsamplers.0.conv." + rest.substr(14)] = tensor;
+      }
+    } else {
+      for (const char* side : {"encoder", "decoder"}) {
+        const std::string mid = std::string(side) + ".mid.";
+        if (!starts_with(key, mid)) continue;
+        const std::string tail = key.substr(mid.size());
+        for (int b = 1; b <= 2; ++b) {
+          const std::string block = "block_" + std::to_string(b) + ".";
+          if (starts_with(tail, block)) {
+            out[std::string(side) + ".mid_block.resnets." + std::to_string(b - 1) + "." +
+                replace_all(tail.substr(block.size()), "nin_shortcut", "conv_shortcut")] = tensor;
+          }
+        }
+        if (starts_with(tail, "attn_1.")) put_attention(out, side, tail.substr(7), tensor);
+      }
+    }
+  }
+  return out;
+}
+
+// ---- text encoders --------------------------------------------------------------------------------
+
+nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
+  nn::TensorMap out = weights;
+  auto embed = out.find("encoder.embed_tokens.weight");
+  if (embed != out.end()) {
+    if (out.count("shared.weight") == 0) out["shared.weight"] = embed->second;
+    out.erase("encoder.embed_tokens.weight");
+  }
+  return out;
+}
+
+nn::TensorMap clip_to_transformers(const nn::TensorMap& weights) {
+  nn::TensorMap out;
+  for (const auto& [name, tensor] : weights) {
+    if (starts_with(name, "text_projection") || name == "logit_scale" ||
+        name == "text_model.embeddings.position_ids") {
+      continue;
+    }
+    out.emplace(name, tensor);
+  }
+  return out;
+}
+
+bool has_guidance_embedder(const std::vector<std::string>& transformer_keys) {
+  for (const auto& key : transformer_keys) {
+    if (key.find("guidance_in.") != std::string::npos ||
+        key.find("time_text_embed.guidance_embedder.") != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace fluxbatch::models
