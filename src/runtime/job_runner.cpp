@@ -304,6 +304,9 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
     summary.not_started = plan.count(ItemState::kRender);
     return summary;
   }
+  // Input errors must surface before anything is created.
+  if (options.batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(options.batch_size));
+  check_unique_files(spec);
   io::ensure_directory(output_dir);
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));

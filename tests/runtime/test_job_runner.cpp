@@ -329,6 +329,7 @@ TEST_CASE("two items writing the same file are rejected before anything renders"
   CHECK_THROWS_WITH(fluxbatch::runtime::run_job(spec, dir.path().string(), {}, gen),
                     ContainsSubstring("job.json:2:1: output file img-0.png is also written by the item at job.json:1:1"));
   CHECK(gen.batches.empty());
+  CHECK(fs::is_empty(dir.path()));  // nothing created, not even the manifest
 }
 
 TEST_CASE("a file that appears while its image renders is not overwritten", "[runner]") {
