@@ -21,8 +21,8 @@ nn::TensorMap clip_weights(const std::filesystem::path& folder) {
 
 ClipTextModel load_clip(const std::string& variant, at::ScalarType dtype) {
   const auto folder = model_dir(variant, "text_encoder");
-  ClipTextModel model(read_clip_config(folder), at::TensorOptions().dtype(dtype));
-  load_weights(*model, clip_weights(folder));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)), at::TensorOptions().dtype(dtype));
+  load_weights(*model, clip_weights(folder), dtype, models::clip::clip_ignored_prefixes());
   return model;
 }
 
@@ -47,7 +47,7 @@ ClipTextModel random_clip(int64_t eos_token_id) {
 TEST_CASE("CLIP parameter names equal the checkpoint keys", "[clip]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "text_encoder");
-  ClipTextModel model(read_clip_config(folder));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)));
   CHECK(parameter_names(*model) == checkpoint_names(clip_weights(folder), models::clip::clip_ignored_prefixes()));
   CHECK(model->named_parameters().contains("text_model.embeddings.token_embedding.weight"));
   CHECK(model->named_parameters().contains("text_model.encoder.layers.0.self_attn.out_proj.bias"));
@@ -55,7 +55,7 @@ TEST_CASE("CLIP parameter names equal the checkpoint keys", "[clip]") {
 }
 
 TEST_CASE("CLIP BFL single file clip_l.safetensors has the same names", "[clip]") {
-  ClipTextModel model(read_clip_config(model_dir("dev", "text_encoder")));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(model_dir("dev", "text_encoder"))));
   auto weights = read_tensors(model_dir("dev-bfl", "clip_l.safetensors"));
   models::clip::canonicalize_clip_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::clip::clip_ignored_prefixes()));

@@ -16,10 +16,10 @@ namespace {
 
 T5EncoderModel load_t5(const std::string& variant, at::ScalarType dtype) {
   const auto folder = model_dir(variant, "text_encoder_2");
-  T5EncoderModel model(read_t5_config(folder), at::TensorOptions().dtype(dtype));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(folder)), at::TensorOptions().dtype(dtype));
   auto weights = read_component_weights(folder);
   models::t5::canonicalize_t5_checkpoint(weights);
-  load_weights(*model, weights);
+  load_weights(*model, weights, dtype, models::t5::t5_ignored_prefixes());
   return model;
 }
 
@@ -28,7 +28,7 @@ T5EncoderModel load_t5(const std::string& variant, at::ScalarType dtype) {
 TEST_CASE("T5 parameter names equal the checkpoint keys", "[t5]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "text_encoder_2");
-  T5EncoderModel model(read_t5_config(folder));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(folder)));
   auto weights = read_component_weights(folder);
   models::t5::canonicalize_t5_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::t5::t5_ignored_prefixes()));
@@ -38,7 +38,7 @@ TEST_CASE("T5 parameter names equal the checkpoint keys", "[t5]") {
 }
 
 TEST_CASE("T5 BFL single file t5xxl.safetensors has the same names", "[t5]") {
-  T5EncoderModel model(read_t5_config(model_dir("dev", "text_encoder_2")));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(model_dir("dev", "text_encoder_2"))));
   auto weights = read_tensors(model_dir("dev-bfl", "t5xxl.safetensors"));
   models::t5::canonicalize_t5_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::t5::t5_ignored_prefixes()));

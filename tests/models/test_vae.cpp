@@ -1,6 +1,7 @@
 // VAE decoder against diffusers: key names, fp32 / bf16 golden decodes, latent unscaling, tiling.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/models/weight_map.h"
 #include "test_t5_clip_vae_support.h"
 
 #include <catch2/catch_test_macros.hpp>
@@ -15,8 +16,8 @@ namespace {
 
 VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype) {
   const auto folder = model_dir(variant, "vae");
-  VaeDecoder model(read_vae_config(folder), at::TensorOptions().dtype(dtype));
-  load_weights(*model, read_component_weights(folder));
+  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)), at::TensorOptions().dtype(dtype));
+  load_weights(*model, read_component_weights(folder), dtype, models::vae::vae_ignored_prefixes());
   return model;
 }
 
@@ -25,7 +26,7 @@ VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype) {
 TEST_CASE("VAE decoder parameter names equal the checkpoint's decoder keys", "[vae]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "vae");
-  VaeDecoder model(read_vae_config(folder));
+  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)));
   const auto weights = read_component_weights(folder);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::vae::vae_ignored_prefixes()));
   CHECK(model->named_parameters().contains("decoder.mid_block.attentions.0.to_out.0.weight"));
@@ -56,6 +57,18 @@ TEST_CASE("VAE bf16 CPU decode is within bf16 tolerance of the fp32 golden", "[v
   const at::Tensor& expected = golden.at("sample");
   // bf16 (2^-8 relative per op) through ~15 conv/norm layers (measured ~1.5% of the peak).
   CHECK(max_abs_diff(sample, expected) <= 4e-2 * max_abs(expected));
+}
+
+TEST_CASE("VAE from the BFL ae.safetensors (LDM names, mapped) decodes like the diffusers folder", "[vae]") {
+  auto golden = read_tensors(golden_file("dev", "vae.safetensors"));
+  const auto config = models::vae::VaeConfig::from_json_file(config_json(model_dir("dev", "vae")));
+  VaeDecoder model(config);
+  const auto weights = models::vae_ldm_to_diffusers(read_tensors(model_dir("dev-bfl", "ae.safetensors")));
+  CHECK(parameter_names(*model) == checkpoint_names(weights, models::vae::vae_ignored_prefixes()));
+  load_weights(*model, weights, at::kFloat, models::vae::vae_ignored_prefixes());
+  at::NoGradGuard no_grad;
+  const at::Tensor& expected = golden.at("sample");
+  CHECK(max_abs_diff(model->decode(golden.at("latents")), expected) <= 1e-5 * std::max(1.0, max_abs(expected)));
 }
 
 TEST_CASE("unscale_latents is latents / scaling_factor + shift_factor, rounded per op", "[vae]") {
