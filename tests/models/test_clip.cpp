@@ -19,10 +19,11 @@ nn::TensorMap clip_weights(const std::filesystem::path& folder) {
   return weights;
 }
 
-ClipTextModel load_clip(const std::string& variant, at::ScalarType dtype) {
+ClipTextModel load_clip(const std::string& variant, at::ScalarType dtype, c10::Device device = c10::Device(c10::kCPU)) {
   const auto folder = model_dir(variant, "text_encoder");
-  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)), at::TensorOptions().dtype(dtype));
-  load_weights(*model, clip_weights(folder), dtype, models::clip::clip_ignored_prefixes());
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)),
+                      at::TensorOptions().dtype(dtype).device(device));
+  load_weights(*model, clip_weights(folder), dtype, models::clip::clip_ignored_prefixes(), device);
   return model;
 }
 
@@ -145,4 +146,19 @@ TEST_CASE("CLIP bf16 CPU output is within bf16 tolerance of the fp32 golden", "[
   // (measured ~1% of the peak).
   CHECK(max_abs_diff(out.last_hidden_state, hidden) <= 4e-2 * max_abs(hidden));
   CHECK(max_abs_diff(out.pooler_output, pooled) <= 4e-2 * max_abs(pooled));
+}
+
+TEST_CASE("CLIP on CUDA (bf16, fp32) stays within tolerance of the golden", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  auto golden = read_tensors(golden_file("dev", "clip.safetensors"));
+  at::NoGradGuard no_grad;
+  for (auto [dtype, tolerance] : {std::pair{at::kBFloat16, 4e-2}, std::pair{at::kFloat, 1e-3}}) {
+    INFO("dtype " << dtype);
+    auto model = load_clip("dev", dtype, device);
+    auto out = model->forward(golden.at("input_ids").to(device));
+    CHECK(out.pooler_output.device() == device);
+    CHECK(max_abs_diff(out.last_hidden_state, golden.at("last_hidden_state")) <=
+          tolerance * max_abs(golden.at("last_hidden_state")));
+    CHECK(max_abs_diff(out.pooler_output, golden.at("pooler_output")) <= tolerance * max_abs(golden.at("pooler_output")));
+  }
 }

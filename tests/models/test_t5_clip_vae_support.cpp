@@ -1,5 +1,6 @@
 #include "test_t5_clip_vae_support.h"
 
+#include "fluxbatch/runtime/device.h"
 #include "test_support.h"
 
 #include <catch2/catch_test_macros.hpp>
@@ -59,19 +60,25 @@ std::set<std::string> checkpoint_names(const nn::TensorMap& weights, const std::
 }
 
 void load_weights(torch::nn::Module& module, const nn::TensorMap& weights, at::ScalarType dtype,
-                  const std::vector<std::string>& ignore_prefixes) {
+                  const std::vector<std::string>& ignore_prefixes, c10::Device device) {
   nn::LoadOptions options;
   options.dtype = dtype;
+  options.device = device;
   options.ignore_prefixes = ignore_prefixes;
   options.what = "test model";
   nn::load_state(module, weights, options);
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+c10::Device cuda_device() {
+  if (!runtime::cuda_available()) FAIL("this [cuda] test needs a CUDA device");
+  return c10::Device(c10::kCUDA, 0);
 }
 
-double max_abs(const at::Tensor& a) { return a.to(at::kDouble).abs().max().item<double>(); }
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(at::kCPU, at::kDouble) - b.to(at::kCPU, at::kDouble)).abs().max().item<double>();
+}
+
+double max_abs(const at::Tensor& a) { return a.to(at::kCPU, at::kDouble).abs().max().item<double>(); }
 
 }  // namespace fluxbatch::test::encoders

@@ -27,9 +27,12 @@ nn::TensorMap read_component_weights(const std::filesystem::path& folder);
 std::set<std::string> parameter_names(const torch::nn::Module& module);
 std::set<std::string> checkpoint_names(const nn::TensorMap& weights, const std::vector<std::string>& ignore_prefixes);
 
-// nn::load_state with `dtype` and `ignore_prefixes` (throws ModelError on any name/shape mismatch).
+// nn::load_state with `dtype`, `device` and `ignore_prefixes` (ModelError on any name/shape mismatch).
 void load_weights(torch::nn::Module& module, const nn::TensorMap& weights, at::ScalarType dtype,
-                  const std::vector<std::string>& ignore_prefixes);
+                  const std::vector<std::string>& ignore_prefixes, c10::Device device = c10::Device(c10::kCPU));
+
+// cuda:0, or FAIL when this machine has no CUDA device (the [cuda] tests are hidden: run on demand).
+c10::Device cuda_device();
 
 // max |a - b| in fp64, and max |b|.
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);

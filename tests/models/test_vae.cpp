@@ -14,10 +14,11 @@ using fluxbatch::models::vae::VaeDecoder;
 
 namespace {
 
-VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype) {
+VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype, c10::Device device = c10::Device(c10::kCPU)) {
   const auto folder = model_dir(variant, "vae");
-  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)), at::TensorOptions().dtype(dtype));
-  load_weights(*model, read_component_weights(folder), dtype, models::vae::vae_ignored_prefixes());
+  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)),
+                   at::TensorOptions().dtype(dtype).device(device));
+  load_weights(*model, read_component_weights(folder), dtype, models::vae::vae_ignored_prefixes(), device);
   return model;
 }
 
@@ -115,4 +116,23 @@ TEST_CASE("VAE rejects latents with the wrong channel count", "[vae]") {
   VaeDecoder model(config);
   CHECK_THROWS_WITH(model->decode(at::zeros({1, 4, 2, 2})),
                     Catch::Matchers::ContainsSubstring("latents must be [batch, 16, h, w]"));
+}
+
+TEST_CASE("VAE on CUDA (bf16, fp32, tiled) stays within tolerance of the golden", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  auto golden = read_tensors(golden_file("dev", "vae.safetensors"));
+  const at::Tensor& expected = golden.at("sample");
+  at::NoGradGuard no_grad;
+  // fp32 convolutions may use TF32 (cuDNN's default, as in PyTorch): 10-bit mantissa products.
+  for (auto [dtype, tolerance] : {std::pair{at::kBFloat16, 4e-2}, std::pair{at::kFloat, 1e-2}}) {
+    INFO("dtype " << dtype);
+    auto model = load_vae("dev", dtype, device);
+    at::Tensor latents = golden.at("latents").to(device, dtype);
+    at::Tensor sample = model->decode(latents);
+    CHECK(sample.device() == device);
+    CHECK(max_abs_diff(sample, expected) <= tolerance * max_abs(expected));
+    models::vae::TiledDecodeOptions options;
+    options.tile_sample_size = 32;
+    CHECK(model->decode_tiled(latents, options).sizes() == sample.sizes());
+  }
 }
