@@ -83,8 +83,10 @@ std::string bits_diff(const at::Tensor& a, const at::Tensor& b) {
     out << a.scalar_type() << a.sizes() << " vs " << b.scalar_type() << b.sizes();
     return out.str();
   }
-  const at::Tensor x = as_bits(a).reshape(-1).to(at::kLong);
-  const at::Tensor y = as_bits(b).reshape(-1).to(at::kLong);
+  // Bit patterns as non-negative integers of the element's width.
+  const int64_t mask = a.element_size() >= 8 ? -1 : (int64_t{1} << (8 * a.element_size())) - 1;
+  const at::Tensor x = as_bits(a).reshape(-1).to(at::kLong).bitwise_and(mask);
+  const at::Tensor y = as_bits(b).reshape(-1).to(at::kLong).bitwise_and(mask);
   const at::Tensor diff = at::nonzero(x != y).reshape(-1);
   out << diff.numel() << " of " << x.numel() << " values differ";
   if (diff.numel() > 0) {
