@@ -10,9 +10,11 @@ bitsandbytes (pinned: bitsandbytes==0.49.2) has two implementations that do not 
         fp32 midpoints) on x * (1/absmax), dynamic map untouched. Real checkpoints come from this one.
 Both store the same layout and dequantize the same way. This script writes one file per backend:
   --device cpu   -> tests/data/nf4/bnb_cpu.safetensors   (runs anywhere)
-  --device cuda  -> tests/data/nf4/bnb_cuda.safetensors  (needs a GPU; on a machine without registry access
-                    carry a trimmed copy of the installed package: bitsandbytes/*.py, */ subpackages,
-                    libbitsandbytes_cpu.so, libbitsandbytes_cuda130.so, and put it on PYTHONPATH)
+  --device cuda  -> tests/data/nf4/bnb_cuda.safetensors  (needs a GPU). On a machine without registry access
+                    carry a trimmed copy of the installed package (about 5 MB, pure Python + .so):
+                      mkdir -p .bnb && cp -r .venv/lib/python3.11/site-packages/bitsandbytes .bnb/
+                      rm -f .bnb/bitsandbytes/libbitsandbytes_{cuda1[12]?,rocm*,xpu}.so; echo /.bnb/ >> .git/info/exclude
+                    and run there: PYTHONPATH=.bnb python3 scripts/make_nf4_fixtures.py --device cuda --out $OUT
 
 Keys: "<case>.input"; "<case>.<plain|nested>.<field>" with fields packed (uint8 [(n+1)/2]), absmax (f32) or
 q8 (uint8) + nested_absmax (f32) + nested_quant_map (f32[256]) + offset (f32[1]), deq_bf16 / deq_f16 /

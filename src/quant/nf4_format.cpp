@@ -4,6 +4,7 @@
 #include "ftz.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -43,12 +44,14 @@ at::Tensor moved(const at::Tensor& t, const c10::Device& device) {
 // bnb's kDequantizeBlockwise: FMUL.FTZ, then one rounding to T (round to nearest even).
 template <typename T>
 void dequantize_loop(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, T* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint8_t byte = packed[i >> 1];
-    const int code = (i & 1) ? (byte & 0x0F) : (byte >> 4);
-    const float value = detail::mul_ftz(kNf4Code[code], absmax[i / blocksize]);
-    out[i] = static_cast<T>(value);
-  }
+  at::parallel_for(0, n, 1 << 16, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const uint8_t byte = packed[i >> 1];
+      const int code = (i & 1) ? (byte & 0x0F) : (byte >> 4);
+      const float value = detail::mul_ftz(kNf4Code[code], absmax[i / blocksize]);
+      out[i] = static_cast<T>(value);
+    }
+  });
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include "ftz.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
@@ -63,8 +64,7 @@ void quantize_blocks(const float* in, int64_t n, int64_t blocksize, BnbBackend l
                      float* absmax) {
   const bool ftz = like == BnbBackend::kCuda;
   auto scaled = [&](float x, float reciprocal) { return ftz ? detail::mul_ftz(x, reciprocal) : x * reciprocal; };
-  const int64_t n_blocks = (n + blocksize - 1) / blocksize;
-  for (int64_t b = 0; b < n_blocks; ++b) {
+  auto quantize_block = [&](int64_t b) {
     const int64_t begin = b * blocksize;
     const int64_t end = std::min(n, begin + blocksize);
     float block_max = -std::numeric_limits<float>::max();
@@ -80,7 +80,12 @@ void quantize_blocks(const float* in, int64_t n, int64_t blocksize, BnbBackend l
       const uint8_t low = nf4_code(scaled(second, reciprocal), like);
       packed[i / 2] = static_cast<uint8_t>((high << 4) | low);
     }
-  }
+  };
+  // Blocks are independent and start on whole bytes (blocksize is even): threads change nothing.
+  const int64_t n_blocks = (n + blocksize - 1) / blocksize;
+  at::parallel_for(0, n_blocks, 1024, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) quantize_block(b);
+  });
 }
 
 }  // namespace
