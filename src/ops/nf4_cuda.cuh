@@ -52,17 +52,17 @@ inline Nf4Absmax make_absmax(const quant::Nf4Tensor& w) {
   return a;
 }
 
-// The 16 codes (quant::kNf4Code), copied into shared memory by each thread block: a per-thread
-// table lookup with divergent indices is conflict-free there, unlike constant memory.
+// quant::kNf4Code in global memory (as bnb keeps its nf4_dequantization_lut).
+static __device__ const float kDeviceNf4Code[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+// The codes copied into shared memory by each thread block: a per-thread lookup with divergent
+// indices is conflict-free there, unlike constant memory.
 __device__ __forceinline__ void load_code_table(float* table) {
-  if (threadIdx.x < 16) {
-    constexpr float kCode[16] = {
-        -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-        -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-        0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-        0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-    table[threadIdx.x] = kCode[threadIdx.x];
-  }
+  if (threadIdx.x < 16) table[threadIdx.x] = kDeviceNf4Code[threadIdx.x];
   __syncthreads();
 }
 
