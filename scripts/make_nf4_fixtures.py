@@ -6,7 +6,7 @@ bitsandbytes (pinned: bitsandbytes==0.49.2) has two implementations that do not 
         8-bit by x / absmax, binary search and nearest (ties -> lower), and it overwrites code[0] of the
         dynamic map with -1.0 before quantizing (so the stored nested_quant_map starts with -1.0).
   cuda  csrc/kernels.cu: NF4 by the dQuantizeNF4 decision tree on x * (1/absmax) (ties -> lower code,
-        which differs from argmin at 6 of the 15 thresholds), 8-bit by dQuantize<0> (binary search with
+        which differs from argmin at 4 of the 15 thresholds), 8-bit by dQuantize<0> (binary search with
         fp32 midpoints) on x * (1/absmax), dynamic map untouched. Real checkpoints come from this one.
 Both store the same layout and dequantize the same way. This script writes one file per backend:
   --device cpu   -> tests/data/nf4/bnb_cpu.safetensors   (runs anywhere)
