@@ -170,3 +170,40 @@ TEST_CASE("pipeline input errors", "[pipeline]") {
   CHECK_THROWS_AS(p.denoise(e, r), fluxbatch::InputError);  // two seeds, one prompt
   CHECK_THROWS_AS(FluxPipeline((kModels / "no-such-model").string(), PipelineOptions{}), fluxbatch::ModelError);
 }
+
+TEST_CASE("variant probing and option defaults need no weights", "[pipeline]") {
+  using fluxbatch::runtime::probe_variant;
+  CHECK(probe_variant((kModels / "tiny-flux-dev").string()) == FluxVariant::kDev);
+  CHECK(probe_variant((kModels / "tiny-flux-schnell").string()) == FluxVariant::kSchnell);
+  CHECK(probe_variant((kModels / "tiny-flux-dev-bfl").string()) == FluxVariant::kDev);
+  CHECK_THROWS_AS(probe_variant((kModels / "no-such-model").string()), fluxbatch::ModelError);
+}
+
+TEST_CASE("releasing, reloading and offloading text encoders change nothing", "[pipeline]") {
+  const GoldenCase c = fluxbatch::test::read_golden_cases(kGolden).front();
+  const auto reference = pipeline_for(c.model).encode_prompts(c.prompts, c.max_sequence_length);
+
+  PipelineOptions lean;
+  lean.keep_text_encoders = false;
+  lean.offload = true;
+  FluxPipeline p((kModels / c.model).string(), lean);
+  for (int round = 0; round < 2; ++round) {  // the second round reloads CLIP and T5 from disk
+    const auto e = p.encode_prompts(c.prompts, c.max_sequence_length);
+    CHECK(at::equal(e.prompt_embeds, reference.prompt_embeds));
+    CHECK(at::equal(e.pooled, reference.pooled));
+  }
+  p.release_text_encoders();
+  const at::Tensor latents = p.denoise(reference, request_for(c));
+  CHECK(at::equal(latents, pipeline_for(c.model).denoise(reference, request_for(c))));
+}
+
+TEST_CASE("prompts longer than the tokenizers' limits are truncated, not rejected", "[pipeline]") {
+  std::string prompt;
+  for (int i = 0; i < 200; ++i) prompt += "a very long prompt about word " + std::to_string(i) + ", ";
+  FluxPipeline& p = pipeline_for("tiny-flux-schnell");
+  const auto e = p.encode_prompts({prompt, "short", prompt}, 16);
+  CHECK(e.prompt_embeds.sizes() == at::IntArrayRef({3, 16, 32}));
+  CHECK(e.pooled.sizes() == at::IntArrayRef({3, 32}));
+  CHECK(at::equal(e.prompt_embeds[0], e.prompt_embeds[2]));  // the duplicate is the same encoding
+  CHECK_FALSE(at::equal(e.prompt_embeds[0], e.prompt_embeds[1]));
+}

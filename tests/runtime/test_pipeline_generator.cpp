@@ -125,3 +125,17 @@ TEST_CASE("generator rejects mixed batches", "[pipeline]") {
   steps.params.steps = 2;
   CHECK_THROWS_AS(generator().generate({item("a", 1, 64, 64), steps}), fluxbatch::InputError);
 }
+
+TEST_CASE("generator options resolve the dtype per device", "[pipeline]") {
+  GeneratorOptions cpu;
+  CHECK(fluxbatch::runtime::pipeline_options(cpu).dtype == at::kFloat);
+  GeneratorOptions cuda;
+  cuda.device = c10::Device(c10::kCUDA, 0);  // resolving options touches no device
+  CHECK(fluxbatch::runtime::pipeline_options(cuda).dtype == at::kBFloat16);
+  cuda.dtype = at::kFloat;
+  CHECK(fluxbatch::runtime::pipeline_options(cuda).dtype == at::kFloat);
+  cuda.offload = true;
+  cuda.keep_text_encoders = false;
+  const auto p = fluxbatch::runtime::pipeline_options(cuda);
+  CHECK((p.offload && !p.keep_text_encoders && p.device.is_cuda()));
+}
