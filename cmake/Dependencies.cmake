@@ -64,3 +64,8 @@ else()
   target_link_options(fluxbatch::torch INTERFACE "-Wl,-rpath,${FLUXBATCH_TORCH_ROOT}/lib")
   message(STATUS "fluxbatch: CPU-only build (no nvcc found)")
 endif()
+
+# libtorch.so exports its own, incompatible copy of std::filesystem (remove_all, directory iterators). If it
+# comes before libstdc++ in the symbol search order, our std::filesystem calls bind to it and crash. Make
+# libstdc++ the first needed library of everything that links libtorch, so its definitions win.
+target_link_options(fluxbatch::torch INTERFACE "SHELL:-Wl,--push-state,--no-as-needed -lstdc++ -Wl,--pop-state")

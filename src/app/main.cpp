@@ -1,7 +1,84 @@
-// fluxbatch entry point. Placeholder until the CLI lands.
-#include <cstdio>
+// fluxbatch entry point: parse the command line, run one subcommand, map the outcome to the
+// documented exit code (exit_codes.h). The only place that catches fluxbatch::Error.
+#include <CLI/CLI.hpp>
 
-int main() {
-  std::printf("fluxbatch %s\n", FLUXBATCH_VERSION);
-  return 0;
+#include <cstdio>
+#include <exception>
+
+#include "cli_common.h"
+#include "cli_render.h"
+#include "cli_validate.h"
+#include "exit_codes.h"
+#include "fluxbatch/core/error.h"
+
+namespace {
+
+using namespace fluxbatch;
+
+constexpr const char* kFooter =
+    "Examples:\n"
+    "  fluxbatch validate jobs/night.json            check a job file, list every problem\n"
+    "  fluxbatch render jobs/night.json --dry-run    show what would be rendered or skipped\n"
+    "  fluxbatch render jobs/night.json --model models/FLUX.1-dev\n"
+    "  fluxbatch render --help                       all render options\n";
+
+int report(const char* kind, const std::exception& e, int code) {
+  std::fprintf(stderr, "fluxbatch: %s%s\n", kind, e.what());
+  return code;
+}
+
+template <class Fn>
+int run_mapped(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const InputError& e) {
+    return report("error: ", e, app::kExitInvalidInput);
+  } catch (const ModelError& e) {
+    return report("model error: ", e, app::kExitModelOrDevice);
+  } catch (const DeviceError& e) {
+    return report("device error: ", e, app::kExitModelOrDevice);
+  } catch (const OutputError& e) {
+    return report("output error: ", e, app::kExitModelOrDevice);
+  } catch (const std::bad_alloc& e) {
+    return report("out of memory: ", e, app::kExitModelOrDevice);
+  } catch (const std::exception& e) {
+    // Torch and CUDA report through their own exception types.
+    return report("error: ", e, app::kExitModelOrDevice);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli("fluxbatch " FLUXBATCH_VERSION ": batch renderer for FLUX.1 text-to-image models", "fluxbatch");
+  cli.set_version_flag("--version", std::string("fluxbatch ") + FLUXBATCH_VERSION, "Print the version and exit");
+  cli.fallthrough();  // global options also work after the subcommand
+  cli.require_subcommand(1);
+  cli.footer(std::string(kFooter) + "\n" + app::kExitCodesHelp);
+  app::GlobalOptions global;
+  app::add_global_options(cli, global);
+  app::ValidateCommand validate;
+  CLI::App* validate_cmd = app::add_validate_command(cli, validate);
+  app::RenderCommand render;
+  CLI::App* render_cmd = app::add_render_command(cli, render);
+
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = cli.exit(e);  // prints help, the version, or the message
+    return code == 0 ? app::kExitOk : app::kExitInvalidInput;
+  }
+  app::apply_log_level(global);
+
+  return run_mapped([&]() -> int {
+    if (validate_cmd->parsed()) {
+      app::run_validate(validate);
+      return app::kExitOk;
+    }
+    if (render_cmd->parsed()) {
+      const auto summary = app::run_render(render);
+      return summary ? app::exit_code_for(*summary) : app::kExitOk;
+    }
+    return app::kExitInvalidInput;
+  });
 }

@@ -118,7 +118,10 @@ class JsonJobParser {
         sink_.add(member.key_offset, field, "duplicate field; each field may appear once");
         ok = false;
       } else if (!contains(known, member.key)) {
-        sink_.add(member.key_offset, field, unknown_field(member.key, known, section));
+        // Past the listed problems a suggestion would never be shown: skip its cost.
+        sink_.add(member.key_offset, field,
+                  sink_.count() < kMaxDiagnostics ? unknown_field(member.key, known, section)
+                                                  : "unknown field");
         ok = false;
       } else {
         const auto found = object.find(member.key);

@@ -37,6 +37,9 @@ std::string closest_match(const std::string& word, const std::vector<std::string
   std::string best;
   size_t best_distance = needle.size() >= 5 ? 3 : 2;  // allowed distance + 1
   for (const auto& candidate : candidates) {
+    const size_t gap = needle.size() > candidate.size() ? needle.size() - candidate.size()
+                                                         : candidate.size() - needle.size();
+    if (gap >= best_distance) continue;  // the distance is at least the length difference
     const size_t distance = edit_distance(needle, lower(candidate));
     if (distance < best_distance) {
       best_distance = distance;

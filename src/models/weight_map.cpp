@@ -39,7 +39,8 @@ bool classify_bare(const std::string& key, Component* component, KeyDialect* dia
   } else if (starts_with_any(key, {"text_model.", "text_projection.", "logit_scale"})) {
     *component = Component::kTextEncoder;
     *dialect = KeyDialect::kTransformers;
-  } else if (starts_with_any(key, {"encoder.block.", "encoder.final_layer_norm.", "encoder.embed_tokens.", "shared."})) {
+  } else if (starts_with_any(key, {"encoder.block.", "encoder.final_layer_norm.", "encoder.embed_tokens.", "shared.",
+                                   "decoder.block.", "decoder.final_layer_norm.", "decoder.embed_tokens.", "lm_head."})) {
     *component = Component::kTextEncoder2;
     *dialect = KeyDialect::kTransformers;
   } else if (starts_with_any(key, {"decoder.up_blocks.", "decoder.mid_block.", "decoder.conv_norm_out.",
@@ -400,7 +401,11 @@ nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm) {
 // ---- text encoders --------------------------------------------------------------------------------
 
 nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
-  nn::TensorMap out = weights;
+  nn::TensorMap out;
+  for (const auto& [name, tensor] : weights) {
+    // Full encoder-decoder checkpoints: FLUX uses the encoder only.
+    if (!starts_with(name, "decoder.") && !starts_with(name, "lm_head.")) out.emplace(name, tensor);
+  }
   auto embed = out.find("encoder.embed_tokens.weight");
   if (embed != out.end()) {
     if (out.count("shared.weight") == 0) out["shared.weight"] = embed->second;

@@ -235,8 +235,14 @@ void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadO
 
   c10::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
-    // set_data swaps the storage behind every handle to this tensor, so the module's members see it.
-    target.set_data(convert(weights.at(name), options));
+    const at::Tensor& source = weights.at(name);
+    const c10::ScalarType want = at::isFloatingType(source.scalar_type()) ? options.dtype : source.scalar_type();
+    if (target.defined() && !target.is_meta() && target.scalar_type() == want && target.device() == options.device) {
+      target.copy_(source);  // the usual case: the module was allocated where it runs; no new memory
+    } else {
+      // set_data swaps the storage behind every handle to this tensor, so the module's members see it.
+      target.set_data(convert(source, options));
+    }
   }
 }
 

@@ -135,7 +135,14 @@ class Run {
   void render_batch(const std::vector<const job::RenderItem*>& batch) {
     std::vector<job::RenderItem> items;
     items.reserve(batch.size());
-    for (const job::RenderItem* item : batch) items.push_back(*item);
+    std::string files;
+    for (const job::RenderItem* item : batch) {
+      items.push_back(*item);
+      files += (files.empty() ? "" : ", ") + item->file;
+    }
+    const job::RenderParams& p = batch.front()->params;
+    log::debug("batch of " + std::to_string(batch.size()) + " (" + std::to_string(p.width) + "x" +
+               std::to_string(p.height) + ", " + std::to_string(p.steps) + " steps): " + files);
     const auto start = Clock::now();
     std::vector<Image> images;
     try {
@@ -299,10 +306,16 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
   const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
   for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
+  for (const PlannedItem& planned : plan.items) {
+    if (planned.state == ItemState::kSkip) log::debug(planned.item->file + ": " + planned.reason);
+  }
   RunSummary summary;
   summary.total = static_cast<int64_t>(plan.items.size());
   summary.skipped = plan.count(ItemState::kSkip);
   const int64_t to_render = plan.count(ItemState::kRender);
+  log::info(std::to_string(to_render) + " image(s) to render in " + std::to_string(plan.batches.size()) +
+            " batch(es), " + std::to_string(summary.skipped) + " finished earlier, " +
+            std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
   Run run(output_dir, generator, manifest, summary, to_render);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);

@@ -7,6 +7,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <cstring>
+#include <random>
 
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::ModelError;
@@ -242,4 +243,31 @@ TEST_CASE("parse_safetensors_header never reads past the buffer it is given", "[
   // A file size smaller than the data claimed.
   CHECK_THROWS_WITH(parse_safetensors_header(p, bytes.size() - 4, bytes.size() - 4, "mem"),
                     ContainsSubstring("mem: tensor 'w'"));
+}
+
+TEST_CASE("random byte mutations of a header give a result or a ModelError, never a crash", "[safetensors]") {
+  SafetensorsWriter writer;
+  const std::vector<float> values = {1, 2, 3, 4, 5, 6};
+  writer.add("a", DType::kF32, {2, 3}, values.data(), 24);
+  writer.add("b.bias", DType::kBF16, {4}, values.data(), 8);
+  writer.set_metadata("format", "pt");
+  const std::string good = writer.serialize();
+  std::mt19937 rng(1234);
+  int accepted = 0;
+  for (int round = 0; round < 3000; ++round) {
+    std::string bytes = good;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int f = 0; f < flips; ++f) {
+      const size_t at = rng() % std::min<size_t>(bytes.size(), 8 + 200);
+      bytes[at] = static_cast<char>(rng() % 256);
+    }
+    try {
+      const auto header = parse_safetensors_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                                                   bytes.size());
+      for (const auto& t : header.tensors) REQUIRE(t.end <= bytes.size() - header.data_offset);
+      ++accepted;
+    } catch (const ModelError&) {
+    }
+  }
+  CHECK(accepted < 3000);
 }

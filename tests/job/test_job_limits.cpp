@@ -101,6 +101,18 @@ TEST_CASE("oversized files are refused without reading them whole", "[job]") {
   CHECK(seconds_since(start) < 10.0);
 }
 
+TEST_CASE("a million unknown fields are reported quickly", "[job]") {
+  const auto start = std::chrono::steady_clock::now();
+  std::string text = "{\"items\": [{\"prompt\": \"a\"";
+  for (int i = 0; i < 900000; ++i) text += ",\"stepz" + std::to_string(i) + "\":1";
+  text += "}]}";
+  const Lines lines = problems(text);
+  REQUIRE(lines.size() == kMaxDiagnostics + 1);
+  CHECK(lines[0] == "job.json:1:27 items[0].stepz0: unknown field (did you mean \"steps\"?)");
+  CHECK(lines.back() == "job.json: ... and 899800 more problems (only the first 200 are listed)");
+  CHECK(seconds_since(start) < 10.0);
+}
+
 TEST_CASE("a long single-line string and long keys stay readable", "[job]") {
   const std::string key(100000, 'k');
   const Lines lines = problems("{\"" + key + "\": 1, \"items\": [\"a\"]}");

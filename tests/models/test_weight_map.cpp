@@ -153,7 +153,10 @@ TEST_CASE("text encoder normalisation", "[weight_map]") {
   nn::TensorMap t5;
   t5["encoder.embed_tokens.weight"] = at::ones({4, 2});
   t5["encoder.final_layer_norm.weight"] = at::ones({2});
+  t5["decoder.block.0.layer.0.SelfAttention.q.weight"] = at::ones({2, 2});
+  t5["lm_head.weight"] = at::ones({4, 2});
   const auto t = t5_to_transformers(t5);
+  CHECK(t.size() == 2);
   CHECK(t.count("shared.weight") == 1);
   CHECK(t.count("encoder.embed_tokens.weight") == 0);
   nn::TensorMap clip;
@@ -195,6 +198,11 @@ TEST_CASE("classify_keys finds components, prefixes and dialects", "[model_files
   const auto t5 = classify_keys({"shared.weight", "encoder.block.0.layer.0.layer_norm.weight"});
   REQUIRE(t5.size() == 1);
   CHECK(t5[0].component == Component::kTextEncoder2);
+  const auto full_t5 = classify_keys({"shared.weight", "encoder.block.0.layer.0.layer_norm.weight",
+                                      "decoder.block.0.layer.0.layer_norm.weight", "lm_head.weight"});
+  REQUIRE(full_t5.size() == 1);
+  CHECK(full_t5[0].component == Component::kTextEncoder2);
+  CHECK(full_t5[0].count == 4);
   const auto comfy_vae = classify_keys({"first_stage_model.decoder.mid.block_1.conv1.weight"});
   REQUIRE(comfy_vae.size() == 1);
   CHECK(comfy_vae[0].component == Component::kVae);

@@ -9,7 +9,7 @@
 
 namespace fluxbatch::job {
 
-// Documented bounds (README "Job files"); validation enforces them.
+// Documented bounds (docs/job-files.md); validation enforces them.
 inline constexpr int kMinSide = 64;          // width/height, multiples of 16
 inline constexpr int kMaxSide = 4096;
 inline constexpr int kMaxSteps = 200;

@@ -64,7 +64,7 @@ nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxCo
 nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm);
 
 // transformers naming for the text encoders: T5 "encoder.embed_tokens.weight" (a tied copy) becomes
-// "shared.weight" when that is absent; CLIP checkpoints' text_projection / logit_scale /
+// "shared.weight" when that is absent, decoder.* / lm_head.* of full T5 checkpoints are dropped; CLIP checkpoints' text_projection / logit_scale /
 // position_ids extras are dropped.
 nn::TensorMap t5_to_transformers(const nn::TensorMap& weights);
 nn::TensorMap clip_to_transformers(const nn::TensorMap& weights);

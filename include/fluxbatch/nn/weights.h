@@ -48,7 +48,10 @@ struct LoadOptions {
 };
 
 // Copies `weights` into `module`'s parameters and buffers by name. Throws ModelError that names
-// every missing key, unexpected key, or shape mismatch (first few, then a count).
+// every missing key, unexpected key, or shape mismatch (first 10, then a count), before touching
+// the module. Afterwards every tensor is on options.device, floating ones in options.dtype: a
+// tensor already allocated that way (or a meta tensor replaced) is filled in place with copy_, any
+// other one is replaced (set_data) by the converted checkpoint tensor.
 void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options);
 
 }  // namespace fluxbatch::nn

@@ -5,7 +5,6 @@
 
 #include <ATen/ATen.h>
 
-#include <numeric>
 #include <sstream>
 
 namespace fluxbatch::models::flux {
@@ -18,21 +17,6 @@ std::string shape_of(const at::Tensor& t) {
   return s.str();
 }
 
-// The structural requirements this implementation relies on (FluxConfig::validate checks more).
-void check_config(const FluxConfig& config) {
-  const int64_t rope_dims = std::accumulate(config.axes_dims_rope.begin(), config.axes_dims_rope.end(), int64_t{0});
-  FLUXBATCH_CHECK(config.num_attention_heads > 0 && config.attention_head_dim > 0, ModelError,
-                  "FluxTransformer2DModel: num_attention_heads and attention_head_dim must be positive");
-  FLUXBATCH_CHECK(rope_dims == config.attention_head_dim, ModelError,
-                  "FluxTransformer2DModel: sum(axes_dims_rope) = " + std::to_string(rope_dims) +
-                      " must equal attention_head_dim = " + std::to_string(config.attention_head_dim));
-  for (int64_t d : config.axes_dims_rope) {
-    FLUXBATCH_CHECK(d > 0 && d % 2 == 0, ModelError,
-                    "FluxTransformer2DModel: every axes_dims_rope entry must be even and positive, got " +
-                        std::to_string(d));
-  }
-}
-
 void check_shape(bool ok, const std::string& what, const std::string& expected, const at::Tensor& t) {
   FLUXBATCH_CHECK(ok, InputError,
                   "FluxTransformer2DModel.forward: " + what + " must be " + expected + ", got " + shape_of(t));
@@ -42,7 +26,7 @@ void check_shape(bool ok, const std::string& what, const std::string& expected, 
 
 FluxTransformer2DModelImpl::FluxTransformer2DModelImpl(const FluxConfig& config, const at::TensorOptions& options)
     : config_(config) {
-  check_config(config_);
+  config_.validate("FluxTransformer2DModel config");
   const int64_t inner = config_.inner_dim();
   const int64_t heads = config_.num_attention_heads;
   const int64_t head_dim = config_.attention_head_dim;

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Everything the GPU machine does in one call: build with CUDA, run the test suites there, make a full-size
+# random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
+#   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
+# Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
+# Steps can be skipped: FB_SKIP="tests diffusers render" etc.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+OUTDIR="${1:-${OUT:-/tmp/fluxbatch-bench}}"
+mkdir -p "$OUTDIR"
+MODEL="${FB_MODEL:-/tmp/flux-dev-random}"
+SKIP=" ${FB_SKIP:-} "
+step() { echo; echo "=== $* ($(date +%T))"; }
+skip() { [[ "$SKIP" == *" $1 "* ]]; }
+
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
+export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+
+step build
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
+  || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
+cmake --build build-gpu -j 16 --target fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_bench_transformer \
+  > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
+echo "built"
+
+if ! skip tests; then
+  step "tests on the GPU machine (tiny models, CPU and CUDA)"
+  if [ ! -d models/tiny-flux-dev ]; then
+    python3 scripts/make_tiny_models.py --out models > "$OUTDIR/tiny.log" 2>&1 && \
+    python3 scripts/dump_reference.py --models models --out tests/golden >> "$OUTDIR/tiny.log" 2>&1 || tail -20 "$OUTDIR/tiny.log"
+  fi
+  ./build-gpu/fluxbatch_base_tests > "$OUTDIR/base_tests.log" 2>&1; tail -3 "$OUTDIR/base_tests.log"
+  ./build-gpu/fluxbatch_tests > "$OUTDIR/torch_tests.log" 2>&1; tail -3 "$OUTDIR/torch_tests.log"
+fi
+
+if [ ! -f "$MODEL/model_index.json" ]; then
+  step "random full-size FLUX.1-dev"
+  python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
+fi
+
+if ! skip diffusers; then
+  step "diffusers reference"
+  PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_reference.py --model "$MODEL" --dump /tmp/ref_forward.safetensors \
+    --png "$OUTDIR/diffusers_1024.png" --json "$OUTDIR/diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]"
+fi
+
+if ! skip forward; then
+  step "fluxbatch transformer forward vs diffusers"
+  ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10
+fi
+
+if ! skip render; then
+  step "fluxbatch render 1024x1024, 28 steps"
+  cat > /tmp/bench_job.json <<JOB
+{"model": "$MODEL", "output": {"dir": "/tmp/bench_out", "name": "{index}-{seed}.png"},
+ "defaults": {"width": 1024, "height": 1024, "steps": 28, "guidance": 3.5, "seed": 0},
+ "items": ["a photo of a red fox in the snow, golden hour"]}
+JOB
+  rm -rf /tmp/bench_out
+  /usr/bin/time -v ./build-gpu/fluxbatch render /tmp/bench_job.json --device cuda --overwrite -v \
+    > "$OUTDIR/render.log" 2>&1; echo "exit $?"
+  grep -E "step|peak|stage|render|Elapsed|Maximum resident" "$OUTDIR/render.log" | tail -25
+  cp /tmp/bench_out/*.png "$OUTDIR/fluxbatch_1024.png" 2>/dev/null
+fi

@@ -1,0 +1,128 @@
+// render: everything is checked before the model loads; then the runner does the work.
+#include "cli_render.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/runtime/device.h"
+#include "generator_factory.h"
+#include "interrupt.h"
+#include "plan_report.h"
+
+namespace fluxbatch::app {
+namespace {
+
+constexpr const char* kFooter =
+    "Examples:\n"
+    "  fluxbatch render jobs/night.json --model models/FLUX.1-dev\n"
+    "      render every image of the job into its output_dir, with a manifest.jsonl next to them\n"
+    "  fluxbatch render prompts.txt --model models/FLUX.1-dev --out out/run1 --steps 20 --count 4 --seed 7\n"
+    "      a prompt list, one prompt per line: 4 images per prompt, seeds 7..10\n"
+    "  fluxbatch render jobs/night.json --dry-run\n"
+    "      show what would be rendered or skipped; loads no model and writes nothing\n"
+    "  fluxbatch render jobs/night.json --model models/FLUX.1-dev --device cuda:1 --dtype fp16 --batch 4\n"
+    "\n"
+    "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
+    "records it with the same prompt, seed, size, steps, guidance, max_sequence_length and model.\n"
+    "Existing images are never replaced unless --overwrite is given. Ctrl-C finishes the images in\n"
+    "hand and stops (exit 130); a second Ctrl-C aborts at once.\n"
+    "\n"
+    "Each PNG carries a \"parameters\" text chunk in the A1111/Forge format and a \"fluxbatch\" chunk\n"
+    "with the item as JSON.\n";
+
+int parse_batch(const std::string& text, const GeneratorConfig& config) {
+  if (text == "auto") return auto_batch_size(config);
+  const bool digits = !text.empty() && text.size() <= 6 && text.find_first_not_of("0123456789") == std::string::npos;
+  const int n = digits ? std::stoi(text) : 0;
+  if (n < 1) throw InputError("--batch: expected auto or a positive integer, got '" + text + "'");
+  return n;
+}
+
+GeneratorConfig resolve_config(const RenderCommand& command, const std::string& model) {
+  GeneratorConfig config;
+  config.model_path = model;
+  config.device = runtime::parse_device(command.device.empty() ? (runtime::cuda_available() ? "cuda" : "cpu")
+                                                               : command.device);
+  config.dtype = runtime::parse_dtype(command.dtype.empty() ? (config.device.is_cuda() ? "bf16" : "fp32")
+                                                            : command.dtype);
+  return config;
+}
+
+std::string model_for(const RenderCommand& command, const job::JobSpec& spec) {
+  if (!command.model.empty()) return command.model;
+  return spec.model.value_or("");
+}
+
+void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const GeneratorConfig& config,
+                   int batch) {
+  std::string model = config.model_path.empty() ? "(none given: pass --model to render)" : config.model_path;
+  std::error_code ec;
+  if (!config.model_path.empty() && !std::filesystem::exists(config.model_path, ec)) model += " (does not exist)";
+  // The model is not loaded, so its description (recorded in the manifest) is not compared here.
+  const runtime::JobPlan plan = runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch);
+  std::printf("model: %s\ndevice: %s, dtype %s, batch %d\n%s", model.c_str(), config.device.str().c_str(),
+              runtime::dtype_name(config.dtype).c_str(), batch,
+              format_plan(spec, spec.output_dir, plan).c_str());
+  std::fflush(stdout);
+}
+
+void log_summary(const runtime::RunSummary& s) {
+  log::info("done: " + std::to_string(s.rendered) + " rendered, " + std::to_string(s.skipped) + " skipped, " +
+            std::to_string(s.failed) + " failed, " + std::to_string(s.blocked) + " blocked, of " +
+            std::to_string(s.total) + " (" + std::to_string(static_cast<int64_t>(s.seconds)) + " s)");
+  if (s.failed + s.blocked > 0) log::warn(std::to_string(s.failed + s.blocked) + " image(s) not rendered; see manifest.jsonl");
+  if (s.interrupted) {
+    log::warn("interrupted: " + std::to_string(s.not_started) +
+              " image(s) not started; run the same command again to resume");
+  }
+}
+
+}  // namespace
+
+CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
+  CLI::App* sub = app.add_subcommand("render", "Render every image of a job file or prompt list to PNG");
+  sub->add_option("JOB", command.file, "Job file (.json) or prompt list (.txt, one prompt per line)")->required();
+  sub->add_option("-m,--model", command.model, "FLUX.1 model folder (diffusers layout); overrides the job's \"model\"")
+      ->type_name("PATH");
+  sub->add_option("--device", command.device, "cuda, cuda:N or cpu (default: cuda if available, else cpu)")
+      ->type_name("DEV");
+  sub->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
+      ->type_name("T");
+  sub->add_option("--batch", command.batch, "Images per model call: auto or N (default auto)")->type_name("auto|N");
+  sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
+  sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
+  add_job_options(*sub, command.job);
+  sub->footer(kFooter);
+  return sub;
+}
+
+std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
+  const job::JobSpec spec = job::load_job(command.file, to_load_options(command.job));
+  const std::string model = model_for(command, spec);
+  const GeneratorConfig config = resolve_config(command, model);
+  const int batch = parse_batch(command.batch, config);
+  if (command.dry_run) {
+    print_dry_run(command, spec, config, batch);
+    return std::nullopt;
+  }
+  if (model.empty()) {
+    throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
+  }
+  log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
+            model + ", " + config.device.str() + ", " + runtime::dtype_name(config.dtype) + ", batch " +
+            std::to_string(batch) + ")");
+  const std::unique_ptr<runtime::ImageGenerator> generator = make_generator(config);
+  InterruptGuard interrupt;
+  runtime::RunnerOptions options;
+  options.overwrite = command.overwrite;
+  options.batch_size = batch;
+  options.stop = &interrupt.stop_flag();
+  const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, options, *generator);
+  log_summary(summary);
+  return summary;
+}
+
+}  // namespace fluxbatch::app

@@ -1,0 +1,30 @@
+// `fluxbatch render JOB`: validate, resolve device/dtype/batch, load the model, run the job.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+#include "cli_common.h"
+#include "fluxbatch/runtime/job_runner.h"
+
+namespace fluxbatch::app {
+
+struct RenderCommand {
+  std::string file;
+  std::string model;   // empty: the job's "model"
+  std::string device;  // empty: cuda if available, else cpu
+  std::string dtype;   // empty: bf16 on cuda, fp32 on cpu
+  std::string batch = "auto";
+  bool overwrite = false;
+  bool dry_run = false;
+  JobOptions job;
+};
+
+CLI::App* add_render_command(CLI::App& app, RenderCommand& command);
+
+// The run's summary, or nullopt for --dry-run (which prints its plan to stdout). Throws the
+// fluxbatch::Error subclasses for invalid input, model, device and output problems.
+std::optional<runtime::RunSummary> run_render(const RenderCommand& command);
+
+}  // namespace fluxbatch::app
