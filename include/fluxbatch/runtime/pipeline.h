@@ -1,0 +1,100 @@
+// FluxPipeline: FLUX.1 text-to-image stage by stage (encode prompts -> denoise -> decode), numerically
+// the same as diffusers' FluxPipeline on the same weights and seeds.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/sampling/euler.h"
+#include "fluxbatch/sampling/schedule.h"
+
+namespace fluxbatch::runtime {
+
+// What the reference recommends per variant: dev 28 steps, guidance 3.5, 512 T5 tokens; schnell
+// 4 steps, no guidance (the model has no guidance input), 256 T5 tokens.
+struct VariantDefaults {
+  int steps = 28;
+  double guidance = 3.5;
+  int max_sequence_length = 512;
+};
+VariantDefaults variant_defaults(FluxVariant variant);
+
+// The variant of the model at `model_path` from its configs / safetensors headers only (no weights
+// read), so defaults can be applied before loading. ModelError as locate_model.
+FluxVariant probe_variant(const std::string& model_path);
+
+struct PipelineOptions {
+  c10::Device device = c10::Device(c10::kCPU);
+  c10::ScalarType dtype = c10::kFloat;  // weights and activations (bf16 is the CUDA default)
+  // Components wait in CPU memory and visit the device only for their stage (diffusers'
+  // enable_model_cpu_offload); off: everything stays on the device.
+  bool offload = false;
+  // Keep CLIP and T5 after encoding. Off: they are freed after each encode_prompts() and loaded
+  // again, from disk, by the next one.
+  bool keep_text_encoders = true;
+};
+
+// Prompt embeddings, one row per prompt, in the pipeline dtype on its device.
+struct PromptEmbeddings {
+  at::Tensor prompt_embeds;  // [B, L, joint_attention_dim] T5 last hidden state
+  at::Tensor pooled;         // [B, pooled_projection_dim] CLIP pooled output
+};
+
+// One denoising batch. Every image shares size and step count; seed and guidance are per image.
+struct DenoiseRequest {
+  int width = 1024;
+  int height = 1024;
+  int steps = 28;
+  std::vector<uint64_t> seeds;   // one per image (the batch size)
+  std::vector<double> guidance;  // one per image; ignored by models without a guidance embedder
+};
+
+class FluxPipeline {
+ public:
+  // Loads the model at `model_path`: any layout runtime::locate_model accepts (diffusers folder,
+  // BFL/ComfyUI single files, all-in-one file). Variant and sizes come from the model; the scheduler
+  // from scheduler/scheduler_config.json, else the variant's built-in one. ModelError / DeviceError.
+  FluxPipeline(const std::string& model_path, const PipelineOptions& options);
+  ~FluxPipeline();
+  FluxPipeline(const FluxPipeline&) = delete;
+  FluxPipeline& operator=(const FluxPipeline&) = delete;
+
+  FluxVariant variant() const;
+  std::string description() const;  // e.g. "FLUX.1-dev (diffusers)"
+  const ModelFiles& files() const;
+  const sampling::SchedulerConfig& scheduler_config() const;
+  const PipelineOptions& options() const;
+  int64_t latent_channels() const;  // transformer in_channels / 4
+
+  // Stage 1. Each distinct prompt is encoded once, alone (so its embedding never depends on the
+  // rest of the batch); truncation by either tokenizer is logged as a warning.
+  PromptEmbeddings encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length);
+
+  // Stage 2: seeded noise -> flow-match Euler over the transformer. Returns packed latents
+  // [B, S, 4 * latent_channels] on the device. `on_step` sees each step's latents.
+  at::Tensor denoise(const PromptEmbeddings& embeddings, const DenoiseRequest& request,
+                     const sampling::StepCallback& on_step = {});
+
+  // Stage 3: packed latents -> VAE output [B, 3, H, W] in the pipeline dtype (before postprocess).
+  // Images are decoded one at a time, which bounds memory and keeps them batch-independent.
+  at::Tensor decode(const at::Tensor& latents, int width, int height);
+
+  // All three stages plus postprocess: [B, H, W, 3] uint8 on the CPU.
+  at::Tensor generate(const std::vector<std::string>& prompts, int max_sequence_length,
+                      const DenoiseRequest& request, const sampling::StepCallback& on_step = {});
+
+  // Frees CLIP and T5 now (a later encode_prompts loads them again).
+  void release_text_encoders();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace fluxbatch::runtime

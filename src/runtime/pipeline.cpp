@@ -1,0 +1,345 @@
+#include "fluxbatch/runtime/pipeline.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/models/clip/clip_text_model.h"
+#include "fluxbatch/models/flux/transformer.h"
+#include "fluxbatch/models/t5/t5_encoder.h"
+#include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/runtime/device.h"
+#include "fluxbatch/nn/weights.h"
+#include "fluxbatch/sampling/latents.h"
+#include "fluxbatch/sampling/postprocess.h"
+#include "fluxbatch/tokenizers/clip_tokenizer.h"
+#include "fluxbatch/tokenizers/t5_tokenizer.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#ifdef FLUXBATCH_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <optional>
+
+namespace fluxbatch::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string seconds_text(double seconds) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f s", seconds);
+  return buffer;
+}
+
+std::string excerpt(const std::string& text) {
+  return text.size() <= 60 ? text : text.substr(0, 57) + "...";
+}
+
+// The velocity model of one batch: FluxTransformer2DModel with that batch's conditioning.
+class TransformerDenoiser : public sampling::Denoiser {
+ public:
+  TransformerDenoiser(const models::flux::FluxTransformer2DModel& transformer, const PromptEmbeddings& embeddings,
+                      at::Tensor img_ids, at::Tensor txt_ids, at::Tensor guidance)
+      : transformer_(transformer),
+        embeddings_(embeddings),
+        img_ids_(std::move(img_ids)),
+        txt_ids_(std::move(txt_ids)),
+        guidance_(std::move(guidance)) {}
+
+  // latents: [B, S, C], timestep: [B] -> [B, S, C]
+  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep) override {
+    return transformer_->forward(latents, embeddings_.prompt_embeds, embeddings_.pooled, timestep, img_ids_, txt_ids_,
+                                 guidance_);
+  }
+
+ private:
+  const models::flux::FluxTransformer2DModel& transformer_;
+  const PromptEmbeddings& embeddings_;
+  at::Tensor img_ids_, txt_ids_, guidance_;
+};
+
+std::string describe(const ComponentFiles& files) {
+  std::string out = files.files.empty() ? std::string("?") : files.files.front();
+  if (files.files.size() > 1) out += " (+" + std::to_string(files.files.size() - 1) + " files)";
+  if (!files.prefix.empty()) out += " [" + files.prefix + "]";
+  return out;
+}
+
+void refuse_quantized(const ComponentFiles& files) {
+  FLUXBATCH_CHECK(files.quantization.empty(), ModelError,
+                  describe(files) + ": " + models::component_name(files.component) + " is quantized (" +
+                      files.quantization + "); this build renders only unquantized weights");
+}
+
+nn::LoadOptions load_options(const ComponentFiles& files, const at::TensorOptions& options,
+                             std::vector<std::string> ignore) {
+  nn::LoadOptions out;
+  out.dtype = options.dtype().toScalarType();
+  out.device = options.device();
+  out.ignore_prefixes = std::move(ignore);
+  out.what = std::string(models::component_name(files.component)) + " (" + describe(files) + ")";
+  return out;
+}
+
+bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
+  auto it = weights.lower_bound(prefix);
+  return it != weights.end() && it->first.rfind(prefix, 0) == 0;
+}
+
+models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options) {
+  refuse_quantized(model.transformer);
+  models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
+  nn::load_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));
+  return transformer;
+}
+
+models::vae::VaeDecoder load_vae(const ModelFiles& model, const at::TensorOptions& options) {
+  refuse_quantized(model.vae);
+  const nn::TensorMap weights = read_component(model.vae);
+  const bool post_quant_conv = has_key(weights, "post_quant_conv.");
+  models::vae::VaeDecoder vae(vae_config(model), options, post_quant_conv);
+  nn::load_state(*vae, weights, load_options(model.vae, options, models::vae::vae_ignored_prefixes(post_quant_conv)));
+  return vae;
+}
+
+models::clip::ClipTextModel load_clip(const ModelFiles& model, const at::TensorOptions& options) {
+  refuse_quantized(model.text_encoder);
+  nn::TensorMap weights = read_component(model.text_encoder);
+  models::clip::canonicalize_clip_checkpoint(weights);
+  models::clip::ClipTextModel clip(text_encoder_config(model), options);
+  nn::load_state(*clip, weights, load_options(model.text_encoder, options, models::clip::clip_ignored_prefixes()));
+  return clip;
+}
+
+models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options) {
+  refuse_quantized(model.text_encoder_2);
+  nn::TensorMap weights = read_component(model.text_encoder_2);
+  models::t5::canonicalize_t5_checkpoint(weights);
+  models::t5::T5EncoderModel t5(text_encoder_2_config(model), options);
+  nn::load_state(*t5, weights, load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes()));
+  // transformers keeps T5's feed-forward output projections in fp32 when loading fp16.
+  if (options.dtype() == at::kHalf) t5->keep_wo_in_float32();
+  return t5;
+}
+
+}  // namespace
+
+VariantDefaults variant_defaults(FluxVariant variant) {
+  if (variant == FluxVariant::kSchnell) return VariantDefaults{4, 0.0, 256};
+  return VariantDefaults{28, 3.5, 512};
+}
+
+FluxVariant probe_variant(const std::string& model_path) {
+  LocateOptions options;
+  options.require_tokenizers = false;
+  return locate_model(model_path, options).variant;
+}
+
+struct FluxPipeline::State {
+  PipelineOptions options;
+  ModelFiles files;
+  FluxVariant variant = FluxVariant::kDev;
+  sampling::SchedulerConfig scheduler;
+  models::flux::FluxTransformer2DModel transformer{nullptr};
+  models::vae::VaeDecoder vae{nullptr};
+  models::clip::ClipTextModel clip{nullptr};
+  models::t5::T5EncoderModel t5{nullptr};
+  std::optional<tokenizers::ClipTokenizer> clip_tokenizer;
+  std::optional<tokenizers::T5Tokenizer> t5_tokenizer;
+
+  // Where weights live between stages: the device, or the CPU when offloading.
+  c10::Device home() const { return options.offload ? c10::Device(c10::kCPU) : options.device; }
+  at::TensorOptions home_options() const { return at::TensorOptions().dtype(options.dtype).device(home()); }
+
+  void empty_cache() const {
+#ifdef FLUXBATCH_WITH_CUDA
+    if (options.device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+  }
+
+  // Moves a component to the device for its stage and back home afterwards (offload only).
+  void visit(torch::nn::Module& module) const {
+    if (options.offload) module.to(options.device);
+  }
+  void leave(torch::nn::Module& module) const {
+    if (options.offload) {
+      module.to(c10::Device(c10::kCPU));
+      empty_cache();
+    }
+  }
+
+  void load_text_encoders() {
+    if (clip && t5) return;
+    const auto start = Clock::now();
+    clip = load_clip(files, home_options());
+    t5 = load_t5(files, home_options());
+    log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
+              ") in " + seconds_text(seconds_since(start)));
+  }
+
+  void free_text_encoders() {
+    if (!clip && !t5) return;
+    clip = models::clip::ClipTextModel(nullptr);
+    t5 = models::t5::T5EncoderModel(nullptr);
+    empty_cache();
+    log::debug("text encoders released");
+  }
+
+  // One prompt through both encoders: pooled CLIP [1, P] and T5 states [1, L, D], in the model dtype.
+  std::pair<at::Tensor, at::Tensor> encode_one(const std::string& prompt, int max_sequence_length) {
+    const auto clip_ids = clip_tokenizer->encode(prompt, tokenizers::ClipTokenizer::kDefaultMaxLength);
+    if (clip_ids.truncated) {
+      log::warn("prompt \"" + excerpt(prompt) + "\" is longer than CLIP's 77 tokens (" +
+                std::to_string(clip_tokenizer->tokenize(prompt).size() + 2) + "): the rest is ignored by CLIP");
+    }
+    const auto t5_ids = t5_tokenizer->encode(prompt, static_cast<size_t>(max_sequence_length));
+    if (t5_ids.truncated) {
+      log::warn("prompt \"" + excerpt(prompt) + "\" is longer than max_sequence_length " +
+                std::to_string(max_sequence_length) + " T5 tokens (" +
+                std::to_string(t5_tokenizer->tokenize(prompt).size() + 1) + "): the rest is ignored");
+    }
+    const auto ids = [&](const std::vector<int64_t>& v) {
+      return at::tensor(v, at::kLong).view({1, -1}).to(options.device);
+    };
+    at::Tensor pooled = clip->forward(ids(clip_ids.ids)).pooler_output.to(options.dtype);
+    at::Tensor states = t5->forward(ids(t5_ids.ids)).to(options.dtype);
+    return {pooled, states};
+  }
+};
+
+FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions& options)
+    : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.options = options;
+  const auto start = Clock::now();
+  s.files = locate_model(model_path);
+  const c10::InferenceMode inference;
+  s.transformer = load_transformer(s.files, s.home_options());
+  s.vae = load_vae(s.files, s.home_options());
+  // The transformer decides: only a model with a guidance embedder takes guidance.
+  s.variant = s.transformer->config().guidance_embeds ? FluxVariant::kDev : FluxVariant::kSchnell;
+  if (!s.files.scheduler_config.empty()) {
+    s.scheduler = sampling::SchedulerConfig::from_json_file(s.files.scheduler_config);
+  } else {
+    s.scheduler = s.variant == FluxVariant::kDev ? sampling::SchedulerConfig::flux_dev()
+                                                 : sampling::SchedulerConfig::flux_schnell();
+  }
+  s.clip_tokenizer.emplace(s.files.tokenizer_dir);
+  s.t5_tokenizer.emplace(s.files.tokenizer_2_dir);
+  s.load_text_encoders();
+  log::info("loaded " + description() + " from " + s.files.root + " on " + c10::str(options.device) + " (" +
+            dtype_name(options.dtype) + ") in " + seconds_text(seconds_since(start)));
+}
+
+FluxPipeline::~FluxPipeline() = default;
+
+FluxVariant FluxPipeline::variant() const { return state_->variant; }
+
+std::string FluxPipeline::description() const {
+  return std::string("FLUX.1-") + variant_name(state_->variant) + " (" + layout_name(state_->files.layout) + ")";
+}
+
+const ModelFiles& FluxPipeline::files() const { return state_->files; }
+
+const sampling::SchedulerConfig& FluxPipeline::scheduler_config() const { return state_->scheduler; }
+const PipelineOptions& FluxPipeline::options() const { return state_->options; }
+int64_t FluxPipeline::latent_channels() const { return state_->transformer->config().in_channels / 4; }
+
+PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length) {
+  FLUXBATCH_CHECK(!prompts.empty(), InputError, "encode_prompts: no prompts");
+  FLUXBATCH_CHECK(max_sequence_length >= 1 && max_sequence_length <= 512, InputError,
+                  "max_sequence_length must be within 1..512, got " + std::to_string(max_sequence_length));
+  State& s = *state_;
+  const c10::InferenceMode inference;
+  s.load_text_encoders();
+  s.visit(*s.clip);
+  s.visit(*s.t5);
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> encoded;
+  std::vector<at::Tensor> pooled, states;
+  for (const std::string& prompt : prompts) {
+    auto it = encoded.find(prompt);
+    if (it == encoded.end()) it = encoded.emplace(prompt, s.encode_one(prompt, max_sequence_length)).first;
+    pooled.push_back(it->second.first);
+    states.push_back(it->second.second);
+  }
+  PromptEmbeddings out{at::cat(states, 0), at::cat(pooled, 0)};
+  if (s.options.keep_text_encoders) {
+    s.leave(*s.clip);
+    s.leave(*s.t5);
+  } else {
+    s.free_text_encoders();
+  }
+  return out;
+}
+
+at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const DenoiseRequest& request,
+                                 const sampling::StepCallback& on_step) {
+  State& s = *state_;
+  const auto batch = static_cast<int64_t>(request.seeds.size());
+  FLUXBATCH_CHECK(batch > 0 && embeddings.prompt_embeds.defined() && embeddings.prompt_embeds.size(0) == batch &&
+                      embeddings.pooled.size(0) == batch,
+                  InputError, "denoise: need one seed and one prompt embedding per image");
+  FLUXBATCH_CHECK(request.guidance.size() == request.seeds.size(), InputError,
+                  "denoise: need one guidance value per image");
+  const c10::InferenceMode inference;
+  const c10::Device device = s.options.device;
+  const auto size = sampling::latent_size(request.height, request.width);
+  const auto schedule = sampling::flow_schedule(request.steps, size.seq_len(), s.scheduler);
+
+  at::Tensor latents = sampling::initial_noise(request.seeds, latent_channels(), size, s.options.dtype, device);
+  at::Tensor img_ids = sampling::latent_image_ids(size, s.options.dtype, device);
+  at::Tensor txt_ids = sampling::text_ids(embeddings.prompt_embeds.size(1), s.options.dtype, device);
+  at::Tensor guidance;
+  if (s.transformer->config().guidance_embeds) {
+    // diffusers: torch.full([1], guidance_scale, dtype=float32).expand(B); the model rounds it itself.
+    std::vector<float> values(request.guidance.begin(), request.guidance.end());
+    guidance = at::tensor(values, at::kFloat).to(device);
+  }
+  const PromptEmbeddings on_device{embeddings.prompt_embeds.to(device, s.options.dtype),
+                                   embeddings.pooled.to(device, s.options.dtype)};
+
+  s.visit(*s.transformer);
+  TransformerDenoiser denoiser(s.transformer, on_device, img_ids, txt_ids, guidance);
+  latents = sampling::sample_euler(denoiser, latents, schedule, on_step);
+  s.leave(*s.transformer);
+  s.empty_cache();
+  return latents;
+}
+
+at::Tensor FluxPipeline::decode(const at::Tensor& latents, int width, int height) {
+  State& s = *state_;
+  const c10::InferenceMode inference;
+  const auto size = sampling::latent_size(height, width);
+  s.visit(*s.vae);
+  std::vector<at::Tensor> images;
+  for (int64_t b = 0; b < latents.size(0); ++b) {
+    // FluxPipeline: unpack, latents / scaling_factor + shift_factor, vae.decode.
+    const at::Tensor unpacked = sampling::unpack_latents(latents.narrow(0, b, 1), size);
+    const at::Tensor scaled = models::vae::unscale_latents(unpacked.to(s.options.device), s.vae->config());
+    images.push_back(s.vae->decode(scaled));
+  }
+  s.leave(*s.vae);
+  at::Tensor out = at::cat(images, 0);
+  s.empty_cache();
+  return out;
+}
+
+at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int max_sequence_length,
+                                  const DenoiseRequest& request, const sampling::StepCallback& on_step) {
+  const PromptEmbeddings embeddings = encode_prompts(prompts, max_sequence_length);
+  const at::Tensor latents = denoise(embeddings, request, on_step);
+  const c10::InferenceMode inference;
+  return sampling::postprocess_uint8(decode(latents, request.width, request.height));
+}
+
+void FluxPipeline::release_text_encoders() { state_->free_text_encoders(); }
+
+}  // namespace fluxbatch::runtime
