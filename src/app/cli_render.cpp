@@ -8,6 +8,7 @@
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/pipeline.h"
 #include "generator_factory.h"
 #include "interrupt.h"
 #include "plan_report.h"
@@ -56,6 +57,35 @@ std::string model_for(const RenderCommand& command, const job::JobSpec& spec) {
   return spec.model.value_or("");
 }
 
+// Loads the job with the model variant's recommended settings (schnell: 4 steps, 256 T5 tokens) as the
+// lowest-precedence defaults, below the job's "defaults" and the command line. The variant is read from
+// file headers only. On a dry run an unreadable model keeps the built-in (dev) defaults.
+job::JobSpec load_job_for_model(const RenderCommand& command) {
+  job::LoadOptions options = to_load_options(command.job);
+  job::JobSpec spec = job::load_job(command.file, options);
+  const std::string model = model_for(command, spec);
+  if (model.empty()) return spec;
+  runtime::VariantDefaults recommended;
+  try {
+    recommended = runtime::variant_defaults(runtime::probe_variant(model));
+  } catch (const ModelError&) {
+    if (command.dry_run) return spec;
+    throw;
+  }
+  const job::RenderParams builtin;
+  job::ParamOverrides& cli = options.cli_defaults;
+  bool changed = false;
+  if (!cli.steps && recommended.steps != builtin.steps) {
+    cli.steps = recommended.steps;
+    changed = true;
+  }
+  if (!cli.max_sequence_length && recommended.max_sequence_length != builtin.max_sequence_length) {
+    cli.max_sequence_length = recommended.max_sequence_length;
+    changed = true;
+  }
+  return changed ? job::load_job(command.file, options) : spec;
+}
+
 void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const GeneratorConfig& config,
                    int batch) {
   std::string model = config.model_path.empty() ? "(none given: pass --model to render)" : config.model_path;
@@ -100,7 +130,7 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
 }
 
 std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
-  const job::JobSpec spec = job::load_job(command.file, to_load_options(command.job));
+  const job::JobSpec spec = load_job_for_model(command);
   const std::string model = model_for(command, spec);
   const GeneratorConfig config = resolve_config(command, model);
   const int batch = parse_batch(command.batch, config);

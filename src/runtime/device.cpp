@@ -4,6 +4,10 @@
 
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#ifdef FLUXBATCH_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace fluxbatch::runtime {
 
@@ -32,6 +36,33 @@ c10::Device parse_device(const std::string& text) {
                       " CUDA device(s)");
   }
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void synchronize(c10::Device device) {
+#ifdef FLUXBATCH_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#else
+  (void)device;
+#endif
+}
+
+int64_t peak_allocated_bytes(c10::Device device) {
+#ifdef FLUXBATCH_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].peak;  // [0]: the aggregate over pool types
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+void reset_peak_memory(c10::Device device) {
+#ifdef FLUXBATCH_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#else
+  (void)device;
+#endif
 }
 
 c10::ScalarType parse_dtype(const std::string& text) {

@@ -9,6 +9,8 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <list>
 #include <map>
@@ -114,7 +116,16 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
     request.guidance.push_back(p.guidance);
   }
 
+  const c10::Device device = pipeline_->options().device;
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [&](Clock::time_point t) {
+    synchronize(device);
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  reset_peak_memory(device);
+  auto t0 = Clock::now();
   const PromptEmbeddings embeddings = embeddings_for(batch, first.max_sequence_length);
+  const double encode_s = seconds_since(t0);
   const int steps = request.steps;
   const auto on_step = [&](int step, const at::Tensor&) {
     if (options_.on_step) {
@@ -123,9 +134,20 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
       log::debug("step " + std::to_string(step + 1) + "/" + std::to_string(steps));
     }
   };
+  t0 = Clock::now();
   const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);
+  const double denoise_s = seconds_since(t0);
   const c10::InferenceMode inference;
+  t0 = Clock::now();
   const at::Tensor pixels = sampling::postprocess_uint8(pipeline_->decode(latents, request.width, request.height));
+  const double decode_s = seconds_since(t0);
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "batch of %zu at %dx%d: encode %.2f s, denoise %.2f s (%.1f ms/step, %d steps), decode %.2f s, "
+                "peak allocated %.2f GiB",
+                batch.size(), request.width, request.height, encode_s, denoise_s, 1000.0 * denoise_s / steps, steps,
+                decode_s, static_cast<double>(peak_allocated_bytes(device)) / (1 << 30));
+  log::info(line);
 
   // pixels: [B, H, W, 3] uint8, contiguous
   std::vector<Image> images;

@@ -44,7 +44,7 @@ fs::path write_bad_job(const TempDir& dir, const std::string& name, const std::s
 
 }  // namespace
 
-TEST_CASE("--help lists the subcommands, examples and exit codes", "[cli]") {
+TEST_CASE("help lists the subcommands, examples and exit codes", "[cli]") {
   const CommandResult r = fluxbatch_cmd("--help");
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, ContainsSubstring("validate"));
@@ -68,7 +68,7 @@ TEST_CASE("each subcommand's --help teaches its options with examples", "[cli]")
   CHECK_THAT(validate.output, ContainsSubstring("fluxbatch validate jobs/night.json"));
 }
 
-TEST_CASE("--version prints the version", "[cli]") {
+TEST_CASE("the version flag prints the version", "[cli]") {
   const CommandResult r = fluxbatch_cmd("--version");
   CHECK(r.exit_code == 0);
   CHECK(r.output == "fluxbatch " FLUXBATCH_VERSION "\n");

@@ -152,7 +152,7 @@ TEST_CASE("relative model and output paths resolve against the job file's direct
   CHECK(parse_job(R"({"items": ["x"]})", "here.json", {}).output_dir == "out");
 }
 
-TEST_CASE("--name overrides output.name but not an item's own name", "[job]") {
+TEST_CASE("the --name option overrides output.name but not an item's own name", "[job]") {
   LoadOptions options;
   options.name_template = "cli-{index}";
   const JobSpec spec = parse_job(

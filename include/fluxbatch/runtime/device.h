@@ -3,6 +3,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <cstdint>
 #include <string>
 
 namespace fluxbatch::runtime {
@@ -17,5 +18,12 @@ std::string dtype_name(c10::ScalarType dtype);
 
 bool cuda_available();
 int cuda_device_count();
+
+// Waits for the device's queued work (no-op on the CPU): stage timings are only honest after it.
+void synchronize(c10::Device device);
+
+// The caching allocator's peak of allocated bytes since the last reset (0 on the CPU).
+int64_t peak_allocated_bytes(c10::Device device);
+void reset_peak_memory(c10::Device device);
 
 }  // namespace fluxbatch::runtime
