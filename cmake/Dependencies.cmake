@@ -47,6 +47,11 @@ endif()
 if(FLUXBATCH_WITH_CUDA)
   # The wheel is a CUDA build: its CMake config needs the toolkit, which we have.
   list(APPEND CMAKE_PREFIX_PATH ${FLUXBATCH_TORCH_ROOT}/share/cmake)
+  # Torch's CMake adds -gencode flags for its own default arch list (which nvcc 13 rejects) unless told.
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST)
+    string(REGEX REPLACE "([0-9])([0-9a-z]+)$" "\\1.\\2" _fb_arch_list "${CMAKE_CUDA_ARCHITECTURES}")
+    set(TORCH_CUDA_ARCH_LIST "${_fb_arch_list}")
+  endif()
   find_package(Torch REQUIRED)
   add_library(fluxbatch::torch INTERFACE IMPORTED)
   target_link_libraries(fluxbatch::torch INTERFACE ${TORCH_LIBRARIES})

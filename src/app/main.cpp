@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "cli_common.h"
+#include "cli_inspect.h"
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
@@ -20,6 +21,7 @@ constexpr const char* kFooter =
     "  fluxbatch validate jobs/night.json            check a job file, list every problem\n"
     "  fluxbatch render jobs/night.json --dry-run    show what would be rendered or skipped\n"
     "  fluxbatch render jobs/night.json --model models/FLUX.1-dev\n"
+    "  fluxbatch inspect models/FLUX.1-dev           what a model folder or file holds\n"
     "  fluxbatch render --help                       all render options\n";
 
 int report(const char* kind, const std::exception& e, int code) {
@@ -61,6 +63,8 @@ int main(int argc, char** argv) {
   CLI::App* validate_cmd = app::add_validate_command(cli, validate);
   app::RenderCommand render;
   CLI::App* render_cmd = app::add_render_command(cli, render);
+  app::InspectCommand inspect;
+  CLI::App* inspect_cmd = app::add_inspect_command(cli, inspect);
 
   try {
     cli.parse(argc, argv);
@@ -78,6 +82,10 @@ int main(int argc, char** argv) {
     if (render_cmd->parsed()) {
       const auto summary = app::run_render(render);
       return summary ? app::exit_code_for(*summary) : app::kExitOk;
+    }
+    if (inspect_cmd->parsed()) {
+      app::run_inspect(inspect);
+      return app::kExitOk;
     }
     return app::kExitInvalidInput;
   });

@@ -2,6 +2,7 @@
 #include "fluxbatch/io/atomic_file.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <atomic>
@@ -58,9 +59,19 @@ void fsync_directory(const fs::path& dir, const std::string& path) {
   ::close(fd);
 }
 
+// rename() without clobbering: renameat2(RENAME_NOREPLACE), or link()+unlink() where the
+// filesystem lacks it. Both fail with EEXIST when `to` exists.
+int rename_no_replace(const char* from, const char* to) {
+  if (::renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) return -1;
+  if (::link(from, to) != 0) return -1;
+  ::unlink(from);
+  return 0;
+}
+
 }  // namespace
 
-void write_file_atomic(const std::string& path, std::string_view bytes) {
+void write_file_atomic(const std::string& path, std::string_view bytes, bool replace_existing) {
   const fs::path target(path);
   const std::string temp = temp_path_for(target);
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -76,9 +87,12 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     ::unlink(temp.c_str());
     throw;
   }
-  if (::rename(temp.c_str(), path.c_str()) != 0) {
+  const int renamed = replace_existing ? ::rename(temp.c_str(), path.c_str())
+                                       : rename_no_replace(temp.c_str(), path.c_str());
+  if (renamed != 0) {
     const int err = errno;
     ::unlink(temp.c_str());
+    if (err == EEXIST && !replace_existing) throw OutputError("not replacing " + path + ": the file already exists");
     fail(path, "rename from " + temp + " failed", err);
   }
   fsync_directory(target.parent_path(), path);

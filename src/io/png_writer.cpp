@@ -148,14 +148,14 @@ std::string encode_png(int width, int height, const std::vector<uint8_t>& rgb, c
 }
 
 void write_png_atomic(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,
-                      const std::vector<PngText>& text) {
+                      const std::vector<PngText>& text, bool replace_existing) {
   std::string png;
   try {
     png = encode_png(width, height, rgb, text);
   } catch (const OutputError& e) {
     throw OutputError("cannot write " + path + ": " + e.what());
   }
-  write_file_atomic(path, png);
+  write_file_atomic(path, png, replace_existing);
 }
 
 std::vector<PngText> read_png_text(std::string_view png) {

@@ -113,9 +113,10 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
 // One execution of a plan: owns the manifest writer and the running summary.
 class Run {
  public:
-  Run(const std::string& output_dir, ImageGenerator& generator, io::ManifestWriter& manifest, RunSummary& summary,
-      int64_t to_render)
+  Run(const std::string& output_dir, bool overwrite, ImageGenerator& generator, io::ManifestWriter& manifest,
+      RunSummary& summary, int64_t to_render)
       : output_dir_(output_dir),
+        overwrite_(overwrite),
         generator_(generator),
         model_(generator.model_description()),
         manifest_(manifest),
@@ -236,7 +237,8 @@ class Run {
     const std::string path = output_path(output_dir_, item.file);
     try {
       io::ensure_directory(fs::path(path).parent_path().string());
-      io::write_png_atomic(path, image, png_text(item));
+      // Without --overwrite the plan saw no file here; never clobber one that appeared since.
+      io::write_png_atomic(path, image, png_text(item), overwrite_);
     } catch (const OutputError& e) {
       return fail_item(item, e.what(), {generate_s, seconds_since(start)}, batch_size);
     }
@@ -248,6 +250,7 @@ class Run {
   }
 
   std::string output_dir_;
+  bool overwrite_ = false;
   ImageGenerator& generator_;
   std::string model_;
   io::ManifestWriter& manifest_;
@@ -301,6 +304,9 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
     summary.not_started = plan.count(ItemState::kRender);
     return summary;
   }
+  // Input errors must surface before anything is created.
+  if (options.batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(options.batch_size));
+  check_unique_files(spec);
   io::ensure_directory(output_dir);
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
@@ -316,7 +322,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   log::info(std::to_string(to_render) + " image(s) to render in " + std::to_string(plan.batches.size()) +
             " batch(es), " + std::to_string(summary.skipped) + " finished earlier, " +
             std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
-  Run run(output_dir, generator, manifest, summary, to_render);
+  Run run(output_dir, options.overwrite, generator, manifest, summary, to_render);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
   }

@@ -217,3 +217,23 @@ TEST_CASE("render with a model that cannot be loaded exits 3 before writing", "[
   CHECK_THAT(r.output, ContainsSubstring("no-such-model"));
   CHECK_FALSE(fs::exists(dir / "out"));
 }
+
+TEST_CASE("inspect reports the tiny diffusers model and fails cleanly on a non-model", "[cli]") {
+  const fs::path model =
+      fluxbatch::test::require_generated(fs::path(FLUXBATCH_MODELS_DIR) / "tiny-flux-dev");
+  const CommandResult r = fluxbatch_cmd("inspect " + quote(model.string()));
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, ContainsSubstring("dev"));
+  CHECK_THAT(r.output, ContainsSubstring("transformer"));
+  CHECK_THAT(r.output, ContainsSubstring("text_encoder_2"));
+
+  const CommandResult j = fluxbatch_cmd("inspect --json " + quote(model.string()));
+  REQUIRE(j.exit_code == 0);
+  const auto doc = nlohmann::json::parse(j.output);
+  CHECK(doc.is_object());
+
+  TempDir dir;
+  const CommandResult bad = fluxbatch_cmd("inspect " + quote(dir.path().string()));
+  CHECK(bad.exit_code == 3);
+  CHECK_THAT(bad.output, ContainsSubstring(dir.path().string()));
+}

@@ -124,3 +124,13 @@ TEST_CASE("ensure_directory creates parents and rejects a file in the way", "[io
   fluxbatch::test::write_file(dir / "file", "x");
   CHECK_THROWS_AS(fluxbatch::io::ensure_directory((dir / "file").string()), OutputError);
 }
+
+TEST_CASE("write_file_atomic without replace never touches an existing file", "[io]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = (dir / "finished.png").string();
+  write_file_atomic(path, "first", false);  // absent: written
+  CHECK(fluxbatch::test::read_file(path) == "first");
+  CHECK_THROWS_WITH(write_file_atomic(path, "second", false), ContainsSubstring("already exists"));
+  CHECK(fluxbatch::test::read_file(path) == "first");
+  CHECK(count_entries(dir.path()) == 1);
+}

@@ -19,10 +19,11 @@ nn::TensorMap clip_weights(const std::filesystem::path& folder) {
   return weights;
 }
 
-ClipTextModel load_clip(const std::string& variant, at::ScalarType dtype) {
+ClipTextModel load_clip(const std::string& variant, at::ScalarType dtype, c10::Device device = c10::Device(c10::kCPU)) {
   const auto folder = model_dir(variant, "text_encoder");
-  ClipTextModel model(read_clip_config(folder), at::TensorOptions().dtype(dtype));
-  load_weights(*model, clip_weights(folder));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)),
+                      at::TensorOptions().dtype(dtype).device(device));
+  load_weights(*model, clip_weights(folder), dtype, models::clip::clip_ignored_prefixes(), device);
   return model;
 }
 
@@ -47,7 +48,7 @@ ClipTextModel random_clip(int64_t eos_token_id) {
 TEST_CASE("CLIP parameter names equal the checkpoint keys", "[clip]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "text_encoder");
-  ClipTextModel model(read_clip_config(folder));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(folder)));
   CHECK(parameter_names(*model) == checkpoint_names(clip_weights(folder), models::clip::clip_ignored_prefixes()));
   CHECK(model->named_parameters().contains("text_model.embeddings.token_embedding.weight"));
   CHECK(model->named_parameters().contains("text_model.encoder.layers.0.self_attn.out_proj.bias"));
@@ -55,7 +56,7 @@ TEST_CASE("CLIP parameter names equal the checkpoint keys", "[clip]") {
 }
 
 TEST_CASE("CLIP BFL single file clip_l.safetensors has the same names", "[clip]") {
-  ClipTextModel model(read_clip_config(model_dir("dev", "text_encoder")));
+  ClipTextModel model(models::clip::ClipTextConfig::from_json_file(config_json(model_dir("dev", "text_encoder"))));
   auto weights = read_tensors(model_dir("dev-bfl", "clip_l.safetensors"));
   models::clip::canonicalize_clip_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::clip::clip_ignored_prefixes()));
@@ -145,4 +146,19 @@ TEST_CASE("CLIP bf16 CPU output is within bf16 tolerance of the fp32 golden", "[
   // (measured ~1% of the peak).
   CHECK(max_abs_diff(out.last_hidden_state, hidden) <= 4e-2 * max_abs(hidden));
   CHECK(max_abs_diff(out.pooler_output, pooled) <= 4e-2 * max_abs(pooled));
+}
+
+TEST_CASE("CLIP on CUDA (bf16, fp32) stays within tolerance of the golden", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  auto golden = read_tensors(golden_file("dev", "clip.safetensors"));
+  at::NoGradGuard no_grad;
+  for (auto [dtype, tolerance] : {std::pair{at::kBFloat16, 4e-2}, std::pair{at::kFloat, 1e-3}}) {
+    INFO("dtype " << dtype);
+    auto model = load_clip("dev", dtype, device);
+    auto out = model->forward(golden.at("input_ids").to(device));
+    CHECK(out.pooler_output.device() == device);
+    CHECK(max_abs_diff(out.last_hidden_state, golden.at("last_hidden_state")) <=
+          tolerance * max_abs(golden.at("last_hidden_state")));
+    CHECK(max_abs_diff(out.pooler_output, golden.at("pooler_output")) <= tolerance * max_abs(golden.at("pooler_output")));
+  }
 }

@@ -14,12 +14,13 @@ using fluxbatch::models::t5::T5EncoderModel;
 
 namespace {
 
-T5EncoderModel load_t5(const std::string& variant, at::ScalarType dtype) {
+T5EncoderModel load_t5(const std::string& variant, at::ScalarType dtype, c10::Device device = c10::Device(c10::kCPU)) {
   const auto folder = model_dir(variant, "text_encoder_2");
-  T5EncoderModel model(read_t5_config(folder), at::TensorOptions().dtype(dtype));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(folder)),
+                       at::TensorOptions().dtype(dtype).device(device));
   auto weights = read_component_weights(folder);
   models::t5::canonicalize_t5_checkpoint(weights);
-  load_weights(*model, weights);
+  load_weights(*model, weights, dtype, models::t5::t5_ignored_prefixes(), device);
   return model;
 }
 
@@ -28,7 +29,7 @@ T5EncoderModel load_t5(const std::string& variant, at::ScalarType dtype) {
 TEST_CASE("T5 parameter names equal the checkpoint keys", "[t5]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "text_encoder_2");
-  T5EncoderModel model(read_t5_config(folder));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(folder)));
   auto weights = read_component_weights(folder);
   models::t5::canonicalize_t5_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::t5::t5_ignored_prefixes()));
@@ -38,7 +39,7 @@ TEST_CASE("T5 parameter names equal the checkpoint keys", "[t5]") {
 }
 
 TEST_CASE("T5 BFL single file t5xxl.safetensors has the same names", "[t5]") {
-  T5EncoderModel model(read_t5_config(model_dir("dev", "text_encoder_2")));
+  T5EncoderModel model(models::t5::T5Config::from_json_file(config_json(model_dir("dev", "text_encoder_2"))));
   auto weights = read_tensors(model_dir("dev-bfl", "t5xxl.safetensors"));
   models::t5::canonicalize_t5_checkpoint(weights);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::t5::t5_ignored_prefixes()));
@@ -133,4 +134,19 @@ TEST_CASE("T5 rejects input_ids that are not [batch, length]", "[t5]") {
   T5EncoderModel model(config);
   CHECK_THROWS_WITH(model->forward(at::zeros({3}, at::kLong)),
                     Catch::Matchers::ContainsSubstring("input_ids must be [batch, length]"));
+}
+
+TEST_CASE("T5 on CUDA (bf16, fp16 with fp32 wo, fp32) stays within tolerance of the golden", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  auto golden = read_tensors(golden_file("dev", "t5.safetensors"));
+  const at::Tensor& expected = golden.at("last_hidden_state");
+  at::NoGradGuard no_grad;
+  for (auto [dtype, tolerance] : {std::pair{at::kBFloat16, 4e-2}, std::pair{at::kHalf, 1e-2}, std::pair{at::kFloat, 1e-3}}) {
+    INFO("dtype " << dtype);
+    auto model = load_t5("dev", dtype, device);
+    if (dtype == at::kHalf) model->keep_wo_in_float32();
+    at::Tensor out = model->forward(golden.at("input_ids").to(device));
+    CHECK(out.device() == device);
+    CHECK(max_abs_diff(out, expected) <= tolerance * max_abs(expected));
+  }
 }

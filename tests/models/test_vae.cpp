@@ -1,6 +1,7 @@
 // VAE decoder against diffusers: key names, fp32 / bf16 golden decodes, latent unscaling, tiling.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/models/weight_map.h"
 #include "test_t5_clip_vae_support.h"
 
 #include <catch2/catch_test_macros.hpp>
@@ -13,10 +14,11 @@ using fluxbatch::models::vae::VaeDecoder;
 
 namespace {
 
-VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype) {
+VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype, c10::Device device = c10::Device(c10::kCPU)) {
   const auto folder = model_dir(variant, "vae");
-  VaeDecoder model(read_vae_config(folder), at::TensorOptions().dtype(dtype));
-  load_weights(*model, read_component_weights(folder));
+  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)),
+                   at::TensorOptions().dtype(dtype).device(device));
+  load_weights(*model, read_component_weights(folder), dtype, models::vae::vae_ignored_prefixes(), device);
   return model;
 }
 
@@ -25,7 +27,7 @@ VaeDecoder load_vae(const std::string& variant, at::ScalarType dtype) {
 TEST_CASE("VAE decoder parameter names equal the checkpoint's decoder keys", "[vae]") {
   const std::string variant = GENERATE("dev", "schnell");
   const auto folder = model_dir(variant, "vae");
-  VaeDecoder model(read_vae_config(folder));
+  VaeDecoder model(models::vae::VaeConfig::from_json_file(config_json(folder)));
   const auto weights = read_component_weights(folder);
   CHECK(parameter_names(*model) == checkpoint_names(weights, models::vae::vae_ignored_prefixes()));
   CHECK(model->named_parameters().contains("decoder.mid_block.attentions.0.to_out.0.weight"));
@@ -56,6 +58,18 @@ TEST_CASE("VAE bf16 CPU decode is within bf16 tolerance of the fp32 golden", "[v
   const at::Tensor& expected = golden.at("sample");
   // bf16 (2^-8 relative per op) through ~15 conv/norm layers (measured ~1.5% of the peak).
   CHECK(max_abs_diff(sample, expected) <= 4e-2 * max_abs(expected));
+}
+
+TEST_CASE("VAE from the BFL ae.safetensors (LDM names, mapped) decodes like the diffusers folder", "[vae]") {
+  auto golden = read_tensors(golden_file("dev", "vae.safetensors"));
+  const auto config = models::vae::VaeConfig::from_json_file(config_json(model_dir("dev", "vae")));
+  VaeDecoder model(config);
+  const auto weights = models::vae_ldm_to_diffusers(read_tensors(model_dir("dev-bfl", "ae.safetensors")));
+  CHECK(parameter_names(*model) == checkpoint_names(weights, models::vae::vae_ignored_prefixes()));
+  load_weights(*model, weights, at::kFloat, models::vae::vae_ignored_prefixes());
+  at::NoGradGuard no_grad;
+  const at::Tensor& expected = golden.at("sample");
+  CHECK(max_abs_diff(model->decode(golden.at("latents")), expected) <= 1e-5 * std::max(1.0, max_abs(expected)));
 }
 
 TEST_CASE("unscale_latents is latents / scaling_factor + shift_factor, rounded per op", "[vae]") {
@@ -102,4 +116,23 @@ TEST_CASE("VAE rejects latents with the wrong channel count", "[vae]") {
   VaeDecoder model(config);
   CHECK_THROWS_WITH(model->decode(at::zeros({1, 4, 2, 2})),
                     Catch::Matchers::ContainsSubstring("latents must be [batch, 16, h, w]"));
+}
+
+TEST_CASE("VAE on CUDA (bf16, fp32, tiled) stays within tolerance of the golden", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  auto golden = read_tensors(golden_file("dev", "vae.safetensors"));
+  const at::Tensor& expected = golden.at("sample");
+  at::NoGradGuard no_grad;
+  // fp32 convolutions may use TF32 (cuDNN's default, as in PyTorch): 10-bit mantissa products.
+  for (auto [dtype, tolerance] : {std::pair{at::kBFloat16, 4e-2}, std::pair{at::kFloat, 1e-2}}) {
+    INFO("dtype " << dtype);
+    auto model = load_vae("dev", dtype, device);
+    at::Tensor latents = golden.at("latents").to(device, dtype);
+    at::Tensor sample = model->decode(latents);
+    CHECK(sample.device() == device);
+    CHECK(max_abs_diff(sample, expected) <= tolerance * max_abs(expected));
+    models::vae::TiledDecodeOptions options;
+    options.tile_sample_size = 32;
+    CHECK(model->decode_tiled(latents, options).sizes() == sample.sizes());
+  }
 }

@@ -34,12 +34,14 @@ class FakeGenerator : public fluxbatch::runtime::ImageGenerator {
   std::string model = "fake-flux";
   std::atomic<bool>* stop_after_first = nullptr;
   bool wrong_size = false;
+  std::string create_during_generate;  // a file that "appears" while the batch renders
 
   std::vector<Image> generate(const std::vector<RenderItem>& batch) override {
     std::vector<int64_t> indices;
     for (const RenderItem& item : batch) indices.push_back(item.index);
     batches.push_back(indices);
     if (stop_after_first != nullptr) stop_after_first->store(true);  // as if Ctrl-C came mid-batch
+    if (!create_during_generate.empty()) fluxbatch::test::write_file(create_during_generate, "appeared");
     for (const RenderItem& item : batch) {
       for (const std::string& p : fail_prompts) {
         if (item.prompt == p) throw std::runtime_error("CUDA out of memory (fake)");
@@ -327,4 +329,15 @@ TEST_CASE("two items writing the same file are rejected before anything renders"
   CHECK_THROWS_WITH(fluxbatch::runtime::run_job(spec, dir.path().string(), {}, gen),
                     ContainsSubstring("job.json:2:1: output file img-0.png is also written by the item at job.json:1:1"));
   CHECK(gen.batches.empty());
+  CHECK(fs::is_empty(dir.path()));  // nothing created, not even the manifest
+}
+
+TEST_CASE("a file that appears while its image renders is not overwritten", "[runner]") {
+  fluxbatch::test::TempDir dir;
+  FakeGenerator gen;
+  gen.create_during_generate = (dir / "img-0.png").string();
+  const auto summary = fluxbatch::runtime::run_job(make_job({make_item(0, "a")}), dir.path().string(), {}, gen);
+  CHECK(summary.failed == 1);
+  CHECK_THAT(summary.failures[0], ContainsSubstring("already exists"));
+  CHECK(fluxbatch::test::read_file(dir / "img-0.png") == "appeared");
 }

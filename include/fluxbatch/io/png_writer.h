@@ -21,14 +21,15 @@ std::string encode_png(int width, int height, const std::vector<uint8_t>& rgb,
                        const std::vector<PngText>& text);
 
 // encode_png + write_file_atomic: `path` holds the complete PNG or is left untouched.
-// OutputError names `path`.
+// OutputError names `path`; with replace_existing false an existing file is an error, never replaced.
 void write_png_atomic(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,
-                      const std::vector<PngText>& text);
+                      const std::vector<PngText>& text, bool replace_existing = true);
 
 // Any struct with width, height and rgb members (e.g. runtime::Image).
 template <class ImageLike>
-void write_png_atomic(const std::string& path, const ImageLike& image, const std::vector<PngText>& text) {
-  write_png_atomic(path, image.width, image.height, image.rgb, text);
+void write_png_atomic(const std::string& path, const ImageLike& image, const std::vector<PngText>& text,
+                      bool replace_existing = true) {
+  write_png_atomic(path, image.width, image.height, image.rgb, text, replace_existing);
 }
 
 // The tEXt and (uncompressed) iTXt chunks of a PNG, in file order. Throws InputError when the

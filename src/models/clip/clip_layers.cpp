@@ -1,6 +1,8 @@
 #include "models/clip/clip_layers.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/activations.h"
+#include "fluxbatch/nn/attention.h"
 
 #include <torch/nn/modules/container/modulelist.h>
 
@@ -9,39 +11,36 @@
 namespace fluxbatch::models::clip {
 
 at::Tensor clip_activation(const std::string& name, const at::Tensor& x) {
-  if (name == "quick_gelu") return x * at::sigmoid(x * 1.702);  // QuickGELUActivation
-  if (name == "gelu") return at::gelu(x);
-  if (name == "gelu_new") {
-    const double c = std::sqrt(2.0 / 3.141592653589793);  // math.sqrt(2.0 / math.pi)
-    return (x * 0.5) * (at::tanh((x + at::pow(x, 3.0) * 0.044715) * c) + 1.0);
-  }
+  if (name == "quick_gelu") return nn::quick_gelu(x);
+  if (name == "gelu") return nn::gelu(x);
+  if (name == "gelu_new") return layers::gelu_new(x);
   throw ModelError("CLIP: unsupported hidden_act '" + name + "' (expected quick_gelu, gelu or gelu_new)");
 }
 
 ClipAttentionImpl::ClipAttentionImpl(const ClipTextConfig& config, const at::TensorOptions& options)
     : heads_(config.num_attention_heads), head_dim_(config.hidden_size / config.num_attention_heads) {
   const int64_t dim = config.hidden_size;
-  k_proj_ = register_module("k_proj", layers::Linear(dim, dim, true, options));
-  v_proj_ = register_module("v_proj", layers::Linear(dim, dim, true, options));
-  q_proj_ = register_module("q_proj", layers::Linear(dim, dim, true, options));
-  out_proj_ = register_module("out_proj", layers::Linear(dim, dim, true, options));
+  k_proj_ = register_module("k_proj", nn::Linear(dim, dim, true, options));
+  v_proj_ = register_module("v_proj", nn::Linear(dim, dim, true, options));
+  q_proj_ = register_module("q_proj", nn::Linear(dim, dim, true, options));
+  out_proj_ = register_module("out_proj", nn::Linear(dim, dim, true, options));
 }
 
 at::Tensor ClipAttentionImpl::forward(const at::Tensor& x) {
   const int64_t batch = x.size(0), length = x.size(1);
-  auto heads = [&](const at::Tensor& t) { return t.view({batch, length, -1, head_dim_}).transpose(1, 2); };
-  at::Tensor q = heads(q_proj_->forward(x));  // [B, heads, L, head_dim]
+  auto heads = [&](const at::Tensor& t) { return t.view({batch, length, -1, head_dim_}); };
+  at::Tensor q = heads(q_proj_->forward(x));  // [B, L, heads, head_dim]
   at::Tensor k = heads(k_proj_->forward(x));
   at::Tensor v = heads(v_proj_->forward(x));
-  const double scale = std::pow(static_cast<double>(head_dim_), -0.5);  // head_dim ** -0.5
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
-  out = out.transpose(1, 2).contiguous().reshape({batch, length, -1}).contiguous();  // [B, L, H]
+  // transformers' SDPA path: no mask tensor, is_causal, scale head_dim ** -0.5.
+  const double scale = std::pow(static_cast<double>(head_dim_), -0.5);
+  at::Tensor out = nn::attention(q, k, v, std::nullopt, scale, /*is_causal=*/true);  // [B, L, H]
   return out_proj_->forward(out);
 }
 
 ClipMlpImpl::ClipMlpImpl(const ClipTextConfig& config, const at::TensorOptions& options) : act_(config.hidden_act) {
-  fc1_ = register_module("fc1", layers::Linear(config.hidden_size, config.intermediate_size, true, options));
-  fc2_ = register_module("fc2", layers::Linear(config.intermediate_size, config.hidden_size, true, options));
+  fc1_ = register_module("fc1", nn::Linear(config.hidden_size, config.intermediate_size, true, options));
+  fc2_ = register_module("fc2", nn::Linear(config.intermediate_size, config.hidden_size, true, options));
 }
 
 at::Tensor ClipMlpImpl::forward(const at::Tensor& x) {
@@ -50,9 +49,9 @@ at::Tensor ClipMlpImpl::forward(const at::Tensor& x) {
 
 ClipEncoderLayerImpl::ClipEncoderLayerImpl(const ClipTextConfig& config, const at::TensorOptions& options) {
   self_attn_ = register_module("self_attn", ClipAttention(config, options));
-  layer_norm1_ = register_module("layer_norm1", layers::LayerNorm(config.hidden_size, config.layer_norm_eps, options));
+  layer_norm1_ = register_module("layer_norm1", nn::LayerNorm(config.hidden_size, config.layer_norm_eps, true, true, options));
   mlp_ = register_module("mlp", ClipMlp(config, options));
-  layer_norm2_ = register_module("layer_norm2", layers::LayerNorm(config.hidden_size, config.layer_norm_eps, options));
+  layer_norm2_ = register_module("layer_norm2", nn::LayerNorm(config.hidden_size, config.layer_norm_eps, true, true, options));
 }
 
 at::Tensor ClipEncoderLayerImpl::forward(const at::Tensor& x) {
@@ -73,7 +72,7 @@ ClipTextTransformerImpl::ClipTextTransformerImpl(const ClipTextConfig& config, c
     list->push_back(layers_.back());
   }
   final_layer_norm_ =
-      register_module("final_layer_norm", layers::LayerNorm(config.hidden_size, config.layer_norm_eps, options));
+      register_module("final_layer_norm", nn::LayerNorm(config.hidden_size, config.layer_norm_eps, true, true, options));
 }
 
 at::Tensor ClipTextTransformerImpl::forward(const at::Tensor& input_ids) {

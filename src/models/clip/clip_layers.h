@@ -2,6 +2,8 @@
 // names reproduce its checkpoint keys.
 #pragma once
 #include "fluxbatch/models/clip/config.h"
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/nn/norms.h"
 #include "models/t5/basic_layers.h"
 
 #include <vector>
@@ -15,7 +17,7 @@ class ClipAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t heads_, head_dim_;
-  layers::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
+  nn::Linear q_proj_{nullptr}, k_proj_{nullptr}, v_proj_{nullptr}, out_proj_{nullptr};
 };
 TORCH_MODULE(ClipAttention);
 
@@ -26,7 +28,7 @@ class ClipMlpImpl : public torch::nn::Module {
 
  private:
   std::string act_;
-  layers::Linear fc1_{nullptr}, fc2_{nullptr};
+  nn::Linear fc1_{nullptr}, fc2_{nullptr};
 };
 TORCH_MODULE(ClipMlp);
 
@@ -37,7 +39,7 @@ class ClipEncoderLayerImpl : public torch::nn::Module {
 
  private:
   ClipAttention self_attn_{nullptr};
-  layers::LayerNorm layer_norm1_{nullptr}, layer_norm2_{nullptr};
+  nn::LayerNorm layer_norm1_{nullptr}, layer_norm2_{nullptr};
   ClipMlp mlp_{nullptr};
 };
 TORCH_MODULE(ClipEncoderLayer);
@@ -52,7 +54,7 @@ class ClipTextTransformerImpl : public torch::nn::Module {
   std::shared_ptr<torch::nn::Module> embeddings_, encoder_;
   layers::Embedding token_embedding_{nullptr}, position_embedding_{nullptr};
   std::vector<ClipEncoderLayer> layers_;
-  layers::LayerNorm final_layer_norm_{nullptr};
+  nn::LayerNorm final_layer_norm_{nullptr};
 };
 
 // quick_gelu / gelu / gelu_new as transformers' ACT2FN evaluates them.

@@ -1,5 +1,7 @@
 #include "models/t5/basic_layers.h"
 
+#include <cmath>
+
 namespace fluxbatch::models::layers {
 namespace {
 // Parameters are inference-only: no autograd bookkeeping.
@@ -8,25 +10,16 @@ at::Tensor empty_param(at::IntArrayRef shape, const at::TensorOptions& options) 
 }
 }  // namespace
 
-LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool has_bias, const at::TensorOptions& options) {
-  weight = register_parameter("weight", empty_param({out_features, in_features}, options), false);
-  if (has_bias) bias = register_parameter("bias", empty_param({out_features}, options), false);
+at::Tensor gelu_new(const at::Tensor& x) {
+  const double c = std::sqrt(2.0 / 3.141592653589793);  // math.sqrt(2.0 / math.pi)
+  return (x * 0.5) * (at::tanh((x + at::pow(x, 3.0) * 0.044715) * c) + 1.0);
 }
-
-at::Tensor LinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
 
 EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim, const at::TensorOptions& options) {
   weight = register_parameter("weight", empty_param({num_embeddings, dim}, options), false);
 }
 
 at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
-
-LayerNormImpl::LayerNormImpl(int64_t dim, double eps, const at::TensorOptions& options) : dim_(dim), eps_(eps) {
-  weight = register_parameter("weight", empty_param({dim}, options), false);
-  bias = register_parameter("bias", empty_param({dim}, options), false);
-}
-
-at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return at::layer_norm(x, {dim_}, weight, bias, eps_); }
 
 GroupNormImpl::GroupNormImpl(int64_t groups, int64_t channels, double eps, const at::TensorOptions& options)
     : groups_(groups), eps_(eps) {

@@ -1,8 +1,8 @@
-// Parameter-holding leaf layers for the text encoders and the VAE. Unlike torch::nn::Linear & co.
-// they allocate their parameters uninitialised, directly in the target dtype and device: a
-// randomly initialised fp32 T5-XXL on the CPU would cost 19 GB and minutes before the checkpoint
-// overwrites it. Each forward is the single ATen op the PyTorch module calls, so numerics match.
-// Generic (not T5-specific): candidates for src/nn once a shared home exists.
+// Leaf layers the encoders and the VAE need beyond src/nn (Linear, LayerNorm): Embedding, GroupNorm,
+// Conv2d. Like nn::Linear they allocate their parameters uninitialised, directly in the target dtype
+// and device (a randomly initialised fp32 T5-XXL would cost 19 GB before the checkpoint overwrites
+// it). Each forward is the single ATen op the PyTorch module calls, so numerics match.
+// Generic (not T5-specific): candidates for src/nn.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -12,15 +12,6 @@
 
 namespace fluxbatch::models::layers {
 
-class LinearImpl : public torch::nn::Module {
- public:
-  LinearImpl(int64_t in_features, int64_t out_features, bool bias, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& x);  // x: [..., in] -> [..., out]
-  at::Tensor weight;                        // [out, in]
-  at::Tensor bias;                          // [out] or undefined
-};
-TORCH_MODULE(Linear);
-
 class EmbeddingImpl : public torch::nn::Module {
  public:
   EmbeddingImpl(int64_t num_embeddings, int64_t dim, const at::TensorOptions& options);
@@ -28,17 +19,6 @@ class EmbeddingImpl : public torch::nn::Module {
   at::Tensor weight;                          // [num_embeddings, dim]
 };
 TORCH_MODULE(Embedding);
-
-class LayerNormImpl : public torch::nn::Module {
- public:
-  LayerNormImpl(int64_t dim, double eps, const at::TensorOptions& options);
-  at::Tensor forward(const at::Tensor& x);  // x: [..., dim] -> [..., dim]
-  at::Tensor weight, bias;                  // [dim]
- private:
-  int64_t dim_;
-  double eps_;
-};
-TORCH_MODULE(LayerNorm);
 
 class GroupNormImpl : public torch::nn::Module {
  public:
@@ -50,6 +30,10 @@ class GroupNormImpl : public torch::nn::Module {
   double eps_;
 };
 TORCH_MODULE(GroupNorm);
+
+// transformers' NewGELUActivation op by op: 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3))). Not
+// at::gelu(x, "tanh"): same formula, different rounding in bf16.
+at::Tensor gelu_new(const at::Tensor& x);
 
 // Stride 1, zero padding, with bias (all the VAE decoder uses).
 class Conv2dImpl : public torch::nn::Module {

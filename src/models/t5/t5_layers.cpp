@@ -1,6 +1,8 @@
 #include "models/t5/t5_layers.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/activations.h"
+#include "fluxbatch/nn/attention.h"
 
 #include <cmath>
 
@@ -37,13 +39,9 @@ at::Tensor relative_position_bucket(const at::Tensor& relative_position, int64_t
 }  // namespace
 
 at::Tensor t5_activation(const std::string& name, const at::Tensor& x) {
-  if (name == "gelu_new") {
-    // NewGELUActivation, op by op: 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3))).
-    const double c = std::sqrt(2.0 / 3.141592653589793);  // math.sqrt(2.0 / math.pi)
-    return (x * 0.5) * (at::tanh((x + at::pow(x, 3.0) * 0.044715) * c) + 1.0);
-  }
-  if (name == "gelu_pytorch_tanh") return at::gelu(x, "tanh");
-  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_new") return layers::gelu_new(x);
+  if (name == "gelu_pytorch_tanh") return nn::gelu_tanh(x);
+  if (name == "gelu") return nn::gelu(x);
   if (name == "relu") return at::relu(x);
   throw ModelError("T5: unsupported dense_act_fn '" + name + "' (expected gelu_new, gelu_pytorch_tanh, gelu or relu)");
 }
@@ -63,10 +61,10 @@ T5AttentionImpl::T5AttentionImpl(const T5Config& config, bool has_relative_atten
                                  const at::TensorOptions& options)
     : config_(config) {
   const int64_t inner = config.num_heads * config.d_kv;
-  q_ = register_module("q", layers::Linear(config.d_model, inner, false, options));
-  k_ = register_module("k", layers::Linear(config.d_model, inner, false, options));
-  v_ = register_module("v", layers::Linear(config.d_model, inner, false, options));
-  o_ = register_module("o", layers::Linear(inner, config.d_model, false, options));
+  q_ = register_module("q", nn::Linear(config.d_model, inner, false, options));
+  k_ = register_module("k", nn::Linear(config.d_model, inner, false, options));
+  v_ = register_module("v", nn::Linear(config.d_model, inner, false, options));
+  o_ = register_module("o", nn::Linear(inner, config.d_model, false, options));
   if (has_relative_attention_bias) {
     relative_attention_bias_ = register_module(
         "relative_attention_bias",
@@ -85,13 +83,13 @@ at::Tensor T5AttentionImpl::compute_bias(int64_t q_len, int64_t k_len) {
 
 at::Tensor T5AttentionImpl::forward(const at::Tensor& x, const at::Tensor& position_bias) {
   const int64_t batch = x.size(0), length = x.size(1);
-  auto heads = [&](const at::Tensor& t) { return t.view({batch, length, -1, config_.d_kv}).transpose(1, 2); };
-  at::Tensor q = heads(q_->forward(x));  // [B, H, L, d_kv]
+  auto heads = [&](const at::Tensor& t) { return t.view({batch, length, -1, config_.d_kv}); };
+  at::Tensor q = heads(q_->forward(x));  // [B, L, H, d_kv]
   at::Tensor k = heads(k_->forward(x));
   at::Tensor v = heads(v_->forward(x));
-  // T5 folds the bias into the scores and does not scale q.k (scale 1).
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, position_bias.contiguous(), 0.0, false, 1.0);
-  out = out.transpose(1, 2).contiguous().reshape({batch, length, -1}).contiguous();  // [B, L, H*d_kv]
+  // T5 folds the bias into the scores (transformers passes it to SDPA as a contiguous additive
+  // mask) and does not scale q.k.
+  at::Tensor out = nn::attention(q, k, v, position_bias.contiguous(), /*scale=*/1.0);  // [B, L, H*d_kv]
   return o_->forward(out);
 }
 
@@ -108,12 +106,12 @@ at::Tensor T5LayerSelfAttentionImpl::forward(const at::Tensor& x, const at::Tens
 T5DenseActDenseImpl::T5DenseActDenseImpl(const T5Config& config, const at::TensorOptions& options)
     : act_(config.dense_act_fn) {
   if (config.is_gated_act) {
-    wi_0_ = register_module("wi_0", layers::Linear(config.d_model, config.d_ff, false, options));
-    wi_1_ = register_module("wi_1", layers::Linear(config.d_model, config.d_ff, false, options));
+    wi_0_ = register_module("wi_0", nn::Linear(config.d_model, config.d_ff, false, options));
+    wi_1_ = register_module("wi_1", nn::Linear(config.d_model, config.d_ff, false, options));
   } else {
-    wi_ = register_module("wi", layers::Linear(config.d_model, config.d_ff, false, options));
+    wi_ = register_module("wi", nn::Linear(config.d_model, config.d_ff, false, options));
   }
-  wo = register_module("wo", layers::Linear(config.d_ff, config.d_model, false, options));
+  wo = register_module("wo", nn::Linear(config.d_ff, config.d_model, false, options));
 }
 
 at::Tensor T5DenseActDenseImpl::forward(const at::Tensor& x) {

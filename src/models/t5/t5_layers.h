@@ -2,6 +2,8 @@
 // registered names reproduce its state-dict keys.
 #pragma once
 #include "fluxbatch/models/t5/config.h"
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/nn/norms.h"
 #include "models/t5/basic_layers.h"
 
 #include <torch/nn/modules/container/modulelist.h>
@@ -33,7 +35,7 @@ class T5AttentionImpl : public torch::nn::Module {
 
  private:
   T5Config config_;
-  layers::Linear q_{nullptr}, k_{nullptr}, v_{nullptr}, o_{nullptr};
+  nn::Linear q_{nullptr}, k_{nullptr}, v_{nullptr}, o_{nullptr};
   layers::Embedding relative_attention_bias_{nullptr};
 };
 TORCH_MODULE(T5Attention);
@@ -56,11 +58,11 @@ class T5DenseActDenseImpl : public torch::nn::Module {
  public:
   T5DenseActDenseImpl(const T5Config& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x);  // x: [B, L, D] -> [B, L, D] (dtype of wo)
-  layers::Linear wo{nullptr};
+  nn::Linear wo{nullptr};
 
  private:
   std::string act_;
-  layers::Linear wi_{nullptr}, wi_0_{nullptr}, wi_1_{nullptr};
+  nn::Linear wi_{nullptr}, wi_0_{nullptr}, wi_1_{nullptr};
 };
 TORCH_MODULE(T5DenseActDense);
 

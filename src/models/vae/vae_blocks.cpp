@@ -1,5 +1,8 @@
 #include "models/vae/vae_blocks.h"
 
+#include "fluxbatch/nn/activations.h"
+#include "fluxbatch/nn/attention.h"
+
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <vector>
@@ -21,19 +24,19 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in_channels, int64_t out_channels, 
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x) {
-  at::Tensor h = conv1_->forward(at::silu(norm1_->forward(x)));  // [B, Cout, H, W]
-  h = conv2_->forward(at::silu(norm2_->forward(h)));
+  at::Tensor h = conv1_->forward(nn::silu(norm1_->forward(x)));  // [B, Cout, H, W]
+  h = conv2_->forward(nn::silu(norm2_->forward(h)));
   at::Tensor shortcut = conv_shortcut_ ? conv_shortcut_->forward(x) : x;
   return shortcut + h;  // output_scale_factor 1: diffusers' division by 1.0 is exact, skipped
 }
 
 AttentionImpl::AttentionImpl(int64_t channels, int64_t groups, const at::TensorOptions& options) {
   group_norm_ = register_module("group_norm", layers::GroupNorm(groups, channels, kNormEps, options));
-  to_q_ = register_module("to_q", layers::Linear(channels, channels, true, options));
-  to_k_ = register_module("to_k", layers::Linear(channels, channels, true, options));
-  to_v_ = register_module("to_v", layers::Linear(channels, channels, true, options));
+  to_q_ = register_module("to_q", nn::Linear(channels, channels, true, options));
+  to_k_ = register_module("to_k", nn::Linear(channels, channels, true, options));
+  to_v_ = register_module("to_v", nn::Linear(channels, channels, true, options));
   auto to_out = register_module("to_out", torch::nn::ModuleList());
-  to_out_ = layers::Linear(channels, channels, true, options);
+  to_out_ = nn::Linear(channels, channels, true, options);
   to_out->push_back(to_out_);  // to_out.1 is a parameterless Dropout
 }
 
@@ -42,13 +45,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   // The same views as AttnProcessor2_0, so every op sees the strides it sees in diffusers.
   at::Tensor h = x.view({batch, channels, height * width}).transpose(1, 2);  // [B, HW, C]
   h = group_norm_->forward(h.transpose(1, 2)).transpose(1, 2);
-  auto one_head = [&](const at::Tensor& t) { return t.view({batch, -1, 1, channels}).transpose(1, 2); };
-  at::Tensor q = one_head(to_q_->forward(h));  // [B, 1, HW, C]
+  auto one_head = [&](const at::Tensor& t) { return t.view({batch, -1, 1, channels}); };
+  at::Tensor q = one_head(to_q_->forward(h));  // [B, HW, 1, C]
   at::Tensor k = one_head(to_k_->forward(h));
   at::Tensor v = one_head(to_v_->forward(h));
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, false);
-  out = out.transpose(1, 2).reshape({batch, -1, channels}).to(q.scalar_type());  // [B, HW, C]
-  out = to_out_->forward(out);
+  at::Tensor out = to_out_->forward(nn::attention(q, k, v));  // [B, HW, C]
   out = out.transpose(-1, -2).reshape({batch, channels, height, width});
   return out + x;  // residual; rescale_output_factor 1
 }
@@ -119,7 +120,7 @@ DecoderImpl::DecoderImpl(const VaeConfig& config, const at::TensorOptions& optio
 at::Tensor DecoderImpl::forward(const at::Tensor& z) {
   at::Tensor h = mid_block_->forward(conv_in_->forward(z));  // [B, C_last, h, w]
   for (auto& block : up_blocks_) h = block->forward(h);
-  return conv_out_->forward(at::silu(conv_norm_out_->forward(h)));  // [B, out, H, W]
+  return conv_out_->forward(nn::silu(conv_norm_out_->forward(h)));  // [B, out, H, W]
 }
 
 }  // namespace fluxbatch::models::vae

@@ -3,6 +3,8 @@
 // output_scale_factor 1, GroupNorm eps 1e-6, SiLU.
 #pragma once
 #include "fluxbatch/models/vae/config.h"
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/nn/norms.h"
 #include "models/t5/basic_layers.h"
 
 #include <vector>
@@ -29,7 +31,7 @@ class AttentionImpl : public torch::nn::Module {
 
  private:
   layers::GroupNorm group_norm_{nullptr};
-  layers::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr}, to_out_{nullptr};
+  nn::Linear to_q_{nullptr}, to_k_{nullptr}, to_v_{nullptr}, to_out_{nullptr};
 };
 TORCH_MODULE(Attention);
 
