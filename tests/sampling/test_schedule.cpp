@@ -5,8 +5,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <unistd.h>
 #include <vector>
 
 #include "fluxbatch/core/error.h"
@@ -24,17 +22,6 @@ uint32_t bits(float f) {
   std::memcpy(&u, &f, sizeof u);
   return u;
 }
-
-// A scratch file removed on exit. (TempDir's std::filesystem::remove_all crashes in binaries that
-// link the libtorch wheel, which exports its own broken copy of that symbol.)
-struct ScratchFile {
-  std::filesystem::path path =
-      std::filesystem::temp_directory_path() / ("fluxbatch-scheduler-" + std::to_string(::getpid()) + ".json");
-  ~ScratchFile() {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
-  }
-};
 
 void check_bits(const std::vector<float>& got, const std::vector<float>& want) {
   REQUIRE(got.size() == want.size());
@@ -123,8 +110,8 @@ TEST_CASE("dev schedules for 1..60 steps at many sizes hash like diffusers'", "[
 }
 
 TEST_CASE("scheduler_config.json parsing", "[sampling]") {
-  ScratchFile scratch;
-  const auto& path = scratch.path;
+  fluxbatch::test::TempDir dir;
+  const auto path = dir / "scheduler_config.json";
 
   fluxbatch::test::write_file(path, R"({"_class_name": "FlowMatchEulerDiscreteScheduler",
     "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
@@ -151,7 +138,7 @@ TEST_CASE("scheduler_config.json parsing", "[sampling]") {
   CHECK_THROWS_WITH(SchedulerConfig::from_json_file(path.string()), ContainsSubstring("\"shift\""));
   fluxbatch::test::write_file(path, "{not json");
   CHECK_THROWS_WITH(SchedulerConfig::from_json_file(path.string()), ContainsSubstring("invalid JSON"));
-  CHECK_THROWS_AS(SchedulerConfig::from_json_file((path.string() + ".missing")), fluxbatch::ModelError);
+  CHECK_THROWS_AS(SchedulerConfig::from_json_file((dir / "missing.json").string()), fluxbatch::ModelError);
 }
 
 TEST_CASE("flow_schedule rejects zero steps", "[sampling]") {
