@@ -22,7 +22,7 @@ step build
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
   || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
-cmake --build build-gpu -j 16 --target fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_bench_transformer \
+cmake --build build-gpu -j 16 --target fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer \
   > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
 echo "built"
 
@@ -34,6 +34,10 @@ if ! skip tests; then
   fi
   ./build-gpu/fluxbatch_base_tests > "$OUTDIR/base_tests.log" 2>&1; tail -3 "$OUTDIR/base_tests.log"
   ./build-gpu/fluxbatch_tests > "$OUTDIR/torch_tests.log" 2>&1; tail -3 "$OUTDIR/torch_tests.log"
+  ./build-gpu/fluxbatch_cli_tests > "$OUTDIR/cli_tests.log" 2>&1; tail -3 "$OUTDIR/cli_tests.log"
+  echo "--- CUDA tests (incl. hidden [.][cuda])"
+  ./build-gpu/fluxbatch_tests "[cuda]" -s > "$OUTDIR/cuda_tests.log" 2>&1; grep -E "FAILED|SKIPPED|passed|failed" "$OUTDIR/cuda_tests.log" | tail -8
+  ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
 fi
 
 if [ ! -f "$MODEL/model_index.json" ]; then
