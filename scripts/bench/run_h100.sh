@@ -40,7 +40,7 @@ if ! skip tests; then
   ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
 fi
 
-if [ ! -f "$MODEL/model_index.json" ]; then
+if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
   step "random full-size FLUX.1-dev"
   python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
 fi
