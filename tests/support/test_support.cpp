@@ -7,7 +7,9 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <ftw.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace fluxbatch::test {
 
@@ -24,9 +26,16 @@ TempDir::TempDir() {
   throw std::runtime_error("could not create a temporary directory");
 }
 
+// nftw rather than std::filesystem::remove_all: libtorch.so exports its own copy of remove_all, and on
+// the GPU machine's toolchain that copy still won the symbol lookup in the torch test binary and crashed.
 TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
+  if (path_.empty()) return;
+  nftw(
+      path_.c_str(),
+      [](const char* p, const struct stat*, int flag, struct FTW*) {
+        return flag == FTW_DP ? rmdir(p) : unlink(p);
+      },
+      16, FTW_DEPTH | FTW_PHYS);
 }
 
 std::string read_file(const std::filesystem::path& path) {
