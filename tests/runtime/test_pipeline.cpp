@@ -89,8 +89,10 @@ TEST_CASE("pipeline matches diffusers on every golden case (fp32, CPU)", "[pipel
     FluxPipeline& pipeline = pipeline_for(c.model);
 
     const auto embeddings = pipeline.encode_prompts(c.prompts, c.max_sequence_length);
-    CHECK(relative_error(embeddings.prompt_embeds, golden.at("prompt_embeds")) < 1e-5);
-    CHECK(relative_error(embeddings.pooled, golden.at("pooled_prompt_embeds")) < 1e-5);
+    // Bit-identical on the machine that made the goldens; other CPUs (more threads, other SIMD paths)
+    // round fp32 reductions differently: 1.3e-5 was seen on the GPU machine's 16-core CPU.
+    CHECK(relative_error(embeddings.prompt_embeds, golden.at("prompt_embeds")) < 1e-4);
+    CHECK(relative_error(embeddings.pooled, golden.at("pooled_prompt_embeds")) < 1e-4);
 
     std::vector<at::Tensor> steps;
     const at::Tensor latents = pipeline.denoise(embeddings, request_for(c),
