@@ -209,7 +209,7 @@ class Run {
     try {
       images = generator_.generate(items);
     } catch (const std::exception& e) {
-      error = e.what();
+      error = exception_message(e);
       out_of_memory = is_out_of_memory(e);
     } catch (...) {
       error = "unknown error from the image generator";

@@ -35,6 +35,11 @@ bool is_out_of_memory(const std::exception& error) {
   return is_out_of_memory_message(error.what());
 }
 
+std::string exception_message(const std::exception& error) {
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&error)) return c10_error->what_without_backtrace();
+  return error.what();
+}
+
 void release_cached_memory() {
 #ifdef FLUXBATCH_WITH_CUDA
   if (cuda_available()) c10::cuda::CUDACachingAllocator::emptyCache();

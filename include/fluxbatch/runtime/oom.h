@@ -14,6 +14,9 @@ bool is_out_of_memory_message(const std::string& message);
 // is_out_of_memory_message.
 bool is_out_of_memory(const std::exception& error);
 
+// The exception's message for logs and the manifest: c10 errors without their C++ backtrace.
+std::string exception_message(const std::exception& error);
+
 // Returns the CUDA caching allocator's unused blocks to the driver (every device); a no-op
 // without CUDA. Call it only once the tensors of the failed attempt are gone.
 void release_cached_memory();
