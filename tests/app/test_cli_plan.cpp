@@ -88,3 +88,20 @@ TEST_CASE("plan rejects a bad size and a missing model", "[cli][planner]") {
   CHECK(none.exit_code == 2);
   CHECK_THAT(none.output, ContainsSubstring("no model"));
 }
+
+TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[cli][memory]") {
+  const CommandResult r = fluxbatch::test::run_command("'" + std::string(FLUXBATCH_EXE) + "' probe --json");
+  INFO(r.output);
+  if (r.exit_code == 3) {  // a CPU-only machine
+    CHECK_THAT(r.output, ContainsSubstring("no CUDA device"));
+    return;
+  }
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json probe = nlohmann::json::parse(r.output);
+  REQUIRE_FALSE(probe["devices"].empty());
+  for (const auto& d : probe["devices"]) {
+    CHECK(d["total_bytes"].get<int64_t>() > 0);
+    CHECK(d["free_bytes"].get<int64_t>() <= d["total_bytes"].get<int64_t>());
+    CHECK(d["usable_bytes"].get<int64_t>() >= d["free_bytes"].get<int64_t>() - d["allocated_bytes"].get<int64_t>());
+  }
+}
