@@ -2,6 +2,9 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
+#ifdef FLUXBATCH_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include <atomic>
 #include <cmath>
@@ -12,6 +15,7 @@
 #include <unordered_map>
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/runtime/memory_probe.h"
 
 namespace fluxbatch::runtime {
 namespace {
@@ -150,6 +154,22 @@ void CpuMemoryBudget::reset_peak() { counting().peak = counting().live.load(); }
 
 CpuMemoryBudget::Scope::Scope(CpuMemoryBudget& /*budget*/) { ++counting().scopes; }
 CpuMemoryBudget::Scope::~Scope() { --counting().scopes; }
+
+void cap_cuda_memory(int device_index, int64_t bytes) {
+  for (const GpuMemory& g : probe_gpus()) {
+    if (g.index != device_index) continue;
+    if (bytes > g.total_bytes) {
+      throw DeviceError("--vram-budget " + format_bytes(bytes) + " exceeds cuda:" + std::to_string(device_index) +
+                        "'s " + format_bytes(g.total_bytes));
+    }
+#ifdef FLUXBATCH_WITH_CUDA
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(
+        static_cast<double>(bytes) / static_cast<double>(g.total_bytes), static_cast<c10::DeviceIndex>(device_index));
+#endif
+    return;
+  }
+  throw DeviceError("--vram-budget: no CUDA device cuda:" + std::to_string(device_index));
+}
 
 BudgetedGenerator::BudgetedGenerator(std::unique_ptr<ImageGenerator> inner, std::shared_ptr<CpuMemoryBudget> budget)
     : inner_(std::move(inner)), budget_(std::move(budget)) {}

@@ -105,3 +105,15 @@ TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[c
     CHECK(d["usable_bytes"].get<int64_t>() >= d["free_bytes"].get<int64_t>() - d["allocated_bytes"].get<int64_t>());
   }
 }
+
+TEST_CASE("render checks --vram-budget before anything loads", "[cli][memory]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string();
+  const std::string exe = "'" + std::string(FLUXBATCH_EXE) + "' render " + job + " --dry-run --device cpu";
+  const CommandResult bad = fluxbatch::test::run_command(exe + " --vram-budget lots");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.output, ContainsSubstring("--vram-budget: expected a size such as 512M"));
+  const CommandResult ok = fluxbatch::test::run_command(exe + " --vram-budget 1.5G");
+  INFO(ok.output);
+  CHECK(ok.exit_code == 0);
+}

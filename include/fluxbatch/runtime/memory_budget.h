@@ -43,6 +43,11 @@ class CpuMemoryBudget {
   };
 };
 
+// The CUDA counterpart: caps what the caching allocator of `device_index` may reserve at `bytes`
+// (c10's setMemoryFraction), so allocations past it throw c10::OutOfMemoryError. DeviceError
+// without CUDA or when `bytes` exceeds the device's memory.
+void cap_cuda_memory(int device_index, int64_t bytes);
+
 // Runs `inner`'s generate() inside `budget`'s enforcement scope.
 class BudgetedGenerator : public ImageGenerator {
  public:
