@@ -125,7 +125,8 @@ class Run {
         summary_(summary),
         to_render_(to_render),
         batch_size_(options.batch_size),
-        grow_after_(std::max(1, options.grow_after)) {}
+        grow_after_(std::max(1, options.grow_after)),
+        stop_(options.stop) {}
 
   void record_blocked(const PlannedItem& planned) {
     ++summary_.blocked;
@@ -143,6 +144,8 @@ class Run {
     ShapeLimit& shape = limit_for(*batch.front());
     size_t next = 0;
     while (next < batch.size()) {
+      // After an out-of-memory split a batch takes several calls: Ctrl-C need not wait for all.
+      if (next > 0 && stop_ != nullptr && stop_->load()) return;
       const size_t n = std::min(batch.size() - next, static_cast<size_t>(shape.limit));
       const std::vector<const job::RenderItem*> chunk(batch.begin() + static_cast<std::ptrdiff_t>(next),
                                                       batch.begin() + static_cast<std::ptrdiff_t>(next + n));
@@ -326,6 +329,7 @@ class Run {
   int64_t to_render_ = 0;
   int batch_size_ = 1;
   int grow_after_ = 1;
+  const std::atomic<bool>* stop_ = nullptr;
   std::map<std::string, ShapeLimit> limits_;
 };
 

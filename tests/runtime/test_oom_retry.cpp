@@ -5,6 +5,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <filesystem>
 #include <new>
 #include <stdexcept>
@@ -209,4 +210,26 @@ TEST_CASE("errors other than out-of-memory fail the whole chunk without retrying
   CHECK(gen.calls == 1);
   CHECK(summary.failed == 4);
   CHECK(summary.oom_retries == 0);
+}
+
+TEST_CASE("a stop request is honoured between the calls of a split batch", "[memory][oom]") {
+  class StopAfterFirstImage : public OomGenerator {
+   public:
+    std::atomic<bool> stop{false};
+    std::vector<Image> generate(const std::vector<RenderItem>& batch) override {
+      std::vector<Image> images = OomGenerator::generate(batch);
+      stop = true;  // as if Ctrl-C came while the first chunk that fit was rendering
+      return images;
+    }
+  } gen;
+  gen.fits = 1;
+  fluxbatch::test::TempDir dir;
+  RunnerOptions options;
+  options.batch_size = 4;
+  options.stop = &gen.stop;
+  const auto summary = fluxbatch::runtime::run_job(job_of(4), dir.path().string(), options, gen);
+  CHECK(gen.sizes == std::vector<size_t>{4, 2, 1});
+  CHECK(summary.rendered == 1);
+  CHECK(summary.not_started == 3);
+  CHECK(summary.interrupted);
 }

@@ -22,7 +22,8 @@ struct RunnerOptions {
   // after this many consecutive successful chunks of one shape the limit for that shape doubles
   // back towards batch_size.
   int grow_after = 4;
-  // Polled between batches; once true the runner finishes writing the batch in hand and stops
+  // Polled between batches (and between the calls of a batch split after running out of memory);
+  // once true the runner finishes writing the images in hand and stops
   // (SIGINT handling sets it). Null: never stops early.
   const std::atomic<bool>* stop = nullptr;
 };
