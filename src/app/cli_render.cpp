@@ -8,6 +8,7 @@
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "generator_factory.h"
 #include "interrupt.h"
@@ -122,6 +123,9 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
   sub->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
       ->type_name("T");
   sub->add_option("--batch", command.batch, "Images per model call: auto or N (default auto)")->type_name("auto|N");
+  sub->add_option("--vram-budget", command.vram_budget,
+                  "Cap the bytes the model may allocate, e.g. 6G; a batch that does not fit is halved and retried")
+      ->type_name("SIZE");
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
   add_job_options(*sub, command.job);
@@ -134,6 +138,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   const std::string model = model_for(command, spec);
   const GeneratorConfig config = resolve_config(command, model);
   const int batch = parse_batch(command.batch, config);
+  const int64_t budget = command.vram_budget.empty() ? 0 : runtime::parse_byte_size(command.vram_budget);
   if (command.dry_run) {
     print_dry_run(command, spec, config, batch);
     return std::nullopt;
@@ -144,7 +149,12 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
             model + ", " + config.device.str() + ", " + runtime::dtype_name(config.dtype) + ", batch " +
             std::to_string(batch) + ")");
-  const std::unique_ptr<runtime::ImageGenerator> generator = make_generator(config);
+  // Installed before the model loads, so the weights count against the budget too.
+  std::shared_ptr<runtime::CpuMemoryBudget> cpu_budget;
+  if (budget > 0 && config.device.is_cpu()) cpu_budget = std::make_shared<runtime::CpuMemoryBudget>(budget);
+  if (budget > 0 && config.device.is_cuda()) runtime::cap_cuda_memory(config.device.index(), budget);
+  std::unique_ptr<runtime::ImageGenerator> generator = make_generator(config);
+  if (cpu_budget) generator = std::make_unique<runtime::BudgetedGenerator>(std::move(generator), cpu_budget);
   InterruptGuard interrupt;
   runtime::RunnerOptions options;
   options.overwrite = command.overwrite;

@@ -7,6 +7,8 @@
 
 #include "cli_common.h"
 #include "cli_inspect.h"
+#include "cli_plan.h"
+#include "cli_probe.h"
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
@@ -22,6 +24,8 @@ constexpr const char* kFooter =
     "  fluxbatch render jobs/night.json --dry-run    show what would be rendered or skipped\n"
     "  fluxbatch render jobs/night.json --model models/FLUX.1-dev\n"
     "  fluxbatch inspect models/FLUX.1-dev           what a model folder or file holds\n"
+    "  fluxbatch plan jobs/night.json --model models/FLUX.1-dev --vram-budget 22G\n"
+    "  fluxbatch probe                               memory of every CUDA device\n"
     "  fluxbatch render --help                       all render options\n";
 
 int report(const char* kind, const std::exception& e, int code) {
@@ -65,6 +69,10 @@ int main(int argc, char** argv) {
   CLI::App* render_cmd = app::add_render_command(cli, render);
   app::InspectCommand inspect;
   CLI::App* inspect_cmd = app::add_inspect_command(cli, inspect);
+  app::PlanCommand plan;
+  CLI::App* plan_cmd = app::add_plan_command(cli, plan);
+  app::ProbeCommand probe;
+  CLI::App* probe_cmd = app::add_probe_command(cli, probe);
 
   try {
     cli.parse(argc, argv);
@@ -85,6 +93,14 @@ int main(int argc, char** argv) {
     }
     if (inspect_cmd->parsed()) {
       app::run_inspect(inspect);
+      return app::kExitOk;
+    }
+    if (plan_cmd->parsed()) {
+      app::run_plan(plan);
+      return app::kExitOk;
+    }
+    if (probe_cmd->parsed()) {
+      app::run_probe(probe);
       return app::kExitOk;
     }
     return app::kExitInvalidInput;

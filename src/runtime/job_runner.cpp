@@ -1,6 +1,7 @@
 // The job runner: plan (resume + batching), then generate -> PNG -> manifest line, per image.
 #include "fluxbatch/runtime/job_runner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include "fluxbatch/io/atomic_file.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/runtime/oom.h"
 
 namespace fluxbatch::runtime {
 namespace {
@@ -113,15 +115,18 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
 // One execution of a plan: owns the manifest writer and the running summary.
 class Run {
  public:
-  Run(const std::string& output_dir, bool overwrite, ImageGenerator& generator, io::ManifestWriter& manifest,
-      RunSummary& summary, int64_t to_render)
+  Run(const std::string& output_dir, const RunnerOptions& options, ImageGenerator& generator,
+      io::ManifestWriter& manifest, RunSummary& summary, int64_t to_render)
       : output_dir_(output_dir),
-        overwrite_(overwrite),
+        overwrite_(options.overwrite),
         generator_(generator),
         model_(generator.model_description()),
         manifest_(manifest),
         summary_(summary),
-        to_render_(to_render) {}
+        to_render_(to_render),
+        batch_size_(options.batch_size),
+        grow_after_(std::max(1, options.grow_after)),
+        stop_(options.stop) {}
 
   void record_blocked(const PlannedItem& planned) {
     ++summary_.blocked;
@@ -133,7 +138,63 @@ class Run {
     manifest_.append(e);
   }
 
+  // Renders a planned batch in chunks of at most the shape's current limit; a chunk that runs
+  // out of memory is halved and retried (only that chunk: finished images stay finished).
   void render_batch(const std::vector<const job::RenderItem*>& batch) {
+    ShapeLimit& shape = limit_for(*batch.front());
+    size_t next = 0;
+    while (next < batch.size()) {
+      // After an out-of-memory split a batch takes several calls: Ctrl-C need not wait for all.
+      if (next > 0 && stop_ != nullptr && stop_->load()) return;
+      const size_t n = std::min(batch.size() - next, static_cast<size_t>(shape.limit));
+      const std::vector<const job::RenderItem*> chunk(batch.begin() + static_cast<std::ptrdiff_t>(next),
+                                                      batch.begin() + static_cast<std::ptrdiff_t>(next + n));
+      if (render_chunk(chunk)) {
+        grow(shape, *batch.front());
+      } else {
+        // The attempt's tensors died with its stack frame and exception; now the cache can go.
+        release_cached_memory();
+        shape.successes = 0;
+        if (n > 1) {
+          shape.limit = static_cast<int>((n + 1) / 2);
+          ++summary_.oom_retries;
+          log::warn("out of memory at batch " + std::to_string(n) + " (" + shape_name(*batch.front()) +
+                    "): retrying at batch " + std::to_string(shape.limit));
+          continue;
+        }
+      }
+      next += n;
+    }
+  }
+
+ private:
+  struct ShapeLimit {
+    int limit = 1;       // most images per generate() call for this shape now
+    int successes = 0;   // consecutive chunks that fit since the last change
+  };
+
+  // Memory depends on the image size and the text length, not on steps or prompts.
+  static std::string shape_name(const job::RenderItem& item) {
+    return std::to_string(item.params.width) + "x" + std::to_string(item.params.height) + ", sequence " +
+           std::to_string(item.params.max_sequence_length);
+  }
+
+  ShapeLimit& limit_for(const job::RenderItem& item) {
+    return limits_.try_emplace(shape_name(item), ShapeLimit{batch_size_, 0}).first->second;
+  }
+
+  void grow(ShapeLimit& shape, const job::RenderItem& item) {
+    if (shape.limit >= batch_size_ || ++shape.successes < grow_after_) return;
+    const int grown = std::min(batch_size_, shape.limit * 2);
+    log::info("batch for " + shape_name(item) + " grows back from " + std::to_string(shape.limit) + " to " +
+              std::to_string(grown) + " after " + std::to_string(shape.successes) + " chunks that fit");
+    shape.limit = grown;
+    shape.successes = 0;
+  }
+
+  // One generate() call and its images. False only when it ran out of memory with more than one
+  // item (the caller retries smaller); every other failure is recorded here.
+  bool render_chunk(const std::vector<const job::RenderItem*>& batch) {
     std::vector<job::RenderItem> items;
     items.reserve(batch.size());
     std::string files;
@@ -146,24 +207,34 @@ class Run {
                std::to_string(p.height) + ", " + std::to_string(p.steps) + " steps): " + files);
     const auto start = Clock::now();
     std::vector<Image> images;
+    std::string error;
+    bool out_of_memory = false;
     try {
       images = generator_.generate(items);
     } catch (const std::exception& e) {
-      return fail_all(batch, e.what(), seconds_since(start));
+      error = exception_message(e);
+      out_of_memory = is_out_of_memory(e);
     } catch (...) {
-      return fail_all(batch, "unknown error from the image generator", seconds_since(start));
+      error = "unknown error from the image generator";
+    }
+    if (out_of_memory && batch.size() > 1) return false;
+    if (!error.empty()) {
+      if (out_of_memory) log::warn(batch.front()->file + ": out of memory even alone (batch 1)");
+      fail_all(batch, error, seconds_since(start));
+      return !out_of_memory;
     }
     const double per_image = seconds_since(start) / static_cast<double>(batch.size());
     if (images.size() != batch.size()) {
-      return fail_all(batch,
-                      "the image generator returned " + std::to_string(images.size()) + " images for a batch of " +
-                          std::to_string(batch.size()),
-                      per_image * static_cast<double>(batch.size()));
+      fail_all(batch,
+               "the image generator returned " + std::to_string(images.size()) + " images for a batch of " +
+                   std::to_string(batch.size()),
+               per_image * static_cast<double>(batch.size()));
+      return true;
     }
     for (size_t i = 0; i < batch.size(); ++i) write_image(*batch[i], images[i], per_image, batch.size());
+    return true;
   }
 
- private:
   io::ManifestEntry entry_for(const job::RenderItem& item, size_t batch_size) const {
     io::ManifestEntry e;
     e.index = item.index;
@@ -256,6 +327,10 @@ class Run {
   io::ManifestWriter& manifest_;
   RunSummary& summary_;
   int64_t to_render_ = 0;
+  int batch_size_ = 1;
+  int grow_after_ = 1;
+  const std::atomic<bool>* stop_ = nullptr;
+  std::map<std::string, ShapeLimit> limits_;
 };
 
 bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
@@ -322,7 +397,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   log::info(std::to_string(to_render) + " image(s) to render in " + std::to_string(plan.batches.size()) +
             " batch(es), " + std::to_string(summary.skipped) + " finished earlier, " +
             std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
-  Run run(output_dir, options.overwrite, generator, manifest, summary, to_render);
+  Run run(output_dir, options, generator, manifest, summary, to_render);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
   }

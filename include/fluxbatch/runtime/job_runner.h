@@ -18,7 +18,12 @@ struct RunnerOptions {
   bool overwrite = false;  // re-render every item, atomically replacing existing images
   bool dry_run = false;    // plan only: no generate(), no file written
   int batch_size = 1;      // most images per generate() call (>= 1)
-  // Polled between batches; once true the runner finishes writing the batch in hand and stops
+  // Out-of-memory recovery: a chunk whose generate() runs out of memory is halved and retried;
+  // after this many consecutive successful chunks of one shape the limit for that shape doubles
+  // back towards batch_size.
+  int grow_after = 4;
+  // Polled between batches (and between the calls of a batch split after running out of memory);
+  // once true the runner finishes writing the images in hand and stops
   // (SIGINT handling sets it). Null: never stops early.
   const std::atomic<bool>* stop = nullptr;
 };
@@ -64,6 +69,7 @@ struct RunSummary {
   int64_t failed = 0;       // generate() threw, returned a bad image, or the PNG write failed
   int64_t blocked = 0;      // kBlocked items (counted as failures for the exit code)
   int64_t not_started = 0;  // left when interrupted (or, in a dry run, the ones that would render)
+  int64_t oom_retries = 0;  // chunks halved after running out of memory
   bool interrupted = false;
   std::vector<std::string> failures;  // "<file>: <reason>" for failed and blocked items
   double seconds = 0.0;
@@ -72,7 +78,10 @@ struct RunSummary {
 // Plans `spec` (model = generator.model_description()), creates output_dir, then renders batch by
 // batch, writing <output_dir>/<item.file> (PNG with "parameters" and "fluxbatch" text chunks) and
 // appending to <output_dir>/manifest.jsonl after every image. An exception from generate() fails
-// that batch's items and the job goes on. OutputError (exit 3) when the output directory or the
+// that batch's items and the job goes on, except out-of-memory (runtime::is_out_of_memory): then
+// the failed chunk alone is halved and retried after runtime::release_cached_memory(); an item
+// that runs out of memory even alone is recorded failed. Finished images are never redone, and
+// since an image depends only on its own item, retries never change a result. OutputError (exit 3) when the output directory or the
 // manifest cannot be written.
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator);

@@ -1,0 +1,28 @@
+// `fluxbatch plan JOB`: the memory plan of a job (stages, resident components, batch size and
+// predicted peak per resolution group) from the model's file headers; loads no weights.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "cli_common.h"
+
+namespace fluxbatch::app {
+
+struct PlanCommand {
+  std::string file;
+  std::string model;        // empty: the job's "model"
+  std::string dtype = "bf16";
+  std::string budget;       // --vram-budget SIZE; required (a CUDA probe is not wired in yet)
+  bool offload = false;
+  int max_batch = 64;
+  bool json = false;
+  JobOptions job;
+};
+
+CLI::App* add_plan_command(CLI::App& app, PlanCommand& command);
+
+// Prints the plan to stdout. InputError for a bad job or option, ModelError for a bad model.
+void run_plan(const PlanCommand& command);
+
+}  // namespace fluxbatch::app

@@ -1,0 +1,119 @@
+// `fluxbatch plan`: the memory plan of a job from model headers, as text and as JSON.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "test_support.h"
+
+namespace fs = std::filesystem;
+using Catch::Matchers::ContainsSubstring;
+using fluxbatch::test::CommandResult;
+using fluxbatch::test::TempDir;
+
+namespace {
+
+const fs::path kModels = FLUXBATCH_MODELS_DIR;
+
+CommandResult plan_cmd(const std::string& args) {
+  return fluxbatch::test::run_command("'" + std::string(FLUXBATCH_EXE) + "' plan " + args);
+}
+
+// Two sizes: three 64x64 images and one 128x64.
+fs::path write_job(const TempDir& dir) {
+  const fs::path path = dir / "job.json";
+  fluxbatch::test::write_file(path, R"({
+  "defaults": {"width": 64, "height": 64, "steps": 4, "seed": 1},
+  "items": [
+    {"prompt": "a red fox", "count": 3},
+    {"prompt": "a wide field", "width": 128}
+  ]
+})");
+  return path;
+}
+
+std::string model() { return fluxbatch::test::require_generated(kModels / "tiny-flux-dev").string(); }
+
+}  // namespace
+
+TEST_CASE("plan prints stages, resident components, batch and peak per size", "[cli][planner]") {
+  TempDir dir;
+  const CommandResult r = plan_cmd(write_job(dir).string() + " --model " + model() + " --vram-budget 8G --dtype fp32");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, ContainsSubstring("64x64, sequence 512: 3 image(s), batch 3"));
+  CHECK_THAT(r.output, ContainsSubstring("128x64, sequence 512: 1 image(s), batch 1"));
+  CHECK_THAT(r.output, ContainsSubstring("denoise"));
+  CHECK_THAT(r.output, ContainsSubstring("resident: text_encoder, text_encoder_2, transformer, vae"));
+  CHECK_THAT(r.output, ContainsSubstring("budget 8.00 GiB"));
+}
+
+TEST_CASE("plan --json gives the batch and predicted peak of every group", "[cli][planner]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string();
+  const CommandResult r = plan_cmd(job + " --model " + model() + " --vram-budget 200M --offload --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json plan = nlohmann::json::parse(r.output);
+  CHECK(plan["budget_bytes"] == 200 << 20);
+  CHECK(plan["offload"] == true);
+  REQUIRE(plan["groups"].size() == 2);
+  const auto& g = plan["groups"][0];
+  CHECK(g["width"] == 64);
+  CHECK(g["images"] == 3);
+  CHECK(g["batch_size"].get<int>() >= 1);
+  CHECK(g["peak_bytes"].get<int64_t>() <= 200 << 20);
+  REQUIRE(g["stages"].size() == 3);
+  CHECK(g["stages"][1]["name"] == "denoise");
+  CHECK(g["stages"][1]["resident"] == nlohmann::json::array({"transformer"}));
+  CHECK(g["stages"][1]["peak_bytes"] ==
+        g["stages"][1]["weight_bytes"].get<int64_t>() + g["stages"][1]["activation_bytes"].get<int64_t>());
+
+  // A budget below the weights: batch 1, flagged.
+  const nlohmann::json tight =
+      nlohmann::json::parse(plan_cmd(job + " --model " + model() + " --vram-budget 1M --json").output);
+  CHECK(tight["fits"] == false);
+  CHECK(tight["groups"][0]["batch_size"] == 1);
+}
+
+TEST_CASE("plan rejects a bad size and a missing model", "[cli][planner]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string();
+  const CommandResult bad = plan_cmd(job + " --model " + model() + " --vram-budget 12Q");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.output, ContainsSubstring("--vram-budget: expected a size"));
+  const CommandResult none = plan_cmd(job + " --vram-budget 1G");
+  CHECK(none.exit_code == 2);
+  CHECK_THAT(none.output, ContainsSubstring("no model"));
+}
+
+TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[cli][memory]") {
+  const CommandResult r = fluxbatch::test::run_command("'" + std::string(FLUXBATCH_EXE) + "' probe --json");
+  INFO(r.output);
+  if (r.exit_code == 3) {  // a CPU-only machine
+    CHECK_THAT(r.output, ContainsSubstring("no CUDA device"));
+    return;
+  }
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json probe = nlohmann::json::parse(r.output);
+  REQUIRE_FALSE(probe["devices"].empty());
+  for (const auto& d : probe["devices"]) {
+    CHECK(d["total_bytes"].get<int64_t>() > 0);
+    CHECK(d["free_bytes"].get<int64_t>() <= d["total_bytes"].get<int64_t>());
+    CHECK(d["usable_bytes"].get<int64_t>() >= d["free_bytes"].get<int64_t>() - d["allocated_bytes"].get<int64_t>());
+  }
+}
+
+TEST_CASE("render checks --vram-budget before anything loads", "[cli][memory]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string();
+  const std::string exe = "'" + std::string(FLUXBATCH_EXE) + "' render " + job + " --dry-run --device cpu";
+  const CommandResult bad = fluxbatch::test::run_command(exe + " --vram-budget lots");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.output, ContainsSubstring("--vram-budget: expected a size such as 512M"));
+  const CommandResult ok = fluxbatch::test::run_command(exe + " --vram-budget 1.5G");
+  INFO(ok.output);
+  CHECK(ok.exit_code == 0);
+}
