@@ -7,6 +7,7 @@
 #include "fluxbatch/models/t5/t5_encoder.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/sampling/latents.h"
 #include "fluxbatch/sampling/postprocess.h"
@@ -95,6 +96,16 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
 }
 
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options) {
+  if (model.transformer.quantization == "bnb-nf4") {
+    FLUXBATCH_CHECK(model.transformer.dialect == models::KeyDialect::kDiffusers, ModelError,
+                    describe(model.transformer) + ": NF4 transformers are read from diffusers folders only for now");
+    // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
+    // before anything touches it, so neither host nor device ever holds the dense model. (Meta
+    // tensors cannot be set_data'd to real ones.) The rest moves to the device on load.
+    models::flux::FluxTransformer2DModel transformer(transformer_config(model), options.device(at::kCPU));
+    nn::load_nf4_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));
+    return transformer;
+  }
   refuse_quantized(model.transformer);
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
   nn::load_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));

@@ -1,12 +1,17 @@
 // A Linear layer whose parameters are created uninitialised with the caller's dtype and device, so a
 // 12B-parameter model is allocated once, where it will run, and then filled by nn::load_state.
+// It can instead hold its weight as NF4 (bitsandbytes Linear4bit): the dense weight is then dropped
+// and only ever exists, per call, in a scratch buffer shared by every NF4 layer of the model.
 #pragma once
+#include "fluxbatch/quant/nf4_format.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/core/TensorOptions.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <memory>
 
 namespace fluxbatch::nn {
 
@@ -19,11 +24,30 @@ class LinearImpl : public torch::nn::Module {
   // x: [..., in] -> [..., out]
   at::Tensor forward(const at::Tensor& x) const;
 
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
 
-  at::Tensor weight;  // [out, in]
+  // Replaces the dense weight by `w` (shape [out, in], checked: ModelError naming `what`). The
+  // "weight" parameter becomes undefined, so named_parameters() no longer lists it; `scratch` (shared
+  // by the model's NF4 layers) receives the dequantized weight during forward.
+  void set_nf4(quant::Nf4Tensor w, std::shared_ptr<at::Tensor> scratch, const std::string& what);
+  bool is_nf4() const { return nf4_ != nullptr; }
+  const quant::Nf4Tensor& nf4() const { return *nf4_; }  // only when is_nf4()
+
+  // Module::to also moves the NF4 tensors (offload); a dtype never converts them.
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
+  at::Tensor weight;  // [out, in]; undefined when is_nf4()
   at::Tensor bias;    // [out], undefined without bias
+
+ private:
+  void move_nf4(const c10::Device& device);
+
+  int64_t in_features_, out_features_;
+  std::shared_ptr<quant::Nf4Tensor> nf4_;
+  std::shared_ptr<at::Tensor> scratch_;
 };
 TORCH_MODULE(Linear);
 

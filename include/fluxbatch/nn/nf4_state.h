@@ -1,0 +1,30 @@
+// Loading bitsandbytes-serialized NF4 Linears (Linear4bit._save_to_state_dict + QuantState.as_dict(packed=True)):
+//   <p>.weight                                uint8 [(N*K+1)/2, 1] (or 1-D)
+//   <p>.weight.absmax                         float32 [ceil(N*K/64)]  (uint8 codes when nested)
+//   <p>.weight.quant_map                      float32 [16], the NF4 table
+//   <p>.weight.nested_absmax                  float32 [ceil(blocks/nested_blocksize)]  (nested only)
+//   <p>.weight.nested_quant_map               float32 [256]                            (nested only)
+//   <p>.weight.quant_state.bitsandbytes__nf4  uint8 UTF-8 JSON {quant_type, blocksize, dtype, shape
+//                                             [, nested_blocksize, nested_dtype, nested_offset]}
+#pragma once
+#include "fluxbatch/nn/weights.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+namespace fluxbatch::nn {
+
+// Like load_state, after installing every NF4 weight of `weights` into the nn::Linear it names
+// (LinearImpl::set_nf4; the quantized tensors go to options.device and keep their dtypes). Every
+// NF4 layer shares one scratch buffer, which is returned (null when `weights` holds no NF4 weight).
+// ModelError naming the key for anything inconsistent: not a Linear, bad JSON, quant_type other than
+// nf4, blocksize other than 64, shape unlike the layer's, wrong dtype or count of any tensor, a
+// quant_map other than the NF4 table, missing or partial nested statistics.
+std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const TensorMap& weights,
+                                           const LoadOptions& options);
+
+// True when some key of `weights` is a bitsandbytes quant_state.
+bool has_bnb_quant_state(const TensorMap& weights);
+
+}  // namespace fluxbatch::nn

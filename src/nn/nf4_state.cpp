@@ -1,0 +1,193 @@
+#include "fluxbatch/nn/nf4_state.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/quant/nf4_format.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include <cstring>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fluxbatch::nn {
+namespace {
+
+const std::string kStateSuffix = ".weight.quant_state.bitsandbytes__nf4";
+const std::string kBnbMarker = ".quant_state.bitsandbytes__";
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// The non-tensor fields of a QuantState, as bnb writes them with json.dumps.
+struct QuantJson {
+  int64_t blocksize = 0;
+  c10::ScalarType dtype = c10::kBFloat16;
+  std::vector<int64_t> shape;
+  bool nested = false;
+  int64_t nested_blocksize = 0;
+  float nested_offset = 0.0f;
+};
+
+c10::ScalarType parse_dtype(const std::string& key, const std::string& name) {
+  if (name == "bfloat16") return c10::kBFloat16;
+  if (name == "float16") return c10::kHalf;
+  if (name == "float32") return c10::kFloat;
+  throw ModelError(key + ": unsupported dtype \"" + name + "\" (bfloat16, float16 or float32)");
+}
+
+QuantJson parse_quant_state(const std::string& key, const at::Tensor& bytes) {
+  FLUXBATCH_CHECK(bytes.scalar_type() == at::kByte, ModelError, key + ": must be a uint8 tensor of UTF-8 JSON");
+  const at::Tensor b = bytes.contiguous();
+  const std::string text(reinterpret_cast<const char*>(b.data_ptr<uint8_t>()), static_cast<size_t>(b.numel()));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(key + ": the quant state is not valid JSON (" + e.what() + ")");
+  }
+  FLUXBATCH_CHECK(j.is_object(), ModelError, key + ": the quant state must be a JSON object");
+  static const std::set<std::string> kKnown = {"quant_type", "blocksize",        "dtype",       "shape",
+                                               "nested_blocksize", "nested_dtype", "nested_offset"};
+  for (const auto& item : j.items()) {
+    FLUXBATCH_CHECK(kKnown.count(item.key()) != 0, ModelError, key + ": unexpected quant state field \"" + item.key() + "\"");
+  }
+  auto field = [&](const char* name) -> const nlohmann::json& {
+    FLUXBATCH_CHECK(j.contains(name), ModelError, key + ": the quant state lacks \"" + std::string(name) + "\"");
+    return j.at(name);
+  };
+  QuantJson q;
+  try {
+    const auto& type = field("quant_type");
+    FLUXBATCH_CHECK(type.is_string() && type.get<std::string>() == "nf4", ModelError,
+                    key + ": quant_type " + type.dump() + " is not \"nf4\"");
+    const auto& block = field("blocksize");
+    FLUXBATCH_CHECK(block.is_number_integer() && block.get<int64_t>() == quant::kNf4BlockSize, ModelError,
+                    key + ": blocksize " + block.dump() + " is not 64 (the only one supported)");
+    q.blocksize = quant::kNf4BlockSize;
+    const auto& dtype = field("dtype");
+    FLUXBATCH_CHECK(dtype.is_string(), ModelError, key + ": dtype must be a string");
+    q.dtype = parse_dtype(key, dtype.get<std::string>());
+    const auto& shape = field("shape");
+    FLUXBATCH_CHECK(shape.is_array() && shape.size() == 2, ModelError,
+                    key + ": shape " + shape.dump() + " is not [out_features, in_features]");
+    for (const auto& d : shape) {
+      FLUXBATCH_CHECK(d.is_number_integer() && d.get<int64_t>() > 0, ModelError,
+                      key + ": shape " + shape.dump() + " has a dimension that is not a positive integer");
+      q.shape.push_back(d.get<int64_t>());
+    }
+    const int present = static_cast<int>(j.contains("nested_blocksize")) + static_cast<int>(j.contains("nested_dtype")) +
+                        static_cast<int>(j.contains("nested_offset"));
+    FLUXBATCH_CHECK(present == 0 || present == 3, ModelError,
+                    key + ": nested_blocksize, nested_dtype and nested_offset must come together");
+    if (present == 3) {
+      q.nested = true;
+      const auto& nb = j.at("nested_blocksize");
+      FLUXBATCH_CHECK(nb.is_number_integer() && nb.get<int64_t>() == quant::kNf4NestedBlockSize, ModelError,
+                      key + ": nested_blocksize " + nb.dump() + " is not 256");
+      q.nested_blocksize = quant::kNf4NestedBlockSize;
+      const auto& nd = j.at("nested_dtype");
+      FLUXBATCH_CHECK(nd.is_string() && nd.get<std::string>() == "float32", ModelError,
+                      key + ": nested_dtype " + nd.dump() + " is not \"float32\"");
+      const auto& off = j.at("nested_offset");
+      FLUXBATCH_CHECK(off.is_number(), ModelError, key + ": nested_offset must be a number");
+      q.nested_offset = static_cast<float>(off.get<double>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(key + ": malformed quant state (" + std::string(e.what()) + ")");
+  }
+  return q;
+}
+
+// The tensor `key` as a 1-D CPU tensor of `dtype` and `count` values (ModelError otherwise), marked used.
+at::Tensor take(const TensorMap& weights, std::set<std::string>& used, const std::string& key, c10::ScalarType dtype,
+                int64_t count) {
+  auto it = weights.find(key);
+  FLUXBATCH_CHECK(it != weights.end(), ModelError, key + ": missing (needed by an NF4 weight)");
+  const at::Tensor& t = it->second;
+  FLUXBATCH_CHECK(t.scalar_type() == dtype, ModelError,
+                  key + ": dtype " + std::string(c10::toString(t.scalar_type())) + ", expected " +
+                      std::string(c10::toString(dtype)));
+  FLUXBATCH_CHECK(t.numel() == count, ModelError,
+                  key + ": " + std::to_string(t.numel()) + " values, expected " + std::to_string(count));
+  used.insert(key);
+  return t.reshape({count});
+}
+
+quant::Nf4Tensor read_nf4(const TensorMap& weights, std::set<std::string>& used, const std::string& p,
+                          const QuantJson& q, const c10::Device& device) {
+  quant::Nf4Tensor w;
+  w.shape = q.shape;
+  w.blocksize = q.blocksize;
+  w.dtype = q.dtype;
+  const int64_t numel = w.numel();
+  const int64_t blocks = w.n_blocks();
+  w.packed = take(weights, used, p + ".weight", at::kByte, (numel + 1) / 2).to(device).contiguous();
+  const at::Tensor map = take(weights, used, p + ".weight.quant_map", at::kFloat, 16).contiguous();
+  FLUXBATCH_CHECK(std::memcmp(map.data_ptr<float>(), quant::kNf4Code.data(), sizeof(float) * 16) == 0, ModelError,
+                  p + ".weight.quant_map: is not the NF4 code table");
+  if (!q.nested) {
+    w.absmax = take(weights, used, p + ".weight.absmax", at::kFloat, blocks).to(device).contiguous();
+    return w;
+  }
+  w.q8 = take(weights, used, p + ".weight.absmax", at::kByte, blocks).to(device).contiguous();
+  w.nested_blocksize = q.nested_blocksize;
+  w.offset = q.nested_offset;
+  w.nested_absmax = take(weights, used, p + ".weight.nested_absmax", at::kFloat,
+                         (blocks + q.nested_blocksize - 1) / q.nested_blocksize)
+                        .to(device)
+                        .contiguous();
+  w.nested_quant_map = take(weights, used, p + ".weight.nested_quant_map", at::kFloat, 256).to(device).contiguous();
+  return w;
+}
+
+}  // namespace
+
+bool has_bnb_quant_state(const TensorMap& weights) {
+  for (const auto& item : weights) {
+    if (item.first.find(kBnbMarker) != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const TensorMap& weights,
+                                           const LoadOptions& options) {
+  std::map<std::string, std::shared_ptr<LinearImpl>> linears;
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
+    if (auto linear = std::dynamic_pointer_cast<LinearImpl>(item.value())) linears.emplace(item.key(), linear);
+  }
+  const std::string what = options.what.empty() ? std::string("model") : options.what;
+  std::shared_ptr<at::Tensor> scratch;
+  std::set<std::string> used;
+  for (const auto& [key, tensor] : weights) {
+    const auto marker = key.find(kBnbMarker);
+    if (marker == std::string::npos) continue;
+    FLUXBATCH_CHECK(ends_with(key, kStateSuffix), ModelError,
+                    what + ": " + key + ": only bitsandbytes nf4 weight quantization is supported");
+    const std::string p = key.substr(0, key.size() - kStateSuffix.size());
+    auto linear = linears.find(p);
+    FLUXBATCH_CHECK(linear != linears.end(), ModelError, what + ": " + key + ": the model has no Linear named " + p);
+    const QuantJson q = parse_quant_state(what + ": " + key, tensor);
+    used.insert(key);
+    if (!scratch) scratch = std::make_shared<at::Tensor>();
+    try {
+      linear->second->set_nf4(read_nf4(weights, used, p, q, options.device), scratch, p + ".weight");
+    } catch (const ModelError& e) {
+      throw ModelError(what + ": " + e.what());
+    }
+  }
+  TensorMap rest;
+  for (const auto& item : weights) {
+    if (used.count(item.first) == 0) rest.emplace(item.first, item.second);
+  }
+  load_state(module, rest, options);
+  return scratch;
+}
+
+}  // namespace fluxbatch::nn
