@@ -3,7 +3,8 @@
 # place it only re-runs the (incremental) build and finishes in seconds.
 #   1. Debian packages (CLI11, nlohmann-json, stb, sentencepiece, Catch2 v3 from bookworm-backports)
 #   2. a project-local Python venv (.venv) with torch==2.11.0 (libtorch) and the reference stack
-#   3. the tiny random-weight FLUX pipelines under models/ and the golden outputs under tests/golden/
+#   3. the tiny random-weight FLUX pipelines under models/ (plus bitsandbytes-NF4 copies) and the golden
+#      outputs under tests/golden/
 #   4. CMake configure + build into build/
 # Environment: FLUXBATCH_BUILD_DIR (default build), FLUXBATCH_JOBS (default nproc).
 set -euo pipefail
@@ -54,14 +55,14 @@ fi
 
 # ---- 3. tiny models and goldens -----------------------------------------------------------------
 if [ -f scripts/make_tiny_models.py ]; then
-  gen_hash="$( (cat scripts/requirements.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py 2>/dev/null) | sha256sum | cut -c1-16)"
+  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py 2>/dev/null) | sha256sum | cut -c1-16)"
   if [ "$(cat models/.fluxbatch-gen 2>/dev/null || true)" != "$gen_hash" ]; then
     say "building the tiny random-weight pipelines (models/) and golden outputs (tests/golden/)"
     rm -rf models tests/golden
     .venv/bin/python3 scripts/make_tiny_models.py --out models
-    if [ -f scripts/dump_reference.py ]; then
-      .venv/bin/python3 scripts/dump_reference.py --models models --out tests/golden
-    fi
+    .venv/bin/python3 scripts/dump_reference.py --models models --out tests/golden
+    # NF4 copies of the tiny dev model, quantized by bitsandbytes itself (the NF4 loading tests' oracle).
+    .venv/bin/python3 scripts/make_nf4_models.py --models models
     echo "$gen_hash" > models/.fluxbatch-gen
   fi
 fi
