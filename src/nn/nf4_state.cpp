@@ -156,15 +156,24 @@ bool has_bnb_quant_state(const TensorMap& weights) {
   return false;
 }
 
-std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const TensorMap& weights,
-                                           const LoadOptions& options) {
+namespace {
+
+std::map<std::string, std::shared_ptr<LinearImpl>> linear_modules(torch::nn::Module& module) {
   std::map<std::string, std::shared_ptr<LinearImpl>> linears;
   for (const auto& item : module.named_modules("", /*include_self=*/false)) {
     if (auto linear = std::dynamic_pointer_cast<LinearImpl>(item.value())) linears.emplace(item.key(), linear);
   }
-  const std::string what = options.what.empty() ? std::string("model") : options.what;
+  return linears;
+}
+
+std::string describe(const LoadOptions& options) { return options.what.empty() ? std::string("model") : options.what; }
+
+// Installs every bitsandbytes NF4 weight of `weights`; the keys it consumed go to `used`.
+std::shared_ptr<at::Tensor> install_bnb(torch::nn::Module& module, const TensorMap& weights,
+                                        const LoadOptions& options, std::set<std::string>& used) {
+  const auto linears = linear_modules(module);
+  const std::string what = describe(options);
   std::shared_ptr<at::Tensor> scratch;
-  std::set<std::string> used;
   for (const auto& [key, tensor] : weights) {
     const auto marker = key.find(kBnbMarker);
     if (marker == std::string::npos) continue;
@@ -182,11 +191,51 @@ std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const Tens
       throw ModelError(what + ": " + e.what());
     }
   }
+  return scratch;
+}
+
+TensorMap remaining(const TensorMap& weights, const std::set<std::string>& used) {
   TensorMap rest;
   for (const auto& item : weights) {
     if (used.count(item.first) == 0) rest.emplace(item.first, item.second);
   }
-  load_state(module, rest, options);
+  return rest;
+}
+
+}  // namespace
+
+std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const TensorMap& weights,
+                                           const LoadOptions& options) {
+  std::set<std::string> used;
+  std::shared_ptr<at::Tensor> scratch = install_bnb(module, weights, options, used);
+  load_state(module, remaining(weights, used), options);
+  return scratch;
+}
+
+std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module, const TensorMap& weights,
+                                                      const LoadOptions& options) {
+  const std::string what = describe(options);
+  std::set<std::string> used;
+  std::shared_ptr<at::Tensor> scratch = install_bnb(module, weights, options, used);
+  c10::NoGradGuard no_grad;
+  for (const auto& [name, linear] : linear_modules(module)) {
+    if (linear->is_nf4()) continue;
+    const std::string key = name + ".weight";
+    auto it = weights.find(key);
+    // Absent or of another shape: left to load_state, which reports it.
+    if (it == weights.end() || !at::isFloatingType(it->second.scalar_type()) ||
+        it->second.sizes() != at::IntArrayRef{linear->out_features(), linear->in_features()}) {
+      continue;
+    }
+    // Quantized where it will live (a GPU quantizes in a blink), from bf16 as diffusers does with
+    // torch_dtype=bfloat16; one tensor at a time, so host memory never holds a converted model.
+    const at::Tensor dense = it->second.to(options.device).to(at::kBFloat16).contiguous();
+    if (!scratch) scratch = std::make_shared<at::Tensor>();
+    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda), scratch,
+                    what + ": " + key);
+    used.insert(key);
+  }
+  load_state(module, remaining(weights, used), options);
   return scratch;
 }
 

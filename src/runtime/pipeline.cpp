@@ -95,15 +95,23 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
   return it != weights.end() && it->first.rfind(prefix, 0) == 0;
 }
 
-models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options) {
-  if (model.transformer.quantization == "bnb-nf4") {
-    FLUXBATCH_CHECK(model.transformer.dialect == models::KeyDialect::kDiffusers, ModelError,
+models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
+                                                      bool quantize_nf4) {
+  const bool nf4_file = model.transformer.quantization == "bnb-nf4";
+  if (nf4_file || quantize_nf4) {
+    FLUXBATCH_CHECK(!nf4_file || model.transformer.dialect == models::KeyDialect::kDiffusers, ModelError,
                     describe(model.transformer) + ": NF4 transformers are read from diffusers folders only for now");
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
     // before anything touches it, so neither host nor device ever holds the dense model. (Meta
     // tensors cannot be set_data'd to real ones.) The rest moves to the device on load.
     models::flux::FluxTransformer2DModel transformer(transformer_config(model), options.device(at::kCPU));
-    nn::load_nf4_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));
+    const nn::TensorMap weights = read_component(model.transformer);
+    const nn::LoadOptions load = load_options(model.transformer, options, {});
+    if (quantize_nf4) {
+      nn::load_state_quantizing_nf4(*transformer, weights, load);
+    } else {
+      nn::load_nf4_state(*transformer, weights, load);
+    }
     return transformer;
   }
   refuse_quantized(model.transformer);
@@ -233,7 +241,7 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   const auto start = Clock::now();
   s.files = locate_model(model_path);
   const c10::InferenceMode inference;
-  s.transformer = load_transformer(s.files, s.home_options());
+  s.transformer = load_transformer(s.files, s.home_options(), options.quantize_nf4);
   s.vae = load_vae(s.files, s.home_options());
   // The transformer decides: only a model with a guidance embedder takes guidance.
   s.variant = s.transformer->config().guidance_embeds ? FluxVariant::kDev : FluxVariant::kSchnell;

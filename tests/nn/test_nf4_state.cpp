@@ -241,3 +241,37 @@ TEST_CASE("the tiny transformer quantized by bitsandbytes dequantizes to bitsand
     CHECK(item.value().scalar_type() == at::kFloat);
   }
 }
+
+TEST_CASE("load_state_quantizing_nf4 quantizes every Linear weight of a dense checkpoint", "[nf4load]") {
+  at::manual_seed(5);
+  nn::TensorMap map{{"proj.weight", at::randn({6, 128})}, {"proj.bias", at::randn({6})},
+                    {"other.weight", at::randn({2, 64}).to(at::kBFloat16)}};
+  Model m;
+  auto scratch = nn::load_state_quantizing_nf4(m, map, cpu_options());
+  REQUIRE(scratch);
+  REQUIRE(m.proj->is_nf4());
+  REQUIRE(m.other->is_nf4());
+  std::vector<std::string> names;
+  for (const auto& item : m.named_parameters()) names.push_back(item.key());
+  CHECK(names == std::vector<std::string>{"proj.bias"});
+  CHECK(at::equal(m.proj->bias, map.at("proj.bias")));
+  for (const auto& [linear, key] : {std::pair{m.proj, "proj.weight"}, std::pair{m.other, "other.weight"}}) {
+    INFO(key);
+    CHECK_FALSE(linear->nf4().is_nested());
+    CHECK(linear->nf4().dtype == at::kBFloat16);
+    const auto want = quant::quantize_nf4(map.at(key).to(at::kBFloat16), false, quant::BnbBackend::kCuda);
+    CHECK(at::equal(linear->nf4().packed, want.packed));
+    CHECK(at::equal(linear->nf4().absmax, want.absmax));
+  }
+  // A checkpoint that already is NF4 keeps its weights; a dense layer beside it is quantized.
+  Checkpoint c = valid_checkpoint(false);
+  Model mixed;
+  nn::load_state_quantizing_nf4(mixed, c.map, cpu_options());
+  CHECK(at::equal(mixed.proj->nf4().packed, c.w.packed));
+  CHECK(mixed.other->is_nf4());
+  // A dense weight of the wrong shape is reported by load_state, not quantized.
+  map["other.weight"] = at::randn({2, 32});
+  Model bad;
+  CHECK_THROWS_WITH(nn::load_state_quantizing_nf4(bad, map, cpu_options()),
+                    ContainsSubstring("shape mismatch: other.weight"));
+}

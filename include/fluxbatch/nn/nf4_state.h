@@ -24,6 +24,14 @@ namespace fluxbatch::nn {
 std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const TensorMap& weights,
                                            const LoadOptions& options);
 
+// Like load_nf4_state, and every other Linear weight of `weights` (floating, shaped like its layer) is
+// quantized to NF4 on the way in, as diffusers' BitsAndBytesConfig(load_in_4bit=True,
+// bnb_4bit_quant_type="nf4") does on a GPU: from bf16, blocksize 64, no double quantization, bnb's CUDA
+// rounding, on options.device. One tensor at a time, from the mapped file: host memory never holds the
+// dense model.
+std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module, const TensorMap& weights,
+                                                      const LoadOptions& options);
+
 // True when some key of `weights` is a bitsandbytes quant_state.
 bool has_bnb_quant_state(const TensorMap& weights);
 

@@ -38,6 +38,10 @@ struct PipelineOptions {
   // Keep CLIP and T5 after encoding. Off: they are freed after each encode_prompts() and loaded
   // again, from disk, by the next one.
   bool keep_text_encoders = true;
+  // Quantize the transformer's Linear weights to NF4 while loading (diffusers + bitsandbytes
+  // load_in_4bit nf4, without double quantization), tensor by tensor. A checkpoint that already is
+  // bitsandbytes NF4 is used as it is, with or without this flag.
+  bool quantize_nf4 = false;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.
