@@ -3,10 +3,12 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/sampling/postprocess.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <chrono>
@@ -46,6 +48,20 @@ struct FluxGenerator::Cache {
   }
 };
 
+// Embeddings encoded ahead by prepare(), in host memory, until every item using them is rendered.
+struct FluxGenerator::Prepared {
+  struct Entry {
+    at::Tensor prompt_embeds;  // [1, L, D] on the CPU
+    at::Tensor pooled;         // [1, P] on the CPU
+    int64_t bytes = 0;
+  };
+  int64_t limit = 0;
+  int64_t bytes = 0;               // of `entries`
+  std::map<Key, Entry> entries;
+  std::map<Key, int64_t> uses;     // items of the job not yet rendered, per key
+  std::vector<Key> pending;        // keys not encoded yet, in render order of their first item
+};
+
 PipelineOptions pipeline_options(const GeneratorOptions& options) {
   PipelineOptions out;
   out.device = options.device;
@@ -69,12 +85,110 @@ FluxGenerator::~FluxGenerator() = default;
 
 std::string FluxGenerator::model_description() const { return pipeline_->description(); }
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double mib(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+}  // namespace
+
+void FluxGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
+  prepared_ = std::make_unique<Prepared>();
+  prepared_->limit = options_.prepared_embedding_bytes;
+  for (const job::RenderItem* item : items) {
+    const Key key{item->prompt, item->params.max_sequence_length};
+    if (prepared_->uses[key]++ == 0) prepared_->pending.push_back(key);
+  }
+  if (!prepared_->pending.empty()) encode_window({});
+}
+
+PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, int max_sequence_length) {
+  try {
+    PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length);
+    stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
+    return out;
+  } catch (const std::exception& e) {
+    if (!is_out_of_memory(e) || pipeline_->text_encoders_on_cpu()) throw;
+    log::warn("text encoders ran out of device memory (" + exception_message(e) +
+              "); they run on the CPU from now on");
+  }
+  // The failed attempt's tensors are gone with its frames; give their blocks back first.
+  release_cached_memory();
+  pipeline_->move_text_encoders_to_cpu();
+  ++stats_.cpu_encode_fallbacks;
+  PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length);
+  stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
+  return out;
+}
+
+// The encode stage: `needed` first (whatever their size), then pending prompts in render order
+// while the host bytes stay within the limit, one prompt at a time; then the text encoders go.
+void FluxGenerator::encode_window(const std::vector<Key>& needed) {
+  Prepared& p = *prepared_;
+  const auto start = Clock::now();
+  std::vector<Key> order = needed;
+  order.insert(order.end(), p.pending.begin(), p.pending.end());
+  int64_t count = 0, last = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Key& key = order[i];
+    if (p.entries.count(key)) continue;
+    if (i >= needed.size() && p.bytes + last > p.limit) break;
+    const PromptEmbeddings e = encode({key.first}, key.second);
+    Prepared::Entry entry{e.prompt_embeds.to(c10::Device(c10::kCPU)), e.pooled.to(c10::Device(c10::kCPU)), 0};
+    entry.bytes = static_cast<int64_t>(entry.prompt_embeds.nbytes() + entry.pooled.nbytes());
+    last = entry.bytes;
+    p.bytes += entry.bytes;
+    p.entries.emplace(key, std::move(entry));
+    p.pending.erase(std::find(p.pending.begin(), p.pending.end(), key));
+    ++count;
+  }
+  pipeline_->release_text_encoders();  // and the device cache with them
+  ++stats_.encode_stages;
+  char line[200];
+  std::snprintf(line, sizeof line,
+                "encode stage: %lld prompt(s) in %.2f s, %.1f MiB of embeddings in host memory, %zu still to "
+                "encode; text encoders released",
+                static_cast<long long>(count), std::chrono::duration<double>(Clock::now() - start).count(),
+                mib(p.bytes), p.pending.size());
+  log::info(line);
+}
+
+void FluxGenerator::rendered(const Key& key) {
+  if (!prepared_) return;
+  Prepared& p = *prepared_;
+  const auto use = p.uses.find(key);
+  if (use == p.uses.end() || --use->second > 0) return;
+  p.uses.erase(use);
+  if (const auto it = p.entries.find(key); it != p.entries.end()) {
+    p.bytes -= it->second.bytes;
+    p.entries.erase(it);
+  }
+}
+
 PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length) {
+  if (prepared_) {
+    std::vector<Key> needed;  // prepared keys that a later window was to encode
+    for (const auto& item : batch) {
+      const Key key{item.prompt, max_sequence_length};
+      if (prepared_->uses.count(key) && !prepared_->entries.count(key) &&
+          std::find(needed.begin(), needed.end(), key) == needed.end()) {
+        needed.push_back(key);
+      }
+    }
+    if (!needed.empty()) encode_window(needed);
+  }
   // Entries are copied out of the cache first: encoding the missing prompts may evict them.
   std::map<std::string, Cache::Entry> rows;
   std::vector<std::string> missing;
   for (const auto& item : batch) {
     if (rows.count(item.prompt)) continue;
+    if (prepared_) {
+      if (const auto it = prepared_->entries.find({item.prompt, max_sequence_length}); it != prepared_->entries.end()) {
+        rows.emplace(item.prompt, Cache::Entry{it->second.prompt_embeds, it->second.pooled});
+        continue;
+      }
+    }
     if (const Cache::Entry* cached = cache_->find({item.prompt, max_sequence_length})) {
       rows.emplace(item.prompt, *cached);
     } else if (std::find(missing.begin(), missing.end(), item.prompt) == missing.end()) {
@@ -82,7 +196,7 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
     }
   }
   if (!missing.empty()) {
-    const PromptEmbeddings encoded = pipeline_->encode_prompts(missing, max_sequence_length);
+    const PromptEmbeddings encoded = encode(missing, max_sequence_length);
     for (size_t i = 0; i < missing.size(); ++i) {
       const auto row = static_cast<int64_t>(i);
       const Cache::Entry entry{encoded.prompt_embeds.narrow(0, row, 1).clone(), encoded.pooled.narrow(0, row, 1).clone()};
@@ -90,17 +204,73 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
       cache_->put({missing[i], max_sequence_length}, entry);
     }
   }
+  const c10::Device device = pipeline_->options().device;
   std::vector<at::Tensor> states, pooled;
   for (const auto& item : batch) {
     const Cache::Entry& entry = rows.at(item.prompt);
-    states.push_back(entry.prompt_embeds);
-    pooled.push_back(entry.pooled);
+    states.push_back(entry.prompt_embeds.to(device));
+    pooled.push_back(entry.pooled.to(device));
   }
   return PromptEmbeddings{at::cat(states, 0), at::cat(pooled, 0)};
 }
 
+// The full decode; when it runs out of memory at batch 1 (`last_resort`: tiles change the image a
+// little, so a smaller batch comes first), overlapping tiles, halved until they fit (down to 4
+// latents). The tile edge that fitted is remembered per image size and used from then on.
+at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index, int width, int height,
+                                       bool last_resort) {
+  const std::pair<int, int> shape{width, height};
+  auto known = tile_pixels_.find(shape);
+  std::string error;
+  if (known == tile_pixels_.end()) {
+    if (!last_resort) return pipeline_->decode_image(latents, index, width, height);
+    try {
+      return pipeline_->decode_image(latents, index, width, height);
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
+      error = exception_message(e);
+    }
+    release_cached_memory();
+  }
+  const int64_t scale = pipeline_->vae_scale_factor();
+  const int64_t min_tile = 4 * scale;
+  int64_t tile = options_.vae_tile_pixels;
+  // At least two tiles along the longer side, or tiling would decode the image whole again.
+  while (tile >= std::max(width, height) && tile / 2 >= min_tile) tile /= 2;
+  if (known != tile_pixels_.end()) tile = known->second;
+  for (; tile >= min_tile; tile /= 2) {
+    models::vae::TiledDecodeOptions tiles;
+    tiles.tile_sample_size = tile;
+    try {
+      at::Tensor out = pipeline_->decode_image(latents, index, width, height, tiles);
+      ++stats_.tiled_decodes;
+      if (known == tile_pixels_.end()) {
+        log::warn("VAE decode at " + std::to_string(width) + "x" + std::to_string(height) +
+                  " ran out of memory; decoding in " + std::to_string(tile) + " px tiles (overlap 1/4, blended)");
+        tile_pixels_[shape] = static_cast<int>(tile);
+      } else {
+        log::debug("tiled VAE decode (" + std::to_string(tile) + " px tiles)");
+      }
+      return out;
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
+      error = exception_message(e);
+    }
+    release_cached_memory();
+  }
+  tile_pixels_.erase(shape);
+  TORCH_CHECK_WITH(OutOfMemoryError, false, "VAE decode at ", width, "x", height,
+                   " out of memory, also in tiles down to ", min_tile, " px: ", error);
+}
+
 std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& batch) {
-  if (batch.empty()) return {};
+  std::vector<Image> images(batch.size());
+  generate_each(batch, [&](size_t index, Image&& image) { images.at(index) = std::move(image); });
+  return images;
+}
+
+void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) {
+  if (batch.empty()) return;
   const job::RenderParams& first = batch.front().params;
   DenoiseRequest request;
   request.width = first.width;
@@ -117,7 +287,6 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
   }
 
   const c10::Device device = pipeline_->options().device;
-  using Clock = std::chrono::steady_clock;
   const auto seconds_since = [&](Clock::time_point t) {
     synchronize(device);
     return std::chrono::duration<double>(Clock::now() - t).count();
@@ -135,33 +304,33 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
     }
   };
   t0 = Clock::now();
-  const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);
+  const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);  // empties the cache after
   const double denoise_s = seconds_since(t0);
   const c10::InferenceMode inference;
   t0 = Clock::now();
-  const at::Tensor pixels = sampling::postprocess_uint8(pipeline_->decode(latents, request.width, request.height));
+  const int64_t tiled_before = stats_.tiled_decodes;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    // pixels: [1, H, W, 3] uint8 on the CPU, contiguous
+    const at::Tensor pixels = sampling::postprocess_uint8(
+        decode_image(latents, static_cast<int64_t>(b), request.width, request.height, batch.size() == 1));
+    Image image;
+    image.height = static_cast<int>(pixels.size(1));
+    image.width = static_cast<int>(pixels.size(2));
+    image.rgb.resize(static_cast<size_t>(pixels.numel()));
+    std::memcpy(image.rgb.data(), pixels.data_ptr<uint8_t>(), image.rgb.size());
+    rendered({batch[b].prompt, first.max_sequence_length});
+    on_image(b, std::move(image));
+  }
+  pipeline_->finish_decode();
   const double decode_s = seconds_since(t0);
-  char line[256];
+  char line[300];
   std::snprintf(line, sizeof line,
-                "batch of %zu at %dx%d: encode %.2f s, denoise %.2f s (%.1f ms/step, %d steps), decode %.2f s, "
+                "batch of %zu at %dx%d: encode %.2f s, denoise %.2f s (%.1f ms/step, %d steps), decode %.2f s%s, "
                 "peak allocated %.2f GiB",
                 batch.size(), request.width, request.height, encode_s, denoise_s, 1000.0 * denoise_s / steps, steps,
-                decode_s, static_cast<double>(peak_allocated_bytes(device)) / (1 << 30));
+                decode_s, stats_.tiled_decodes > tiled_before ? " (tiled)" : "",
+                static_cast<double>(peak_allocated_bytes(device)) / (1 << 30));
   log::info(line);
-
-  // pixels: [B, H, W, 3] uint8, contiguous
-  std::vector<Image> images;
-  const int64_t height = pixels.size(1), width = pixels.size(2);
-  const auto bytes = static_cast<size_t>(height * width * 3);
-  for (int64_t b = 0; b < pixels.size(0); ++b) {
-    Image image;
-    image.width = static_cast<int>(width);
-    image.height = static_cast<int>(height);
-    image.rgb.resize(bytes);
-    std::memcpy(image.rgb.data(), pixels[b].data_ptr<uint8_t>(), bytes);
-    images.push_back(std::move(image));
-  }
-  return images;
 }
 
 std::unique_ptr<ImageGenerator> make_flux_generator(const std::string& model_path, const GeneratorOptions& options) {

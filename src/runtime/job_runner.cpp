@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <unordered_map>
 
@@ -60,6 +63,40 @@ bool finished(const job::RenderItem& item, const std::string& output_dir,
   return fs::is_regular_file(output_path(output_dir, item.file), ec);
 }
 
+std::vector<io::PngText> png_text(const job::RenderItem& item, const std::string& model) {
+  io::InfotextParams p;
+  p.prompt = item.prompt;
+  p.steps = item.params.steps;
+  p.guidance = item.params.guidance;
+  p.seed = item.params.seed;
+  p.width = item.params.width;
+  p.height = item.params.height;
+  p.model = model;
+  return {{"parameters", io::a1111_parameters(p)}, {"fluxbatch", job::item_to_json(item)}};
+}
+
+// True when the PNG at `path` carries exactly the text chunks run_job writes for `item` (and,
+// when given, `model`): it was rendered for this item by a run killed before its manifest line.
+bool png_written_for(const job::RenderItem& item, const std::string& path, const std::optional<std::string>& model) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  std::vector<io::PngText> found;
+  try {
+    found = io::read_png_text(bytes.str());
+  } catch (const std::exception&) {
+    return false;  // not a PNG, or a damaged one: someone else's file
+  }
+  const std::vector<io::PngText> want = png_text(item, model.value_or(""));
+  bool parameters = !model.has_value(), json = false;
+  for (const io::PngText& t : found) {
+    if (t.key == "fluxbatch") json = t.text == want[1].text;
+    if (t.key == "parameters" && model) parameters = t.text == want[0].text;
+  }
+  return json && parameters;
+}
+
 PlannedItem plan_item(const job::RenderItem& item, const std::string& output_dir, bool overwrite,
                       const std::unordered_map<std::string, const io::ManifestEntry*>& ok_lines,
                       const std::optional<std::string>& model) {
@@ -68,7 +105,12 @@ PlannedItem plan_item(const job::RenderItem& item, const std::string& output_dir
     return {&item, ItemState::kSkip, "finished earlier (image and manifest line match)"};
   }
   std::error_code ec;
-  if (fs::exists(output_path(output_dir, item.file), ec)) {
+  const std::string path = output_path(output_dir, item.file);
+  if (fs::exists(path, ec)) {
+    if (png_written_for(item, path, model)) {
+      return {&item, ItemState::kSkip,
+              "finished by an interrupted run (the PNG's metadata matches; its manifest line is restored)", true};
+    }
     return {&item, ItemState::kBlocked,
             "exists but was not rendered with these parameters by fluxbatch (manifest); "
             "--overwrite replaces it"};
@@ -138,32 +180,44 @@ class Run {
     manifest_.append(e);
   }
 
-  // Renders a planned batch in chunks of at most the shape's current limit; a chunk that runs
-  // out of memory is halved and retried (only that chunk: finished images stay finished).
+  void restore_line(const PlannedItem& planned) {
+    ++summary_.restored;
+    log::info(planned.item->file + ": " + planned.reason);
+    manifest_.append(entry_for(*planned.item, 0));  // batch size 0: not known any more
+  }
+
+  // Renders a planned batch in chunks of at most the shape's current limit; when a chunk runs out
+  // of memory, its items not yet delivered are halved and retried (finished images stay finished).
   void render_batch(const std::vector<const job::RenderItem*>& batch) {
     ShapeLimit& shape = limit_for(*batch.front());
-    size_t next = 0;
-    while (next < batch.size()) {
+    std::vector<const job::RenderItem*> todo = batch;
+    bool attempted = false;
+    while (!todo.empty()) {
       // After an out-of-memory split a batch takes several calls: Ctrl-C need not wait for all.
-      if (next > 0 && stop_ != nullptr && stop_->load()) return;
-      const size_t n = std::min(batch.size() - next, static_cast<size_t>(shape.limit));
-      const std::vector<const job::RenderItem*> chunk(batch.begin() + static_cast<std::ptrdiff_t>(next),
-                                                      batch.begin() + static_cast<std::ptrdiff_t>(next + n));
-      if (render_chunk(chunk)) {
-        grow(shape, *batch.front());
-      } else {
-        // The attempt's tensors died with its stack frame and exception; now the cache can go.
-        release_cached_memory();
-        shape.successes = 0;
-        if (n > 1) {
-          shape.limit = static_cast<int>((n + 1) / 2);
-          ++summary_.oom_retries;
-          log::warn("out of memory at batch " + std::to_string(n) + " (" + shape_name(*batch.front()) +
-                    "): retrying at batch " + std::to_string(shape.limit));
-          continue;
-        }
+      if (attempted && stop_ != nullptr && stop_->load()) return;
+      attempted = true;
+      const size_t n = std::min(todo.size(), static_cast<size_t>(shape.limit));
+      const std::vector<const job::RenderItem*> chunk(todo.begin(), todo.begin() + static_cast<std::ptrdiff_t>(n));
+      const ChunkOutcome outcome = render_chunk(chunk);
+      std::vector<const job::RenderItem*> left;  // this chunk's items to retry, then the rest
+      for (size_t i = 0; i < n; ++i) {
+        if (outcome.retry[i]) left.push_back(chunk[i]);
       }
-      next += n;
+      left.insert(left.end(), todo.begin() + static_cast<std::ptrdiff_t>(n), todo.end());
+      todo = std::move(left);
+      if (!outcome.out_of_memory) {
+        grow(shape, *batch.front());
+        continue;
+      }
+      // The attempt's tensors died with its stack frame and exception; now the cache can go.
+      release_cached_memory();
+      shape.successes = 0;
+      if (n > 1) {
+        shape.limit = static_cast<int>((n + 1) / 2);
+        ++summary_.oom_retries;
+        log::warn("out of memory at batch " + std::to_string(n) + " (" + shape_name(*batch.front()) +
+                  "): retrying at batch " + std::to_string(shape.limit));
+      }
     }
   }
 
@@ -192,9 +246,14 @@ class Run {
     shape.successes = 0;
   }
 
-  // One generate() call and its images. False only when it ran out of memory with more than one
-  // item (the caller retries smaller); every other failure is recorded here.
-  bool render_chunk(const std::vector<const job::RenderItem*>& batch) {
+  struct ChunkOutcome {
+    bool out_of_memory = false;  // the call ran out of memory with more than one item
+    std::vector<bool> retry;     // per chunk item: neither delivered nor recorded failed
+  };
+
+  // One generate_each() call; each image is written the moment it arrives. Items it never
+  // delivered are retried (out of memory with more than one item) or recorded failed.
+  ChunkOutcome render_chunk(const std::vector<const job::RenderItem*>& batch) {
     std::vector<job::RenderItem> items;
     items.reserve(batch.size());
     std::string files;
@@ -206,33 +265,59 @@ class Run {
     log::debug("batch of " + std::to_string(batch.size()) + " (" + std::to_string(p.width) + "x" +
                std::to_string(p.height) + ", " + std::to_string(p.steps) + " steps): " + files);
     const auto start = Clock::now();
-    std::vector<Image> images;
+    auto last = start;
+    std::vector<bool> delivered(batch.size(), false);
+    size_t count = 0;
+    std::exception_ptr fatal;  // the manifest could not be written: the job must stop
+    const ImageSink on_image = [&](size_t index, Image&& image) {
+      if (index >= batch.size() || delivered[index]) return;  // not ours, or a second copy
+      delivered[index] = true;
+      // The first image carries its share of the batch's shared work (encode, denoise); each
+      // later one the time since the previous, so the shares add up to the call's time.
+      const auto now = Clock::now();
+      const double first = std::chrono::duration<double>(now - start).count() / static_cast<double>(batch.size());
+      const double seconds = count++ == 0 ? first : std::chrono::duration<double>(now - last).count();
+      last = now;
+      try {
+        write_image(*batch[index], image, seconds, batch.size());
+      } catch (...) {
+        fatal = std::current_exception();
+        throw;
+      }
+    };
     std::string error;
     bool out_of_memory = false;
     try {
-      images = generator_.generate(items);
+      generator_.generate_each(items, on_image);
     } catch (const std::exception& e) {
+      if (fatal) std::rethrow_exception(fatal);
       error = exception_message(e);
       out_of_memory = is_out_of_memory(e);
     } catch (...) {
+      if (fatal) std::rethrow_exception(fatal);
       error = "unknown error from the image generator";
     }
-    if (out_of_memory && batch.size() > 1) return false;
-    if (!error.empty()) {
-      if (out_of_memory) log::warn(batch.front()->file + ": out of memory even alone (batch 1)");
-      fail_all(batch, error, seconds_since(start));
-      return !out_of_memory;
+    std::vector<const job::RenderItem*> missing;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (!delivered[i]) missing.push_back(batch[i]);
     }
-    const double per_image = seconds_since(start) / static_cast<double>(batch.size());
-    if (images.size() != batch.size()) {
-      fail_all(batch,
-               "the image generator returned " + std::to_string(images.size()) + " images for a batch of " +
-                   std::to_string(batch.size()),
-               per_image * static_cast<double>(batch.size()));
-      return true;
+    ChunkOutcome outcome;
+    outcome.retry.assign(batch.size(), false);
+    if (missing.empty()) return outcome;
+    outcome.out_of_memory = out_of_memory;
+    if (out_of_memory && batch.size() > 1) {
+      for (size_t i = 0; i < batch.size(); ++i) outcome.retry[i] = !delivered[i];
+      return outcome;
     }
-    for (size_t i = 0; i < batch.size(); ++i) write_image(*batch[i], images[i], per_image, batch.size());
-    return true;
+    if (error.empty()) {
+      error = "the image generator returned " + std::to_string(batch.size() - missing.size()) +
+              " images for a batch of " + std::to_string(batch.size());
+    } else if (out_of_memory) {
+      log::warn(missing.front()->file + ": out of memory even alone (batch 1)");
+      error += " (out of memory even alone, at batch 1, after the generator's cheaper fallbacks)";
+    }
+    fail_all(missing, error, seconds_since(last), batch.size());
+    return outcome;
   }
 
   io::ManifestEntry entry_for(const job::RenderItem& item, size_t batch_size) const {
@@ -270,9 +355,10 @@ class Run {
     manifest_.append(e);
   }
 
-  void fail_all(const std::vector<const job::RenderItem*>& batch, const std::string& reason, double seconds) {
-    const double per_image = seconds / static_cast<double>(batch.size());
-    for (const job::RenderItem* item : batch) fail_item(*item, reason, {per_image, 0.0}, batch.size());
+  void fail_all(const std::vector<const job::RenderItem*>& items, const std::string& reason, double seconds,
+                size_t batch_size) {
+    const double per_image = seconds / static_cast<double>(items.size());
+    for (const job::RenderItem* item : items) fail_item(*item, reason, {per_image, 0.0}, batch_size);
   }
 
   static std::string image_problem(const job::RenderItem& item, const Image& image) {
@@ -288,18 +374,6 @@ class Run {
     return "";
   }
 
-  std::vector<io::PngText> png_text(const job::RenderItem& item) const {
-    io::InfotextParams p;
-    p.prompt = item.prompt;
-    p.steps = item.params.steps;
-    p.guidance = item.params.guidance;
-    p.seed = item.params.seed;
-    p.width = item.params.width;
-    p.height = item.params.height;
-    p.model = model_;
-    return {{"parameters", io::a1111_parameters(p)}, {"fluxbatch", job::item_to_json(item)}};
-  }
-
   void write_image(const job::RenderItem& item, const Image& image, double generate_s, size_t batch_size) {
     if (const std::string problem = image_problem(item, image); !problem.empty()) {
       return fail_item(item, problem, {generate_s, 0.0}, batch_size);
@@ -309,7 +383,7 @@ class Run {
     try {
       io::ensure_directory(fs::path(path).parent_path().string());
       // Without --overwrite the plan saw no file here; never clobber one that appeared since.
-      io::write_png_atomic(path, image, png_text(item), overwrite_);
+      io::write_png_atomic(path, image, png_text(item, model_), overwrite_);
     } catch (const OutputError& e) {
       return fail_item(item, e.what(), {generate_s, seconds_since(start)}, batch_size);
     }
@@ -332,6 +406,42 @@ class Run {
   const std::atomic<bool>* stop_ = nullptr;
   std::map<std::string, ShapeLimit> limits_;
 };
+
+// io::write_file_atomic's temporaries (".<name>.tmp-<pid>-...") that a killed run left next to
+// the job's outputs. Only called while holding the manifest lock, so no live run owns them.
+void remove_stale_temporaries(const job::JobSpec& spec, const std::string& output_dir) {
+  std::map<fs::path, std::vector<std::string>> prefixes;  // directory -> ".<name>.tmp-"
+  for (const job::RenderItem& item : spec.items) {
+    const fs::path path = output_path(output_dir, item.file);
+    prefixes[path.parent_path()].push_back("." + path.filename().string() + ".tmp-");
+  }
+  for (const auto& [dir, names] : prefixes) {
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      for (const std::string& prefix : names) {
+        if (name.rfind(prefix, 0) != 0) continue;
+        std::error_code remove_ec;
+        if (fs::remove(it->path(), remove_ec)) log::debug("removed " + it->path().string() + " (interrupted write)");
+        break;
+      }
+    }
+  }
+}
+
+void prepare_generator(const JobPlan& plan, ImageGenerator& generator) {
+  std::vector<const job::RenderItem*> items;
+  for (const PlannedItem& planned : plan.items) {
+    if (planned.state == ItemState::kRender) items.push_back(planned.item);
+  }
+  if (items.empty()) return;
+  try {
+    generator.prepare(items);
+  } catch (const std::exception& e) {
+    // generate() still has to cope with every item; a real problem resurfaces per item there.
+    log::warn("preparing the generator failed (each batch will do that work itself): " + exception_message(e));
+  }
+}
 
 bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
 
@@ -385,6 +495,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   io::ensure_directory(output_dir);
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
+  remove_stale_temporaries(spec, output_dir);
   const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
   for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
   for (const PlannedItem& planned : plan.items) {
@@ -400,7 +511,9 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   Run run(output_dir, options, generator, manifest, summary, to_render);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
+    if (planned.restore_manifest_line) run.restore_line(planned);
   }
+  if (!stop_requested(options)) prepare_generator(plan, generator);
   for (const auto& batch : plan.batches) {
     if (stop_requested(options)) break;
     run.render_batch(batch);

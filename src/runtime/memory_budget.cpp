@@ -179,6 +179,16 @@ std::vector<Image> BudgetedGenerator::generate(const std::vector<job::RenderItem
   return inner_->generate(batch);
 }
 
+void BudgetedGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
+  CpuMemoryBudget::Scope scope(*budget_);
+  inner_->prepare(items);
+}
+
+void BudgetedGenerator::generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) {
+  CpuMemoryBudget::Scope scope(*budget_);
+  inner_->generate_each(batch, on_image);
+}
+
 std::string BudgetedGenerator::model_description() const { return inner_->model_description(); }
 
 }  // namespace fluxbatch::runtime

@@ -174,9 +174,22 @@ struct FluxPipeline::State {
   std::optional<tokenizers::ClipTokenizer> clip_tokenizer;
   std::optional<tokenizers::T5Tokenizer> t5_tokenizer;
 
+  bool text_on_cpu = false;  // the encode stage's out-of-memory fallback: CLIP and T5 run on the CPU
+
   // Where weights live between stages: the device, or the CPU when offloading.
   c10::Device home() const { return options.offload ? c10::Device(c10::kCPU) : options.device; }
   at::TensorOptions home_options() const { return at::TensorOptions().dtype(options.dtype).device(home()); }
+  // Where CLIP and T5 run.
+  c10::Device text_device() const { return text_on_cpu ? c10::Device(c10::kCPU) : options.device; }
+  at::TensorOptions text_options() const {
+    return text_on_cpu ? home_options().device(c10::kCPU) : home_options();
+  }
+  void visit_text(torch::nn::Module& module) const {
+    if (!text_on_cpu) visit(module);
+  }
+  void leave_text(torch::nn::Module& module) const {
+    if (!text_on_cpu) leave(module);
+  }
 
   void empty_cache() const {
 #ifdef FLUXBATCH_WITH_CUDA
@@ -198,8 +211,8 @@ struct FluxPipeline::State {
   void load_text_encoders() {
     if (clip && t5) return;
     const auto start = Clock::now();
-    clip = load_clip(files, home_options());
-    t5 = load_t5(files, home_options());
+    clip = load_clip(files, text_options());
+    t5 = load_t5(files, text_options());
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
   }
@@ -226,10 +239,10 @@ struct FluxPipeline::State {
                 std::to_string(t5_tokenizer->tokenize(prompt).size() + 1) + "): the rest is ignored");
     }
     const auto ids = [&](const std::vector<int64_t>& v) {
-      return at::tensor(v, at::kLong).view({1, -1}).to(options.device);
+      return at::tensor(v, at::kLong).view({1, -1}).to(text_device());
     };
-    at::Tensor pooled = clip->forward(ids(clip_ids.ids)).pooler_output.to(options.dtype);
-    at::Tensor states = t5->forward(ids(t5_ids.ids)).to(options.dtype);
+    at::Tensor pooled = clip->forward(ids(clip_ids.ids)).pooler_output.to(options.device, options.dtype);
+    at::Tensor states = t5->forward(ids(t5_ids.ids)).to(options.device, options.dtype);
     return {pooled, states};
   }
 };
@@ -279,8 +292,8 @@ PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& pr
   State& s = *state_;
   const c10::InferenceMode inference;
   s.load_text_encoders();
-  s.visit(*s.clip);
-  s.visit(*s.t5);
+  s.visit_text(*s.clip);
+  s.visit_text(*s.t5);
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> encoded;
   std::vector<at::Tensor> pooled, states;
   for (const std::string& prompt : prompts) {
@@ -291,8 +304,8 @@ PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& pr
   }
   PromptEmbeddings out{at::cat(states, 0), at::cat(pooled, 0)};
   if (s.options.keep_text_encoders) {
-    s.leave(*s.clip);
-    s.leave(*s.t5);
+    s.leave_text(*s.clip);
+    s.leave_text(*s.t5);
   } else {
     s.free_text_encoders();
   }
@@ -334,22 +347,34 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
 }
 
 at::Tensor FluxPipeline::decode(const at::Tensor& latents, int width, int height) {
+  std::vector<at::Tensor> images;
+  for (int64_t b = 0; b < latents.size(0); ++b) images.push_back(decode_image(latents, b, width, height));
+  finish_decode();
+  const c10::InferenceMode inference;
+  return at::cat(images, 0);
+}
+
+at::Tensor FluxPipeline::decode_image(const at::Tensor& latents, int64_t index, int width, int height,
+                                      const std::optional<models::vae::TiledDecodeOptions>& tiles) {
   State& s = *state_;
+  FLUXBATCH_CHECK(latents.dim() == 3 && index >= 0 && index < latents.size(0), InputError,
+                  "decode_image: image " + std::to_string(index) + " of packed latents [B, S, C]");
   const c10::InferenceMode inference;
   const auto size = sampling::latent_size(height, width);
   s.visit(*s.vae);
-  std::vector<at::Tensor> images;
-  for (int64_t b = 0; b < latents.size(0); ++b) {
-    // FluxPipeline: unpack, latents / scaling_factor + shift_factor, vae.decode.
-    const at::Tensor unpacked = sampling::unpack_latents(latents.narrow(0, b, 1), size);
-    const at::Tensor scaled = models::vae::unscale_latents(unpacked.to(s.options.device), s.vae->config());
-    images.push_back(s.vae->decode(scaled));
-  }
-  s.leave(*s.vae);
-  at::Tensor out = at::cat(images, 0);
-  s.empty_cache();
-  return out;
+  // FluxPipeline: unpack, latents / scaling_factor + shift_factor, vae.decode.
+  const at::Tensor unpacked = sampling::unpack_latents(latents.narrow(0, index, 1), size);
+  const at::Tensor scaled = models::vae::unscale_latents(unpacked.to(s.options.device), s.vae->config());
+  return tiles ? s.vae->decode_tiled(scaled, *tiles) : s.vae->decode(scaled);  // [1, 3, H, W]
 }
+
+void FluxPipeline::finish_decode() {
+  State& s = *state_;
+  s.leave(*s.vae);
+  s.empty_cache();
+}
+
+int64_t FluxPipeline::vae_scale_factor() const { return state_->vae->config().scale_factor(); }
 
 at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int max_sequence_length,
                                   const DenoiseRequest& request, const sampling::StepCallback& on_step) {
@@ -360,5 +385,19 @@ at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int m
 }
 
 void FluxPipeline::release_text_encoders() { state_->free_text_encoders(); }
+
+bool FluxPipeline::text_encoders_loaded() const { return state_->clip && state_->t5; }
+
+bool FluxPipeline::move_text_encoders_to_cpu() {
+  State& s = *state_;
+  if (s.text_on_cpu || s.options.device.is_cpu()) return false;
+  s.text_on_cpu = true;
+  if (s.clip) s.clip->to(c10::Device(c10::kCPU));
+  if (s.t5) s.t5->to(c10::Device(c10::kCPU));
+  s.empty_cache();
+  return true;
+}
+
+bool FluxPipeline::text_encoders_on_cpu() const { return state_->text_on_cpu || state_->options.device.is_cpu(); }
 
 }  // namespace fluxbatch::runtime

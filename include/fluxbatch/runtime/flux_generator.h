@@ -5,10 +5,13 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
@@ -23,6 +26,13 @@ struct GeneratorOptions {
   bool offload = false;                  // see PipelineOptions::offload
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
+  // prepare(): host (CPU) bytes of prompt embeddings encoded ahead of the denoise stage. Prompts
+  // beyond it are encoded later, a window at a time, as their batches come (text encoders loaded
+  // again for each window); embeddings whose items are all rendered make room.
+  int64_t prepared_embedding_bytes = int64_t{2} << 30;
+  // The tiled VAE fallback's first tile edge in pixels (smaller when the image is smaller, halved
+  // again on each out-of-memory down to 4 latents); tiles overlap by a quarter, blended linearly.
+  int vae_tile_pixels = 512;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
 };
@@ -30,25 +40,53 @@ struct GeneratorOptions {
 // PipelineOptions from GeneratorOptions (resolves the default dtype).
 PipelineOptions pipeline_options(const GeneratorOptions& options);
 
+// What the stages did, for logs and tests.
+struct GeneratorStats {
+  int64_t prompts_encoded = 0;       // (prompt, max_sequence_length) pairs run through CLIP + T5
+  int64_t encode_stages = 0;         // prepare() passes: encode a window of prompts, then free the encoders
+  int64_t cpu_encode_fallbacks = 0;  // encodes that ran out of device memory and moved the encoders to the CPU
+  int64_t tiled_decodes = 0;         // images decoded in tiles because the full decode ran out of memory
+};
+
+// Stage-major: prepare() encodes every distinct prompt of the job (within
+// prepared_embedding_bytes), keeps the embeddings in host memory and frees the text encoders;
+// generate_each() then denoises a batch and decodes its images one by one, handing each over as
+// soon as it is decoded. The device cache is emptied between stages, not per step or per image.
+// Out-of-memory fallbacks (each logged and counted): a full VAE decode that does not fit even at
+// batch 1 is redone in overlapping tiles (at larger batches the out-of-memory error goes to the
+// runner, which halves the batch first); an encode that does not fit on the device runs the text
+// encoders on the CPU.
 class FluxGenerator : public ImageGenerator {
  public:
   FluxGenerator(const std::string& model_path, const GeneratorOptions& options);
   ~FluxGenerator() override;
 
+  void prepare(const std::vector<const job::RenderItem*>& items) override;
   // Items must share width, height, steps and max_sequence_length (InputError otherwise); prompt,
   // seed and guidance are per item. Returns one image per item, in order.
   std::vector<Image> generate(const std::vector<job::RenderItem>& batch) override;
+  void generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) override;
   std::string model_description() const override;
 
   FluxPipeline& pipeline() { return *pipeline_; }
+  const GeneratorStats& stats() const { return stats_; }
 
  private:
+  using Key = std::pair<std::string, int>;  // (prompt, max_sequence_length)
   PromptEmbeddings embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length);
+  PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length);
+  void encode_window(const std::vector<Key>& needed);
+  void rendered(const Key& key);
+  at::Tensor decode_image(const at::Tensor& latents, int64_t index, int width, int height, bool last_resort);
 
   struct Cache;
+  struct Prepared;
   GeneratorOptions options_;
   std::unique_ptr<FluxPipeline> pipeline_;
   std::unique_ptr<Cache> cache_;
+  std::unique_ptr<Prepared> prepared_;
+  std::map<std::pair<int, int>, int> tile_pixels_;  // (width, height) -> tile edge that fitted
+  GeneratorStats stats_;
 };
 
 // The factory the CLI calls. ModelError / DeviceError when the model cannot be loaded.

@@ -38,6 +38,9 @@ struct PlannedItem {
   const job::RenderItem* item = nullptr;  // points into the JobSpec given to plan_job
   ItemState state = ItemState::kRender;
   std::string reason;  // why skipped or blocked (for --dry-run and logs)
+  // kSkip only: the PNG was written by a run killed before its manifest line (the PNG's own
+  // metadata matches the item and model); run_job appends the missing line instead of rendering.
+  bool restore_manifest_line = false;
 };
 
 struct JobPlan {
@@ -50,7 +53,9 @@ struct JobPlan {
 // Resume rule: `item` is finished when <output_dir>/<item.file> exists and the LAST "ok" manifest
 // line for that file records the item's prompt, seed, size, steps, guidance,
 // max_sequence_length and (when `model` is given) model. Only the last ok line counts because a
-// later --overwrite run replaces the image.
+// later --overwrite run replaces the image. (plan_job also accepts a PNG without its line whose
+// embedded "fluxbatch" and "parameters" texts are exactly this item's: a kill between the PNG's
+// rename and the manifest append.)
 bool is_finished(const job::RenderItem& item, const std::string& output_dir, const io::ManifestContents& manifest,
                  const std::optional<std::string>& model);
 
@@ -70,19 +75,22 @@ struct RunSummary {
   int64_t blocked = 0;      // kBlocked items (counted as failures for the exit code)
   int64_t not_started = 0;  // left when interrupted (or, in a dry run, the ones that would render)
   int64_t oom_retries = 0;  // chunks halved after running out of memory
+  int64_t restored = 0;     // of `skipped`: manifest lines restored for PNGs of a killed run
   bool interrupted = false;
   std::vector<std::string> failures;  // "<file>: <reason>" for failed and blocked items
   double seconds = 0.0;
 };
 
-// Plans `spec` (model = generator.model_description()), creates output_dir, then renders batch by
-// batch, writing <output_dir>/<item.file> (PNG with "parameters" and "fluxbatch" text chunks) and
-// appending to <output_dir>/manifest.jsonl after every image. An exception from generate() fails
-// that batch's items and the job goes on, except out-of-memory (runtime::is_out_of_memory): then
-// the failed chunk alone is halved and retried after runtime::release_cached_memory(); an item
-// that runs out of memory even alone is recorded failed. Finished images are never redone, and
-// since an image depends only on its own item, retries never change a result. OutputError (exit 3) when the output directory or the
-// manifest cannot be written.
+// Plans `spec` (model = generator.model_description()), creates output_dir, removes temporary
+// files left by a killed run's PNG writes, calls generator.prepare() once with every item to
+// render, then renders batch by batch through generate_each(), writing <output_dir>/<item.file>
+// (PNG with "parameters" and "fluxbatch" text chunks) and appending to <output_dir>/manifest.jsonl
+// as soon as each image arrives. An exception from the generator fails the items of that call not
+// yet delivered and the job goes on, except out-of-memory (runtime::is_out_of_memory): then those
+// items alone are halved and retried after runtime::release_cached_memory(); an item that runs out
+// of memory even alone is recorded failed with the reason ("<error> (out of memory even alone, ...)").
+// Finished images are never redone, and since an image depends only on its own item, retries never
+// change a result. OutputError (exit 3) when the output directory or the manifest cannot be written.
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator);
 

@@ -48,11 +48,13 @@ class CpuMemoryBudget {
 // without CUDA or when `bytes` exceeds the device's memory.
 void cap_cuda_memory(int device_index, int64_t bytes);
 
-// Runs `inner`'s generate() inside `budget`'s enforcement scope.
+// Runs `inner`'s prepare() and generate() inside `budget`'s enforcement scope.
 class BudgetedGenerator : public ImageGenerator {
  public:
   BudgetedGenerator(std::unique_ptr<ImageGenerator> inner, std::shared_ptr<CpuMemoryBudget> budget);
+  void prepare(const std::vector<const job::RenderItem*>& items) override;
   std::vector<Image> generate(const std::vector<job::RenderItem>& batch) override;
+  void generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) override;
   std::string model_description() const override;
 
  private:

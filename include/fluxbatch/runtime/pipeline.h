@@ -7,9 +7,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/sampling/euler.h"
 #include "fluxbatch/sampling/schedule.h"
@@ -89,12 +91,28 @@ class FluxPipeline {
   // Images are decoded one at a time, which bounds memory and keeps them batch-independent.
   at::Tensor decode(const at::Tensor& latents, int width, int height);
 
+  // Stage 3 one image at a time: image `index` of packed latents [B, S, C] -> [1, 3, H, W] in the
+  // pipeline dtype. `tiles`: AutoencoderKL tiled decode (overlapping tiles blended linearly), for
+  // images whose full decode does not fit. Leaves the VAE on the device and the cache as it is;
+  // finish_decode() ends the stage.
+  at::Tensor decode_image(const at::Tensor& latents, int64_t index, int width, int height,
+                          const std::optional<models::vae::TiledDecodeOptions>& tiles = std::nullopt);
+  void finish_decode();  // VAE home again (offload) and the device cache emptied
+  int64_t vae_scale_factor() const;  // pixels per latent
+
   // All three stages plus postprocess: [B, H, W, 3] uint8 on the CPU.
   at::Tensor generate(const std::vector<std::string>& prompts, int max_sequence_length,
                       const DenoiseRequest& request, const sampling::StepCallback& on_step = {});
 
-  // Frees CLIP and T5 now (a later encode_prompts loads them again).
+  // Frees CLIP and T5 now (a later encode_prompts loads them again) and empties the device cache.
   void release_text_encoders();
+  bool text_encoders_loaded() const;
+
+  // The out-of-memory fallback of the encode stage: from now on CLIP and T5 run on the CPU (moved
+  // there if loaded, loaded there otherwise); encode_prompts still returns embeddings on the
+  // device. False when they already run on the CPU (a CPU pipeline, or moved before).
+  bool move_text_encoders_to_cpu();
+  bool text_encoders_on_cpu() const;
 
  private:
   struct State;
