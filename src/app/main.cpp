@@ -13,6 +13,8 @@
 #include "cli_validate.h"
 #include "exit_codes.h"
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/runtime/memory_allocator.h"
 
 namespace {
 
@@ -56,6 +58,9 @@ int run_mapped(Fn&& fn) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First, before anything initialises CUDA: the caching allocator's settings (expandable segments
+  // unless the user set PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF).
+  const runtime::AllocatorSetup allocator = runtime::configure_allocator();
   CLI::App cli("fluxbatch " FLUXBATCH_VERSION ": batch renderer for FLUX.1 text-to-image models", "fluxbatch");
   cli.set_version_flag("--version", std::string("fluxbatch ") + FLUXBATCH_VERSION, "Print the version and exit");
   cli.fallthrough();  // global options also work after the subcommand
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
     return code == 0 ? app::kExitOk : app::kExitInvalidInput;
   }
   app::apply_log_level(global);
+  log::debug("allocator: " + allocator.describe());
 
   return run_mapped([&]() -> int {
     if (validate_cmd->parsed()) {

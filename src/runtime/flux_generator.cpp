@@ -123,6 +123,10 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   reset_peak_memory(device);
+  const auto stage = [&](const char* name) {
+    if (options_.on_stage) options_.on_stage(name);
+  };
+  stage("encode");
   auto t0 = Clock::now();
   const PromptEmbeddings embeddings = embeddings_for(batch, first.max_sequence_length);
   const double encode_s = seconds_since(t0);
@@ -134,10 +138,12 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
       log::debug("step " + std::to_string(step + 1) + "/" + std::to_string(steps));
     }
   };
+  stage("denoise");
   t0 = Clock::now();
   const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);
   const double denoise_s = seconds_since(t0);
   const c10::InferenceMode inference;
+  stage("decode");
   t0 = Clock::now();
   const at::Tensor pixels = sampling::postprocess_uint8(pipeline_->decode(latents, request.width, request.height));
   const double decode_s = seconds_since(t0);
@@ -147,7 +153,8 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
                 "peak allocated %.2f GiB",
                 batch.size(), request.width, request.height, encode_s, denoise_s, 1000.0 * denoise_s / steps, steps,
                 decode_s, static_cast<double>(peak_allocated_bytes(device)) / (1 << 30));
-  log::info(line);
+  stage("");
+  log::info(options_.memory_note ? line + (", " + options_.memory_note(batch)) : std::string(line));
 
   // pixels: [B, H, W, 3] uint8, contiguous
   std::vector<Image> images;

@@ -361,4 +361,14 @@ at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int m
 
 void FluxPipeline::release_text_encoders() { state_->free_text_encoders(); }
 
+std::vector<std::pair<std::string, const torch::nn::Module*>> FluxPipeline::components() const {
+  const State& s = *state_;
+  std::vector<std::pair<std::string, const torch::nn::Module*>> out;
+  if (s.clip) out.emplace_back("text_encoder", s.clip.get());
+  if (s.t5) out.emplace_back("text_encoder_2", s.t5.get());
+  out.emplace_back("transformer", s.transformer.get());
+  out.emplace_back("vae", s.vae.get());
+  return out;
+}
+
 }  // namespace fluxbatch::runtime

@@ -25,6 +25,11 @@ struct GeneratorOptions {
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
+  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode", "denoise",
+  // "decode" as each stage starts (after the peak reset) and "" when the batch is done. memory_note:
+  // appended to the batch's log line, e.g. the predicted peak next to the measured one.
+  std::function<void(const std::string& stage)> on_stage;
+  std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).

@@ -8,11 +8,16 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/sampling/euler.h"
 #include "fluxbatch/sampling/schedule.h"
+
+namespace torch::nn {
+class Module;
+}
 
 namespace fluxbatch::runtime {
 
@@ -95,6 +100,10 @@ class FluxPipeline {
 
   // Frees CLIP and T5 now (a later encode_prompts loads them again).
   void release_text_encoders();
+
+  // The loaded components by name ("text_encoder", "text_encoder_2", "transformer", "vae") for
+  // memory accounting (runtime::module_bytes); released text encoders are absent.
+  std::vector<std::pair<std::string, const torch::nn::Module*>> components() const;
 
  private:
   struct State;
