@@ -4,6 +4,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 
 #include <chrono>
 #include <limits>
@@ -12,8 +13,10 @@
 #include <vector>
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/runtime/memory_allocator.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_monitor.h"
+#include "fluxbatch/runtime/memory_probe.h"
 
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::runtime::MemoryMonitor;
@@ -146,4 +149,26 @@ TEST_CASE("the monitor's thread samples the CPU counting allocator", "[memmon]")
   CHECK(report.stages[1].peak_allocated < int64_t{60} << 20);
   REQUIRE(warnings.size() == 1);
   CHECK_THAT(warnings[0], ContainsSubstring("denoise uses"));
+}
+
+TEST_CASE("on CUDA the budget caps the allocator with expandable segments and the sampler reads it", "[cuda][memmon]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  const auto setup = fluxbatch::runtime::configure_allocator();
+  INFO(setup.describe());
+  const auto gpus = fluxbatch::runtime::probe_gpus();
+  REQUIRE_FALSE(gpus.empty());
+  const auto sampler = fluxbatch::runtime::cuda_memory_sampler(0);
+  const MemorySample before = sampler();
+  CHECK(before.device_free > 0);
+  fluxbatch::runtime::cap_cuda_memory(0, before.reserved + (int64_t{3} << 29));  // 1.5 GiB more than now
+  {
+    const at::Tensor fits = at::empty({int64_t{256} << 20}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+    const MemorySample during = sampler();
+    CHECK(during.allocated >= before.allocated + (int64_t{1} << 30));
+    CHECK(during.peak_allocated >= during.allocated);
+    CHECK_THROWS_AS(at::empty({int64_t{512} << 20}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA)),
+                    c10::OutOfMemoryError);  // 2 GiB more is past the cap
+  }
+  fluxbatch::runtime::cap_cuda_memory(0, gpus[0].total_bytes);  // later tests get the whole device back
+  CHECK(sampler().alloc_retries >= before.alloc_retries);
 }
