@@ -184,6 +184,7 @@ TEST_CASE("a malformed Forge NF4 file is a ModelError naming the file and the ke
     } catch (const ModelError& e) {
       message = e.what();
     }
+    UNSCOPED_INFO(message);
     CHECK_THAT(message, ContainsSubstring(file.string()) && ContainsSubstring(bare));
   }
 }

@@ -2,6 +2,11 @@
 // img_attn.qkv, txt_attn.qkv, single-block linear1, final_layer.adaLN_modulation.1) are NF4 packed, as
 // in Forge's flux1-dev-bnb-nf4 (v1: double quantized, v2: float32 absmax). Used by weight_map.cpp's
 // flux_bfl_to_diffusers; kept apart so the exactness rules can be tested on their own.
+// Forge's key format (stable-diffusion-webui-forge backend/operations_bnb.py, ForgeLoader4Bit.
+// _save_to_state_dict): "<p>.weight" plus "<p>.weight." + every key of bitsandbytes'
+// QuantState.as_dict(packed=True) - absmax, quant_map, [nested_absmax, nested_quant_map],
+// quant_state.bitsandbytes__nf4 - under "model.diffusion_model." + the BFL module path; the same
+// serialization as a diffusers NF4 folder, in BFL layout. v2 only drops the nested statistics.
 //
 // NF4 blocks are consecutive values of the row-major flattened weight, so rows [r0, r1) of an [N, K]
 // weight are exactly the blocks [r0*K/64, r1*K/64) whenever r0*K and r1*K are multiples of the
