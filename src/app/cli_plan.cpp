@@ -26,12 +26,12 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec
   return groups;
 }
 
-// Bytes each component takes on the device at `dtype_size`; quantized ones stay as stored.
-std::vector<runtime::ComponentWeights> component_weights(const std::string& model, int dtype_size) {
+// Bytes each component takes on the device at `dtype_size`; quantized ones stay as stored, and with
+// --quantize nf4 the transformer's and T5's Linear weights count as NF4.
+std::vector<runtime::ComponentWeights> component_weights(const std::string& model, int dtype_size, bool nf4) {
   std::vector<runtime::ComponentWeights> out;
   for (const runtime::ComponentSummary& c : runtime::summarize_model(model).components) {
-    const bool quantized = !c.quantization.empty() && c.quantization != "none";
-    out.push_back({c.name, quantized ? static_cast<int64_t>(c.bytes) : c.parameters * dtype_size});
+    out.push_back({c.name, runtime::loaded_bytes(c, dtype_size, nf4)});
   }
   return out;
 }
@@ -57,10 +57,11 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-std::string text_report(const std::string& job, const std::string& model, const std::string& dtype, bool offload,
-                        const runtime::Plan& plan) {
+std::string text_report(const std::string& job, const std::string& model, const std::string& dtype,
+                        const std::string& quantize, bool offload, const runtime::Plan& plan) {
   using runtime::format_bytes;
-  std::string out = "job: " + job + "\nmodel: " + model + "\ndtype " + dtype + (offload ? ", offload" : "") +
+  std::string out = "job: " + job + "\nmodel: " + model + "\ndtype " + dtype + (quantize == "none" ? "" : ", quantize " + quantize) +
+                    (offload ? ", offload" : "") +
                     ", budget " + format_bytes(plan.budget_bytes) +
                     " (activation estimates are uncalibrated first guesses)\n";
   for (const runtime::GroupPlan& g : plan.groups) {
@@ -81,10 +82,10 @@ std::string text_report(const std::string& job, const std::string& model, const 
   return out;
 }
 
-std::string json_report(const std::string& job, const std::string& model, const std::string& dtype, bool offload,
-                        const runtime::Plan& plan) {
+std::string json_report(const std::string& job, const std::string& model, const std::string& dtype,
+                        const std::string& quantize, bool offload, const runtime::Plan& plan) {
   std::string out = "{\"job\": " + json_string(job) + ", \"model\": " + json_string(model) +
-                    ", \"dtype\": " + json_string(dtype) + ", \"offload\": " + (offload ? "true" : "false") +
+                    ", \"dtype\": " + json_string(dtype) + ", \"quantize\": " + json_string(quantize) + ", \"offload\": " + (offload ? "true" : "false") +
                     ", \"calibrated\": false, \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
                     ", \"peak_bytes\": " + std::to_string(plan.peak_bytes) +
                     ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"groups\": [";
@@ -121,6 +122,7 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
       ->type_name("SIZE")
       ->required();
   cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default bf16)")->type_name("T");
+  add_quantize_option(*cmd, command.quantize);
   cmd->add_flag("--offload", command.offload, "Keep only the running stage's components on the device");
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
@@ -142,11 +144,12 @@ void run_plan(const PlanCommand& command) {
   const int64_t budget = runtime::parse_byte_size(command.budget);
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
   const runtime::MemoryModel memory =
-      runtime::flux_memory_model(component_weights(model, dtype_size), dtype_size, command.offload);
+      runtime::flux_memory_model(component_weights(model, dtype_size, command.quantize == "nf4"), dtype_size,
+                                 command.offload);
   const runtime::Plan plan = runtime::plan_batches(memory, resolution_groups(spec), budget, command.max_batch);
   const std::string dtype = runtime::dtype_name(runtime::parse_dtype(command.dtype));
-  const std::string report = command.json ? json_report(spec.path, model, dtype, command.offload, plan)
-                                          : text_report(spec.path, model, dtype, command.offload, plan);
+  const std::string report = command.json ? json_report(spec.path, model, dtype, command.quantize, command.offload, plan)
+                                          : text_report(spec.path, model, dtype, command.quantize, command.offload, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }
 

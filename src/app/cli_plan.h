@@ -14,6 +14,7 @@ struct PlanCommand {
   std::string model;        // empty: the job's "model"
   std::string dtype = "bf16";
   std::string budget;       // --vram-budget SIZE; required (a CUDA probe is not wired in yet)
+  std::string quantize = "none";  // --quantize none|nf4, as render
   bool offload = false;
   int max_batch = 64;
   bool json = false;

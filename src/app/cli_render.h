@@ -16,6 +16,7 @@ struct RenderCommand {
   std::string device;  // empty: cuda if available, else cpu
   std::string dtype;   // empty: bf16 on cuda, fp32 on cpu
   std::string batch = "auto";
+  std::string quantize = "none";  // --quantize none|nf4
   std::string vram_budget;  // empty: no cap; else bytes the generator may allocate (see memory_budget.h)
   bool overwrite = false;
   bool dry_run = false;

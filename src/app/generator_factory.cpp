@@ -9,6 +9,7 @@ std::unique_ptr<runtime::ImageGenerator> make_generator(const GeneratorConfig& c
   runtime::GeneratorOptions options;
   options.device = config.device;
   options.dtype = config.dtype;
+  options.quantize_nf4 = config.quantize_nf4;
   return runtime::make_flux_generator(config.model_path, options);
 }
 

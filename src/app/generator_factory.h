@@ -14,6 +14,7 @@ struct GeneratorConfig {
   std::string model_path;  // diffusers folder (or file) given by --model or the job's "model"
   c10::Device device = c10::Device(c10::kCPU);
   c10::ScalarType dtype = c10::kFloat;
+  bool quantize_nf4 = false;  // --quantize nf4
 };
 
 // Loads the model. ModelError / DeviceError on failure (exit 3).
