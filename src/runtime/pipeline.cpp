@@ -99,8 +99,6 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
                                                       bool quantize_nf4) {
   const bool nf4_file = model.transformer.quantization == "bnb-nf4";
   if (nf4_file || quantize_nf4) {
-    FLUXBATCH_CHECK(!nf4_file || model.transformer.dialect == models::KeyDialect::kDiffusers, ModelError,
-                    describe(model.transformer) + ": NF4 transformers are read from diffusers folders only for now");
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
     // before anything touches it, so neither host nor device ever holds the dense model. (Meta
     // tensors cannot be set_data'd to real ones.) The rest moves to the device on load.
