@@ -16,6 +16,7 @@ struct PlanCommand {
   std::string device;       // empty: cuda if available, else cpu (as render)
   std::string dtype;        // empty: bf16 on cuda, fp32 on cpu (as render)
   MemoryOptions memory;     // --vram-budget, --vram-reserve
+  std::string quantize = "none";  // --quantize none|nf4, as render
   bool offload = false;
   int max_batch = 64;
   bool json = false;

@@ -18,6 +18,7 @@ struct RenderCommand {
   std::string dtype;   // empty: bf16 on cuda, fp32 on cpu
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
+  std::string quantize = "none";  // --quantize none|nf4
   bool overwrite = false;
   bool dry_run = false;
   JobOptions job;

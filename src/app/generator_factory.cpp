@@ -9,6 +9,7 @@ std::unique_ptr<runtime::FluxGenerator> make_generator(const GeneratorConfig& co
   options.dtype = config.dtype;
   options.on_stage = config.on_stage;
   options.memory_note = config.memory_note;
+  options.quantize_nf4 = config.quantize_nf4;
   return std::make_unique<runtime::FluxGenerator>(config.model_path, options);
 }
 

@@ -19,6 +19,7 @@ struct GeneratorConfig {
   // Memory accounting hooks (RenderMemory::attach); see runtime::GeneratorOptions.
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
+  bool quantize_nf4 = false;  // --quantize nf4
 };
 
 // Loads the model. ModelError / DeviceError on failure (exit 3).

@@ -9,6 +9,7 @@
 #include "cli_inspect.h"
 #include "cli_plan.h"
 #include "cli_probe.h"
+#include "cli_quantize.h"
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
@@ -28,6 +29,7 @@ constexpr const char* kFooter =
     "  fluxbatch inspect models/FLUX.1-dev           what a model folder or file holds\n"
     "  fluxbatch plan jobs/night.json --model models/FLUX.1-dev --vram-budget 22G\n"
     "  fluxbatch probe                               memory of every CUDA device\n"
+    "  fluxbatch quantize models/FLUX.1-dev models/FLUX.1-dev-nf4   bitsandbytes NF4 copy\n"
     "  fluxbatch render --help                       all render options\n";
 
 int report(const char* kind, const std::exception& e, int code) {
@@ -78,6 +80,8 @@ int main(int argc, char** argv) {
   CLI::App* plan_cmd = app::add_plan_command(cli, plan);
   app::ProbeCommand probe;
   CLI::App* probe_cmd = app::add_probe_command(cli, probe);
+  app::QuantizeCommand quantize;
+  CLI::App* quantize_cmd = app::add_quantize_command(cli, quantize);
 
   try {
     cli.parse(argc, argv);
@@ -107,6 +111,10 @@ int main(int argc, char** argv) {
     }
     if (probe_cmd->parsed()) {
       app::run_probe(probe);
+      return app::kExitOk;
+    }
+    if (quantize_cmd->parsed()) {
+      app::run_quantize(quantize);
       return app::kExitOk;
     }
     return app::kExitInvalidInput;

@@ -27,7 +27,9 @@ class RenderMemory {
  public:
   // Resolves the budget, caps the CUDA allocator at it (CPU: installs the counting allocator,
   // enforcing only a --vram-budget), and starts the monitor in stage "load". Call before loading.
-  RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype, std::string model_path);
+  // `quantization`: "" or "nf4" (--quantize), part of the calibration key.
+  RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype, std::string model_path,
+               std::string quantization = "");
   ~RenderMemory();
 
   // The generator's stage marks and per-batch note.
@@ -57,6 +59,7 @@ class RenderMemory {
   c10::Device device_;
   c10::ScalarType dtype_;
   std::string model_path_;
+  std::string quantization_;
   Budget budget_;
   std::shared_ptr<runtime::CpuMemoryBudget> cpu_;
   std::unique_ptr<runtime::MemoryMonitor> monitor_;

@@ -52,6 +52,8 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.dtype = options.dtype.value_or(options.device.is_cuda() ? c10::kBFloat16 : c10::kFloat);
   out.offload = options.offload;
   out.keep_text_encoders = options.keep_text_encoders;
+  out.quantize_nf4 = options.quantize_nf4;
+  out.quantize_t5_nf4 = options.quantize_nf4;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }

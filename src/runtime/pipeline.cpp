@@ -136,12 +136,18 @@ models::clip::ClipTextModel load_clip(const ModelFiles& model, const at::TensorO
   return clip;
 }
 
-models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options) {
+models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options, bool quantize_nf4) {
   refuse_quantized(model.text_encoder_2);
   nn::TensorMap weights = read_component(model.text_encoder_2);
   models::t5::canonicalize_t5_checkpoint(weights);
-  models::t5::T5EncoderModel t5(text_encoder_2_config(model), options);
-  nn::load_state(*t5, weights, load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes()));
+  const nn::LoadOptions load = load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes());
+  // Quantizing: built on the CPU like the NF4 transformer (dense Linear pages never touched).
+  models::t5::T5EncoderModel t5(text_encoder_2_config(model), quantize_nf4 ? options.device(at::kCPU) : options);
+  if (quantize_nf4) {
+    models::t5::load_t5_quantizing_nf4(*t5, weights, load);
+  } else {
+    nn::load_state(*t5, weights, load);
+  }
   // transformers keeps T5's feed-forward output projections in fp32 when loading fp16.
   if (options.dtype() == at::kHalf) t5->keep_wo_in_float32();
   return t5;
@@ -197,7 +203,7 @@ struct FluxPipeline::State {
     if (clip && t5) return;
     const auto start = Clock::now();
     clip = load_clip(files, home_options());
-    t5 = load_t5(files, home_options());
+    t5 = load_t5(files, home_options(), options.quantize_t5_nf4);
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
   }

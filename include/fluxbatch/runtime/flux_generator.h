@@ -22,6 +22,7 @@ struct GeneratorOptions {
   std::optional<c10::ScalarType> dtype;  // default: bf16 on CUDA, fp32 on the CPU
   bool offload = false;                  // see PipelineOptions::offload
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
+  bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;

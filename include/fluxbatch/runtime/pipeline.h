@@ -47,6 +47,9 @@ struct PipelineOptions {
   // load_in_4bit nf4, without double quantization), tensor by tensor. A checkpoint that already is
   // bitsandbytes NF4 is used as it is, with or without this flag.
   bool quantize_nf4 = false;
+  // The same for T5's Linear weights except the feed-forward `wo` (transformers' bnb quantizer keeps
+  // them: models::t5::t5_linear_is_quantized). Separate so a transformer-only comparison stays possible.
+  bool quantize_t5_nf4 = false;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.
