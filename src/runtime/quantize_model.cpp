@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -360,7 +359,12 @@ QuantizeReport quantize_model(const std::string& in, const std::string& out, con
     fs::create_directory(tmp / "transformer");
     const std::string config = bnb_nf4_config_json(read_text(model.transformer.config_path),
                                                    (fs::path(in) / "transformer").string(), options.double_quant);
-    std::ofstream(tmp / "transformer" / "config.json", std::ios::binary) << config;
+    {
+      std::ofstream file(tmp / "transformer" / "config.json", std::ios::binary);
+      file << config;
+      file.flush();
+      FLUXBATCH_CHECK(file.good(), OutputError, (tmp / "transformer" / "config.json").string() + ": write failed");
+    }
     for (const auto& f : weight_files(model.transformer)) report.transformer_bytes_in += fs::file_size(f);
     const nn::TensorMap weights = read_component(model.transformer, /*rename=*/false);
     for (const auto& [name, t] : weights) {

@@ -1,6 +1,7 @@
 // fluxbatch quantize (runtime::quantize_model): the bitsandbytes serialization, byte for byte against
 // the NF4 folders scripts/make_nf4_models.py made with bitsandbytes' own functions, and the folder rules.
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/quantize_model.h"
 #include "test_support.h"
 
@@ -8,7 +9,10 @@
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <ATen/ATen.h>
 #include <sys/stat.h>
+
+#include <cmath>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -143,4 +147,54 @@ TEST_CASE("quantize refuses single files and quantized transformers, leaving not
   CHECK_THROWS_WITH(runtime::quantize_model(nf4.string(), (dir / "out").string(), {}),
                     ContainsSubstring("already quantized (bnb-nf4)"));
   CHECK(entries_in(dir.path()) == 0);
+}
+
+TEST_CASE("quantize (CUDA rounding) writes the files diffusers' save_pretrained wrote on an H100", "[quantize]") {
+  // tests/data/nf4/diffusers-gpu: models/tiny-flux-dev's transformer loaded with BitsAndBytesConfig(load_in_4bit,
+  // nf4, compute bf16[, double quant]) on a GPU and saved by diffusers (scripts/make_nf4_gpu_fixtures.py).
+  const bool dq = GENERATE(false, true);
+  const fs::path reference = fs::path(FLUXBATCH_TEST_DATA) / "nf4" / "diffusers-gpu" / (dq ? "nf4-dq" : "nf4");
+  const fs::path want_file = test::require_generated(reference / "transformer/diffusion_pytorch_model.safetensors");
+  const fs::path in = test::require_generated(kModels / "tiny-flux-dev");
+  INFO(reference);
+  test::TempDir dir;
+  runtime::QuantizeOptions options;
+  options.double_quant = dq;  // like = kCuda, the default
+  if (at::hasCUDA()) options.device = c10::Device(c10::kCUDA, 0);
+  runtime::quantize_model(in.string(), (dir / "out").string(), options);
+  const fs::path got_file = dir / "out/transformer/diffusion_pytorch_model.safetensors";
+  CHECK(runtime::bnb_nf4_config_json(test::read_file(in / "transformer/config.json"),
+                                     "models/tiny-flux-dev/transformer", dq) ==
+        test::read_file(reference / "transformer/config.json"));
+  if (!dq || at::hasCUDA()) {
+    CHECK(test::read_file(got_file) == test::read_file(want_file));  // every byte, header included
+    return;
+  }
+  // Double quantization on the CPU: bnb's offset is absmax.mean() on the GPU, whose summation order
+  // can round the last bit differently. Everything else is identical; the offsets are within an ulp.
+  const nn::TensorMap got = nn::read_safetensors({got_file.string()});
+  const nn::TensorMap want = nn::read_safetensors({want_file.string()});
+  REQUIRE(got.size() == want.size());
+  int offsets_off_by_an_ulp = 0;
+  for (const auto& [key, t] : want) {
+    INFO(key);
+    REQUIRE(got.count(key) == 1);
+    const at::Tensor& g = got.at(key);
+    if (g.sizes() == t.sizes() && at::equal(g, t)) continue;
+    const std::string state = ".quant_state.bitsandbytes__nf4";
+    if (key.size() > state.size() && key.compare(key.size() - state.size(), state.size(), state) == 0) {
+      const auto text = [](const at::Tensor& b) { return std::string(static_cast<const char*>(b.data_ptr()), b.numel()); };
+      const auto gj = nlohmann::json::parse(text(g)), wj = nlohmann::json::parse(text(t));
+      const float go = gj["nested_offset"].get<float>(), wo = wj["nested_offset"].get<float>();
+      CHECK((std::nextafter(go, wo) == wo));
+      CHECK(gj.size() == wj.size());
+      ++offsets_off_by_an_ulp;
+      continue;
+    }
+    // nested_absmax = max |absmax - offset| per block moves with the offset, by an ulp at most.
+    REQUIRE(key.find(".nested_absmax") != std::string::npos);
+    CHECK(at::allclose(g, t, 1e-6, 0.0));
+  }
+  INFO(offsets_off_by_an_ulp << " offsets differ");
+  CHECK(offsets_off_by_an_ulp <= 8);
 }
