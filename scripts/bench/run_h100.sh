@@ -32,12 +32,20 @@ if ! skip tests; then
     python3 scripts/make_tiny_models.py --out models > "$OUTDIR/tiny.log" 2>&1 && \
     python3 scripts/dump_reference.py --models models --out tests/golden >> "$OUTDIR/tiny.log" 2>&1 || tail -20 "$OUTDIR/tiny.log"
   fi
-  ./build-gpu/fluxbatch_base_tests > "$OUTDIR/base_tests.log" 2>&1; tail -3 "$OUTDIR/base_tests.log"
-  ./build-gpu/fluxbatch_tests > "$OUTDIR/torch_tests.log" 2>&1; tail -3 "$OUTDIR/torch_tests.log"
-  ./build-gpu/fluxbatch_cli_tests > "$OUTDIR/cli_tests.log" 2>&1; tail -3 "$OUTDIR/cli_tests.log"
+  if ! skip cputests; then
+    ./build-gpu/fluxbatch_base_tests > "$OUTDIR/base_tests.log" 2>&1; tail -3 "$OUTDIR/base_tests.log"
+    ./build-gpu/fluxbatch_tests > "$OUTDIR/torch_tests.log" 2>&1; tail -3 "$OUTDIR/torch_tests.log"
+    ./build-gpu/fluxbatch_cli_tests > "$OUTDIR/cli_tests.log" 2>&1; tail -3 "$OUTDIR/cli_tests.log"
+  fi
   echo "--- CUDA tests (incl. hidden [.][cuda])"
   ./build-gpu/fluxbatch_tests "[cuda]" -s > "$OUTDIR/cuda_tests.log" 2>&1; grep -E "FAILED|SKIPPED|passed|failed" "$OUTDIR/cuda_tests.log" | tail -8
   ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
+fi
+
+if ! skip fixtures; then
+  step "NF4 fixtures only a GPU makes (bitsandbytes CUDA, diffusers BitsAndBytesConfig)"
+  rm -rf /tmp/gpufix && python3 scripts/make_nf4_gpu_fixtures.py --models models --out /tmp/gpufix 2>&1 | tail -5 \
+    && tar -C /tmp/gpufix -cf "$OUTDIR/gpu_fixtures.tar" . && echo "fixtures in gpu_fixtures.tar"
 fi
 
 if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
@@ -51,9 +59,17 @@ if ! skip diffusers; then
     --png "$OUTDIR/diffusers_1024.png" --json "$OUTDIR/diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]"
 fi
 
+if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
+  step "diffusers-made NF4 copy of the random transformer"
+  python3 scripts/bench/make_random_flux_nf4.py --model "$MODEL" --out "$MODEL-nf4" 2>&1 | grep -v Writing
+  for c in scheduler text_encoder text_encoder_2 tokenizer tokenizer_2 vae model_index.json; do
+    ln -sfn "$MODEL/$c" "$MODEL-nf4/$c"; done
+fi
+
 if ! skip forward; then
-  step "fluxbatch transformer forward vs diffusers"
-  ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10
+  step "fluxbatch transformer forward vs diffusers (bf16, then NF4 in the same run)"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10 "$MODEL-nf4"
 fi
 
 if ! skip render; then

@@ -70,6 +70,16 @@ void add_job_options(CLI::App& command, JobOptions& o) {
                    ->type_name("TEMPLATE");
 }
 
+void add_quantize_option(CLI::App& command, std::string& quantize) {
+  command
+      .add_option("--quantize", quantize,
+                  "nf4: quantize the transformer and T5 (all Linears but T5's wo) to bitsandbytes NF4 while "
+                  "loading, tensor by tensor, as diffusers/transformers BitsAndBytesConfig(load_in_4bit, nf4) do; "
+                  "an NF4 checkpoint is used as stored either way (default none)")
+      ->check(CLI::IsMember({"none", "nf4"}))
+      ->type_name("none|nf4");
+}
+
 job::LoadOptions to_load_options(const JobOptions& o) {
   job::LoadOptions load;
   job::ParamOverrides& d = load.cli_defaults;

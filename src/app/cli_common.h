@@ -31,4 +31,7 @@ void add_job_options(CLI::App& command, JobOptions& options);
 // The LoadOptions for job::load_job; InputError for a malformed --seed.
 job::LoadOptions to_load_options(const JobOptions& options);
 
+// --quantize {none,nf4}: quantize the transformer and T5 to bitsandbytes NF4 while loading.
+void add_quantize_option(CLI::App& command, std::string& quantize);
+
 }  // namespace fluxbatch::app

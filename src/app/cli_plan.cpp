@@ -9,29 +9,18 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/inspect.h"
 #include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_planner.h"
 
 namespace fluxbatch::app {
 namespace {
 
-std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec) {
-  std::map<std::tuple<int, int, int>, size_t> index;
-  std::vector<runtime::ResolutionGroup> groups;
-  for (const job::RenderItem& item : spec.items) {
-    const auto key = std::make_tuple(item.params.width, item.params.height, item.params.max_sequence_length);
-    const auto [it, added] = index.emplace(key, groups.size());
-    if (added) groups.push_back({item.params.width, item.params.height, item.params.max_sequence_length, 0});
-    ++groups[it->second].images;
-  }
-  return groups;
-}
-
-// Bytes each component takes on the device at `dtype_size`; quantized ones stay as stored.
-std::vector<runtime::ComponentWeights> component_weights(const std::string& model, int dtype_size) {
+// Bytes each component takes on the device at `dtype_size`; quantized ones stay as stored, and with
+// --quantize nf4 the transformer's and T5's Linear weights count as NF4.
+std::vector<runtime::ComponentWeights> component_weights(const std::string& model, int dtype_size, bool nf4) {
   std::vector<runtime::ComponentWeights> out;
   for (const runtime::ComponentSummary& c : runtime::summarize_model(model).components) {
-    const bool quantized = !c.quantization.empty() && c.quantization != "none";
-    out.push_back({c.name, quantized ? static_cast<int64_t>(c.bytes) : c.parameters * dtype_size});
+    out.push_back({c.name, runtime::loaded_bytes(c, dtype_size, nf4)});
   }
   return out;
 }
@@ -57,17 +46,30 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-std::string text_report(const std::string& job, const std::string& model, const std::string& dtype, bool offload,
-                        const runtime::Plan& plan) {
+struct ReportHeader {
+  std::string job, model, device, dtype, quantize, budget_how, cache;
+  bool offload = false;
+};
+
+bool all_calibrated(const runtime::Plan& plan) {
+  for (const runtime::GroupPlan& g : plan.groups) {
+    if (!g.calibrated) return false;
+  }
+  return !plan.groups.empty();
+}
+
+std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
   using runtime::format_bytes;
-  std::string out = "job: " + job + "\nmodel: " + model + "\ndtype " + dtype + (offload ? ", offload" : "") +
-                    ", budget " + format_bytes(plan.budget_bytes) +
-                    " (activation estimates are uncalibrated first guesses)\n";
+  std::string out = "job: " + h.job + "\nmodel: " + h.model + "\ndevice " + h.device + ", dtype " + h.dtype +
+                    (h.quantize == "none" ? "" : ", quantize " + h.quantize) + (h.offload ? ", offload" : "") + ", budget " + h.budget_how + "\n";
+  out += all_calibrated(plan) ? "activations: calibrated (" + h.cache + ")\n"
+                              : "activations: built-in first guesses where marked uncalibrated (no calibration in " +
+                                    h.cache + "; render --batch auto measures and stores one)\n";
   for (const runtime::GroupPlan& g : plan.groups) {
     out += "\n" + std::to_string(g.group.width) + "x" + std::to_string(g.group.height) + ", sequence " +
            std::to_string(g.group.max_sequence_length) + ": " + std::to_string(g.group.images) +
            " image(s), batch " + std::to_string(g.batch_size) + ", predicted peak " + format_bytes(g.peak_bytes) +
-           " (" + g.limiting_stage + ")" + (g.fits ? "" : "  DOES NOT FIT even at batch 1") + "\n";
+           " (" + g.limiting_stage + ")" + (g.calibrated ? ", calibrated" : ", uncalibrated") + (g.fits ? "" : "  DOES NOT FIT even at batch 1") + "\n";
     for (const runtime::StagePlan& s : g.stages) {
       char line[256];
       std::snprintf(line, sizeof line, "  %-8s weights %10s + activations %10s = %10s   resident: ", s.name.c_str(),
@@ -81,11 +83,14 @@ std::string text_report(const std::string& job, const std::string& model, const 
   return out;
 }
 
-std::string json_report(const std::string& job, const std::string& model, const std::string& dtype, bool offload,
-                        const runtime::Plan& plan) {
-  std::string out = "{\"job\": " + json_string(job) + ", \"model\": " + json_string(model) +
-                    ", \"dtype\": " + json_string(dtype) + ", \"offload\": " + (offload ? "true" : "false") +
-                    ", \"calibrated\": false, \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
+std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
+  std::string out = "{\"job\": " + json_string(h.job) + ", \"model\": " + json_string(h.model) +
+                    ", \"device\": " + json_string(h.device) + ", \"dtype\": " + json_string(h.dtype) +
+                    ", \"quantize\": " + json_string(h.quantize) +
+                    ", \"offload\": " + (h.offload ? "true" : "false") + ", \"calibrated\": " +
+                    (all_calibrated(plan) ? "true" : "false") + ", \"calibration_cache\": " + json_string(h.cache) +
+                    ", \"budget\": " + json_string(h.budget_how) +
+                    ", \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
                     ", \"peak_bytes\": " + std::to_string(plan.peak_bytes) +
                     ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"groups\": [";
   for (size_t i = 0; i < plan.groups.size(); ++i) {
@@ -95,7 +100,8 @@ std::string json_report(const std::string& job, const std::string& model, const 
            ", \"max_sequence_length\": " + std::to_string(g.group.max_sequence_length) +
            ", \"images\": " + std::to_string(g.group.images) + ", \"batch_size\": " + std::to_string(g.batch_size) +
            ", \"peak_bytes\": " + std::to_string(g.peak_bytes) + ", \"limiting_stage\": " +
-           json_string(g.limiting_stage) + ", \"fits\": " + (g.fits ? "true" : "false") + ", \"stages\": [";
+           json_string(g.limiting_stage) + ", \"calibrated\": " + (g.calibrated ? "true" : "false") +
+           ", \"fits\": " + (g.fits ? "true" : "false") + ", \"stages\": [";
     for (size_t j = 0; j < g.stages.size(); ++j) {
       const runtime::StagePlan& s = g.stages[j];
       out += std::string(j ? ", " : "") + "{\"name\": " + json_string(s.name) + ", \"resident\": [";
@@ -117,17 +123,21 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_option("JOB", command.file, "Job file (.json) or prompt list (.txt, one prompt per line)")->required();
   cmd->add_option("-m,--model", command.model, "FLUX.1 model (overrides the job's \"model\"); only headers are read")
       ->type_name("PATH");
-  cmd->add_option("--vram-budget", command.budget, "Bytes the run may use on the device, e.g. 24G, 7.5GiB")
-      ->type_name("SIZE")
-      ->required();
-  cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default bf16)")->type_name("T");
+  add_memory_options(*cmd, command.memory, /*monitor=*/false);
+  cmd->add_option("--device", command.device, "cuda, cuda:N or cpu (default: cuda if available, else cpu)")
+      ->type_name("DEV");
+  cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
+      ->type_name("T");
+  add_quantize_option(*cmd, command.quantize);
   cmd->add_flag("--offload", command.offload, "Keep only the running stage's components on the device");
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
   add_job_options(*cmd, command.job);
   cmd->footer(
-      "Only file headers are read. Activation sizes are first guesses (ComfyUI's estimates); the\n"
-      "render's out-of-memory halving is the backstop.\n"
+      "Only file headers are read. Activation sizes come from the calibration cache (written by\n"
+      "render --batch auto on this GPU model, model and size), else from built-in first guesses\n"
+      "(ComfyUI's estimates); the render's out-of-memory halving is the backstop. Without\n"
+      "--vram-budget the budget is what the device has free minus --vram-reserve.\n"
       "Examples:\n"
       "  fluxbatch plan jobs/night.json --model /models/FLUX.1-dev --vram-budget 22G\n"
       "  fluxbatch plan prompts.txt --model /models/FLUX.1-dev --vram-budget 7.5G --offload --json\n");
@@ -138,15 +148,23 @@ void run_plan(const PlanCommand& command) {
   const job::JobSpec spec = job::load_job(command.file, to_load_options(command.job));
   const std::string model = command.model.empty() ? spec.model.value_or("") : command.model;
   if (model.empty()) throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
-  const int dtype_size = c10::elementSize(runtime::parse_dtype(command.dtype));
-  const int64_t budget = runtime::parse_byte_size(command.budget);
+  const c10::Device device = runtime::parse_device(
+      command.device.empty() ? (runtime::cuda_available() ? "cuda" : "cpu") : command.device);
+  const c10::ScalarType dtype =
+      runtime::parse_dtype(command.dtype.empty() ? (device.is_cuda() ? "bf16" : "fp32") : command.dtype);
+  const int dtype_size = static_cast<int>(c10::elementSize(dtype));
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
-  const runtime::MemoryModel memory =
-      runtime::flux_memory_model(component_weights(model, dtype_size), dtype_size, command.offload);
-  const runtime::Plan plan = runtime::plan_batches(memory, resolution_groups(spec), budget, command.max_batch);
-  const std::string dtype = runtime::dtype_name(runtime::parse_dtype(command.dtype));
-  const std::string report = command.json ? json_report(spec.path, model, dtype, command.offload, plan)
-                                          : text_report(spec.path, model, dtype, command.offload, plan);
+  const Budget budget = resolve_budget(device, command.memory);
+  const runtime::MemoryModel base =
+      runtime::flux_memory_model(component_weights(model, dtype_size, command.quantize == "nf4"), dtype_size, command.offload);
+  const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
+  const runtime::CalibrationCache cache(runtime::default_calibration_path());
+  const std::vector<runtime::MemoryModel> models = models_for_groups(
+      base, groups, cache, runtime::device_identity(device), runtime::model_identity(model, dtype, command.quantize == "nf4" ? "nf4" : ""));
+  const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
+  const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
+                            command.offload};
+  const std::string report = command.json ? json_report(header, plan) : text_report(header, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }
 

@@ -6,14 +6,17 @@
 #include <string>
 
 #include "cli_common.h"
+#include "memory_options.h"
 
 namespace fluxbatch::app {
 
 struct PlanCommand {
   std::string file;
   std::string model;        // empty: the job's "model"
-  std::string dtype = "bf16";
-  std::string budget;       // --vram-budget SIZE; required (a CUDA probe is not wired in yet)
+  std::string device;       // empty: cuda if available, else cpu (as render)
+  std::string dtype;        // empty: bf16 on cuda, fp32 on cpu (as render)
+  MemoryOptions memory;     // --vram-budget, --vram-reserve
+  std::string quantize = "none";  // --quantize none|nf4, as render
   bool offload = false;
   int max_batch = 64;
   bool json = false;

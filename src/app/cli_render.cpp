@@ -13,6 +13,7 @@
 #include "generator_factory.h"
 #include "interrupt.h"
 #include "plan_report.h"
+#include "render_memory.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -26,6 +27,8 @@ constexpr const char* kFooter =
     "  fluxbatch render jobs/night.json --dry-run\n"
     "      show what would be rendered or skipped; loads no model and writes nothing\n"
     "  fluxbatch render jobs/night.json --model models/FLUX.1-dev --device cuda:1 --dtype fp16 --batch 4\n"
+    "  fluxbatch render jobs/night.json --model models/FLUX.1-dev --quantize nf4\n"
+    "      transformer and T5 in NF4 (about 3.6x smaller than bf16), quantized while loading\n"
     "\n"
     "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
     "records it with the same prompt, seed, size, steps, guidance, max_sequence_length and model.\n"
@@ -35,8 +38,11 @@ constexpr const char* kFooter =
     "Each PNG carries a \"parameters\" text chunk in the A1111/Forge format and a \"fluxbatch\" chunk\n"
     "with the item as JSON.\n";
 
-int parse_batch(const std::string& text, const GeneratorConfig& config) {
-  if (text == "auto") return auto_batch_size(config);
+constexpr int kAutoBatch = 0;  // parse_batch's answer for "auto"
+constexpr int kMaxAutoBatch = 64;
+
+int parse_batch(const std::string& text) {
+  if (text == "auto") return kAutoBatch;
   const bool digits = !text.empty() && text.size() <= 6 && text.find_first_not_of("0123456789") == std::string::npos;
   const int n = digits ? std::stoi(text) : 0;
   if (n < 1) throw InputError("--batch: expected auto or a positive integer, got '" + text + "'");
@@ -50,6 +56,7 @@ GeneratorConfig resolve_config(const RenderCommand& command, const std::string& 
                                                                : command.device);
   config.dtype = runtime::parse_dtype(command.dtype.empty() ? (config.device.is_cuda() ? "bf16" : "fp32")
                                                             : command.dtype);
+  config.quantize_nf4 = command.quantize == "nf4";
   return config;
 }
 
@@ -93,9 +100,13 @@ void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const
   std::error_code ec;
   if (!config.model_path.empty() && !std::filesystem::exists(config.model_path, ec)) model += " (does not exist)";
   // The model is not loaded, so its description (recorded in the manifest) is not compared here.
-  const runtime::JobPlan plan = runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch);
-  std::printf("model: %s\ndevice: %s, dtype %s, batch %d\n%s", model.c_str(), config.device.str().c_str(),
-              runtime::dtype_name(config.dtype).c_str(), batch,
+  // --batch auto is decided after loading (calibration); `fluxbatch plan` shows its prediction.
+  const runtime::JobPlan plan =
+      runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch == kAutoBatch ? 1 : batch);
+  const std::string batch_text = batch == kAutoBatch ? "auto (chosen per size after loading; see fluxbatch plan)"
+                                                     : std::to_string(batch);
+  std::printf("model: %s\ndevice: %s, dtype %s%s, batch %s\n%s", model.c_str(), config.device.str().c_str(),
+              runtime::dtype_name(config.dtype).c_str(), config.quantize_nf4 ? ", quantize nf4" : "", batch_text.c_str(),
               format_plan(spec, spec.output_dir, plan).c_str());
   std::fflush(stdout);
 }
@@ -122,10 +133,12 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
       ->type_name("DEV");
   sub->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
       ->type_name("T");
-  sub->add_option("--batch", command.batch, "Images per model call: auto or N (default auto)")->type_name("auto|N");
-  sub->add_option("--vram-budget", command.vram_budget,
-                  "Cap the bytes the model may allocate, e.g. 6G; a batch that does not fit is halved and retried")
-      ->type_name("SIZE");
+  sub->add_option("--batch", command.batch,
+                  "Images per model call: auto (the memory plan's batch per size, calibrated on first use) or N "
+                  "(default auto)")
+      ->type_name("auto|N");
+  add_quantize_option(*sub, command.quantize);
+  add_memory_options(*sub, command.memory, /*monitor=*/true);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
   add_job_options(*sub, command.job);
@@ -136,9 +149,10 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
 std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   const job::JobSpec spec = load_job_for_model(command);
   const std::string model = model_for(command, spec);
-  const GeneratorConfig config = resolve_config(command, model);
-  const int batch = parse_batch(command.batch, config);
-  const int64_t budget = command.vram_budget.empty() ? 0 : runtime::parse_byte_size(command.vram_budget);
+  GeneratorConfig config = resolve_config(command, model);
+  const int batch = parse_batch(command.batch);
+  if (!command.memory.budget.empty()) runtime::parse_byte_size(command.memory.budget, "--vram-budget");
+  runtime::parse_byte_size(command.memory.reserve, "--vram-reserve");
   if (command.dry_run) {
     print_dry_run(command, spec, config, batch);
     return std::nullopt;
@@ -147,21 +161,32 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
     throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   }
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
-            model + ", " + config.device.str() + ", " + runtime::dtype_name(config.dtype) + ", batch " +
-            std::to_string(batch) + ")");
-  // Installed before the model loads, so the weights count against the budget too.
-  std::shared_ptr<runtime::CpuMemoryBudget> cpu_budget;
-  if (budget > 0 && config.device.is_cpu()) cpu_budget = std::make_shared<runtime::CpuMemoryBudget>(budget);
-  if (budget > 0 && config.device.is_cuda()) runtime::cap_cuda_memory(config.device.index(), budget);
-  std::unique_ptr<runtime::ImageGenerator> generator = make_generator(config);
-  if (cpu_budget) generator = std::make_unique<runtime::BudgetedGenerator>(std::move(generator), cpu_budget);
+            model + ", " + config.device.str() + ", " + runtime::dtype_name(config.dtype) +
+            (config.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
+            (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
+  // Before the model loads: the budget is enforced and the weights are counted and monitored.
+  RenderMemory memory(command.memory, config.device, config.dtype, model, config.quantize_nf4 ? "nf4" : "");
+  memory.attach(config);
+  std::unique_ptr<runtime::FluxGenerator> flux = make_generator(config);
+  runtime::FluxGenerator& loaded = *flux;
+  // The images this run renders (not those finished earlier) decide what to calibrate and plan.
+  const runtime::JobPlan todo =
+      runtime::plan_job(spec, spec.output_dir, loaded.model_description(), command.overwrite, 1);
+  std::vector<const job::RenderItem*> items;
+  for (const runtime::PlannedItem& p : todo.items) {
+    if (p.state == runtime::ItemState::kRender) items.push_back(p.item);
+  }
+  memory.plan(loaded.pipeline(), items, batch == kAutoBatch, batch == kAutoBatch ? kMaxAutoBatch : batch);
+  std::unique_ptr<runtime::ImageGenerator> generator = memory.wrap(std::move(flux));
   InterruptGuard interrupt;
   runtime::RunnerOptions options;
   options.overwrite = command.overwrite;
-  options.batch_size = batch;
+  options.batch_size = batch == kAutoBatch ? memory.largest_batch() : batch;
+  if (batch == kAutoBatch) options.batch_for = memory.batch_for();
   options.stop = &interrupt.stop_flag();
   const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, options, *generator);
   log_summary(summary);
+  memory.finish(summary, spec.output_dir);
   return summary;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli_common.h"
+#include "memory_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
 namespace fluxbatch::app {
@@ -16,7 +17,8 @@ struct RenderCommand {
   std::string device;  // empty: cuda if available, else cpu
   std::string dtype;   // empty: bf16 on cuda, fp32 on cpu
   std::string batch = "auto";
-  std::string vram_budget;  // empty: no cap; else bytes the generator may allocate (see memory_budget.h)
+  MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
+  std::string quantize = "none";  // --quantize none|nf4
   bool overwrite = false;
   bool dry_run = false;
   JobOptions job;

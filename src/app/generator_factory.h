@@ -3,10 +3,12 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "fluxbatch/runtime/image_generator.h"
+#include "fluxbatch/runtime/flux_generator.h"
 
 namespace fluxbatch::app {
 
@@ -14,12 +16,13 @@ struct GeneratorConfig {
   std::string model_path;  // diffusers folder (or file) given by --model or the job's "model"
   c10::Device device = c10::Device(c10::kCPU);
   c10::ScalarType dtype = c10::kFloat;
+  // Memory accounting hooks (RenderMemory::attach); see runtime::GeneratorOptions.
+  std::function<void(const std::string& stage)> on_stage;
+  std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
+  bool quantize_nf4 = false;  // --quantize nf4
 };
 
 // Loads the model. ModelError / DeviceError on failure (exit 3).
-std::unique_ptr<runtime::ImageGenerator> make_generator(const GeneratorConfig& config);
-
-// --batch auto: the largest batch the pipeline's memory plan allows for this device.
-int auto_batch_size(const GeneratorConfig& config);
+std::unique_ptr<runtime::FluxGenerator> make_generator(const GeneratorConfig& config);
 
 }  // namespace fluxbatch::app

@@ -9,10 +9,13 @@
 #include "cli_inspect.h"
 #include "cli_plan.h"
 #include "cli_probe.h"
+#include "cli_quantize.h"
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/runtime/memory_allocator.h"
 
 namespace {
 
@@ -26,6 +29,7 @@ constexpr const char* kFooter =
     "  fluxbatch inspect models/FLUX.1-dev           what a model folder or file holds\n"
     "  fluxbatch plan jobs/night.json --model models/FLUX.1-dev --vram-budget 22G\n"
     "  fluxbatch probe                               memory of every CUDA device\n"
+    "  fluxbatch quantize models/FLUX.1-dev models/FLUX.1-dev-nf4   bitsandbytes NF4 copy\n"
     "  fluxbatch render --help                       all render options\n";
 
 int report(const char* kind, const std::exception& e, int code) {
@@ -56,6 +60,9 @@ int run_mapped(Fn&& fn) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First, before anything initialises CUDA: the caching allocator's settings (expandable segments
+  // unless the user set PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF).
+  const runtime::AllocatorSetup allocator = runtime::configure_allocator();
   CLI::App cli("fluxbatch " FLUXBATCH_VERSION ": batch renderer for FLUX.1 text-to-image models", "fluxbatch");
   cli.set_version_flag("--version", std::string("fluxbatch ") + FLUXBATCH_VERSION, "Print the version and exit");
   cli.fallthrough();  // global options also work after the subcommand
@@ -73,6 +80,8 @@ int main(int argc, char** argv) {
   CLI::App* plan_cmd = app::add_plan_command(cli, plan);
   app::ProbeCommand probe;
   CLI::App* probe_cmd = app::add_probe_command(cli, probe);
+  app::QuantizeCommand quantize;
+  CLI::App* quantize_cmd = app::add_quantize_command(cli, quantize);
 
   try {
     cli.parse(argc, argv);
@@ -81,6 +90,7 @@ int main(int argc, char** argv) {
     return code == 0 ? app::kExitOk : app::kExitInvalidInput;
   }
   app::apply_log_level(global);
+  log::debug("allocator: " + allocator.describe());
 
   return run_mapped([&]() -> int {
     if (validate_cmd->parsed()) {
@@ -101,6 +111,10 @@ int main(int argc, char** argv) {
     }
     if (probe_cmd->parsed()) {
       app::run_probe(probe);
+      return app::kExitOk;
+    }
+    if (quantize_cmd->parsed()) {
+      app::run_quantize(quantize);
       return app::kExitOk;
     }
     return app::kExitInvalidInput;

@@ -78,7 +78,38 @@ std::string manifest_line(const ManifestEntry& e) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-ManifestEntry parse_manifest_line(std::string_view line) {
+std::string summary_line(const ManifestSummary& s) {
+  json stages = json::array();
+  for (const ManifestStageMemory& m : s.stages) {
+    stages.push_back({{"stage", m.stage},
+                      {"peak_allocated_bytes", m.peak_allocated_bytes},
+                      {"peak_reserved_bytes", m.peak_reserved_bytes},
+                      {"min_device_free_bytes", m.min_device_free_bytes},
+                      {"warned", m.warned}});
+  }
+  const json j = {{"event", "summary"},
+                  {"total", s.total},
+                  {"rendered", s.rendered},
+                  {"skipped", s.skipped},
+                  {"failed", s.failed},
+                  {"blocked", s.blocked},
+                  {"not_started", s.not_started},
+                  {"interrupted", s.interrupted},
+                  {"oom_retries", s.oom_retries},
+                  {"seconds", s.seconds},
+                  {"memory",
+                   {{"device", s.device},
+                    {"budget_bytes", s.budget_bytes},
+                    {"allocator", s.allocator},
+                    {"alloc_retries", s.alloc_retries},
+                    {"stages", stages}}},
+                  {"finished_at", s.finished_at}};
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+namespace {
+
+json parse_object(std::string_view line) {
   json j;
   try {
     j = json::parse(line.begin(), line.end());
@@ -86,6 +117,10 @@ ManifestEntry parse_manifest_line(std::string_view line) {
     throw InputError("not valid JSON (torn line?)");
   }
   if (!j.is_object()) throw InputError("not a JSON object");
+  return j;
+}
+
+ManifestEntry entry_from_json(const json& j) {
   ManifestEntry e;
   e.index = field<int64_t>(j, "index");
   e.name = field<std::string>(j, "name");
@@ -111,6 +146,10 @@ ManifestEntry parse_manifest_line(std::string_view line) {
   return e;
 }
 
+}  // namespace
+
+ManifestEntry parse_manifest_line(std::string_view line) { return entry_from_json(parse_object(line)); }
+
 std::string utc_timestamp() {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -131,7 +170,12 @@ ManifestContents read_manifest(const std::string& path) {
   for (int number = 1; std::getline(in, line); ++number) {
     if (line.empty()) continue;
     try {
-      out.entries.push_back(parse_manifest_line(line));
+      const json j = parse_object(line);
+      if (j.contains("event")) {
+        ++out.events;
+        continue;
+      }
+      out.entries.push_back(entry_from_json(j));
     } catch (const InputError& e) {
       out.skipped.push_back(path + ":" + std::to_string(number) + ": " + e.what());
     }
@@ -169,6 +213,11 @@ ManifestWriter::~ManifestWriter() {
 
 void ManifestWriter::append(const ManifestEntry& entry) {
   write_all(fd_, manifest_line(entry) + "\n", path_);
+  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+}
+
+void ManifestWriter::append_summary(const ManifestSummary& summary) {
+  write_all(fd_, summary_line(summary) + "\n", path_);
   if (::fsync(fd_) != 0) fail(path_, "fsync failed");
 }
 

@@ -2,6 +2,8 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/models/weight_map_nf4.h"
+#include "fluxbatch/nn/nf4_state.h"
 
 #include <ATen/ATen.h>
 
@@ -158,12 +160,47 @@ nn::TensorMap strip_prefix(const nn::TensorMap& weights, const std::string& pref
 
 namespace {
 
+// A Linear weight of a BFL checkpoint: dense, or bitsandbytes NF4 (Forge's flux1-dev-bnb-nf4).
+struct LinearWeight {
+  at::Tensor dense;
+  quant::Nf4Tensor nf4;
+  bool is_nf4() const { return nf4.packed.defined(); }
+};
+
 class BflSource {
  public:
   explicit BflSource(const nn::TensorMap& weights) {
+    nn::TensorMap all;
     for (const auto& [name, tensor] : weights) {
       const std::string key = starts_with(name, "model.diffusion_model.") ? name.substr(22) : name;
-      map_[key] = tensor;
+      all[key] = tensor;
+    }
+    // NF4 Linears are read whole (packed codes + statistics) and handed out as one weight.
+    const std::string& state = nn::bnb_nf4_state_suffix();
+    std::set<std::string> used;
+    for (const auto& [name, tensor] : all) {
+      if (ends_with(name, state)) {
+        const std::string p = name.substr(0, name.size() - state.size());
+        nf4_[p + ".weight"] = nn::read_bnb_nf4(all, p, &used);
+      } else if (name.find("quant_state.bitsandbytes__") != std::string::npos) {
+        throw ModelError("BFL FLUX checkpoint: '" + name + "': only bitsandbytes nf4 weights are supported");
+      }
+    }
+    for (const auto& [name, tensor] : all) {
+      if (used.count(name) != 0) continue;
+      // NF4 statistics of a weight that has no quant state: refuse rather than load packed bytes as numbers.
+      for (const char* stat : {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax", ".weight.nested_quant_map"}) {
+        if (ends_with(name, stat)) {
+          const std::string p = name.substr(0, name.size() - std::string(stat).size());
+          if (all.count(p + state) != 0) {
+            throw ModelError("BFL FLUX checkpoint: '" + name + "' does not belong to the quant state '" + p + state +
+                             "' (nested statistics without nested_* fields?)");
+          }
+          throw ModelError("BFL FLUX checkpoint: '" + p + state + "' is missing ('" + name +
+                           "' says the weight is bnb-NF4 packed)");
+        }
+      }
+      map_[name] = tensor;
     }
   }
   // Removes and returns a key, as diffusers' checkpoint.pop does.
@@ -176,17 +213,39 @@ class BflSource {
     map_.erase(it);
     return t;
   }
+  LinearWeight pop_weight(const std::string& key) {
+    auto it = nf4_.find(key);
+    if (it == nf4_.end()) return LinearWeight{pop(key), {}};
+    LinearWeight w{at::Tensor(), it->second};
+    nf4_.erase(it);
+    return w;
+  }
   bool any_contains(const std::string& text) const {
     for (const auto& [name, tensor] : map_) {
       if (name.find(text) != std::string::npos) return true;
     }
+    for (const auto& [name, w] : nf4_) {
+      if (name.find(text) != std::string::npos) return true;
+    }
     return false;
   }
-  const nn::TensorMap& left() const { return map_; }
+  size_t left_count() const { return map_.size() + nf4_.size(); }
+  std::string left_example() const { return map_.empty() ? nf4_.begin()->first : map_.begin()->first; }
 
  private:
   nn::TensorMap map_;
+  std::map<std::string, quant::Nf4Tensor> nf4_;
 };
+
+// Puts a weight under `key` ("<p>.weight"): dense as is, NF4 as bitsandbytes serializes it, which is
+// what nn::load_nf4_state reads.
+void put_weight(nn::TensorMap& out, const std::string& key, const LinearWeight& w) {
+  if (!w.is_nf4()) {
+    out[key] = w.dense;
+    return;
+  }
+  nn::write_bnb_nf4(out, key.substr(0, key.size() - 7), w.nf4);  // strip ".weight"
+}
 
 // Splits rows [sizes...] of a fused weight or bias; checks the total.
 std::vector<at::Tensor> split_rows(const at::Tensor& fused, const std::vector<int64_t>& sizes, const std::string& key) {
@@ -199,13 +258,36 @@ std::vector<at::Tensor> split_rows(const at::Tensor& fused, const std::vector<in
   return at::split_with_sizes(fused, sizes, 0);
 }
 
+std::vector<LinearWeight> split_weight(const LinearWeight& fused, const std::vector<int64_t>& sizes,
+                                       const std::string& key) {
+  std::vector<LinearWeight> out;
+  if (fused.is_nf4()) {
+    for (auto& part : split_nf4_rows(fused.nf4, sizes, "BFL FLUX checkpoint: '" + key + "'")) {
+      out.push_back(LinearWeight{at::Tensor(), std::move(part)});
+    }
+  } else {
+    for (auto& part : split_rows(fused.dense, sizes, key)) out.push_back(LinearWeight{part, {}});
+  }
+  return out;
+}
+
 at::Tensor swap_scale_shift(const at::Tensor& weight) {
   auto halves = weight.chunk(2, 0);
   return at::cat({halves[1], halves[0]}, 0);
 }
 
+LinearWeight swap_scale_shift(const LinearWeight& weight, const std::string& key) {
+  if (!weight.is_nf4()) return LinearWeight{swap_scale_shift(weight.dense), {}};
+  const std::string what = "BFL FLUX checkpoint: '" + key + "'";
+  FLUXBATCH_CHECK(weight.nf4.shape.size() == 2 && weight.nf4.shape[0] % 2 == 0, ModelError,
+                  what + ": an odd number of rows cannot hold (shift, scale) halves");
+  const int64_t half = weight.nf4.shape[0] / 2;
+  auto halves = split_nf4_rows(weight.nf4, {half, half}, what);
+  return LinearWeight{at::Tensor(), concat_nf4_rows({halves[1], halves[0]}, what)};
+}
+
 void move_linear(BflSource& src, nn::TensorMap& out, const std::string& from, const std::string& to) {
-  out[to + ".weight"] = src.pop(from + ".weight");
+  put_weight(out, to + ".weight", src.pop_weight(from + ".weight"));
   out[to + ".bias"] = src.pop(from + ".bias");
 }
 
@@ -217,13 +299,15 @@ void convert_double_block(BflSource& src, nn::TensorMap& out, int64_t i, int64_t
   const std::vector<int64_t> qkv = {inner, inner, inner};
   const char* img[] = {"attn.to_q", "attn.to_k", "attn.to_v"};
   const char* txt[] = {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"};
-  for (const char* suffix : {".weight", ".bias"}) {
-    auto sample = split_rows(src.pop(d + "img_attn.qkv" + suffix), qkv, d + "img_attn.qkv" + suffix);
-    auto context = split_rows(src.pop(d + "txt_attn.qkv" + suffix), qkv, d + "txt_attn.qkv" + suffix);
-    for (int k = 0; k < 3; ++k) {
-      out[b + img[k] + suffix] = sample[k];
-      out[b + txt[k] + suffix] = context[k];
-    }
+  auto sample = split_weight(src.pop_weight(d + "img_attn.qkv.weight"), qkv, d + "img_attn.qkv.weight");
+  auto context = split_weight(src.pop_weight(d + "txt_attn.qkv.weight"), qkv, d + "txt_attn.qkv.weight");
+  auto sample_bias = split_rows(src.pop(d + "img_attn.qkv.bias"), qkv, d + "img_attn.qkv.bias");
+  auto context_bias = split_rows(src.pop(d + "txt_attn.qkv.bias"), qkv, d + "txt_attn.qkv.bias");
+  for (int k = 0; k < 3; ++k) {
+    put_weight(out, b + img[k] + ".weight", sample[k]);
+    put_weight(out, b + txt[k] + ".weight", context[k]);
+    out[b + img[k] + ".bias"] = sample_bias[k];
+    out[b + txt[k] + ".bias"] = context_bias[k];
   }
   out[b + "attn.norm_q.weight"] = src.pop(d + "img_attn.norm.query_norm.scale");
   out[b + "attn.norm_k.weight"] = src.pop(d + "img_attn.norm.key_norm.scale");
@@ -244,9 +328,11 @@ void convert_single_block(BflSource& src, nn::TensorMap& out, int64_t i, int64_t
   const int64_t mlp_hidden = inner * 4;  // mlp_ratio 4.0
   const std::vector<int64_t> sizes = {inner, inner, inner, mlp_hidden};
   const char* names[] = {"attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"};
-  for (const char* suffix : {".weight", ".bias"}) {
-    auto parts = split_rows(src.pop(s + "linear1" + suffix), sizes, s + "linear1" + suffix);
-    for (int k = 0; k < 4; ++k) out[b + names[k] + suffix] = parts[k];
+  auto parts = split_weight(src.pop_weight(s + "linear1.weight"), sizes, s + "linear1.weight");
+  auto biases = split_rows(src.pop(s + "linear1.bias"), sizes, s + "linear1.bias");
+  for (int k = 0; k < 4; ++k) {
+    put_weight(out, b + names[k] + ".weight", parts[k]);
+    out[b + names[k] + ".bias"] = biases[k];
   }
   out[b + "attn.norm_q.weight"] = src.pop(s + "norm.query_norm.scale");
   out[b + "attn.norm_k.weight"] = src.pop(s + "norm.key_norm.scale");
@@ -256,12 +342,6 @@ void convert_single_block(BflSource& src, nn::TensorMap& out, int64_t i, int64_t
 }  // namespace
 
 nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxConfig& config) {
-  for (const auto& [name, tensor] : bfl) {
-    if (ends_with(name, ".absmax") || name.find("quant_state.bitsandbytes__") != std::string::npos) {
-      throw ModelError("BFL FLUX checkpoint: '" + name +
-                       "' is bnb-NF4 packed data; packed BFL transformers are loaded in BFL layout, not converted");
-    }
-  }
   BflSource src(bfl);
   nn::TensorMap out;
   move_linear(src, out, "time_in.in_layer", "time_text_embed.timestep_embedder.linear_1");
@@ -278,12 +358,13 @@ nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxCo
   for (int64_t i = 0; i < config.num_layers; ++i) convert_double_block(src, out, i, inner);
   for (int64_t i = 0; i < config.num_single_layers; ++i) convert_single_block(src, out, i, inner);
   move_linear(src, out, "final_layer.linear", "proj_out");
-  out["norm_out.linear.weight"] = swap_scale_shift(src.pop("final_layer.adaLN_modulation.1.weight"));
+  put_weight(out, "norm_out.linear.weight",
+             swap_scale_shift(src.pop_weight("final_layer.adaLN_modulation.1.weight"), "final_layer.adaLN_modulation.1.weight"));
   out["norm_out.linear.bias"] = swap_scale_shift(src.pop("final_layer.adaLN_modulation.1.bias"));
-  if (!src.left().empty()) {
+  if (src.left_count() != 0) {
     // diffusers drops leftovers silently; say so, since it usually means a different architecture.
-    log::warn("BFL FLUX checkpoint: " + std::to_string(src.left().size()) + " tensors not used by the conversion, e.g. '" +
-              src.left().begin()->first + "'");
+    log::warn("BFL FLUX checkpoint: " + std::to_string(src.left_count()) + " tensors not used by the conversion, e.g. '" +
+              src.left_example() + "'");
   }
   return out;
 }
@@ -400,7 +481,24 @@ nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm) {
 
 // ---- text encoders --------------------------------------------------------------------------------
 
+namespace {
+
+// ComfyUI "scaled fp8" text encoders store weight / scale in fp8 plus a per-tensor scale_weight (and
+// sometimes scale_input); loading them as plain fp8 would silently give wrong weights.
+void refuse_scaled_fp8(const nn::TensorMap& weights, const char* what) {
+  for (const auto& [name, tensor] : weights) {
+    if (name == "scaled_fp8" || ends_with(name, ".scale_weight") || ends_with(name, ".scale_input")) {
+      throw ModelError(std::string(what) + ": '" + name +
+                       "' marks a ComfyUI scaled-fp8 checkpoint, which is not supported; use an unscaled "
+                       "fp8 / fp16 / bf16 file");
+    }
+  }
+}
+
+}  // namespace
+
 nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
+  refuse_scaled_fp8(weights, "T5 text encoder");
   nn::TensorMap out;
   for (const auto& [name, tensor] : weights) {
     // Full encoder-decoder checkpoints: FLUX uses the encoder only.
@@ -415,6 +513,7 @@ nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
 }
 
 nn::TensorMap clip_to_transformers(const nn::TensorMap& weights) {
+  refuse_scaled_fp8(weights, "CLIP text encoder");
   nn::TensorMap out;
   for (const auto& [name, tensor] : weights) {
     if (starts_with(name, "text_projection") || name == "logit_scale" ||

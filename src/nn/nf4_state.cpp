@@ -120,34 +120,70 @@ at::Tensor take(const TensorMap& weights, std::set<std::string>& used, const std
   return t.reshape({count});
 }
 
-quant::Nf4Tensor read_nf4(const TensorMap& weights, std::set<std::string>& used, const std::string& p,
-                          const QuantJson& q, const c10::Device& device) {
+const char* dtype_text(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kBFloat16: return "bfloat16";
+    case c10::kHalf: return "float16";
+    case c10::kFloat: return "float32";
+    default: throw ModelError("NF4: unsupported dtype " + std::string(c10::toString(dtype)));
+  }
+}
+
+}  // namespace
+
+const std::string& bnb_nf4_state_suffix() { return kStateSuffix; }
+
+quant::Nf4Tensor read_bnb_nf4(const TensorMap& weights, const std::string& p, std::set<std::string>* used) {
+  const std::string state_key = p + kStateSuffix;
+  auto state = weights.find(state_key);
+  FLUXBATCH_CHECK(state != weights.end(), ModelError, state_key + ": missing (needed by the NF4 weight " + p + ".weight)");
+  const QuantJson q = parse_quant_state(state_key, state->second);
+  used->insert(state_key);
   quant::Nf4Tensor w;
   w.shape = q.shape;
   w.blocksize = q.blocksize;
   w.dtype = q.dtype;
   const int64_t numel = w.numel();
   const int64_t blocks = w.n_blocks();
-  w.packed = take(weights, used, p + ".weight", at::kByte, (numel + 1) / 2).to(device).contiguous();
-  const at::Tensor map = take(weights, used, p + ".weight.quant_map", at::kFloat, 16).contiguous();
+  w.packed = take(weights, *used, p + ".weight", at::kByte, (numel + 1) / 2).contiguous();
+  const at::Tensor map = take(weights, *used, p + ".weight.quant_map", at::kFloat, 16).contiguous();
   FLUXBATCH_CHECK(std::memcmp(map.data_ptr<float>(), quant::kNf4Code.data(), sizeof(float) * 16) == 0, ModelError,
                   p + ".weight.quant_map: is not the NF4 code table");
   if (!q.nested) {
-    w.absmax = take(weights, used, p + ".weight.absmax", at::kFloat, blocks).to(device).contiguous();
+    w.absmax = take(weights, *used, p + ".weight.absmax", at::kFloat, blocks).contiguous();
     return w;
   }
-  w.q8 = take(weights, used, p + ".weight.absmax", at::kByte, blocks).to(device).contiguous();
+  w.q8 = take(weights, *used, p + ".weight.absmax", at::kByte, blocks).contiguous();
   w.nested_blocksize = q.nested_blocksize;
   w.offset = q.nested_offset;
-  w.nested_absmax = take(weights, used, p + ".weight.nested_absmax", at::kFloat,
+  w.nested_absmax = take(weights, *used, p + ".weight.nested_absmax", at::kFloat,
                          (blocks + q.nested_blocksize - 1) / q.nested_blocksize)
-                        .to(device)
                         .contiguous();
-  w.nested_quant_map = take(weights, used, p + ".weight.nested_quant_map", at::kFloat, 256).to(device).contiguous();
+  w.nested_quant_map = take(weights, *used, p + ".weight.nested_quant_map", at::kFloat, 256).contiguous();
   return w;
 }
 
-}  // namespace
+void write_bnb_nf4(TensorMap& out, const std::string& p, const quant::Nf4Tensor& w) {
+  w.validate(p + ".weight");
+  nlohmann::json j = {{"quant_type", "nf4"}, {"blocksize", w.blocksize}, {"dtype", dtype_text(w.dtype)},
+                      {"shape", w.shape}};
+  out[p + ".weight"] = w.packed.reshape({w.packed.numel(), 1});
+  out[p + ".weight.quant_map"] =
+      at::from_blob(const_cast<float*>(quant::kNf4Code.data()), {16}, at::kFloat).clone();
+  if (w.is_nested()) {
+    j["nested_blocksize"] = w.nested_blocksize;
+    j["nested_dtype"] = "float32";
+    j["nested_offset"] = static_cast<double>(w.offset);  // a float is exact as a double, and JSON keeps it
+    out[p + ".weight.absmax"] = w.q8;
+    out[p + ".weight.nested_absmax"] = w.nested_absmax;
+    out[p + ".weight.nested_quant_map"] = w.nested_quant_map;
+  } else {
+    out[p + ".weight.absmax"] = w.absmax;
+  }
+  const std::string text = j.dump();
+  out[p + kStateSuffix] =
+      at::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())}, at::kByte).clone();
+}
 
 bool has_bnb_quant_state(const TensorMap& weights) {
   for (const auto& item : weights) {
@@ -182,11 +218,9 @@ std::shared_ptr<at::Tensor> install_bnb(torch::nn::Module& module, const TensorM
     const std::string p = key.substr(0, key.size() - kStateSuffix.size());
     auto linear = linears.find(p);
     FLUXBATCH_CHECK(linear != linears.end(), ModelError, what + ": " + key + ": the model has no Linear named " + p);
-    const QuantJson q = parse_quant_state(what + ": " + key, tensor);
-    used.insert(key);
     if (!scratch) scratch = std::make_shared<at::Tensor>();
     try {
-      linear->second->set_nf4(read_nf4(weights, used, p, q, options.device), scratch, p + ".weight");
+      linear->second->set_nf4(read_bnb_nf4(weights, p, &used).to(options.device), scratch, p + ".weight");
     } catch (const ModelError& e) {
       throw ModelError(what + ": " + e.what());
     }

@@ -235,8 +235,11 @@ void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadO
 
   c10::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
-    const at::Tensor& source = weights.at(name);
-    const c10::ScalarType want = at::isFloatingType(source.scalar_type()) ? options.dtype : source.scalar_type();
+    const c10::ScalarType stored = weights.at(name).scalar_type();
+    const c10::ScalarType want = at::isFloatingType(stored) ? options.dtype : stored;
+    // fp8 (Forge / ComfyUI T5 files) is widened on the host, one tensor at a time: copy_ and the device
+    // kernels do not take every fp8 -> compute dtype pair, and the widening is exact for all of them.
+    const at::Tensor source = c10::isFloat8Type(stored) ? weights.at(name).to(want) : weights.at(name);
     if (target.defined() && !target.is_meta() && target.scalar_type() == want && target.device() == options.device) {
       target.copy_(source);  // the usual case: the module was allocated where it runs; no new memory
     } else {

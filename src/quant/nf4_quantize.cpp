@@ -1,8 +1,10 @@
-// quantize_nf4: the CPU reference of bnb quantize_4bit(quant_type="nf4", blocksize=64).
+// quantize_nf4: the CPU reference of bnb quantize_4bit(quant_type="nf4", blocksize=64), and the dispatch
+// to the CUDA kernel (nf4_quantize_cuda.cu) for CUDA tensors quantized like bnb on a GPU.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/quant/dynamic8.h"
 #include "fluxbatch/quant/nf4_format.h"
 #include "ftz.h"
+#include "nf4_quantize_cuda.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -95,18 +97,29 @@ Nf4Tensor quantize_nf4(const at::Tensor& w, bool double_quant, BnbBackend like) 
   FLUXBATCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, std::invalid_argument,
                   "quantize_nf4: weights must be float32, float16 or bfloat16");
   FLUXBATCH_CHECK(w.numel() > 0, std::invalid_argument, "quantize_nf4: empty tensor");
-  // Exact: every float16 / bfloat16 value is a float32.
-  const at::Tensor input = w.to(at::kCPU).to(at::kFloat).contiguous();
-  const int64_t n = input.numel();
-
+  const int64_t n = w.numel();
   Nf4Tensor result;
   result.shape = w.sizes().vec();
   result.blocksize = kNf4BlockSize;
   result.dtype = dtype;
-  result.packed = at::empty({(n + 1) / 2}, at::kByte);
-  at::Tensor absmax = at::empty({result.n_blocks()}, at::kFloat);
-  quantize_blocks(input.data_ptr<float>(), n, result.blocksize, like, result.packed.data_ptr<uint8_t>(),
-                  absmax.data_ptr<float>());
+  at::Tensor absmax;
+#ifdef FLUXBATCH_WITH_CUDA
+  if (w.is_cuda() && like == BnbBackend::kCuda) {
+    // On the GPU, as bnb: from w's own dtype, no float32 copy, no trip through host memory.
+    const at::Tensor input = w.contiguous();
+    result.packed = at::empty({(n + 1) / 2}, w.options().dtype(at::kByte));
+    absmax = at::empty({result.n_blocks()}, w.options().dtype(at::kFloat));
+    detail::quantize_nf4_blocks_cuda(input, result.blocksize, result.packed, absmax);
+  }
+#endif
+  if (!absmax.defined()) {
+    // Exact: every float16 / bfloat16 value is a float32.
+    const at::Tensor input = w.to(at::kCPU).to(at::kFloat).contiguous();
+    result.packed = at::empty({(n + 1) / 2}, at::kByte);
+    absmax = at::empty({result.n_blocks()}, at::kFloat);
+    quantize_blocks(input.data_ptr<float>(), n, result.blocksize, like, result.packed.data_ptr<uint8_t>(),
+                    absmax.data_ptr<float>());
+  }
 
   if (!double_quant) {
     result.absmax = absmax;
@@ -116,7 +129,7 @@ Nf4Tensor quantize_nf4(const at::Tensor& w, bool double_quant, BnbBackend like) 
   // quantization of absmax - offset.
   const c10::Device mean_device = like == BnbBackend::kCuda ? w.device() : c10::Device(at::kCPU);
   result.offset = absmax.to(mean_device).mean().item<float>();
-  const Dynamic8 nested = quantize_dynamic8(absmax - result.offset, kNf4NestedBlockSize, like);
+  const Dynamic8 nested = quantize_dynamic8((absmax - result.offset).to(at::kCPU), kNf4NestedBlockSize, like);
   result.q8 = nested.q8;
   result.nested_absmax = nested.absmax;
   result.nested_quant_map = nested.code;

@@ -68,6 +68,8 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.dtype = options.dtype.value_or(options.device.is_cuda() ? c10::kBFloat16 : c10::kFloat);
   out.offload = options.offload;
   out.keep_text_encoders = options.keep_text_encoders;
+  out.quantize_nf4 = options.quantize_nf4;
+  out.quantize_t5_nf4 = options.quantize_nf4;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }
@@ -100,7 +102,10 @@ void FluxGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
     const Key key{item->prompt, item->params.max_sequence_length};
     if (prepared_->uses[key]++ == 0) prepared_->pending.push_back(key);
   }
-  if (!prepared_->pending.empty()) encode_window({});
+  if (prepared_->pending.empty()) return;
+  if (options_.on_stage) options_.on_stage("encode");
+  encode_window({});
+  if (options_.on_stage) options_.on_stage("");
 }
 
 PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, int max_sequence_length) {
@@ -292,6 +297,10 @@ void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, con
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   reset_peak_memory(device);
+  const auto stage = [&](const char* name) {
+    if (options_.on_stage) options_.on_stage(name);
+  };
+  stage("encode");
   auto t0 = Clock::now();
   const PromptEmbeddings embeddings = embeddings_for(batch, first.max_sequence_length);
   const double encode_s = seconds_since(t0);
@@ -303,10 +312,12 @@ void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, con
       log::debug("step " + std::to_string(step + 1) + "/" + std::to_string(steps));
     }
   };
+  stage("denoise");
   t0 = Clock::now();
   const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);  // empties the cache after
   const double denoise_s = seconds_since(t0);
   const c10::InferenceMode inference;
+  stage("decode");
   t0 = Clock::now();
   const int64_t tiled_before = stats_.tiled_decodes;
   for (size_t b = 0; b < batch.size(); ++b) {
@@ -330,7 +341,8 @@ void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, con
                 batch.size(), request.width, request.height, encode_s, denoise_s, 1000.0 * denoise_s / steps, steps,
                 decode_s, stats_.tiled_decodes > tiled_before ? " (tiled)" : "",
                 static_cast<double>(peak_allocated_bytes(device)) / (1 << 30));
-  log::info(line);
+  stage("");
+  log::info(options_.memory_note ? line + (", " + options_.memory_note(batch)) : std::string(line));
 }
 
 std::unique_ptr<ImageGenerator> make_flux_generator(const std::string& model_path, const GeneratorOptions& options) {

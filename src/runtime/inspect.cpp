@@ -23,6 +23,40 @@ bool is_quant_state(const std::string& name) {
   return name.find(".quant_state.") != std::string::npos;
 }
 
+bool is_float(io::DType d) {
+  return d == io::DType::kF64 || d == io::DType::kF32 || d == io::DType::kF16 || d == io::DType::kBF16;
+}
+
+const char* short_dtype(io::DType d) {
+  switch (d) {
+    case io::DType::kF64: return "fp64";
+    case io::DType::kF32: return "fp32";
+    case io::DType::kF16: return "fp16";
+    case io::DType::kBF16: return "bf16";
+    default: return io::dtype_name(d);
+  }
+}
+
+// Linear weights that --quantize nf4 converts: every 2-D weight of the transformer (FLUX has no other
+// kind), and T5's except embeddings and the feed-forward `wo` (models::t5::t5_linear_is_quantized).
+bool nf4_candidate(models::Component component, const std::string& name, const io::TensorEntry& t) {
+  if (!is_float(t.dtype) || t.shape.size() != 2 || !ends_with(name, ".weight")) return false;
+  if (component == models::Component::kTransformer) return true;
+  if (component != models::Component::kTextEncoder2) return false;
+  for (const char* skip : {"shared.", "embed_tokens.", "relative_attention_bias.", "decoder.", "lm_head."}) {
+    if (name.find(skip) != std::string::npos) return false;
+  }
+  return !ends_with(name, ".wo.weight");
+}
+
+std::string format_of(const std::string& quantization, bool nested, const std::set<io::DType>& fp8) {
+  if (quantization == "bnb-nf4") return nested ? "nf4-dq" : "nf4";
+  if (quantization == "bnb-fp4") return "fp4";
+  if (fp8.count(io::DType::kF8_E4M3)) return "fp8-e4m3";
+  if (fp8.count(io::DType::kF8_E5M2)) return "fp8-e5m2";
+  return "dense";
+}
+
 ComponentSummary summarize(const ComponentFiles& files) {
   ComponentSummary s;
   s.name = models::component_name(files.component);
@@ -32,21 +66,37 @@ ComponentSummary summarize(const ComponentFiles& files) {
   s.files = files.files;
   std::vector<io::TensorEntry> entries;
   std::set<std::string> packed;  // weights that carry a quantization state
+  bool nested = false;
   for (const auto& file : weight_files(files)) {
     for (auto& t : io::read_safetensors_header(file).tensors) {
       if (t.name.compare(0, files.prefix.size(), files.prefix) != 0) continue;
       if (ends_with(t.name, ".absmax")) packed.insert(t.name.substr(0, t.name.size() - 7));
+      if (ends_with(t.name, ".nested_absmax")) nested = true;
       entries.push_back(std::move(t));
     }
   }
+  std::set<io::DType> dense_dtypes, fp8;
   for (const auto& t : entries) {
     const uint64_t numel = io::dtype_size(t.dtype) == 0 ? 0 : (t.end - t.begin) / io::dtype_size(t.dtype);
     ++s.tensors;
     s.bytes += t.end - t.begin;
     ++s.dtypes[io::dtype_name(t.dtype)];
+    const bool fp8_weight = t.dtype == io::DType::kF8_E4M3 || t.dtype == io::DType::kF8_E5M2;
+    if (is_quant_state(t.name) || packed.count(t.name) || fp8_weight) {
+      s.quantized_bytes += t.end - t.begin;
+      if (fp8_weight) fp8.insert(t.dtype);
+    } else if (is_float(t.dtype)) {
+      dense_dtypes.insert(t.dtype);
+      if (s.quantization == "none" && nf4_candidate(files.component, t.name.substr(files.prefix.size()), t)) {
+        s.nf4_candidate_parameters += static_cast<int64_t>(numel);
+      }
+    }
     if (is_quant_state(t.name)) continue;
     s.parameters += static_cast<int64_t>(packed.count(t.name) ? numel * 2 : numel);
   }
+  s.format = format_of(s.quantization, nested, fp8);
+  if (!fp8.empty()) s.nf4_candidate_parameters = 0;
+  for (io::DType d : dense_dtypes) s.dense_dtype += (s.dense_dtype.empty() ? "" : "+") + std::string(short_dtype(d));
   return s;
 }
 
@@ -71,6 +121,21 @@ std::string human_bytes(uint64_t n) {
   return human(static_cast<double>(n), kUnits, 5, 1024.0);
 }
 
+// "none (dense bf16)", "bnb-nf4 (nf4-dq: double-quantized absmax; 1.20 MiB packed weights + state, other
+// tensors bf16)", "fp8-e4m3 (3.00 MiB of float8 weights, other tensors bf16)".
+std::string describe_storage(const ComponentSummary& c) {
+  if (c.format == "dense") return c.quantization + " (dense " + (c.dense_dtype.empty() ? "?" : c.dense_dtype) + ")";
+  std::string out;
+  if (c.format.rfind("fp8", 0) == 0) {
+    out = c.format + " (" + human_bytes(c.quantized_bytes) + " of float8 weights";
+  } else {
+    out = c.quantization + " (" + c.format + (c.format == "nf4-dq" ? ": double-quantized absmax" : "") + "; " +
+          human_bytes(c.quantized_bytes) + " packed weights + state";
+  }
+  if (!c.dense_dtype.empty()) out += ", other tensors " + c.dense_dtype;
+  return out + ")";
+}
+
 std::string to_text(const ModelSummary& m) {
   std::ostringstream out;
   out << "model:   " << m.path << "\nlayout:  " << m.layout << "\nvariant: " << m.variant << "\n";
@@ -80,7 +145,7 @@ std::string to_text(const ModelSummary& m) {
     out << "\n" << c.name << ":\n"
         << "  parameters:   " << human_count(c.parameters) << " (" << c.parameters << ")\n"
         << "  size:         " << human_bytes(c.bytes) << " in " << c.tensors << " tensors (" << dtypes << ")\n"
-        << "  quantization: " << c.quantization << "\n"
+        << "  quantization: " << describe_storage(c) << "\n"
         << "  keys:         " << c.dialect << (c.prefix.empty() ? "" : " under '" + c.prefix + "'") << "\n";
     for (const auto& f : c.files) out << "  file:         " << f << "\n";
   }
@@ -96,6 +161,9 @@ std::string to_json(const ModelSummary& m) {
   for (const auto& c : m.components) {
     components[c.name] = {{"parameters", c.parameters}, {"bytes", c.bytes},         {"tensors", c.tensors},
                           {"dtypes", c.dtypes},         {"quantization", c.quantization},
+                          {"format", c.format},         {"dense_dtype", c.dense_dtype},
+                          {"quantized_bytes", c.quantized_bytes},
+                          {"nf4_candidate_parameters", c.nf4_candidate_parameters},
                           {"dialect", c.dialect},       {"prefix", c.prefix},       {"files", c.files}};
   }
   root["components"] = components;
@@ -116,6 +184,15 @@ ModelSummary summarize_model(const std::string& path) {
     m.components.push_back(summarize(*files));
   }
   return m;
+}
+
+int64_t nf4_bytes(int64_t parameters) { return (parameters + 1) / 2 + (parameters + 63) / 64 * 4; }
+
+int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4) {
+  // bnb components load as stored; fp8 ones are counted converted (an upper bound).
+  if (c.quantization != "none") return static_cast<int64_t>(c.bytes);
+  if (!quantize_nf4) return c.parameters * dtype_size;
+  return (c.parameters - c.nf4_candidate_parameters) * dtype_size + nf4_bytes(c.nf4_candidate_parameters);
 }
 
 std::string inspect_model(const std::string& path, bool json) {

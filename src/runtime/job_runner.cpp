@@ -135,14 +135,22 @@ bool batchable(const job::RenderItem& a, const job::RenderItem& b) {
          a.priority == b.priority;
 }
 
-std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<PlannedItem>& items, int batch_size) {
+using BatchFor = std::function<int(const job::RenderItem&)>;
+
+int shape_batch(const job::RenderItem& item, int batch_size, const BatchFor& batch_for) {
+  return batch_for ? std::clamp(batch_for(item), 1, batch_size) : batch_size;
+}
+
+std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<PlannedItem>& items, int batch_size,
+                                                              const BatchFor& batch_for) {
   std::vector<std::vector<const job::RenderItem*>> batches;
   std::vector<bool> taken(items.size(), false);
   for (size_t i = 0; i < items.size(); ++i) {
     if (taken[i] || items[i].state != ItemState::kRender) continue;
     std::vector<const job::RenderItem*> batch{items[i].item};
     taken[i] = true;
-    for (size_t j = i + 1; j < items.size() && static_cast<int>(batch.size()) < batch_size; ++j) {
+    const int most = shape_batch(*items[i].item, batch_size, batch_for);
+    for (size_t j = i + 1; j < items.size() && static_cast<int>(batch.size()) < most; ++j) {
       if (items[j].item->priority != items[i].item->priority) break;  // render order is by priority
       if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item)) {
         batch.push_back(items[j].item);
@@ -167,6 +175,7 @@ class Run {
         summary_(summary),
         to_render_(to_render),
         batch_size_(options.batch_size),
+        batch_for_(options.batch_for),
         grow_after_(std::max(1, options.grow_after)),
         stop_(options.stop) {}
 
@@ -224,6 +233,7 @@ class Run {
  private:
   struct ShapeLimit {
     int limit = 1;       // most images per generate() call for this shape now
+    int cap = 1;         // the shape's planned batch: growing back stops here
     int successes = 0;   // consecutive chunks that fit since the last change
   };
 
@@ -234,12 +244,13 @@ class Run {
   }
 
   ShapeLimit& limit_for(const job::RenderItem& item) {
-    return limits_.try_emplace(shape_name(item), ShapeLimit{batch_size_, 0}).first->second;
+    const int cap = shape_batch(item, batch_size_, batch_for_);
+    return limits_.try_emplace(shape_name(item), ShapeLimit{cap, cap, 0}).first->second;
   }
 
   void grow(ShapeLimit& shape, const job::RenderItem& item) {
-    if (shape.limit >= batch_size_ || ++shape.successes < grow_after_) return;
-    const int grown = std::min(batch_size_, shape.limit * 2);
+    if (shape.limit >= shape.cap || ++shape.successes < grow_after_) return;
+    const int grown = std::min(shape.cap, shape.limit * 2);
     log::info("batch for " + shape_name(item) + " grows back from " + std::to_string(shape.limit) + " to " +
               std::to_string(grown) + " after " + std::to_string(shape.successes) + " chunks that fit");
     shape.limit = grown;
@@ -402,6 +413,7 @@ class Run {
   RunSummary& summary_;
   int64_t to_render_ = 0;
   int batch_size_ = 1;
+  BatchFor batch_for_;
   int grow_after_ = 1;
   const std::atomic<bool>* stop_ = nullptr;
   std::map<std::string, ShapeLimit> limits_;
@@ -459,7 +471,7 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 }
 
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
-                 bool overwrite, int batch_size) {
+                 bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for) {
   if (batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(batch_size));
   check_unique_files(spec);
   JobPlan plan;
@@ -471,7 +483,7 @@ JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const 
   for (const job::RenderItem& item : spec.items) {
     plan.items.push_back(plan_item(item, output_dir, overwrite, ok_lines, model));
   }
-  plan.batches = make_batches(plan.items, batch_size);
+  plan.batches = make_batches(plan.items, batch_size, batch_for);
   return plan;
 }
 
@@ -481,7 +493,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   const auto start = Clock::now();
   const std::string model = generator.model_description();
   if (options.dry_run) {
-    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
+    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
     RunSummary summary;
     summary.total = static_cast<int64_t>(plan.items.size());
     summary.skipped = plan.count(ItemState::kSkip);
@@ -496,7 +508,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
   remove_stale_temporaries(spec, output_dir);
-  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size);
+  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
   for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kSkip) log::debug(planned.item->file + ": " + planned.reason);

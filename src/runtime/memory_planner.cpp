@@ -27,10 +27,13 @@ StagePlan plan_stage(const MemoryModel& model, const StageModel& stage, const Re
   return s;
 }
 
+}  // namespace
+
 GroupPlan plan_group(const MemoryModel& model, const ResolutionGroup& g, int batch) {
   GroupPlan plan;
   plan.group = g;
   plan.batch_size = batch;
+  plan.calibrated = model.calibrated;
   for (const StageModel& stage : model.stages) {
     plan.stages.push_back(plan_stage(model, stage, g, batch));
     if (plan.stages.back().peak_bytes > plan.peak_bytes || plan.limiting_stage.empty()) {
@@ -40,8 +43,6 @@ GroupPlan plan_group(const MemoryModel& model, const ResolutionGroup& g, int bat
   }
   return plan;
 }
-
-}  // namespace
 
 int64_t StageCost::per_image_bytes(int width, int height, int seq_len, int dtype_size) const {
   const double pixels = static_cast<double>(width) * static_cast<double>(height);
@@ -94,11 +95,22 @@ StageCost calibrate_stage(int64_t peak_batch1, int64_t peak_batch2, int64_t resi
 
 Plan plan_batches(const MemoryModel& model, const std::vector<ResolutionGroup>& groups, int64_t budget_bytes,
                   int max_batch) {
+  return plan_batches(std::vector<MemoryModel>(groups.size(), model), groups, budget_bytes, max_batch);
+}
+
+Plan plan_batches(const std::vector<MemoryModel>& models, const std::vector<ResolutionGroup>& groups,
+                  int64_t budget_bytes, int max_batch) {
+  if (models.size() != groups.size()) {
+    throw InputError("memory plan: " + std::to_string(models.size()) + " models for " +
+                     std::to_string(groups.size()) + " resolution groups");
+  }
   if (budget_bytes <= 0) throw InputError("memory budget must be positive, got " + std::to_string(budget_bytes));
   if (max_batch < 1) throw InputError("max batch must be at least 1, got " + std::to_string(max_batch));
   Plan plan;
   plan.budget_bytes = budget_bytes;
-  for (const ResolutionGroup& g : groups) {
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const ResolutionGroup& g = groups[i];
+    const MemoryModel& model = models[i];
     if (g.width <= 0 || g.height <= 0 || g.max_sequence_length <= 0) {
       throw InputError("resolution group " + std::to_string(g.width) + "x" + std::to_string(g.height) +
                        ": sizes must be positive");

@@ -8,6 +8,8 @@
 #endif
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/runtime/device.h"
@@ -39,6 +41,19 @@ std::vector<GpuMemory> probe_gpus() {
   }
 #endif
   return out;
+}
+
+int64_t host_available_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("MemAvailable:", 0) != 0) continue;
+    std::istringstream fields(line.substr(13));
+    int64_t kib = 0;
+    fields >> kib;
+    return kib * 1024;
+  }
+  return 0;
 }
 
 std::string format_probe(const std::vector<GpuMemory>& gpus, bool json) {

@@ -75,6 +75,11 @@ std::string quantization_of(const std::vector<std::string>& names) {
   for (const auto& n : names) {
     if (ends_with(n, ".absmax") || n.find("quant_state.bitsandbytes__nf4") != std::string::npos) return "bnb-nf4";
   }
+  // ComfyUI "scaled fp8" (e.g. t5xxl_fp8_e4m3fn_scaled): fp8 weights times a per-tensor scale_weight.
+  // Plain fp8 / fp16 weights (Forge's T5 and CLIP) are only a storage dtype: converted on load, not listed.
+  for (const auto& n : names) {
+    if (n == "scaled_fp8" || ends_with(n, ".scale_weight") || ends_with(n, ".scale_input")) return "scaled-fp8";
+  }
   return "";
 }
 
@@ -348,14 +353,9 @@ models::ShapeMap component_shapes(const ComponentFiles& files) {
   return shapes;
 }
 
-nn::TensorMap read_component(const ComponentFiles& files, bool rename) {
-  nn::TensorMap weights = nn::read_safetensors(files.files, files.prefix);
-  if (weights.empty()) {
-    throw ModelError(files.files.empty() ? std::string("no files") : files.files[0] + ": no " +
-                                                                         std::string(models::component_name(files.component)) +
-                                                                         " tensors under prefix '" + files.prefix + "'");
-  }
-  if (!rename) return weights;
+namespace {
+
+nn::TensorMap renamed(const ComponentFiles& files, const nn::TensorMap& weights) {
   switch (files.component) {
     case Component::kTransformer:
       if (files.dialect == KeyDialect::kBfl) {
@@ -368,6 +368,24 @@ nn::TensorMap read_component(const ComponentFiles& files, bool rename) {
     case Component::kTextEncoder2: return models::t5_to_transformers(weights);
   }
   return weights;
+}
+
+}  // namespace
+
+nn::TensorMap read_component(const ComponentFiles& files, bool rename) {
+  nn::TensorMap weights = nn::read_safetensors(files.files, files.prefix);
+  if (weights.empty()) {
+    throw ModelError(files.files.empty() ? std::string("no files") : files.files[0] + ": no " +
+                                                                         std::string(models::component_name(files.component)) +
+                                                                         " tensors under prefix '" + files.prefix + "'");
+  }
+  if (!rename) return weights;
+  try {
+    return renamed(files, weights);
+  } catch (const ModelError& e) {
+    // The mapping names the key; say which file holds it.
+    throw ModelError(files.files.front() + (files.prefix.empty() ? "" : " [" + files.prefix + "]") + ": " + e.what());
+  }
 }
 
 models::flux::FluxConfig transformer_config(const ModelFiles& model) {

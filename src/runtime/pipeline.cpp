@@ -99,8 +99,6 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
                                                       bool quantize_nf4) {
   const bool nf4_file = model.transformer.quantization == "bnb-nf4";
   if (nf4_file || quantize_nf4) {
-    FLUXBATCH_CHECK(!nf4_file || model.transformer.dialect == models::KeyDialect::kDiffusers, ModelError,
-                    describe(model.transformer) + ": NF4 transformers are read from diffusers folders only for now");
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
     // before anything touches it, so neither host nor device ever holds the dense model. (Meta
     // tensors cannot be set_data'd to real ones.) The rest moves to the device on load.
@@ -138,12 +136,18 @@ models::clip::ClipTextModel load_clip(const ModelFiles& model, const at::TensorO
   return clip;
 }
 
-models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options) {
+models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options, bool quantize_nf4) {
   refuse_quantized(model.text_encoder_2);
   nn::TensorMap weights = read_component(model.text_encoder_2);
   models::t5::canonicalize_t5_checkpoint(weights);
-  models::t5::T5EncoderModel t5(text_encoder_2_config(model), options);
-  nn::load_state(*t5, weights, load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes()));
+  const nn::LoadOptions load = load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes());
+  // Quantizing: built on the CPU like the NF4 transformer (dense Linear pages never touched).
+  models::t5::T5EncoderModel t5(text_encoder_2_config(model), quantize_nf4 ? options.device(at::kCPU) : options);
+  if (quantize_nf4) {
+    models::t5::load_t5_quantizing_nf4(*t5, weights, load);
+  } else {
+    nn::load_state(*t5, weights, load);
+  }
   // transformers keeps T5's feed-forward output projections in fp32 when loading fp16.
   if (options.dtype() == at::kHalf) t5->keep_wo_in_float32();
   return t5;
@@ -212,7 +216,7 @@ struct FluxPipeline::State {
     if (clip && t5) return;
     const auto start = Clock::now();
     clip = load_clip(files, text_options());
-    t5 = load_t5(files, text_options());
+    t5 = load_t5(files, text_options(), options.quantize_t5_nf4);
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
   }
@@ -399,5 +403,15 @@ bool FluxPipeline::move_text_encoders_to_cpu() {
 }
 
 bool FluxPipeline::text_encoders_on_cpu() const { return state_->text_on_cpu || state_->options.device.is_cpu(); }
+
+std::vector<std::pair<std::string, const torch::nn::Module*>> FluxPipeline::components() const {
+  const State& s = *state_;
+  std::vector<std::pair<std::string, const torch::nn::Module*>> out;
+  if (s.clip) out.emplace_back("text_encoder", s.clip.get());
+  if (s.t5) out.emplace_back("text_encoder_2", s.t5.get());
+  out.emplace_back("transformer", s.transformer.get());
+  out.emplace_back("vae", s.vae.get());
+  return out;
+}
 
 }  // namespace fluxbatch::runtime

@@ -2,6 +2,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "fluxbatch/core/error.h"
@@ -139,4 +140,45 @@ TEST_CASE("utc_timestamp has the ISO 8601 shape", "[io]") {
   CHECK(t[4] == '-');
   CHECK(t[10] == 'T');
   CHECK(t.back() == 'Z');
+}
+
+TEST_CASE("a run summary line is written as JSON and item readers skip it", "[io][memmon]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = (dir / fluxbatch::io::kManifestFileName).string();
+  fluxbatch::io::ManifestSummary summary;
+  summary.total = 3;
+  summary.rendered = 2;
+  summary.failed = 1;
+  summary.oom_retries = 1;
+  summary.device = "cuda:0";
+  summary.budget_bytes = int64_t{8} << 30;
+  summary.allocator = "expandable_segments:True";
+  summary.alloc_retries = 4;
+  summary.stages = {{"denoise", 700, 800, 1000, true}, {"decode", 300, 800, -1, false}};
+  summary.finished_at = "2025-01-31T12:00:00Z";
+  {
+    fluxbatch::io::ManifestWriter writer(path);
+    writer.append(sample(0));
+    writer.append_summary(summary);
+    writer.append(sample(1));  // a later run appends after the summary
+  }
+  const auto contents = fluxbatch::io::read_manifest(path);
+  CHECK(contents.skipped.empty());  // not reported as unreadable
+  CHECK(contents.events == 1);
+  REQUIRE(contents.entries.size() == 2);
+  CHECK(contents.entries[1].index == 1);
+
+  const nlohmann::json j = nlohmann::json::parse(fluxbatch::io::summary_line(summary));
+  CHECK(j["event"] == "summary");
+  CHECK(j["rendered"] == 2);
+  CHECK(j["oom_retries"] == 1);
+  CHECK(j["memory"]["budget_bytes"] == int64_t{8} << 30);
+  CHECK(j["memory"]["alloc_retries"] == 4);
+  REQUIRE(j["memory"]["stages"].size() == 2);
+  CHECK(j["memory"]["stages"][0]["stage"] == "denoise");
+  CHECK(j["memory"]["stages"][0]["peak_reserved_bytes"] == 800);
+  CHECK(j["memory"]["stages"][0]["warned"] == true);
+  CHECK(j["memory"]["stages"][1]["min_device_free_bytes"] == -1);
+  CHECK_THROWS_WITH(fluxbatch::io::parse_manifest_line(fluxbatch::io::summary_line(summary)),
+                    ContainsSubstring("\"index\""));
 }

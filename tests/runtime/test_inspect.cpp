@@ -78,3 +78,59 @@ TEST_CASE("inspect names bnb-NF4 quantization and counts packed weights", "[mode
   CHECK(t["dtypes"]["U8"].get<int>() == 2);
   CHECK(doc["components"]["vae"]["quantization"] == "none");
 }
+
+TEST_CASE("inspect tells dense, nf4, nf4 double-quant and fp8 storage apart", "[model_files][inspect]") {
+  const auto dev = test::require_generated(kModels / "tiny-flux-dev");
+  const auto dense = summarize_model(dev.string());
+  const auto& t = dense.components[0];
+  REQUIRE(t.name == "transformer");
+  CHECK(t.format == "dense");
+  CHECK(t.dense_dtype == "bf16");
+  CHECK(t.quantized_bytes == 0);
+  // Every 2-D weight of the transformer is a Linear; T5's Linears are all but the embeddings and wo.
+  const auto transformer = nn::read_safetensors({(dev / "transformer/diffusion_pytorch_model.safetensors").string()});
+  int64_t linear = 0;
+  for (const auto& [k, v] : transformer) linear += v.dim() == 2 ? v.numel() : 0;
+  CHECK(t.nf4_candidate_parameters == linear);
+  const auto t5 = nn::read_safetensors({(dev / "text_encoder_2/model.safetensors").string()});
+  int64_t t5_linear = 0;
+  for (const auto& [k, v] : t5) {
+    const bool embedding = k.find("shared") != std::string::npos || k.find("embed_tokens") != std::string::npos ||
+                           k.find("relative_attention_bias") != std::string::npos;
+    const bool wo = k.find(".wo.") != std::string::npos;
+    t5_linear += v.dim() == 2 && !embedding && !wo ? v.numel() : 0;
+  }
+  CHECK(t5_linear > 0);
+  CHECK(dense.components[2].nf4_candidate_parameters == t5_linear);
+  CHECK(dense.components[1].nf4_candidate_parameters == 0);  // CLIP stays dense
+  CHECK(dense.components[3].nf4_candidate_parameters == 0);  // VAE too
+  CHECK(loaded_bytes(t, 2, false) == t.parameters * 2);
+  CHECK(loaded_bytes(t, 2, true) == (t.parameters - linear) * 2 + nf4_bytes(linear));
+  CHECK(nf4_bytes(128) == 64 + 2 * 4);
+
+  for (const char* name : {"tiny-flux-dev-nf4", "tiny-flux-dev-nf4-dq"}) {
+    const auto m = summarize_model(test::require_generated(kModels / name).string());
+    const auto& q = m.components[0];
+    INFO(name);
+    CHECK(q.format == (std::string(name).find("-dq") != std::string::npos ? "nf4-dq" : "nf4"));
+    CHECK(q.dense_dtype == "bf16");
+    CHECK(q.quantized_bytes > 0);
+    CHECK(q.quantized_bytes < q.bytes);
+    CHECK(q.nf4_candidate_parameters == 0);
+    CHECK(loaded_bytes(q, 4, true) == static_cast<int64_t>(q.bytes));
+  }
+
+  // A BFL transformer with one weight in float8 (e4m3fn), like the fp8 checkpoints people download.
+  const auto bfl = test::require_generated(kModels / "tiny-flux-dev-bfl");
+  test::TempDir dir;
+  auto weights = nn::read_safetensors({(bfl / "flux1-tiny-dev.safetensors").string()});
+  weights["img_in.weight"] = weights.at("img_in.weight").to(at::kFloat8_e4m3fn);
+  const int64_t fp8_numel = weights.at("img_in.weight").numel();
+  nn::write_safetensors((dir / "flux1-tiny-dev-fp8.safetensors").string(), weights);
+  for (const char* f : {"ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors"}) fs::create_symlink(bfl / f, dir / f);
+  const auto fp8 = summarize_model(dir.path().string());
+  CHECK(fp8.components[0].format == "fp8-e4m3");
+  CHECK(fp8.components[0].quantized_bytes == static_cast<uint64_t>(fp8_numel));
+  CHECK(fp8.components[0].nf4_candidate_parameters == 0);
+  CHECK_THAT(inspect_model(dir.path().string(), false), ContainsSubstring("quantization: fp8-e4m3 ("));
+}

@@ -39,8 +39,33 @@ struct ManifestEntry {
   std::string finished_at;  // UTC, ISO 8601 ("2025-01-31T12:00:00Z")
 };
 
+// Memory use of one pipeline stage over a run (runtime::MemoryMonitor's report).
+struct ManifestStageMemory {
+  std::string stage;                // "load", "encode", "denoise", "decode"
+  int64_t peak_allocated_bytes = 0;  // live tensor bytes at the stage's highest point
+  int64_t peak_reserved_bytes = 0;   // held by the allocator (equal to allocated on the CPU)
+  int64_t min_device_free_bytes = -1;  // cudaMemGetInfo's lowest free; -1 when not known (CPU)
+  bool warned = false;               // passed the warning threshold of the budget
+};
+
+// The last line of a run: {"event": "summary", ...}. Item readers skip every line with an "event"
+// key, so resuming is unaffected by it.
+struct ManifestSummary {
+  int64_t total = 0, rendered = 0, skipped = 0, failed = 0, blocked = 0, not_started = 0;
+  int64_t oom_retries = 0;    // chunks halved after running out of memory
+  bool interrupted = false;
+  double seconds = 0.0;
+  std::string device;         // "cuda:0", "cpu"
+  int64_t budget_bytes = 0;   // the memory budget in force; 0: none
+  std::string allocator;      // the caching allocator's settings in force
+  int64_t alloc_retries = 0;  // the CUDA allocator's retries after freeing its cache (num_alloc_retries)
+  std::vector<ManifestStageMemory> stages;
+  std::string finished_at;
+};
+
 // The JSON text of one entry, without the newline.
 std::string manifest_line(const ManifestEntry& entry);
+std::string summary_line(const ManifestSummary& summary);
 // Parses one line; throws InputError naming the problem (bad JSON, missing or mistyped field).
 ManifestEntry parse_manifest_line(std::string_view line);
 
@@ -50,9 +75,11 @@ std::string utc_timestamp();
 struct ManifestContents {
   std::vector<ManifestEntry> entries;  // in file order
   std::vector<std::string> skipped;    // "manifest.jsonl:7: <why>" for each unreadable line
+  int64_t events = 0;                  // lines with an "event" key (run summaries), not items
 };
 
-// Reads a manifest; a missing file reads as empty. Unparsable lines (a torn last line after a
+// Reads a manifest; a missing file reads as empty. Lines with an "event" key are counted in
+// `events` and otherwise ignored. Unparsable lines (a torn last line after a
 // crash, or garbage) are skipped and listed in `skipped`, never fatal. OutputError when the file
 // exists but cannot be read.
 ManifestContents read_manifest(const std::string& path);
@@ -69,6 +96,7 @@ class ManifestWriter {
 
   // One write() of the line + '\n', then fsync. OutputError naming the path on failure.
   void append(const ManifestEntry& entry);
+  void append_summary(const ManifestSummary& summary);
   const std::string& path() const { return path_; }
 
  private:

@@ -55,8 +55,12 @@ nn::TensorMap strip_prefix(const nn::TensorMap& weights, const std::string& pref
 // BFL FLUX transformer -> diffusers FluxTransformer2DModel names; splits the fused img/txt qkv and
 // single-block linear1, swaps final_layer.adaLN_modulation's (shift, scale) halves to (scale,
 // shift). Mirrors diffusers' convert_flux_transformer_checkpoint_to_diffusers, including its
-// tolerance of a leading "model.diffusion_model.". ModelError naming the key when one is missing;
-// bnb-NF4 packed files are refused (keep them in BFL layout).
+// tolerance of a leading "model.diffusion_model.". ModelError naming the key when one is missing.
+// bnb-NF4 Linears (Forge's flux1-dev-bnb-nf4 v1 / v2: "<p>.weight" packed + "<p>.weight.absmax",
+// ".quant_map", [".nested_absmax", ".nested_quant_map"], ".quant_state.bitsandbytes__nf4") come out
+// NF4 too, serialized the same way under the diffusers names (nn::load_nf4_state reads them); fused
+// ones are split by rows as weight_map_nf4.h describes, exactly. ModelError naming the key for a
+// malformed NF4 weight (nn::read_bnb_nf4's checks), statistics without a quant state, fp4.
 nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxConfig& config);
 
 // LDM VAE (ae.safetensors) -> diffusers AutoencoderKL names, encoder and decoder; the mid-block

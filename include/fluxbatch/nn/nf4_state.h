@@ -8,10 +8,13 @@
 //                                             [, nested_blocksize, nested_dtype, nested_offset]}
 #pragma once
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/quant/nf4_format.h"
 
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <set>
+#include <string>
 
 namespace fluxbatch::nn {
 
@@ -34,5 +37,16 @@ std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module,
 
 // True when some key of `weights` is a bitsandbytes quant_state.
 bool has_bnb_quant_state(const TensorMap& weights);
+
+// "<p>.weight.quant_state.bitsandbytes__nf4": the key that marks Linear <p> as NF4.
+const std::string& bnb_nf4_state_suffix();  // ".weight.quant_state.bitsandbytes__nf4"
+
+// The NF4 weight of Linear `p` (the keys above), as CPU views of `weights` (no copy), checked as
+// load_nf4_state checks it; every key it read goes to `used`. ModelError naming the key otherwise.
+quant::Nf4Tensor read_bnb_nf4(const TensorMap& weights, const std::string& p, std::set<std::string>* used);
+
+// The inverse: the keys bitsandbytes' Linear4bit._save_to_state_dict writes for `w` under Linear `p`
+// (packed [n, 1], absmax or 8-bit codes, quant_map, nested statistics, the JSON quant state).
+void write_bnb_nf4(TensorMap& out, const std::string& p, const quant::Nf4Tensor& w);
 
 }  // namespace fluxbatch::nn

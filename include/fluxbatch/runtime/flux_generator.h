@@ -25,6 +25,7 @@ struct GeneratorOptions {
   std::optional<c10::ScalarType> dtype;  // default: bf16 on CUDA, fp32 on the CPU
   bool offload = false;                  // see PipelineOptions::offload
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
+  bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
   // prepare(): host (CPU) bytes of prompt embeddings encoded ahead of the denoise stage. Prompts
   // beyond it are encoded later, a window at a time, as their batches come (text encoders loaded
@@ -35,6 +36,11 @@ struct GeneratorOptions {
   int vae_tile_pixels = 512;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
+  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode", "denoise",
+  // "decode" as each stage starts (after the peak reset) and "" when the batch is done. memory_note:
+  // appended to the batch's log line, e.g. the predicted peak next to the measured one.
+  std::function<void(const std::string& stage)> on_stage;
+  std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).

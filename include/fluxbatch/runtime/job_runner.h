@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,9 @@ struct RunnerOptions {
   bool overwrite = false;  // re-render every item, atomically replacing existing images
   bool dry_run = false;    // plan only: no generate(), no file written
   int batch_size = 1;      // most images per generate() call (>= 1)
+  // The batch for an item's shape (width, height, max_sequence_length), e.g. from the memory
+  // planner (--batch auto); clamped to [1, batch_size]. Unset: batch_size for every shape.
+  std::function<int(const job::RenderItem&)> batch_for;
   // Out-of-memory recovery: a chunk whose generate() runs out of memory is halved and retried;
   // after this many consecutive successful chunks of one shape the limit for that shape doubles
   // back towards batch_size.
@@ -61,11 +65,13 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 
 // Decides every item's state and groups the items to render into batches: a batch starts at the
 // first unbatched item in render order and takes the following items with the same width,
-// height, steps, max_sequence_length and priority, up to batch_size (so batching never moves an
+// height, steps, max_sequence_length and priority, up to batch_size (or batch_for(item) when given, clamped
+// to [1, batch_size]) (so batching never moves an
 // image ahead of a higher-priority one). `model` as for is_finished. InputError when two items
 // write the same file or batch_size < 1.
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
-                 bool overwrite, int batch_size);
+                 bool overwrite, int batch_size,
+                 const std::function<int(const job::RenderItem&)>& batch_for = {});
 
 struct RunSummary {
   int64_t total = 0;        // items in the job

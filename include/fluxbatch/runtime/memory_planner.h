@@ -69,6 +69,7 @@ struct GroupPlan {
   ResolutionGroup group;
   int batch_size = 1;
   bool fits = true;            // false: even batch 1 predicts more than the budget
+  bool calibrated = false;     // the group's model was calibrated by measurement
   std::string limiting_stage;  // the stage with the highest predicted peak
   int64_t peak_bytes = 0;      // the highest stage peak at batch_size
   std::vector<StagePlan> stages;
@@ -81,10 +82,17 @@ struct Plan {
   std::vector<GroupPlan> groups;  // in the order given
 };
 
+// Every stage's predicted peak for group `g` at `batch` (fits is left true; the caller compares).
+GroupPlan plan_group(const MemoryModel& model, const ResolutionGroup& g, int batch);
+
 // Largest batch in [1, min(images, max_batch)] per group whose every stage peak is within the
 // budget (batch 1 when none fits, with fits = false). InputError for a budget <= 0, max_batch < 1
 // or a group with a non-positive size.
 Plan plan_batches(const MemoryModel& model, const std::vector<ResolutionGroup>& groups, int64_t budget_bytes,
                   int max_batch = 64);
+// The same with one model per group (calibrations are per resolution): models[i] plans groups[i].
+// InputError when the sizes differ.
+Plan plan_batches(const std::vector<MemoryModel>& models, const std::vector<ResolutionGroup>& groups,
+                  int64_t budget_bytes, int max_batch = 64);
 
 }  // namespace fluxbatch::runtime

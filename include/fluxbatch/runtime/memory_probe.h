@@ -21,6 +21,9 @@ struct GpuMemory {
 // One entry per CUDA device; empty without CUDA (a build without it, or no device).
 std::vector<GpuMemory> probe_gpus();
 
+// MemAvailable of /proc/meminfo (what the CPU can still take without swapping); 0 when unknown.
+int64_t host_available_bytes();
+
 // The probe as aligned text or as JSON ({"devices": [...]}).
 std::string format_probe(const std::vector<GpuMemory>& gpus, bool json);
 

@@ -9,12 +9,17 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/sampling/euler.h"
 #include "fluxbatch/sampling/schedule.h"
+
+namespace torch::nn {
+class Module;
+}
 
 namespace fluxbatch::runtime {
 
@@ -44,6 +49,9 @@ struct PipelineOptions {
   // load_in_4bit nf4, without double quantization), tensor by tensor. A checkpoint that already is
   // bitsandbytes NF4 is used as it is, with or without this flag.
   bool quantize_nf4 = false;
+  // The same for T5's Linear weights except the feed-forward `wo` (transformers' bnb quantizer keeps
+  // them: models::t5::t5_linear_is_quantized). Separate so a transformer-only comparison stays possible.
+  bool quantize_t5_nf4 = false;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.
@@ -113,6 +121,10 @@ class FluxPipeline {
   // device. False when they already run on the CPU (a CPU pipeline, or moved before).
   bool move_text_encoders_to_cpu();
   bool text_encoders_on_cpu() const;
+
+  // The loaded components by name ("text_encoder", "text_encoder_2", "transformer", "vae") for
+  // memory accounting (runtime::module_bytes); released text encoders are absent.
+  std::vector<std::pair<std::string, const torch::nn::Module*>> components() const;
 
  private:
   struct State;

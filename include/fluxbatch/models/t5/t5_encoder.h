@@ -30,6 +30,11 @@ std::vector<std::string> t5_ignored_prefixes();
 // `shared.weight` (dropped when both are present, renamed when it is the only copy).
 void canonicalize_t5_checkpoint(nn::TensorMap& weights);
 
+// True for the Linear layers transformers' bitsandbytes quantizer converts in a T5 encoder: all of
+// them except the feed-forward output projections `...DenseReluDense.wo` (T5's
+// _keep_in_fp32_modules, which get_modules_to_not_convert always skips). `name` is the module path.
+bool t5_linear_is_quantized(const std::string& name);
+
 class T5EncoderModelImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (dtype, device); load them afterwards.
@@ -51,5 +56,16 @@ class T5EncoderModelImpl : public torch::nn::Module {
   std::shared_ptr<T5StackImpl> encoder_;
 };
 TORCH_MODULE(T5EncoderModel);
+
+// Loads `weights` (canonicalized) into `t5`, quantizing every Linear weight t5_linear_is_quantized
+// names to NF4 on the way in, as transformers' T5EncoderModel.from_pretrained(...,
+// quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")) does on a GPU:
+// from bf16, blocksize 64, no double quantization, bnb's CUDA rounding, on options.device. One tensor
+// at a time from the mapped file, so host memory never holds a converted copy. The rest (embeddings,
+// norms, `wo`) goes through nn::load_state. Build `t5` on the CPU: its dense Linear weights are
+// dropped before anything touches their pages. Returns the scratch buffer the NF4 layers share
+// (null when nothing was quantized). ModelError as nn::load_state.
+std::shared_ptr<at::Tensor> load_t5_quantizing_nf4(T5EncoderModelImpl& t5, const nn::TensorMap& weights,
+                                                   const nn::LoadOptions& options);
 
 }  // namespace fluxbatch::models::t5

@@ -1,0 +1,113 @@
+#include "memory_options.h"
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory_probe.h"
+
+namespace fluxbatch::app {
+
+void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
+  const std::string group = "Memory";
+  command
+      .add_option("--vram-budget", o.budget,
+                  "Most bytes fluxbatch may use on the device, e.g. 6G (default: what is free minus the reserve); "
+                  "enforced through the allocator")
+      ->type_name("SIZE")
+      ->group(group);
+  command
+      .add_option("--vram-reserve", o.reserve,
+                  std::string("Device memory left untouched for CUDA's lazily loaded kernels and other processes "
+                              "(default ") +
+                      kDefaultVramReserve + ")")
+      ->type_name("SIZE")
+      ->group(group);
+  if (!monitor) return;
+  command
+      .add_option("--monitor-interval", o.monitor_interval_ms,
+                  "Memory sampling period in milliseconds; 0 turns the monitor's thread off (default 100)")
+      ->type_name("MS")
+      ->check(CLI::Range(0, 60000))
+      ->group(group);
+  command
+      .add_option("--monitor-threshold", o.monitor_threshold,
+                  "Warn once per stage when use passes this share of the budget (default 0.9)")
+      ->type_name("F")
+      ->check(CLI::Range(0.01, 1.0))
+      ->group(group);
+}
+
+Budget resolve_budget(c10::Device device, const MemoryOptions& options) {
+  using runtime::format_bytes;
+  Budget b;
+  const int64_t reserve = runtime::parse_byte_size(options.reserve, "--vram-reserve");
+  const int64_t user = options.budget.empty() ? 0 : runtime::parse_byte_size(options.budget, "--vram-budget");
+  b.user_given = user > 0;
+  int64_t available = 0;
+  std::string what;
+  if (device.is_cuda()) {
+    const int index = device.has_index() ? device.index() : 0;
+    for (const runtime::GpuMemory& g : runtime::probe_gpus()) {
+      if (g.index == index) available = g.usable_bytes();
+    }
+    what = "free on " + device.str();
+  } else {
+    available = runtime::host_available_bytes();
+    what = "available host memory";
+  }
+  const int64_t free_after_reserve = available - reserve;
+  if (b.user_given && (device.is_cpu() || user <= free_after_reserve)) {
+    b.bytes = user;
+    b.how = format_bytes(user) + " (--vram-budget)";
+    return b;
+  }
+  if (free_after_reserve <= 0) {
+    throw DeviceError("no memory left for the run: " + format_bytes(available) + " " + what + ", reserve " +
+                      format_bytes(reserve) + " (--vram-reserve)");
+  }
+  b.bytes = free_after_reserve;
+  b.how = format_bytes(b.bytes) + " (" + format_bytes(available) + " " + what + " - reserve " +
+          format_bytes(reserve) + (b.user_given ? "; less than --vram-budget " + format_bytes(user) : "") + ")";
+  return b;
+}
+
+std::vector<runtime::ResolutionGroup> resolution_groups(const std::vector<const job::RenderItem*>& items) {
+  std::map<std::tuple<int, int, int>, size_t> index;
+  std::vector<runtime::ResolutionGroup> groups;
+  for (const job::RenderItem* item : items) {
+    const job::RenderParams& p = item->params;
+    const auto [it, added] = index.emplace(std::make_tuple(p.width, p.height, p.max_sequence_length), groups.size());
+    if (added) groups.push_back({p.width, p.height, p.max_sequence_length, 0});
+    ++groups[it->second].images;
+  }
+  return groups;
+}
+
+std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec) {
+  std::vector<const job::RenderItem*> items;
+  for (const job::RenderItem& item : spec.items) items.push_back(&item);
+  return resolution_groups(items);
+}
+
+runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
+                                        const runtime::ResolutionGroup& group) {
+  return {device_identity, model_identity, group.width, group.height, group.max_sequence_length};
+}
+
+std::vector<runtime::MemoryModel> models_for_groups(const runtime::MemoryModel& base,
+                                                    const std::vector<runtime::ResolutionGroup>& groups,
+                                                    const runtime::CalibrationCache& cache,
+                                                    const std::string& device_identity,
+                                                    const std::string& model_identity) {
+  std::vector<runtime::MemoryModel> models;
+  for (const runtime::ResolutionGroup& g : groups) {
+    const auto found = cache.find(calibration_key(device_identity, model_identity, g));
+    models.push_back(found ? runtime::apply_calibration(base, *found) : base);
+  }
+  return models;
+}
+
+}  // namespace fluxbatch::app
