@@ -72,16 +72,24 @@ if ! skip forward; then
   ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10 "$MODEL-nf4"
 fi
 
-if ! skip render; then
-  step "fluxbatch render 1024x1024, 28 steps"
+render_once() {  # render_once LABEL MODEL [FLAGS...]: one 1024x1024 28-step image, its log under $OUTDIR
+  local label=$1 model=$2; shift 2
   cat > /tmp/bench_job.json <<JOB
-{"model": "$MODEL", "output": {"dir": "/tmp/bench_out", "name": "{index}-{seed}.png"},
+{"output": {"dir": "/tmp/bench_out_$label", "name": "{index}-{seed}.png"},
  "defaults": {"width": 1024, "height": 1024, "steps": 28, "guidance": 3.5, "seed": 0},
  "items": ["a photo of a red fox in the snow, golden hour"]}
 JOB
-  rm -rf /tmp/bench_out
-  /usr/bin/time -v ./build-gpu/fluxbatch render /tmp/bench_job.json --device cuda --overwrite -v \
-    > "$OUTDIR/render.log" 2>&1; echo "exit $?"
-  grep -E "step|peak|stage|render|Elapsed|Maximum resident" "$OUTDIR/render.log" | tail -25
-  cp /tmp/bench_out/*.png "$OUTDIR/fluxbatch_1024.png" 2>/dev/null
+  rm -rf "/tmp/bench_out_$label"
+  /usr/bin/time -v ./build-gpu/fluxbatch render /tmp/bench_job.json --model "$model" --device cuda --overwrite -v "$@" \
+    > "$OUTDIR/render_$label.log" 2>&1; echo "[$label] exit $?"
+  grep -E "loaded|quantiz|offload|batch of|memory:|peak|done:|Elapsed|Maximum resident|allocator" "$OUTDIR/render_$label.log" \
+    | grep -v "debug step" | cut -c1-260 | tail -14
+}
+
+if ! skip render; then
+  step "fluxbatch render 1024x1024, 28 steps: bf16, then NF4 (quantized on load; diffusers' NF4 file) in the same call"
+  render_once bf16 "$MODEL"
+  render_once nf4-on-load "$MODEL" --quantize nf4
+  render_once nf4-file "$MODEL-nf4" --quantize nf4
+  cp /tmp/bench_out_bf16/*.png "$OUTDIR/fluxbatch_1024.png" 2>/dev/null
 fi

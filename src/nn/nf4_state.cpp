@@ -263,9 +263,10 @@ std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module,
     }
     // Quantized where it will live (a GPU quantizes in a blink), from bf16 as diffusers does with
     // torch_dtype=bfloat16; one tensor at a time, so host memory never holds a converted model.
-    const at::Tensor dense = it->second.to(options.device).to(at::kBFloat16).contiguous();
+    const at::Tensor dense =
+        it->second.to(options.quantize_device.value_or(options.device)).to(at::kBFloat16).contiguous();
     if (!scratch) scratch = std::make_shared<at::Tensor>();
-    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda), scratch,
+    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda).to(options.device), scratch,
                     what + ": " + key);
     used.insert(key);
   }

@@ -95,8 +95,10 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
   return it != weights.end() && it->first.rfind(prefix, 0) == 0;
 }
 
+// `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
+// components' home) is the host.
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
-                                                      bool quantize_nf4) {
+                                                      bool quantize_nf4, c10::Device compute) {
   const bool nf4_file = model.transformer.quantization == "bnb-nf4";
   if (nf4_file || quantize_nf4) {
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
@@ -104,7 +106,8 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     // tensors cannot be set_data'd to real ones.) The rest moves to the device on load.
     models::flux::FluxTransformer2DModel transformer(transformer_config(model), options.device(at::kCPU));
     const nn::TensorMap weights = read_component(model.transformer);
-    const nn::LoadOptions load = load_options(model.transformer, options, {});
+    nn::LoadOptions load = load_options(model.transformer, options, {});
+    load.quantize_device = compute;
     if (quantize_nf4) {
       nn::load_state_quantizing_nf4(*transformer, weights, load);
     } else {
@@ -136,11 +139,13 @@ models::clip::ClipTextModel load_clip(const ModelFiles& model, const at::TensorO
   return clip;
 }
 
-models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options, bool quantize_nf4) {
+models::t5::T5EncoderModel load_t5(const ModelFiles& model, const at::TensorOptions& options, bool quantize_nf4,
+                                   c10::Device compute) {
   refuse_quantized(model.text_encoder_2);
   nn::TensorMap weights = read_component(model.text_encoder_2);
   models::t5::canonicalize_t5_checkpoint(weights);
-  const nn::LoadOptions load = load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes());
+  nn::LoadOptions load = load_options(model.text_encoder_2, options, models::t5::t5_ignored_prefixes());
+  load.quantize_device = compute;
   // Quantizing: built on the CPU like the NF4 transformer (dense Linear pages never touched).
   models::t5::T5EncoderModel t5(text_encoder_2_config(model), quantize_nf4 ? options.device(at::kCPU) : options);
   if (quantize_nf4) {
@@ -216,7 +221,7 @@ struct FluxPipeline::State {
     if (clip && t5) return;
     const auto start = Clock::now();
     clip = load_clip(files, text_options());
-    t5 = load_t5(files, text_options(), options.quantize_t5_nf4);
+    t5 = load_t5(files, text_options(), options.quantize_t5_nf4, text_device());
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
   }
@@ -258,7 +263,7 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   const auto start = Clock::now();
   s.files = locate_model(model_path);
   const c10::InferenceMode inference;
-  s.transformer = load_transformer(s.files, s.home_options(), options.quantize_nf4);
+  s.transformer = load_transformer(s.files, s.home_options(), options.quantize_nf4, options.device);
   s.vae = load_vae(s.files, s.home_options());
   // The transformer decides: only a model with a guidance embedder takes guidance.
   s.variant = s.transformer->config().guidance_embeds ? FluxVariant::kDev : FluxVariant::kSchnell;

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,10 @@ struct LoadOptions {
   c10::Device device = c10::Device(c10::kCPU);
   std::vector<std::string> ignore_prefixes;  // checkpoint keys that are fine to leave unused
   std::string what;                          // e.g. "transformer (models/x/transformer)", for errors
+  // Where quantize-on-load runs (nn::load_state_quantizing_nf4 and the like); unset: `device`. A GPU
+  // quantizes a tensor in microseconds where the CPU reference takes seconds, so a model whose home is
+  // the host (offload) still quantizes on the GPU and moves the result home.
+  std::optional<c10::Device> quantize_device;
 };
 
 // Copies `weights` into `module`'s parameters and buffers by name. Throws ModelError that names

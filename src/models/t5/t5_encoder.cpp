@@ -61,9 +61,10 @@ std::shared_ptr<at::Tensor> load_t5_quantizing_nf4(T5EncoderModelImpl& t5, const
       continue;
     }
     // bf16 first, as transformers loads with torch_dtype=bfloat16 before bnb quantizes.
-    const at::Tensor dense = it->second.to(options.device).to(at::kBFloat16).contiguous();
+    const at::Tensor dense =
+        it->second.to(options.quantize_device.value_or(options.device)).to(at::kBFloat16).contiguous();
     if (!scratch) scratch = std::make_shared<at::Tensor>();
-    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda), scratch,
+    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda).to(options.device), scratch,
                     what + ": " + key);
     quantized.insert(key);
   }

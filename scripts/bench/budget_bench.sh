@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The memory scheduler under real pressure (issue 5): a 32-prompt 1024x1024 job with --batch 16 under
+# GPU budgets of 24, 12 and 8 GiB, the rest of the card held by a ballast process (scripts/bench/ballast.py)
+# so that every out-of-memory error is a real one; then the whole-job peak at 1024x1024 and 512x512,
+# batch 1. Prints per budget: wall time, failed items, OOM retries, per-stage peaks, predicted against
+# measured chunk peaks; then whether the images are equal across budgets.
+#   bash scripts/bench/budget_bench.sh MODEL OUTDIR [STEPS] [EXTRA RENDER FLAGS...]
+set -uo pipefail
+MODEL="$1"; OUTDIR="$2"; STEPS="${3:-4}"; shift 3 || shift $#
+EXTRA=("$@")
+BIN="${FB_BIN:-./build-gpu/fluxbatch}"
+mkdir -p "$OUTDIR"
+
+make_job() {  # make_job FILE SIZE COUNT DIR STEPS
+  python3 - "$@" <<'PY'
+import json, sys
+path, size, count, out, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+subjects = ["a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a snowy owl", "a glass teapot",
+            "a desert canyon", "a violin", "a paper boat", "a city at night", "a sunflower field", "a robot"]
+items = [{"prompt": f"{subjects[i % len(subjects)]}, photo {i}", "seed": 1000 + i} for i in range(count)]
+json.dump({"output": {"dir": out, "name": "{index:02}.png"},
+           "defaults": {"width": size, "height": size, "steps": steps, "guidance": 3.5},
+           "items": items}, open(path, "w"), indent=1)
+PY
+}
+
+run_budget() {  # run_budget LABEL LEAVE_GIB SIZE COUNT BATCH
+  local label=$1 leave=$2 size=$3 count=$4 batch=$5
+  local job="/tmp/budget_$label.json" out="/tmp/budget_out_$label"
+  rm -rf "$out" /tmp/ballast.ready
+  make_job "$job" "$size" "$count" "$out" "$STEPS"
+  local bpid=""
+  if [ "$leave" != "none" ]; then
+    python3 scripts/bench/ballast.py --leave-gib "$leave" --ready /tmp/ballast.ready > "$OUTDIR/ballast_$label.log" 2>&1 &
+    bpid=$!
+    for _ in $(seq 120); do [ -f /tmp/ballast.ready ] && break; sleep 0.5; done
+    cat "$OUTDIR/ballast_$label.log"
+  fi
+  local t0=$(date +%s.%N)
+  "$BIN" render "$job" --model "$MODEL" --device cuda --batch "$batch" --overwrite -v "${EXTRA[@]}" \
+    > "$OUTDIR/render_$label.log" 2>&1
+  local rc=$?
+  local t1=$(date +%s.%N)
+  [ -n "$bpid" ] && kill "$bpid" && wait "$bpid" 2>/dev/null
+  local failed=$(grep -c '"status": *"failed"\|"status":"failed"' "$out/manifest.jsonl" 2>/dev/null)
+  local pngs=$(ls "$out"/*.png 2>/dev/null | wc -l)
+  printf '== %s: %sx%s, %s images, --batch %s, %s GiB left by ballast: exit %s, %s PNGs, %s failed, wall %.1f s\n' \
+    "$label" "$size" "$size" "$count" "$batch" "$leave" "$rc" "$pngs" "${failed:-0}" "$(echo "$t1 - $t0" | bc)"
+  grep -iE "predicted|peak|retr|halv|tiled|fallback|allocator|summary|done:" "$OUTDIR/render_$label.log" | cut -c1-220 | tail -40
+}
+
+pixels_hash() {  # pixels_hash DIR -> one line per PNG: name sha of decoded pixels
+  python3 - "$1" <<'PY'
+import hashlib, sys
+from pathlib import Path
+from PIL import Image
+for p in sorted(Path(sys.argv[1]).glob("*.png")):
+    print(p.name, hashlib.sha256(Image.open(p).convert("RGB").tobytes()).hexdigest()[:16])
+PY
+}
+
+for leave in 24 12 8; do run_budget "b$leave" "$leave" 1024 32 16; done
+echo "== images equal across budgets (decoded pixels)?"
+pixels_hash /tmp/budget_out_b24 > /tmp/h24; pixels_hash /tmp/budget_out_b12 > /tmp/h12; pixels_hash /tmp/budget_out_b8 > /tmp/h8
+wc -l < /tmp/h24
+cmp /tmp/h24 /tmp/h12 && cmp /tmp/h24 /tmp/h8 && echo "identical: 24 GiB = 12 GiB = 8 GiB"
+run_budget "peak1024" none 1024 2 1
+run_budget "peak512" none 512 2 1
