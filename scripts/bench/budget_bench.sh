@@ -64,5 +64,7 @@ echo "== images equal across budgets (decoded pixels)?"
 pixels_hash /tmp/budget_out_b24 > /tmp/h24; pixels_hash /tmp/budget_out_b12 > /tmp/h12; pixels_hash /tmp/budget_out_b8 > /tmp/h8
 wc -l < /tmp/h24
 cmp /tmp/h24 /tmp/h12 && cmp /tmp/h24 /tmp/h8 && echo "identical: 24 GiB = 12 GiB = 8 GiB"
+EXTRA_BASE=("${EXTRA[@]}")
 run_budget "peak1024" none 1024 2 1
-run_budget "peak512" none 512 2 1
+EXTRA=("${EXTRA_BASE[@]}" --offload on); run_budget "peak1024-offload" none 1024 2 1
+EXTRA=("${EXTRA_BASE[@]}"); run_budget "peak512" none 512 2 1

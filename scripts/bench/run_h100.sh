@@ -72,6 +72,11 @@ if ! skip forward; then
   ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10 "$MODEL-nf4"
 fi
 
+if ! skip budget; then
+  step "memory scheduler under real pressure: 32 x 1024^2, --batch 16, budgets 24/12/8 GiB (ballast), 4 steps"
+  bash scripts/bench/budget_bench.sh "$MODEL-nf4" "$OUTDIR" 4 --quantize nf4
+fi
+
 render_once() {  # render_once LABEL MODEL [FLAGS...]: one 1024x1024 28-step image, its log under $OUTDIR
   local label=$1 model=$2; shift 2
   cat > /tmp/bench_job.json <<JOB
@@ -88,8 +93,12 @@ JOB
 
 if ! skip render; then
   step "fluxbatch render 1024x1024, 28 steps: bf16, then NF4 (quantized on load; diffusers' NF4 file) in the same call"
-  render_once bf16 "$MODEL"
+  skip bf16render || render_once bf16 "$MODEL"
   render_once nf4-on-load "$MODEL" --quantize nf4
   render_once nf4-file "$MODEL-nf4" --quantize nf4
   cp /tmp/bench_out_bf16/*.png "$OUTDIR/fluxbatch_1024.png" 2>/dev/null
 fi
+
+# Only a few files come back from the GPU machine: every log in one archive.
+tar -C "$OUTDIR" -czf /tmp/fluxbatch-logs.tgz --exclude='*.png' . && find "$OUTDIR" -name '*.log' -delete \
+  && mv /tmp/fluxbatch-logs.tgz "$OUTDIR/logs.tgz"

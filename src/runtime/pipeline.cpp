@@ -207,10 +207,13 @@ struct FluxPipeline::State {
   }
 
   // Moves a component to the device for its stage and back home afterwards (offload only).
+  // Under InferenceMode: the weights are inference tensors, which cannot be moved outside it.
   void visit(torch::nn::Module& module) const {
+    const c10::InferenceMode inference;
     if (options.offload) module.to(options.device);
   }
   void leave(torch::nn::Module& module) const {
+    const c10::InferenceMode inference;
     if (options.offload) {
       module.to(c10::Device(c10::kCPU));
       empty_cache();
@@ -401,6 +404,8 @@ bool FluxPipeline::move_text_encoders_to_cpu() {
   State& s = *state_;
   if (s.text_on_cpu || s.options.device.is_cpu()) return false;
   s.text_on_cpu = true;
+  // The weights are inference tensors (loaded under InferenceMode): moving them outside it fails.
+  const c10::InferenceMode inference;
   if (s.clip) s.clip->to(c10::Device(c10::kCPU));
   if (s.t5) s.t5->to(c10::Device(c10::kCPU));
   s.empty_cache();
