@@ -36,16 +36,16 @@ run_budget() {  # run_budget LABEL LEAVE_GIB SIZE COUNT BATCH
     for _ in $(seq 120); do [ -f /tmp/ballast.ready ] && break; sleep 0.5; done
     cat "$OUTDIR/ballast_$label.log"
   fi
-  local t0=$(date +%s.%N)
+  local t0=$(date +%s%N)
   "$BIN" render "$job" --model "$MODEL" --device cuda --batch "$batch" --overwrite -v "${EXTRA[@]}" \
     > "$OUTDIR/render_$label.log" 2>&1
   local rc=$?
-  local t1=$(date +%s.%N)
+  local t1=$(date +%s%N)
   [ -n "$bpid" ] && kill "$bpid" && wait "$bpid" 2>/dev/null
   local failed=$(grep -c '"status": *"failed"\|"status":"failed"' "$out/manifest.jsonl" 2>/dev/null)
   local pngs=$(ls "$out"/*.png 2>/dev/null | wc -l)
   printf '== %s: %sx%s, %s images, --batch %s, %s GiB left by ballast: exit %s, %s PNGs, %s failed, wall %.1f s\n' \
-    "$label" "$size" "$size" "$count" "$batch" "$leave" "$rc" "$pngs" "${failed:-0}" "$(echo "$t1 - $t0" | bc)"
+    "$label" "$size" "$size" "$count" "$batch" "$leave" "$rc" "$pngs" "${failed:-0}" "$(( (t1 - t0) / 1000000 ))e-3"
   grep -iE "predicted|peak|retr|halv|tiled|fallback|allocator|summary|done:" "$OUTDIR/render_$label.log" | cut -c1-220 | tail -40
 }
 

@@ -135,6 +135,7 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
   std::vector<Key> order = needed;
   order.insert(order.end(), p.pending.begin(), p.pending.end());
   int64_t count = 0, last = 0;
+  pipeline_->hold_text_encoders(true);  // one trip to the device for the whole window (offload)
   for (size_t i = 0; i < order.size(); ++i) {
     const Key& key = order[i];
     if (p.entries.count(key)) continue;

@@ -70,10 +70,17 @@ MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, i
   model.dtype_size = dtype_size;
   model.components = components;
   const std::vector<std::string> all = {"text_encoder", "text_encoder_2", "transformer", "vae"};
-  const auto resident = [&](std::vector<std::string> own) { return offload ? own : all; };
-  model.stages.push_back({"encode", resident({"text_encoder", "text_encoder_2"}), {0.0, kEncodePerToken, kFixedBytes}});
-  model.stages.push_back({"denoise", resident({"transformer"}), {kDenoisePerPixel, 0.0, kFixedBytes}});
-  model.stages.push_back({"decode", resident({"vae"}), {kDecodePerPixel, 0.0, kFixedBytes}});
+  // Offload: each stage holds only its own components. Otherwise everything is loaded up front, and
+  // the text encoders are freed after the encode stage (stage-major execution, FluxGenerator::prepare),
+  // so denoise and decode hold the transformer and the VAE.
+  const std::vector<std::string> after_encode = {"transformer", "vae"};
+  const auto resident = [&](std::vector<std::string> own, const std::vector<std::string>& kept) {
+    return offload ? own : kept;
+  };
+  model.stages.push_back(
+      {"encode", resident({"text_encoder", "text_encoder_2"}, all), {0.0, kEncodePerToken, kFixedBytes}});
+  model.stages.push_back({"denoise", resident({"transformer"}, after_encode), {kDenoisePerPixel, 0.0, kFixedBytes}});
+  model.stages.push_back({"decode", resident({"vae"}, after_encode), {kDecodePerPixel, 0.0, kFixedBytes}});
   return model;
 }
 

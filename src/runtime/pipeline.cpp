@@ -183,6 +183,7 @@ struct FluxPipeline::State {
   std::optional<tokenizers::ClipTokenizer> clip_tokenizer;
   std::optional<tokenizers::T5Tokenizer> t5_tokenizer;
 
+  bool text_held = false;    // hold_text_encoders: no trip home between encode_prompts calls
   bool text_on_cpu = false;  // the encode stage's out-of-memory fallback: CLIP and T5 run on the CPU
 
   // Where weights live between stages: the device, or the CPU when offloading.
@@ -197,7 +198,7 @@ struct FluxPipeline::State {
     if (!text_on_cpu) visit(module);
   }
   void leave_text(torch::nn::Module& module) const {
-    if (!text_on_cpu) leave(module);
+    if (!text_on_cpu && !text_held) leave(module);
   }
 
   void empty_cache() const {
@@ -230,6 +231,7 @@ struct FluxPipeline::State {
   }
 
   void free_text_encoders() {
+    text_held = false;
     if (!clip && !t5) return;
     clip = models::clip::ClipTextModel(nullptr);
     t5 = models::t5::T5EncoderModel(nullptr);
@@ -399,6 +401,8 @@ at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int m
 void FluxPipeline::release_text_encoders() { state_->free_text_encoders(); }
 
 bool FluxPipeline::text_encoders_loaded() const { return state_->clip && state_->t5; }
+
+void FluxPipeline::hold_text_encoders(bool hold) { state_->text_held = hold; }
 
 bool FluxPipeline::move_text_encoders_to_cpu() {
   State& s = *state_;

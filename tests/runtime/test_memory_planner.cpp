@@ -131,9 +131,13 @@ TEST_CASE("the FLUX default model has three stages and sane first guesses", "[pl
   CHECK(denoise < 1100 * MiB);
   CHECK(decode > 4 * GiB);
   CHECK(decode < 5 * GiB);
-  // Everything resident on an 80 GB card: 31.4 GiB weights, decode-limited batch of 10.
+  // Stage-major: the text encoders are freed after encoding, so denoise and decode hold the
+  // transformer and the VAE (22.2 GiB) and the VAE decode limits a 76 GiB budget to 12 images.
+  CHECK(resident.stages[0].resident.size() == 4);
+  CHECK(resident.stages[1].resident == std::vector<std::string>{"transformer", "vae"});
+  CHECK(resident.stages[2].resident == std::vector<std::string>{"transformer", "vae"});
   const Plan plan = plan_batches(resident, {{1024, 1024, 512, 64}}, 76 * GiB);
-  CHECK(plan.groups[0].batch_size == 10);
+  CHECK(plan.groups[0].batch_size == 12);
   CHECK(plan.groups[0].limiting_stage == "decode");
   const MemoryModel offload = flux_memory_model(w, 2, true);
   CHECK(offload.weight_bytes(offload.stages[1].resident) == 22 * GiB);

@@ -112,6 +112,11 @@ class FluxPipeline {
   at::Tensor generate(const std::vector<std::string>& prompts, int max_sequence_length,
                       const DenoiseRequest& request, const sampling::StepCallback& on_step = {});
 
+  // While held, encode_prompts leaves CLIP and T5 on the device between calls, where offload would
+  // move them home after each (an encode stage of many prompts would copy T5 across the bus per
+  // prompt). release_text_encoders() ends the hold.
+  void hold_text_encoders(bool hold);
+
   // Frees CLIP and T5 now (a later encode_prompts loads them again) and empties the device cache.
   void release_text_encoders();
   bool text_encoders_loaded() const;
