@@ -5,6 +5,7 @@
 // then dQuantizeNF4(x * reciprocal) with a flushing multiply. One warp per block of 64, two values
 // (one output byte) per lane: loads and stores are coalesced and the absmax is a warp reduction.
 #include "nf4_quantize_cuda.h"
+#include "nf4_code_tree.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -33,25 +34,6 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// dQuantizeNF4: the float literals of bnb's source; a value exactly on a threshold takes the lower
-// code, NaN code 0 (every comparison false). Same tree as nf4_code_like_cuda in nf4_quantize.cpp.
-__device__ __forceinline__ uint32_t nf4_code(float x) {
-  if (x > 0.03979014977812767f) {
-    if (x > 0.3893125355243683f) {
-      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 0b1111 : 0b1110;
-      return x > 0.5016634166240692f ? 0b1101 : 0b1100;
-    }
-    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 0b1011 : 0b1010;
-    return x > 0.1202552504837513f ? 0b1001 : 0b1000;
-  }
-  if (x > -0.33967943489551544f) {
-    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 0b0111 : 0b0110;
-    return x > -0.23460740596055984f ? 0b0101 : 0b0100;
-  }
-  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 0b0011 : 0b0010;
-  return x > -0.8480964004993439f ? 0b0001 : 0b0000;
-}
-
 // Blocks of exactly 64 values (blocksize == 2 * warp size): lane l owns values 2l and 2l + 1.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) quantize_nf4_kernel(const T* __restrict__ w, int64_t n, int64_t n_blocks,
@@ -70,8 +52,8 @@ __global__ void __launch_bounds__(kThreads) quantize_nf4_kernel(const T* __restr
     for (int offset = kWarp / 2; offset > 0; offset /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
     const float reciprocal = rcp_approx_ftz(m);
     if (lane == 0) absmax[block] = m;
-    if (i < n) packed[i / 2] = static_cast<uint8_t>((nf4_code(mul_ftz(a, reciprocal)) << 4) |
-                                                    nf4_code(mul_ftz(b, reciprocal)));
+    if (i < n) packed[i / 2] = static_cast<uint8_t>((nf4_code_like_cuda(mul_ftz(a, reciprocal)) << 4) |
+                                                    nf4_code_like_cuda(mul_ftz(b, reciprocal)));
   }
 }
 
