@@ -247,13 +247,14 @@ std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const Tens
 }
 
 std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module, const TensorMap& weights,
-                                                      const LoadOptions& options) {
+                                                      const LoadOptions& options,
+                                                      const std::function<bool(const std::string&)>& quantize) {
   const std::string what = describe(options);
   std::set<std::string> used;
   std::shared_ptr<at::Tensor> scratch = install_bnb(module, weights, options, used);
   c10::NoGradGuard no_grad;
   for (const auto& [name, linear] : linear_modules(module)) {
-    if (linear->is_nf4()) continue;
+    if (linear->is_nf4() || (quantize && !quantize(name))) continue;
     const std::string key = name + ".weight";
     auto it = weights.find(key);
     // Absent or of another shape: left to load_state, which reports it.

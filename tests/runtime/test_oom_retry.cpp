@@ -16,6 +16,7 @@
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/runtime/job_runner.h"
 #include "fluxbatch/runtime/oom.h"
+#include "render_items.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -69,27 +70,11 @@ class OomGenerator : public fluxbatch::runtime::ImageGenerator {
 };
 
 RenderItem make_item(int64_t index, const std::string& prompt = "a cat", int width = 64) {
-  RenderItem item;
-  item.index = index;
-  item.item_index = index;
-  item.prompt = prompt;
-  item.params.width = width;
-  item.params.height = 64;
-  item.params.steps = 4;
-  item.params.guidance = 3.5;
-  item.params.seed = 10 + static_cast<uint64_t>(index);
-  item.params.max_sequence_length = 128;
-  item.file = "img-" + std::to_string(index) + ".png";
-  item.location = "job.json:" + std::to_string(index + 1) + ":1";
-  return item;
+  return fluxbatch::test::make_render_item(index, prompt, width, 64, 10 + static_cast<uint64_t>(index));
 }
 
 JobSpec job_of(int n) {
-  JobSpec spec;
-  spec.path = "job.json";
-  spec.output_dir = "out";
-  for (int i = 0; i < n; ++i) spec.items.push_back(make_item(i));
-  return spec;
+  return fluxbatch::test::job_of_items(n, [](int i) { return make_item(i); });
 }
 
 std::vector<fluxbatch::io::ManifestEntry> manifest_of(const fs::path& dir) {

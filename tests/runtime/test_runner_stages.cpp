@@ -15,6 +15,7 @@
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/runtime/job_runner.h"
+#include "render_items.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -29,27 +30,11 @@ using fluxbatch::runtime::RunnerOptions;
 namespace {
 
 RenderItem make_item(int64_t index, const std::string& prompt) {
-  RenderItem item;
-  item.index = index;
-  item.item_index = index;
-  item.prompt = prompt;
-  item.params.width = 32;
-  item.params.height = 32;
-  item.params.steps = 4;
-  item.params.guidance = 3.5;
-  item.params.seed = 200 + static_cast<uint64_t>(index);
-  item.params.max_sequence_length = 128;
-  item.file = "img-" + std::to_string(index) + ".png";
-  item.location = "job.json:" + std::to_string(index + 1) + ":1";
-  return item;
+  return fluxbatch::test::make_render_item(index, prompt, 32, 32, 200 + static_cast<uint64_t>(index));
 }
 
 JobSpec job_of(int n) {
-  JobSpec spec;
-  spec.path = "job.json";
-  spec.output_dir = "out";
-  for (int i = 0; i < n; ++i) spec.items.push_back(make_item(i, "prompt " + std::to_string(i % 2)));
-  return spec;
+  return fluxbatch::test::job_of_items(n, [](int i) { return make_item(i, "prompt " + std::to_string(i % 2)); });
 }
 
 Image image_for(const RenderItem& item) {

@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -31,9 +32,11 @@ std::shared_ptr<at::Tensor> load_nf4_state(torch::nn::Module& module, const Tens
 // quantized to NF4 on the way in, as diffusers' BitsAndBytesConfig(load_in_4bit=True,
 // bnb_4bit_quant_type="nf4") does on a GPU: from bf16, blocksize 64, no double quantization, bnb's CUDA
 // rounding, on options.device. One tensor at a time, from the mapped file: host memory never holds the
-// dense model.
-std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module, const TensorMap& weights,
-                                                      const LoadOptions& options);
+// dense model. `quantize`, when given, picks the Linears (by module name) to quantize; the others load
+// dense (e.g. T5's feed-forward `wo`, which transformers' bitsandbytes quantizer skips).
+std::shared_ptr<at::Tensor> load_state_quantizing_nf4(
+    torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options,
+    const std::function<bool(const std::string& linear_name)>& quantize = {});
 
 // True when some key of `weights` is a bitsandbytes quant_state.
 bool has_bnb_quant_state(const TensorMap& weights);

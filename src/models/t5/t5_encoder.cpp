@@ -2,10 +2,8 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/nn/linear.h"
-#include "fluxbatch/quant/nf4_format.h"
+#include "fluxbatch/nn/nf4_state.h"
 #include "models/t5/t5_layers.h"
-
-#include <set>
 
 namespace fluxbatch::models::t5 {
 
@@ -46,34 +44,7 @@ bool t5_linear_is_quantized(const std::string& name) {
 
 std::shared_ptr<at::Tensor> load_t5_quantizing_nf4(T5EncoderModelImpl& t5, const nn::TensorMap& weights,
                                                    const nn::LoadOptions& options) {
-  const std::string what = options.what.empty() ? std::string("T5") : options.what;
-  c10::NoGradGuard no_grad;
-  std::set<std::string> quantized;
-  std::shared_ptr<at::Tensor> scratch;
-  for (const auto& item : t5.named_modules("", /*include_self=*/false)) {
-    auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(item.value());
-    if (!linear || linear->is_nf4() || !t5_linear_is_quantized(item.key())) continue;
-    const std::string key = item.key() + ".weight";
-    auto it = weights.find(key);
-    // Absent or misshapen: left to load_state, which names it.
-    if (it == weights.end() || !at::isFloatingType(it->second.scalar_type()) ||
-        it->second.sizes() != at::IntArrayRef{linear->out_features(), linear->in_features()}) {
-      continue;
-    }
-    // bf16 first, as transformers loads with torch_dtype=bfloat16 before bnb quantizes.
-    const at::Tensor dense =
-        it->second.to(options.quantize_device.value_or(options.device)).to(at::kBFloat16).contiguous();
-    if (!scratch) scratch = std::make_shared<at::Tensor>();
-    linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda).to(options.device), scratch,
-                    what + ": " + key);
-    quantized.insert(key);
-  }
-  nn::TensorMap rest;
-  for (const auto& item : weights) {
-    if (quantized.count(item.first) == 0) rest.emplace(item.first, item.second);
-  }
-  nn::load_state(t5, rest, options);
-  return scratch;
+  return nn::load_state_quantizing_nf4(t5, weights, options, t5_linear_is_quantized);
 }
 
 }  // namespace fluxbatch::models::t5
