@@ -7,23 +7,12 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/inspect.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_planner.h"
 
 namespace fluxbatch::app {
 namespace {
-
-// Bytes each component takes on the device at `dtype_size`; quantized ones stay as stored, and with
-// --quantize nf4 the transformer's and T5's Linear weights count as NF4.
-std::vector<runtime::ComponentWeights> component_weights(const std::string& model, int dtype_size, bool nf4) {
-  std::vector<runtime::ComponentWeights> out;
-  for (const runtime::ComponentSummary& c : runtime::summarize_model(model).components) {
-    out.push_back({c.name, runtime::loaded_bytes(c, dtype_size, nf4)});
-  }
-  return out;
-}
 
 std::string join(const std::vector<std::string>& names) {
   std::string out;
@@ -48,7 +37,7 @@ std::string json_string(const std::string& s) {
 
 struct ReportHeader {
   std::string job, model, device, dtype, quantize, budget_how, cache;
-  bool offload = false;
+  runtime::Residency residency = runtime::Residency::kStaged;
 };
 
 bool all_calibrated(const runtime::Plan& plan) {
@@ -61,7 +50,7 @@ bool all_calibrated(const runtime::Plan& plan) {
 std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
   using runtime::format_bytes;
   std::string out = "job: " + h.job + "\nmodel: " + h.model + "\ndevice " + h.device + ", dtype " + h.dtype +
-                    (h.quantize == "none" ? "" : ", quantize " + h.quantize) + (h.offload ? ", offload" : "") + ", budget " + h.budget_how + "\n";
+                    (h.quantize == "none" ? "" : ", quantize " + h.quantize) + ", components " + runtime::residency_name(h.residency) + ", budget " + h.budget_how + "\n";
   out += all_calibrated(plan) ? "activations: calibrated (" + h.cache + ")\n"
                               : "activations: built-in first guesses where marked uncalibrated (no calibration in " +
                                     h.cache + "; render --batch auto measures and stores one)\n";
@@ -87,7 +76,8 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
   std::string out = "{\"job\": " + json_string(h.job) + ", \"model\": " + json_string(h.model) +
                     ", \"device\": " + json_string(h.device) + ", \"dtype\": " + json_string(h.dtype) +
                     ", \"quantize\": " + json_string(h.quantize) +
-                    ", \"offload\": " + (h.offload ? "true" : "false") + ", \"calibrated\": " +
+                    ", \"offload\": " + (h.residency == runtime::Residency::kOffload ? "true" : "false") +
+                    ", \"residency\": " + json_string(runtime::residency_name(h.residency)) + ", \"calibrated\": " +
                     (all_calibrated(plan) ? "true" : "false") + ", \"calibration_cache\": " + json_string(h.cache) +
                     ", \"budget\": " + json_string(h.budget_how) +
                     ", \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
@@ -129,7 +119,6 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
       ->type_name("T");
   add_quantize_option(*cmd, command.quantize);
-  cmd->add_flag("--offload", command.offload, "Keep only the running stage's components on the device");
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
   add_job_options(*cmd, command.job);
@@ -140,7 +129,7 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
       "--vram-budget the budget is what the device has free minus --vram-reserve.\n"
       "Examples:\n"
       "  fluxbatch plan jobs/night.json --model /models/FLUX.1-dev --vram-budget 22G\n"
-      "  fluxbatch plan prompts.txt --model /models/FLUX.1-dev --vram-budget 7.5G --offload --json\n");
+      "  fluxbatch plan prompts.txt --model /models/FLUX.1-dev --vram-budget 7.5G --offload on --json\n");
   return cmd;
 }
 
@@ -155,15 +144,17 @@ void run_plan(const PlanCommand& command) {
   const int dtype_size = static_cast<int>(c10::elementSize(dtype));
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
   const Budget budget = resolve_budget(device, command.memory);
-  const runtime::MemoryModel base =
-      runtime::flux_memory_model(component_weights(model, dtype_size, command.quantize == "nf4"), dtype_size, command.offload);
+  const std::vector<runtime::ComponentWeights> weights =
+      runtime::model_component_weights(model, dtype_size, command.quantize == "nf4");
+  const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
+  const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
   const std::vector<runtime::MemoryModel> models = models_for_groups(
       base, groups, cache, runtime::device_identity(device), runtime::model_identity(model, dtype, command.quantize == "nf4" ? "nf4" : ""));
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
-                            command.offload};
+                            residency};
   const std::string report = command.json ? json_report(header, plan) : text_report(header, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }

@@ -17,7 +17,6 @@ struct PlanCommand {
   std::string dtype;        // empty: bf16 on cuda, fp32 on cpu (as render)
   MemoryOptions memory;     // --vram-budget, --vram-reserve
   std::string quantize = "none";  // --quantize none|nf4, as render
-  bool offload = false;
   int max_batch = 64;
   bool json = false;
   JobOptions job;

@@ -8,7 +8,7 @@
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/inspect.h"
+#include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "generator_factory.h"
@@ -61,22 +61,21 @@ GeneratorConfig resolve_config(const RenderCommand& command, const std::string& 
   return config;
 }
 
-// --offload: on / off as asked; auto offloads when the weights as loaded (from file headers) take more
-// than 3/4 of the budget, so that each stage has its own components and room for activations on the
-// device, instead of every load and batch running out of memory.
-bool decide_offload(const std::string& mode, const GeneratorConfig& config, int64_t budget_bytes) {
-  if (mode != "auto") return mode == "on";
-  if (!config.device.is_cuda()) return false;  // on the CPU the device is the host: nothing to move
-  const int dtype_size = static_cast<int>(c10::elementSize(config.dtype));
-  int64_t weights = 0;
-  for (const runtime::ComponentSummary& c : runtime::summarize_model(config.model_path).components) {
-    weights += runtime::loaded_bytes(c, dtype_size, config.quantize_nf4);
+// The components' residency (--offload) from the weights as they will load, logged with the reason.
+runtime::Residency decide_residency(const std::string& mode, const GeneratorConfig& config,
+                                    const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
+  const runtime::Residency residency = resolve_residency(mode, config.device, weights, budget_bytes);
+  int64_t denoise = 0;
+  for (const runtime::ComponentWeights& c : weights) {
+    if (c.name == "transformer" || c.name == "vae") denoise += c.weight_bytes;
   }
-  const bool offload = weights > budget_bytes / 4 * 3;
-  log::info("weights " + runtime::format_bytes(weights) + " against a budget of " + runtime::format_bytes(budget_bytes) +
-            (offload ? ": offloading (each stage's components visit the device only for that stage)"
-                     : ": every component stays on the device"));
-  return offload;
+  const std::string why = " (--offload " + mode + "; transformer + VAE " + runtime::format_bytes(denoise) +
+                          ", budget " + runtime::format_bytes(budget_bytes) + ")";
+  log::info(residency == runtime::Residency::kOffload
+                ? "offload: components wait in pinned host memory and visit the device for their stage" + why
+                : "staged: each stage loads its components from disk; the text encoders never share the device "
+                  "with the transformer and VAE" + why);
+  return residency;
 }
 
 std::string model_for(const RenderCommand& command, const job::JobSpec& spec) {
@@ -157,12 +156,6 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
                   "(default auto)")
       ->type_name("auto|N");
   add_quantize_option(*sub, command.quantize);
-  sub->add_option("--offload", command.offload,
-                  "auto, on or off: keep only the running stage's components (text encoders, transformer, VAE) on "
-                  "the device, the rest in host memory; auto = on when the weights take over 3/4 of the budget "
-                  "(default auto)")
-      ->type_name("MODE")
-      ->check(CLI::IsMember({"auto", "on", "off"}));
   add_memory_options(*sub, command.memory, /*monitor=*/true);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
@@ -192,7 +185,9 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
   RenderMemory memory(command.memory, config.device, config.dtype, model, config.quantize_nf4 ? "nf4" : "");
   memory.attach(config);
-  config.offload = decide_offload(command.offload, config, memory.budget().bytes);
+  const std::vector<runtime::ComponentWeights> weights = runtime::model_component_weights(
+      model, static_cast<int>(c10::elementSize(config.dtype)), config.quantize_nf4);
+  config.residency = decide_residency(command.memory.offload, config, weights, memory.budget().bytes);
   std::unique_ptr<runtime::FluxGenerator> flux = make_generator(config);
   runtime::FluxGenerator& loaded = *flux;
   // The images this run renders (not those finished earlier) decide what to calibrate and plan.
@@ -202,7 +197,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   for (const runtime::PlannedItem& p : todo.items) {
     if (p.state == runtime::ItemState::kRender) items.push_back(p.item);
   }
-  memory.plan(loaded.pipeline(), items, batch == kAutoBatch, batch == kAutoBatch ? kMaxAutoBatch : batch);
+  memory.plan(loaded.pipeline(), weights, items, batch == kAutoBatch, batch == kAutoBatch ? kMaxAutoBatch : batch);
   std::unique_ptr<runtime::ImageGenerator> generator = memory.wrap(std::move(flux));
   InterruptGuard interrupt;
   runtime::RunnerOptions options;

@@ -19,7 +19,6 @@ struct RenderCommand {
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
   std::string quantize = "none";  // --quantize none|nf4
-  std::string offload = "auto";   // --offload auto|on|off
   bool overwrite = false;
   bool dry_run = false;
   JobOptions job;

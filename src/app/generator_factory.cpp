@@ -10,7 +10,7 @@ std::unique_ptr<runtime::FluxGenerator> make_generator(const GeneratorConfig& co
   options.on_stage = config.on_stage;
   options.memory_note = config.memory_note;
   options.quantize_nf4 = config.quantize_nf4;
-  options.offload = config.offload;
+  options.residency = config.residency;
   return std::make_unique<runtime::FluxGenerator>(config.model_path, options);
 }
 

@@ -20,7 +20,8 @@ struct GeneratorConfig {
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
   bool quantize_nf4 = false;  // --quantize nf4
-  bool offload = false;       // --offload (see runtime::PipelineOptions::offload)
+  // --offload: on = kOffload, off = kStaged, auto = runtime::choose_residency (PipelineOptions::residency)
+  runtime::Residency residency = runtime::Residency::kStaged;
 };
 
 // Loads the model. ModelError / DeviceError on failure (exit 3).

@@ -25,6 +25,15 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
                       kDefaultVramReserve + ")")
       ->type_name("SIZE")
       ->group(group);
+  command
+      .add_option("--offload", o.offload,
+                  "auto, on or off. off: each stage loads its own components from disk when it starts (text "
+                  "encoders, then transformer + VAE), so they never share the device; on: every component waits in "
+                  "pinned host memory and is copied to the device for its stage only; auto = on when the "
+                  "transformer + VAE take over 3/4 of the budget (default auto)")
+      ->type_name("MODE")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->group(group);
   if (!monitor) return;
   command
       .add_option("--monitor-interval", o.monitor_interval_ms,
@@ -90,6 +99,14 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec
   std::vector<const job::RenderItem*> items;
   for (const job::RenderItem& item : spec.items) items.push_back(&item);
   return resolution_groups(items);
+}
+
+runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
+                                     const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
+  if (offload == "on") return runtime::Residency::kOffload;
+  if (offload == "off" || !device.is_cuda()) return runtime::Residency::kStaged;
+  if (offload != "auto") throw InputError("--offload: expected auto, on or off, got '" + offload + "'");
+  return runtime::choose_residency(weights, budget_bytes);
 }
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,

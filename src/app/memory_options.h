@@ -26,6 +26,7 @@ struct MemoryOptions {
   std::string reserve = kDefaultVramReserve;  // --vram-reserve
   int monitor_interval_ms = 100;            // --monitor-interval (render only); 0 = off
   double monitor_threshold = 0.9;           // --monitor-threshold (render only)
+  std::string offload = "auto";             // --offload auto|on|off
 };
 void add_memory_options(CLI::App& command, MemoryOptions& options, bool monitor);
 
@@ -42,6 +43,12 @@ Budget resolve_budget(c10::Device device, const MemoryOptions& options);
 // The job's items grouped by (width, height, max_sequence_length), in first-seen order.
 std::vector<runtime::ResolutionGroup> resolution_groups(const std::vector<const job::RenderItem*>& items);
 std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec);
+
+// Where the components wait between stages (--offload): on = offloaded to pinned host memory, off =
+// staged (each stage loads its own from disk), auto = runtime::choose_residency on CUDA and staged on
+// the CPU (there the device is the host). `weights`: runtime::model_component_weights.
+runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
+                                     const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes);
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
                                         const runtime::ResolutionGroup& group);

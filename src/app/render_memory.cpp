@@ -80,15 +80,14 @@ void RenderMemory::reset_peak() const {
   }
 }
 
-void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<const job::RenderItem*>& items,
-                        bool calibrate, int max_batch) {
+void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runtime::ComponentWeights>& weights,
+                        const std::vector<const job::RenderItem*>& items, bool calibrate, int max_batch) {
   monitor_->set_stage("");
-  const std::vector<runtime::ComponentWeights> weights = runtime::pipeline_component_weights(pipeline);
   std::string sizes;
   for (const auto& c : weights) sizes += (sizes.empty() ? "" : ", ") + c.name + " " + format_bytes(c.weight_bytes);
   log::info("weights as loaded: " + sizes);
   const int dtype_size = static_cast<int>(c10::elementSize(dtype_));
-  fallback_ = runtime::flux_memory_model(weights, dtype_size, pipeline.options().offload);
+  fallback_ = runtime::flux_memory_model(weights, dtype_size, pipeline.options().residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
   if (groups.empty()) return;
 

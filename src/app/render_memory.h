@@ -37,11 +37,12 @@ class RenderMemory {
   // CPU with --vram-budget: the generator inside the budget's enforcement scope.
   std::unique_ptr<runtime::ImageGenerator> wrap(std::unique_ptr<runtime::ImageGenerator> generator);
 
-  // After loading: the exact component sizes, then a model per resolution group of `items` (from
-  // the calibration cache; measured now and cached when `calibrate` and missing) and, for
+  // A model per resolution group of `items` from the components' sizes as loaded (`weights`,
+  // runtime::model_component_weights) and the pipeline's residency, with activation costs from the
+  // calibration cache (measured on `pipeline` now and cached when `calibrate` and missing) and, for
   // --batch auto, the planned batch per group (logged).
-  void plan(runtime::FluxPipeline& pipeline, const std::vector<const job::RenderItem*>& items, bool calibrate,
-            int max_batch);
+  void plan(runtime::FluxPipeline& pipeline, const std::vector<runtime::ComponentWeights>& weights,
+            const std::vector<const job::RenderItem*>& items, bool calibrate, int max_batch);
   std::function<int(const job::RenderItem&)> batch_for() const;  // the plan's batch per shape
   int largest_batch() const;
 

@@ -37,6 +37,10 @@ void LinearImpl::move_nf4(const c10::Device& device) {
   if (scratch_ && scratch_->defined() && scratch_->device() != device) *scratch_ = at::Tensor();
 }
 
+void LinearImpl::release_scratch() {
+  if (scratch_) *scratch_ = at::Tensor();
+}
+
 void LinearImpl::set_nf4(quant::Nf4Tensor w, std::shared_ptr<at::Tensor> scratch, const std::string& what) {
   if (w.shape != std::vector<int64_t>{out_features_, in_features_}) {
     std::string got;

@@ -1,6 +1,9 @@
 #include "fluxbatch/runtime/inspect.h"
 
 #include "fluxbatch/io/safetensors.h"
+#include "fluxbatch/models/clip/clip_text_model.h"
+#include "fluxbatch/models/t5/t5_encoder.h"
+#include "fluxbatch/models/vae/vae_decoder.h"
 
 #include <nlohmann/json.hpp>
 
@@ -57,6 +60,20 @@ std::string format_of(const std::string& quantization, bool nested, const std::s
   return "dense";
 }
 
+// What the component's loader skips (prefixes of names without the file prefix).
+std::vector<std::string> skipped_prefixes(models::Component component, const std::set<std::string>& names) {
+  switch (component) {
+    case models::Component::kVae: return models::vae::vae_ignored_prefixes(/*use_post_quant_conv=*/true);
+    case models::Component::kTextEncoder: return models::clip::clip_ignored_prefixes();
+    case models::Component::kTextEncoder2: {
+      std::vector<std::string> out = models::t5::t5_ignored_prefixes();
+      if (names.count("shared.weight")) out.push_back("encoder.embed_tokens.");  // tied: loaded once
+      return out;
+    }
+    default: return {};
+  }
+}
+
 ComponentSummary summarize(const ComponentFiles& files) {
   ComponentSummary s;
   s.name = models::component_name(files.component);
@@ -75,6 +92,15 @@ ComponentSummary summarize(const ComponentFiles& files) {
       entries.push_back(std::move(t));
     }
   }
+  std::set<std::string> names;
+  for (const auto& t : entries) names.insert(t.name.substr(files.prefix.size()));
+  const std::vector<std::string> skipped = skipped_prefixes(files.component, names);
+  const auto loaded = [&](const std::string& name) {
+    for (const std::string& p : skipped) {
+      if (name.compare(0, p.size(), p) == 0) return false;
+    }
+    return true;
+  };
   std::set<io::DType> dense_dtypes, fp8;
   for (const auto& t : entries) {
     const uint64_t numel = io::dtype_size(t.dtype) == 0 ? 0 : (t.end - t.begin) / io::dtype_size(t.dtype);
@@ -92,7 +118,13 @@ ComponentSummary summarize(const ComponentFiles& files) {
       }
     }
     if (is_quant_state(t.name)) continue;
-    s.parameters += static_cast<int64_t>(packed.count(t.name) ? numel * 2 : numel);
+    const int64_t count = static_cast<int64_t>(packed.count(t.name) ? numel * 2 : numel);
+    s.parameters += count;
+    const bool weight = is_float(t.dtype) || packed.count(t.name) || t.dtype == io::DType::kF8_E4M3 ||
+                        t.dtype == io::DType::kF8_E5M2;
+    if (weight && loaded(t.name.substr(files.prefix.size()))) {
+      s.loaded_parameters += count;
+    }
   }
   s.format = format_of(s.quantization, nested, fp8);
   if (!fp8.empty()) s.nf4_candidate_parameters = 0;
@@ -191,8 +223,8 @@ int64_t nf4_bytes(int64_t parameters) { return (parameters + 1) / 2 + (parameter
 int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4) {
   // bnb components load as stored; fp8 ones are counted converted (an upper bound).
   if (c.quantization != "none") return static_cast<int64_t>(c.bytes);
-  if (!quantize_nf4) return c.parameters * dtype_size;
-  return (c.parameters - c.nf4_candidate_parameters) * dtype_size + nf4_bytes(c.nf4_candidate_parameters);
+  if (!quantize_nf4) return c.loaded_parameters * dtype_size;
+  return (c.loaded_parameters - c.nf4_candidate_parameters) * dtype_size + nf4_bytes(c.nf4_candidate_parameters);
 }
 
 std::string inspect_model(const std::string& path, bool json) {

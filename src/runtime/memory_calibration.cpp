@@ -194,6 +194,15 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
   return out;
 }
 
+std::vector<ComponentWeights> model_component_weights(const std::string& model_path, int dtype_size,
+                                                      bool quantize_nf4) {
+  std::vector<ComponentWeights> out;
+  for (const ComponentSummary& c : summarize_model(model_path).components) {
+    out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4)});
+  }
+  return out;
+}
+
 Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model, int width, int height,
                                int max_sequence_length, const PeakMeter& meter) {
   const c10::InferenceMode inference;
@@ -204,13 +213,17 @@ Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model,
   };
   // Every stage at batch 1 then 2; what each leaves (embeddings, latents) feeds the next stage,
   // as it does in a real batch.
+  // Loads happen before each stage's measurements: a load's transients (quantizing on load) are not
+  // a batch's cost, and would land in the batch-1 peak only.
   PromptEmbeddings one, two;
+  pipeline.load_text_encoders();
   const int64_t encode1 = measure([&] { one = pipeline.encode_prompts({"calibration, first"}, max_sequence_length); });
   const int64_t encode2 = measure(
       [&] { two = pipeline.encode_prompts({"calibration, first", "calibration, second"}, max_sequence_length); });
   // As in a stage-major run, the text encoders are gone before the transformer runs (the encode
   // stage loads them again): the later peaks must not count their weights.
   pipeline.release_text_encoders();
+  pipeline.load_denoisers();
   DenoiseRequest request;
   request.width = width;
   request.height = height;

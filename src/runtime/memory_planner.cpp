@@ -65,22 +65,38 @@ int64_t MemoryModel::weight_bytes(const std::vector<std::string>& names) const {
   return total;
 }
 
-MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, int dtype_size, bool offload) {
+const char* residency_name(Residency residency) {
+  switch (residency) {
+    case Residency::kDevice: return "device";
+    case Residency::kStaged: return "staged";
+    case Residency::kOffload: return "offload";
+  }
+  return "?";
+}
+
+Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes) {
+  int64_t denoise = 0;
+  for (const ComponentWeights& c : components) {
+    if (c.name == "transformer" || c.name == "vae") denoise += c.weight_bytes;
+  }
+  return denoise > budget_bytes / 4 * 3 ? Residency::kOffload : Residency::kStaged;
+}
+
+MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, int dtype_size, Residency residency) {
   MemoryModel model;
   model.dtype_size = dtype_size;
   model.components = components;
+  const std::vector<std::string> text = {"text_encoder", "text_encoder_2"};
+  const std::vector<std::string> denoisers = {"transformer", "vae"};
   const std::vector<std::string> all = {"text_encoder", "text_encoder_2", "transformer", "vae"};
-  // Offload: each stage holds only its own components. Otherwise everything is loaded up front, and
-  // the text encoders are freed after the encode stage (stage-major execution, FluxGenerator::prepare),
-  // so denoise and decode hold the transformer and the VAE.
-  const std::vector<std::string> after_encode = {"transformer", "vae"};
-  const auto resident = [&](std::vector<std::string> own, const std::vector<std::string>& kept) {
-    return offload ? own : kept;
-  };
+  // Stage-major execution (FluxGenerator::prepare) frees the text encoders after the encode stage in
+  // every mode, so denoise and decode never count them.
+  const bool offload = residency == Residency::kOffload;
+  const std::vector<std::string>& encode = residency == Residency::kDevice ? all : text;
+  model.stages.push_back({"encode", encode, {0.0, kEncodePerToken, kFixedBytes}});
   model.stages.push_back(
-      {"encode", resident({"text_encoder", "text_encoder_2"}, all), {0.0, kEncodePerToken, kFixedBytes}});
-  model.stages.push_back({"denoise", resident({"transformer"}, after_encode), {kDenoisePerPixel, 0.0, kFixedBytes}});
-  model.stages.push_back({"decode", resident({"vae"}, after_encode), {kDecodePerPixel, 0.0, kFixedBytes}});
+      {"denoise", offload ? std::vector<std::string>{"transformer"} : denoisers, {kDenoisePerPixel, 0.0, kFixedBytes}});
+  model.stages.push_back({"decode", offload ? std::vector<std::string>{"vae"} : denoisers, {kDecodePerPixel, 0.0, kFixedBytes}});
   return model;
 }
 

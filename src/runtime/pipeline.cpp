@@ -8,6 +8,7 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/nn/nf4_state.h"
+#include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/sampling/latents.h"
 #include "fluxbatch/sampling/postprocess.h"
@@ -176,6 +177,8 @@ struct FluxPipeline::State {
   ModelFiles files;
   FluxVariant variant = FluxVariant::kDev;
   sampling::SchedulerConfig scheduler;
+  models::flux::FluxConfig transformer_config;  // from the model's config, also before the weights load
+  models::vae::VaeConfig vae_config;
   models::flux::FluxTransformer2DModel transformer{nullptr};
   models::vae::VaeDecoder vae{nullptr};
   models::clip::ClipTextModel clip{nullptr};
@@ -183,11 +186,16 @@ struct FluxPipeline::State {
   std::optional<tokenizers::ClipTokenizer> clip_tokenizer;
   std::optional<tokenizers::T5Tokenizer> t5_tokenizer;
 
+  // kOffload: each loaded component's host copy, by module.
+  std::map<const torch::nn::Module*, std::unique_ptr<nn::PinnedWeights>> pinned;
+
   bool text_held = false;    // hold_text_encoders: no trip home between encode_prompts calls
   bool text_on_cpu = false;  // the encode stage's out-of-memory fallback: CLIP and T5 run on the CPU
 
+  bool offload() const { return options.residency == Residency::kOffload; }
+  bool staged() const { return options.residency == Residency::kStaged; }
   // Where weights live between stages: the device, or the CPU when offloading.
-  c10::Device home() const { return options.offload ? c10::Device(c10::kCPU) : options.device; }
+  c10::Device home() const { return offload() ? c10::Device(c10::kCPU) : options.device; }
   at::TensorOptions home_options() const { return at::TensorOptions().dtype(options.dtype).device(home()); }
   // Where CLIP and T5 run.
   c10::Device text_device() const { return text_on_cpu ? c10::Device(c10::kCPU) : options.device; }
@@ -207,25 +215,36 @@ struct FluxPipeline::State {
 #endif
   }
 
-  // Moves a component to the device for its stage and back home afterwards (offload only).
-  // Under InferenceMode: the weights are inference tensors, which cannot be moved outside it.
+  // Copies a component to the device for its stage and lets the copy go afterwards (offload only).
   void visit(torch::nn::Module& module) const {
-    const c10::InferenceMode inference;
-    if (options.offload) module.to(options.device);
+    if (offload()) pinned.at(&module)->to_device();
   }
   void leave(torch::nn::Module& module) const {
-    const c10::InferenceMode inference;
-    if (options.offload) {
-      module.to(c10::Device(c10::kCPU));
+    if (offload()) {
+      pinned.at(&module)->to_host();
       empty_cache();
     }
+  }
+  // Offload: the freshly loaded component's weights go to (pinned) host memory.
+  void pin(torch::nn::Module& module) {
+    if (offload()) pinned[&module] = std::make_unique<nn::PinnedWeights>(module, options.device);
+  }
+  void unpin(const torch::nn::Module* module) {
+    if (module != nullptr) pinned.erase(module);
   }
 
   void load_text_encoders() {
     if (clip && t5) return;
+    // Staged: the denoise stage's weights leave before the encoders come (unless those run on the CPU).
+    if (staged() && !text_on_cpu) free_denoisers();
     const auto start = Clock::now();
+    const c10::InferenceMode inference;
     clip = load_clip(files, text_options());
     t5 = load_t5(files, text_options(), options.quantize_t5_nf4, text_device());
+    if (!text_on_cpu) {
+      pin(*clip);
+      pin(*t5);
+    }
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
   }
@@ -233,10 +252,35 @@ struct FluxPipeline::State {
   void free_text_encoders() {
     text_held = false;
     if (!clip && !t5) return;
+    unpin(clip.get());
+    unpin(t5.get());
     clip = models::clip::ClipTextModel(nullptr);
     t5 = models::t5::T5EncoderModel(nullptr);
     empty_cache();
     log::debug("text encoders released");
+  }
+
+  void load_denoisers() {
+    if (transformer && vae) return;
+    if (staged()) free_text_encoders();
+    const auto start = Clock::now();
+    const c10::InferenceMode inference;
+    transformer = load_transformer(files, home_options(), options.quantize_nf4, options.device);
+    vae = load_vae(files, home_options());
+    pin(*transformer);
+    pin(*vae);
+    log::info("loaded transformer and VAE (" + describe(files.transformer) + ", " + describe(files.vae) + ") in " +
+              seconds_text(seconds_since(start)));
+  }
+
+  void free_denoisers() {
+    if (!transformer && !vae) return;
+    unpin(transformer.get());
+    unpin(vae.get());
+    transformer = models::flux::FluxTransformer2DModel(nullptr);
+    vae = models::vae::VaeDecoder(nullptr);
+    empty_cache();
+    log::debug("transformer and VAE released");
   }
 
   // One prompt through both encoders: pooled CLIP [1, P] and T5 states [1, L, D], in the model dtype.
@@ -267,11 +311,10 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   s.options = options;
   const auto start = Clock::now();
   s.files = locate_model(model_path);
-  const c10::InferenceMode inference;
-  s.transformer = load_transformer(s.files, s.home_options(), options.quantize_nf4, options.device);
-  s.vae = load_vae(s.files, s.home_options());
+  s.transformer_config = transformer_config(s.files);
+  s.vae_config = vae_config(s.files);
   // The transformer decides: only a model with a guidance embedder takes guidance.
-  s.variant = s.transformer->config().guidance_embeds ? FluxVariant::kDev : FluxVariant::kSchnell;
+  s.variant = s.transformer_config.guidance_embeds ? FluxVariant::kDev : FluxVariant::kSchnell;
   if (!s.files.scheduler_config.empty()) {
     s.scheduler = sampling::SchedulerConfig::from_json_file(s.files.scheduler_config);
   } else {
@@ -280,9 +323,16 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   }
   s.clip_tokenizer.emplace(s.files.tokenizer_dir);
   s.t5_tokenizer.emplace(s.files.tokenizer_2_dir);
+  if (s.staged()) {
+    log::info(description() + " at " + s.files.root + " on " + c10::str(options.device) + " (" +
+              dtype_name(options.dtype) + "): each stage loads its components when it starts");
+    return;
+  }
+  s.load_denoisers();
   s.load_text_encoders();
   log::info("loaded " + description() + " from " + s.files.root + " on " + c10::str(options.device) + " (" +
-            dtype_name(options.dtype) + ") in " + seconds_text(seconds_since(start)));
+            dtype_name(options.dtype) + (s.offload() ? ", offloaded to pinned host memory" : "") + ") in " +
+            seconds_text(seconds_since(start)));
 }
 
 FluxPipeline::~FluxPipeline() = default;
@@ -297,7 +347,7 @@ const ModelFiles& FluxPipeline::files() const { return state_->files; }
 
 const sampling::SchedulerConfig& FluxPipeline::scheduler_config() const { return state_->scheduler; }
 const PipelineOptions& FluxPipeline::options() const { return state_->options; }
-int64_t FluxPipeline::latent_channels() const { return state_->transformer->config().in_channels / 4; }
+int64_t FluxPipeline::latent_channels() const { return state_->transformer_config.in_channels / 4; }
 
 PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length) {
   FLUXBATCH_CHECK(!prompts.empty(), InputError, "encode_prompts: no prompts");
@@ -344,7 +394,7 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
   at::Tensor img_ids = sampling::latent_image_ids(size, s.options.dtype, device);
   at::Tensor txt_ids = sampling::text_ids(embeddings.prompt_embeds.size(1), s.options.dtype, device);
   at::Tensor guidance;
-  if (s.transformer->config().guidance_embeds) {
+  if (s.transformer_config.guidance_embeds) {
     // diffusers: torch.full([1], guidance_scale, dtype=float32).expand(B); the model rounds it itself.
     std::vector<float> values(request.guidance.begin(), request.guidance.end());
     guidance = at::tensor(values, at::kFloat).to(device);
@@ -352,6 +402,7 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
   const PromptEmbeddings on_device{embeddings.prompt_embeds.to(device, s.options.dtype),
                                    embeddings.pooled.to(device, s.options.dtype)};
 
+  s.load_denoisers();
   s.visit(*s.transformer);
   TransformerDenoiser denoiser(s.transformer, on_device, img_ids, txt_ids, guidance);
   latents = sampling::sample_euler(denoiser, latents, schedule, on_step);
@@ -375,6 +426,7 @@ at::Tensor FluxPipeline::decode_image(const at::Tensor& latents, int64_t index, 
                   "decode_image: image " + std::to_string(index) + " of packed latents [B, S, C]");
   const c10::InferenceMode inference;
   const auto size = sampling::latent_size(height, width);
+  s.load_denoisers();
   s.visit(*s.vae);
   // FluxPipeline: unpack, latents / scaling_factor + shift_factor, vae.decode.
   const at::Tensor unpacked = sampling::unpack_latents(latents.narrow(0, index, 1), size);
@@ -384,11 +436,11 @@ at::Tensor FluxPipeline::decode_image(const at::Tensor& latents, int64_t index, 
 
 void FluxPipeline::finish_decode() {
   State& s = *state_;
-  s.leave(*s.vae);
+  if (s.vae) s.leave(*s.vae);
   s.empty_cache();
 }
 
-int64_t FluxPipeline::vae_scale_factor() const { return state_->vae->config().scale_factor(); }
+int64_t FluxPipeline::vae_scale_factor() const { return state_->vae_config.scale_factor(); }
 
 at::Tensor FluxPipeline::generate(const std::vector<std::string>& prompts, int max_sequence_length,
                                   const DenoiseRequest& request, const sampling::StepCallback& on_step) {
@@ -402,6 +454,14 @@ void FluxPipeline::release_text_encoders() { state_->free_text_encoders(); }
 
 bool FluxPipeline::text_encoders_loaded() const { return state_->clip && state_->t5; }
 
+void FluxPipeline::load_text_encoders() { state_->load_text_encoders(); }
+
+void FluxPipeline::load_denoisers() { state_->load_denoisers(); }
+
+void FluxPipeline::release_denoisers() { state_->free_denoisers(); }
+
+bool FluxPipeline::denoisers_loaded() const { return state_->transformer && state_->vae; }
+
 void FluxPipeline::hold_text_encoders(bool hold) { state_->text_held = hold; }
 
 bool FluxPipeline::move_text_encoders_to_cpu() {
@@ -410,8 +470,15 @@ bool FluxPipeline::move_text_encoders_to_cpu() {
   s.text_on_cpu = true;
   // The weights are inference tensors (loaded under InferenceMode): moving them outside it fails.
   const c10::InferenceMode inference;
-  if (s.clip) s.clip->to(c10::Device(c10::kCPU));
-  if (s.t5) s.t5->to(c10::Device(c10::kCPU));
+  for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(s.clip.get()), static_cast<torch::nn::Module*>(s.t5.get())}) {
+    if (m == nullptr) continue;
+    // Offload: the module points at its host copy once home; it stays there, no longer managed.
+    if (const auto it = s.pinned.find(m); it != s.pinned.end()) {
+      it->second->to_host();
+      s.pinned.erase(it);
+    }
+    m->to(c10::Device(c10::kCPU));
+  }
   s.empty_cache();
   return true;
 }
@@ -423,8 +490,8 @@ std::vector<std::pair<std::string, const torch::nn::Module*>> FluxPipeline::comp
   std::vector<std::pair<std::string, const torch::nn::Module*>> out;
   if (s.clip) out.emplace_back("text_encoder", s.clip.get());
   if (s.t5) out.emplace_back("text_encoder_2", s.t5.get());
-  out.emplace_back("transformer", s.transformer.get());
-  out.emplace_back("vae", s.vae.get());
+  if (s.transformer) out.emplace_back("transformer", s.transformer.get());
+  if (s.vae) out.emplace_back("vae", s.vae.get());
   return out;
 }
 

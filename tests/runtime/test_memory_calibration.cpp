@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/AllocatorConfig.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
@@ -112,7 +113,7 @@ TEST_CASE("the calibration cache lives under FLUXBATCH_CACHE_DIR, XDG_CACHE_HOME
 TEST_CASE("a calibration replaces the built-in stage costs", "[memmon][calibration]") {
   const std::vector<ComponentWeights> weights = {
       {"text_encoder", 100}, {"text_encoder_2", 200}, {"transformer", 300}, {"vae", 400}};
-  const MemoryModel base = flux_memory_model(weights, 2, false);
+  const MemoryModel base = flux_memory_model(weights, 2, Residency::kDevice);
   CHECK_FALSE(base.calibrated);
   const MemoryModel calibrated = apply_calibration(base, sample_calibration());
   CHECK(calibrated.calibrated);
@@ -153,7 +154,7 @@ TEST_CASE("calibrating the tiny model on the CPU measures every stage at batch 1
   }
   CHECK(counter.live_bytes() >= total);  // the weights are alive in the counted CPU memory
 
-  const MemoryModel base = flux_memory_model(weights, 4, false);
+  const MemoryModel base = flux_memory_model(weights, 4, Residency::kDevice);
   const PeakMeter meter{[&] { counter.reset_peak(); }, [&] { return counter.peak_bytes(); }};
   const Calibration c = calibrate_pipeline(pipeline, base, 64, 64, 32, meter);
   REQUIRE(c.stages.size() == 3);
@@ -175,6 +176,47 @@ TEST_CASE("calibrating the tiny model on the CPU measures every stage at batch 1
   const ResolutionGroup g{64, 64, 32, 2};
   CHECK(plan_group(calibrated, g, 2).stages[1].peak_bytes >= c.stages[1].peak_batch2 - 8);
   CHECK(plan_group(calibrated, g, 2).stages[1].peak_bytes <= c.stages[1].peak_batch2 + 8);
+}
+
+TEST_CASE("file headers predict the loaded sizes exactly, dense and quantized on load", "[memmon][calibration]") {
+  const fs::path model = fluxbatch::test::require_generated(kModels / "tiny-flux-dev");
+  for (const bool nf4 : {false, true}) {
+    INFO("quantize nf4: " << nf4);
+    PipelineOptions options;
+    options.quantize_nf4 = options.quantize_t5_nf4 = nf4;
+    FluxPipeline pipeline(model.string(), options);
+    const std::vector<ComponentWeights> loaded = pipeline_component_weights(pipeline);
+    const std::vector<ComponentWeights> predicted = model_component_weights(model.string(), 4, nf4);
+    REQUIRE(predicted.size() == 4);
+    for (const ComponentWeights& p : predicted) {
+      INFO(p.name);
+      const auto it = std::find_if(loaded.begin(), loaded.end(), [&](const ComponentWeights& c) { return c.name == p.name; });
+      REQUIRE(it != loaded.end());
+      CHECK(p.weight_bytes == it->weight_bytes);
+    }
+  }
+}
+
+TEST_CASE("a staged calibration measures the encode stage without the transformer", "[memmon][calibration]") {
+  const fs::path model = fluxbatch::test::require_generated(kModels / "tiny-flux-dev");
+  CpuMemoryBudget counter(std::numeric_limits<int64_t>::max());
+  PipelineOptions options;
+  options.residency = Residency::kStaged;
+  FluxPipeline pipeline(model.string(), options);
+  const std::vector<ComponentWeights> weights = model_component_weights(model.string(), 4, false);
+  const MemoryModel base = flux_memory_model(weights, 4, Residency::kStaged);
+  const PeakMeter meter{[&] { counter.reset_peak(); }, [&] { return counter.peak_bytes(); }};
+  const Calibration c = calibrate_pipeline(pipeline, base, 64, 64, 32, meter);
+  REQUIRE(c.stages.size() == 3);
+  const int64_t text = base.weight_bytes({"text_encoder", "text_encoder_2"});
+  const int64_t denoisers = base.weight_bytes({"transformer", "vae"});
+  CHECK(c.stages[0].resident_weight_bytes == text);
+  CHECK(c.stages[0].peak_batch1 > text);
+  CHECK(c.stages[0].peak_batch1 < text + denoisers);  // the transformer and VAE were not loaded
+  CHECK(c.stages[1].resident_weight_bytes == denoisers);
+  CHECK(c.stages[1].peak_batch1 < text + denoisers);  // nor the text encoders still there
+  CHECK(c.stages[1].cost.bytes_per_pixel > 0.0);
+  CHECK_FALSE(pipeline.text_encoders_loaded());
 }
 
 TEST_CASE("the runner takes a batch per shape, capped by batch_size", "[memmon][runner]") {

@@ -118,7 +118,7 @@ TEST_CASE("two measured peaks calibrate a stage exactly", "[planner]") {
 TEST_CASE("the FLUX default model has three stages and sane first guesses", "[planner]") {
   const std::vector<ComponentWeights> w = {
       {"text_encoder", 246 * MiB}, {"text_encoder_2", 9 * GiB}, {"transformer", 22 * GiB}, {"vae", 160 * MiB}};
-  const MemoryModel resident = flux_memory_model(w, 2, false);
+  const MemoryModel resident = flux_memory_model(w, 2, Residency::kDevice);
   REQUIRE(resident.stages.size() == 3);
   CHECK(resident.stages[0].name == "encode");
   CHECK(resident.stages[1].name == "denoise");
@@ -139,6 +139,25 @@ TEST_CASE("the FLUX default model has three stages and sane first guesses", "[pl
   const Plan plan = plan_batches(resident, {{1024, 1024, 512, 64}}, 76 * GiB);
   CHECK(plan.groups[0].batch_size == 12);
   CHECK(plan.groups[0].limiting_stage == "decode");
-  const MemoryModel offload = flux_memory_model(w, 2, true);
+  const MemoryModel offload = flux_memory_model(w, 2, Residency::kOffload);
   CHECK(offload.weight_bytes(offload.stages[1].resident) == 22 * GiB);
+  CHECK(offload.stages[2].resident == std::vector<std::string>{"vae"});
+  // Staged: the encode stage holds only the text encoders, so it no longer limits anything.
+  const MemoryModel staged = flux_memory_model(w, 2, Residency::kStaged);
+  CHECK(staged.stages[0].resident == std::vector<std::string>{"text_encoder", "text_encoder_2"});
+  CHECK(staged.stages[1].resident == std::vector<std::string>{"transformer", "vae"});
+  CHECK(plan_group(staged, {1024, 1024, 512, 1}, 1).stages[0].peak_bytes <
+        plan_group(resident, {1024, 1024, 512, 1}, 1).stages[0].peak_bytes - 22 * GiB);
+}
+
+TEST_CASE("--offload auto offloads when the denoise weights take over 3/4 of the budget", "[planner]") {
+  const std::vector<ComponentWeights> w = {
+      {"text_encoder", 246 * MiB}, {"text_encoder_2", 3 * GiB}, {"transformer", 6 * GiB}, {"vae", 160 * MiB}};
+  // Transformer + VAE = 6.16 GiB; the text encoders do not count (they never share the device with them).
+  CHECK(choose_residency(w, 9 * GiB) == Residency::kStaged);        // 3/4 = 6.75 GiB
+  CHECK(choose_residency(w, 8 * GiB) == Residency::kOffload);       // 3/4 = 6 GiB
+  CHECK(choose_residency(w, 7 * GiB) == Residency::kOffload);
+  CHECK(std::string(residency_name(Residency::kStaged)) == "staged");
+  CHECK(std::string(residency_name(Residency::kOffload)) == "offload");
+  CHECK(std::string(residency_name(Residency::kDevice)) == "device");
 }

@@ -187,7 +187,7 @@ TEST_CASE("releasing, reloading and offloading text encoders change nothing", "[
 
   PipelineOptions lean;
   lean.keep_text_encoders = false;
-  lean.offload = true;
+  lean.residency = fluxbatch::runtime::Residency::kOffload;
   FluxPipeline p((kModels / c.model).string(), lean);
   for (int round = 0; round < 2; ++round) {  // the second round reloads CLIP and T5 from disk
     const auto e = p.encode_prompts(c.prompts, c.max_sequence_length);
@@ -197,6 +197,40 @@ TEST_CASE("releasing, reloading and offloading text encoders change nothing", "[
   p.release_text_encoders();
   const at::Tensor latents = p.denoise(reference, request_for(c));
   CHECK(at::equal(latents, pipeline_for(c.model).denoise(reference, request_for(c))));
+}
+
+TEST_CASE("staged residency loads each stage's components when it starts and renders the same", "[pipeline]") {
+  const GoldenCase c = fluxbatch::test::read_golden_cases(kGolden).front();
+  FluxPipeline& reference = pipeline_for(c.model);
+  const auto embeddings = reference.encode_prompts(c.prompts, c.max_sequence_length);
+  const at::Tensor latents = reference.denoise(embeddings, request_for(c));
+  const at::Tensor pixels = reference.decode(latents, c.width, c.height);
+
+  PipelineOptions options;
+  options.residency = fluxbatch::runtime::Residency::kStaged;
+  FluxPipeline p((kModels / c.model).string(), options);
+  // Configs only: the variant, latent channels and VAE scale are known before any weight loads.
+  CHECK(p.variant() == reference.variant());
+  CHECK(p.latent_channels() == reference.latent_channels());
+  CHECK(p.vae_scale_factor() == reference.vae_scale_factor());
+  CHECK_FALSE(p.text_encoders_loaded());
+  CHECK_FALSE(p.denoisers_loaded());
+  CHECK(p.components().empty());
+  for (int round = 0; round < 2; ++round) {  // the second round loads everything again, from disk
+    const auto e = p.encode_prompts(c.prompts, c.max_sequence_length);
+    CHECK(p.text_encoders_loaded());
+    CHECK_FALSE(p.denoisers_loaded());  // never together with the text encoders
+    CHECK(at::equal(e.prompt_embeds, embeddings.prompt_embeds));
+    CHECK(at::equal(e.pooled, embeddings.pooled));
+    const at::Tensor l = p.denoise(e, request_for(c));
+    CHECK(p.denoisers_loaded());
+    CHECK_FALSE(p.text_encoders_loaded());
+    CHECK(at::equal(l, latents));
+    CHECK(at::equal(p.decode(l, c.width, c.height), pixels));
+    CHECK(p.components().size() == 2);
+  }
+  p.release_denoisers();
+  CHECK_FALSE(p.denoisers_loaded());
 }
 
 TEST_CASE("prompts longer than the tokenizers' limits are truncated, not rejected", "[pipeline]") {

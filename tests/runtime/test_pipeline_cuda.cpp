@@ -68,10 +68,19 @@ TEST_CASE("pipeline on CUDA matches the goldens (fp32) and runs in bf16", "[pipe
   PipelineOptions bf16;
   bf16.device = c10::Device(c10::kCUDA, 0);
   bf16.dtype = at::kBFloat16;
-  bf16.offload = true;
-  FluxPipeline p((kModels / c.model).string(), bf16);
-  const at::Tensor pixels = p.generate(c.prompts, c.max_sequence_length, request_for(c));
+  FluxPipeline resident((kModels / c.model).string(), bf16);
+  const at::Tensor pixels = resident.generate(c.prompts, c.max_sequence_length, request_for(c));
   CHECK(pixels.sizes() == fluxbatch::test::read_golden_tensors(kGolden / c.file).at("image_uint8").sizes());
+  // Offloaded (pinned host copies, two rounds: the second reads host copies a trip left as they were)
+  // and staged (loaded per stage) run the same kernels on the same weights: the same pixels.
+  for (const auto residency : {fluxbatch::runtime::Residency::kOffload, fluxbatch::runtime::Residency::kStaged}) {
+    INFO(fluxbatch::runtime::residency_name(residency));
+    bf16.residency = residency;
+    FluxPipeline p((kModels / c.model).string(), bf16);
+    for (int round = 0; round < 2; ++round) {
+      CHECK(at::equal(p.generate(c.prompts, c.max_sequence_length, request_for(c)), pixels));
+    }
+  }
 }
 
 TEST_CASE("on CUDA, an image rendered alone and in a batch of four agree", "[pipeline][cuda]") {

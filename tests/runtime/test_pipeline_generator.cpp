@@ -136,8 +136,8 @@ TEST_CASE("generator options resolve the dtype per device", "[pipeline]") {
   CHECK(fluxbatch::runtime::pipeline_options(cuda).dtype == at::kBFloat16);
   cuda.dtype = at::kFloat;
   CHECK(fluxbatch::runtime::pipeline_options(cuda).dtype == at::kFloat);
-  cuda.offload = true;
+  cuda.residency = fluxbatch::runtime::Residency::kOffload;
   cuda.keep_text_encoders = false;
   const auto p = fluxbatch::runtime::pipeline_options(cuda);
-  CHECK((p.offload && !p.keep_text_encoders && p.device.is_cuda()));
+  CHECK((p.residency == fluxbatch::runtime::Residency::kOffload && !p.keep_text_encoders && p.device.is_cuda()));
 }

@@ -33,6 +33,8 @@ class LinearImpl : public torch::nn::Module {
   void set_nf4(quant::Nf4Tensor w, std::shared_ptr<at::Tensor> scratch, const std::string& what);
   bool is_nf4() const { return nf4_ != nullptr; }
   const quant::Nf4Tensor& nf4() const { return *nf4_; }  // only when is_nf4()
+  // Frees the shared dequantize scratch (the next NF4 forward allocates it again where it runs).
+  void release_scratch();
 
   // Module::to also moves the NF4 tensors (offload); a dtype never converts them.
   using torch::nn::Module::to;

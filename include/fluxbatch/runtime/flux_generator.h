@@ -23,7 +23,7 @@ namespace fluxbatch::runtime {
 struct GeneratorOptions {
   c10::Device device = c10::Device(c10::kCPU);
   std::optional<c10::ScalarType> dtype;  // default: bf16 on CUDA, fp32 on the CPU
-  bool offload = false;                  // see PipelineOptions::offload
+  Residency residency = Residency::kDevice;  // see PipelineOptions::residency
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
   bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept

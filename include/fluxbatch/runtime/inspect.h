@@ -14,6 +14,9 @@ namespace fluxbatch::runtime {
 struct ComponentSummary {
   std::string name;  // "transformer", "text_encoder", "text_encoder_2", "vae"
   int64_t parameters = 0;  // logical weights: a bnb-NF4 packed byte counts as two; quantization state not counted
+  // The float weights the loader keeps: not the VAE's encoder, CLIP's vision tower and position ids,
+  // T5's decoder, nor the second copy of T5's tied embedding.
+  int64_t loaded_parameters = 0;
   uint64_t bytes = 0;      // every tensor of the component as stored
   int64_t tensors = 0;
   std::map<std::string, int64_t> dtypes;  // "BF16" -> number of tensors
@@ -45,8 +48,8 @@ ModelSummary summarize_model(const std::string& path);
 int64_t nf4_bytes(int64_t parameters);
 
 // Bytes the component would hold on the device when loaded in a dtype of `dtype_size` bytes:
-// bnb-quantized components as stored, others converted (fp8 too: an upper bound), and with `quantize_nf4` their
-// nf4_candidate_parameters as NF4.
+// bnb-quantized components as stored (what the loader skips excluded), others' loaded_parameters
+// converted (fp8 widened too), and with `quantize_nf4` their nf4_candidate_parameters as NF4.
 int64_t loaded_bytes(const ComponentSummary& component, int dtype_size, bool quantize_nf4);
 
 // The summary as aligned text (json = false) or as a JSON document (json = true).

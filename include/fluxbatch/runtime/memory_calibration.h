@@ -81,8 +81,14 @@ class CalibrationCache {
 
 // Bytes of a module's parameters, buffers and NF4 weights as they sit in memory (each storage once).
 int64_t module_bytes(const torch::nn::Module& module);
-// The loaded pipeline's components at their exact sizes (text encoders released: 0 bytes).
+// The loaded pipeline's components at their exact sizes (components not loaded: 0 bytes).
 std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pipeline);
+// What each component will take once loaded at `dtype_size`, from file headers alone (runtime::
+// loaded_bytes: bnb components as stored; with `quantize_nf4` the transformer's and T5's Linear
+// weights counted as NF4). Equals pipeline_component_weights after loading (tested); the plan uses
+// it because under staged residency nothing is loaded when the plan is made. ModelError.
+std::vector<ComponentWeights> model_component_weights(const std::string& model_path, int dtype_size,
+                                                      bool quantize_nf4);
 
 // Resets and reads the peak of the memory that counts (the CUDA allocator's allocated bytes, or the
 // CPU counting allocator's live bytes).

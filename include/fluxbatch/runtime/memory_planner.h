@@ -37,11 +37,25 @@ struct MemoryModel {
   int64_t weight_bytes(const std::vector<std::string>& names) const;  // InputError on an unknown name
 };
 
-// FLUX.1 stages: encode (CLIP-L + T5-XXL), denoise (transformer), decode (VAE). `offload`: only
-// the stage's own components are resident; otherwise all four stay on the device. Activation
-// coefficients are first guesses from ComfyUI's estimates (about 1 GiB per 1024² bf16 image for
-// the transformer, about 4.3 GiB for the VAE decode), to be replaced by calibrate_stage().
-MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, int dtype_size, bool offload);
+// Where a pipeline's components wait between stages.
+enum class Residency {
+  kDevice,   // all loaded up front onto the device; the text encoders are freed after the encode stage
+  kStaged,   // each stage's components loaded from disk when it starts: the text encoders and the
+             // transformer + VAE are never on the device together
+  kOffload,  // all loaded up front into (pinned) host memory; each stage's components visit the
+             // device for that stage only
+};
+const char* residency_name(Residency residency);  // "device", "staged", "offload"
+
+// The render's choice (--offload auto): offload when the denoise stage's weights (transformer + VAE)
+// take more than 3/4 of the budget, so that a stage keeps room for its activations; staged otherwise.
+Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes);
+
+// FLUX.1 stages: encode (CLIP-L + T5-XXL), denoise (transformer), decode (VAE), with the components
+// each stage holds on the device under `residency`. Activation coefficients are first guesses from
+// ComfyUI's estimates (about 1 GiB per 1024² bf16 image for the transformer, about 4.3 GiB for the
+// VAE decode), to be replaced by calibrate_stage().
+MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, int dtype_size, Residency residency);
 
 // Fits a stage's linear cost to two measured peaks (allocator bytes, resident weights included)
 // of the same shape at batch 1 and batch 2: per image = peak2 - peak1, fixed = peak1 - weights -

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/runtime/memory_planner.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/sampling/euler.h"
 #include "fluxbatch/sampling/schedule.h"
@@ -39,9 +40,12 @@ FluxVariant probe_variant(const std::string& model_path);
 struct PipelineOptions {
   c10::Device device = c10::Device(c10::kCPU);
   c10::ScalarType dtype = c10::kFloat;  // weights and activations (bf16 is the CUDA default)
-  // Components wait in CPU memory and visit the device only for their stage (diffusers'
-  // enable_model_cpu_offload); off: everything stays on the device.
-  bool offload = false;
+  // kDevice: every component loaded by the constructor and kept on the device. kStaged: nothing
+  // heavy loaded up front; encode_prompts loads CLIP + T5 (freeing the transformer and VAE), denoise
+  // and decode load the transformer + VAE (freeing CLIP and T5), from disk. kOffload: every component
+  // loaded up front into pinned host memory, copied to the device for its stage only (diffusers'
+  // enable_model_cpu_offload; the trip back costs nothing, the host copy is kept).
+  Residency residency = Residency::kDevice;
   // Keep CLIP and T5 after encoding. Off: they are freed after each encode_prompts() and loaded
   // again, from disk, by the next one.
   bool keep_text_encoders = true;
@@ -72,8 +76,9 @@ struct DenoiseRequest {
 class FluxPipeline {
  public:
   // Loads the model at `model_path`: any layout runtime::locate_model accepts (diffusers folder,
-  // BFL/ComfyUI single files, all-in-one file). Variant and sizes come from the model; the scheduler
-  // from scheduler/scheduler_config.json, else the variant's built-in one. ModelError / DeviceError.
+  // BFL/ComfyUI single files, all-in-one file). Variant and sizes come from the model's configs; the
+  // scheduler from scheduler/scheduler_config.json, else the variant's built-in one. Weights load
+  // here unless options.residency is kStaged (then at their stage). ModelError / DeviceError.
   FluxPipeline(const std::string& model_path, const PipelineOptions& options);
   ~FluxPipeline();
   FluxPipeline(const FluxPipeline&) = delete;
@@ -127,8 +132,18 @@ class FluxPipeline {
   bool move_text_encoders_to_cpu();
   bool text_encoders_on_cpu() const;
 
+  // Loads CLIP + T5, or the transformer + VAE, now rather than on first use (no-op when loaded; under
+  // kStaged the other pair is freed first), so that a measurement of the stage excludes the load.
+  void load_text_encoders();
+  void load_denoisers();
+
+  // Frees the transformer and the VAE now (a later denoise or decode loads them again) and empties
+  // the device cache.
+  void release_denoisers();
+  bool denoisers_loaded() const;
+
   // The loaded components by name ("text_encoder", "text_encoder_2", "transformer", "vae") for
-  // memory accounting (runtime::module_bytes); released text encoders are absent.
+  // memory accounting (runtime::module_bytes); components not loaded (or released) are absent.
   std::vector<std::pair<std::string, const torch::nn::Module*>> components() const;
 
  private:

@@ -33,17 +33,20 @@ std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const at::Ten
                                                                    const nn::RopeTables& rope) const {
   FLUXBATCH_CHECK(kind_ == AttentionKind::kJoint, InputError, "FluxAttention: forward_joint on a single-stream block");
   const int64_t text_len = context.size(1);
-  // [B, S, H, Dh] per stream; the text stream comes first in the joint sequence.
-  const at::Tensor q = norm_q->forward(split_heads(to_q->forward(x)));
-  const at::Tensor k = norm_k->forward(split_heads(to_k->forward(x)));
-  const at::Tensor v = split_heads(to_v->forward(x));
-  const at::Tensor cq = norm_added_q->forward(split_heads(add_q_proj->forward(context)));
-  const at::Tensor ck = norm_added_k->forward(split_heads(add_k_proj->forward(context)));
-  const at::Tensor cv = split_heads(add_v_proj->forward(context));
-
-  const at::Tensor joint_q = nn::apply_rope(at::cat({cq, q}, 1), rope);  // [B, L+S, H, Dh]
-  const at::Tensor joint_k = nn::apply_rope(at::cat({ck, k}, 1), rope);
-  const at::Tensor out = nn::attention(joint_q, joint_k, at::cat({cv, v}, 1));  // [B, L+S, inner]
+  // [B, S, H, Dh] per stream; the text stream comes first in the joint sequence. One statement per
+  // joint tensor, so each stream's projections are freed as soon as it exists.
+  const at::Tensor joint_q = nn::apply_rope(  // [B, L+S, H, Dh]
+      at::cat({norm_added_q->forward(split_heads(add_q_proj->forward(context))),
+               norm_q->forward(split_heads(to_q->forward(x)))},
+              1),
+      rope);
+  const at::Tensor joint_k = nn::apply_rope(
+      at::cat({norm_added_k->forward(split_heads(add_k_proj->forward(context))),
+               norm_k->forward(split_heads(to_k->forward(x)))},
+              1),
+      rope);
+  const at::Tensor out = nn::attention(  // [B, L+S, inner]
+      joint_q, joint_k, at::cat({split_heads(add_v_proj->forward(context)), split_heads(to_v->forward(x))}, 1));
 
   const auto parts = out.split_with_sizes({text_len, out.size(1) - text_len}, 1);
   // diffusers makes both slices contiguous before the projections; doing the same keeps the GEMM inputs identical.

@@ -13,8 +13,13 @@ constexpr double kFp16Max = 65504.0;
 // Residual MLP half of a stream: x + gate * ff(LayerNorm(x) * (1 + scale) + shift).
 at::Tensor mlp_residual(const at::Tensor& x, const FeedForward& ff, const at::Tensor& shift, const at::Tensor& scale,
                         const at::Tensor& gate) {
-  const at::Tensor n = nn::layer_norm(x, kAdaNormEps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
-  return x + gate.unsqueeze(1) * ff->forward(n);
+  // In place where the reference makes new tensors (same roundings; products and sums commute
+  // exactly): a C++ expression would keep every temporary of the image stream alive until its end.
+  at::Tensor n = nn::layer_norm(x, kAdaNormEps);
+  n.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1));
+  at::Tensor out = ff->forward(n);  // [B, S, dim]
+  n = at::Tensor();
+  return out.mul_(gate.unsqueeze(1)).add_(x);
 }
 
 }  // namespace

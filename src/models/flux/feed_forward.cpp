@@ -14,7 +14,8 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, c
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) const {
-  return proj_out->forward(nn::gelu_tanh(proj_in->forward(x)));
+  // In place: the hidden states [B, S, 4 * dim] are the block's largest tensor.
+  return proj_out->forward(nn::gelu_tanh_(proj_in->forward(x)));
 }
 
 }  // namespace fluxbatch::models::flux
