@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The memory scheduler under real pressure (issue 5): a 32-prompt 1024x1024 job with --batch 16 under
-# GPU budgets of 24, 12 and 8 GiB, the rest of the card held by a ballast process (scripts/bench/ballast.py)
-# so that every out-of-memory error is a real one; then the whole-job peak at 1024x1024 and 512x512,
-# batch 1. Prints per budget: wall time, failed items, OOM retries, per-stage peaks, predicted against
-# measured chunk peaks; then whether the images are equal across budgets.
+# The memory scheduler under real pressure (issue 5). First, with the card to itself: one image at
+# 1024x1024 and one at 512x512 with --batch auto (calibrates each size at batch 1 and 2 into the cache,
+# then renders at batch 1: the whole-job peak of the default mode), and one 1024x1024 image with
+# --offload on. Then a 32-prompt 1024x1024 job with --batch 16 under GPU budgets of 24, 12 and 8 GiB, the
+# rest of the card held by a ballast process (scripts/bench/ballast.py) so that every out-of-memory error
+# is a real one. Prints per run: wall time, failed items, OOM retries, per-stage peaks; then whether the
+# images are equal across budgets, and every chunk's calibrated prediction against its measured peak.
 #   bash scripts/bench/budget_bench.sh MODEL OUTDIR [STEPS] [EXTRA RENDER FLAGS...]
 set -uo pipefail
 MODEL="$1"; OUTDIR="$2"; STEPS="${3:-4}"; shift 3 || shift $#
 EXTRA=("$@")
 BIN="${FB_BIN:-./build-gpu/fluxbatch}"
 mkdir -p "$OUTDIR"
+export FLUXBATCH_CACHE_DIR=/tmp/fluxbatch-bench-cache  # a fresh calibration cache for this run
+rm -rf "$FLUXBATCH_CACHE_DIR"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 make_job() {  # make_job FILE SIZE COUNT DIR STEPS
   python3 - "$@" <<'PY'
@@ -46,7 +51,8 @@ run_budget() {  # run_budget LABEL LEAVE_GIB SIZE COUNT BATCH
   local pngs=$(ls "$out"/*.png 2>/dev/null | wc -l)
   printf '== %s: %sx%s, %s images, --batch %s, %s GiB left by ballast: exit %s, %s PNGs, %s failed, wall %.1f s\n' \
     "$label" "$size" "$size" "$count" "$batch" "$leave" "$rc" "$pngs" "${failed:-0}" "$(( (t1 - t0) / 1000000 ))e-3"
-  grep -iE "predicted|peak|retr|halv|tiled|fallback|allocator|summary|done:" "$OUTDIR/render_$label.log" | cut -c1-220 | tail -40
+  grep -iE "offload:|staged:|loaded|plan for|calibration|memory:|retr|halv|tiled|fallback|done:" "$OUTDIR/render_$label.log" \
+    | grep -v "debug" | cut -c1-230 | tail -24
 }
 
 pixels_hash() {  # pixels_hash DIR -> one line per PNG: name sha of decoded pixels
@@ -59,12 +65,39 @@ for p in sorted(Path(sys.argv[1]).glob("*.png")):
 PY
 }
 
+EXTRA_BASE=("${EXTRA[@]}")
+run_budget "calib1024" none 1024 1 auto
+run_budget "calib512" none 512 1 auto
+EXTRA=("${EXTRA_BASE[@]}" --offload on); run_budget "peak1024-offload" none 1024 1 1
+EXTRA=("${EXTRA_BASE[@]}")
 for leave in 24 12 8; do run_budget "b$leave" "$leave" 1024 32 16; done
 echo "== images equal across budgets (decoded pixels)?"
 pixels_hash /tmp/budget_out_b24 > /tmp/h24; pixels_hash /tmp/budget_out_b12 > /tmp/h12; pixels_hash /tmp/budget_out_b8 > /tmp/h8
 wc -l < /tmp/h24
 cmp /tmp/h24 /tmp/h12 && cmp /tmp/h24 /tmp/h8 && echo "identical: 24 GiB = 12 GiB = 8 GiB"
-EXTRA_BASE=("${EXTRA[@]}")
-run_budget "peak1024" none 1024 2 1
-EXTRA=("${EXTRA_BASE[@]}" --offload on); run_budget "peak1024-offload" none 1024 2 1
-EXTRA=("${EXTRA_BASE[@]}"); run_budget "peak512" none 512 2 1
+echo "== predicted (calibrated) against measured peak, every chunk"
+python3 - "$OUTDIR" <<'PY'
+import re, sys
+from pathlib import Path
+unit = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+def size(text):
+    value, u = text.split()
+    return float(value) * unit[u]
+pat = re.compile(r"batch of (\d+) at (\d+x\d+).*measured peak ([\d.]+ \w+), predicted ([\d.]+ \w+) \((\w+)\)")
+worst = 0.0
+for log in sorted(Path(sys.argv[1]).glob("render_*.log")):
+    rows = [m.groups() for m in map(pat.search, log.read_text().splitlines()) if m]
+    if not rows:
+        continue
+    errors = [(size(p) - size(m)) / size(m) * 100 for _, _, m, p, _ in rows]
+    kinds = sorted({r[4] for r in rows})
+    by_batch = {}
+    for (b, shape, m, p, _), e in zip(rows, errors):
+        by_batch.setdefault((b, shape, m, p), []).append(e)
+    print(f"{log.stem}: {len(rows)} chunks ({', '.join(kinds)}), error min {min(errors):+.1f}% max {max(errors):+.1f}%")
+    for (b, shape, m, p), es in sorted(by_batch.items(), key=lambda kv: -int(kv[0][0])):
+        print(f"   batch {b:>2} at {shape}: measured {m}, predicted {p} ({es[0]:+.1f}%) x{len(es)}")
+    if kinds == ["calibrated"]:
+        worst = max(worst, max(abs(e) for e in errors))
+print(f"largest calibrated error: {worst:.1f}%")
+PY

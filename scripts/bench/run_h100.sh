@@ -3,7 +3,8 @@
 # random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
-# Steps can be skipped: FB_SKIP="tests diffusers render" etc.
+# Steps can be skipped: FB_SKIP="tests cputests benchtests fixtures model diffusers nf4model forward budget
+# bf16render render".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -39,7 +40,9 @@ if ! skip tests; then
   fi
   echo "--- CUDA tests (incl. hidden [.][cuda])"
   ./build-gpu/fluxbatch_tests "[cuda]" -s > "$OUTDIR/cuda_tests.log" 2>&1; grep -E "FAILED|SKIPPED|passed|failed" "$OUTDIR/cuda_tests.log" | tail -8
-  ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
+  if ! skip benchtests; then
+    ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
+  fi
 fi
 
 if ! skip fixtures; then
