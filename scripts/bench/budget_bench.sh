@@ -69,6 +69,7 @@ EXTRA_BASE=("${EXTRA[@]}")
 run_budget "calib1024" none 1024 1 auto
 run_budget "calib512" none 512 1 auto
 EXTRA=("${EXTRA_BASE[@]}" --offload on); run_budget "peak1024-offload" none 1024 1 1
+EXTRA=("${EXTRA_BASE[@]}" --vram-budget 8G); run_budget "peak1024-budget8G" none 1024 1 1
 EXTRA=("${EXTRA_BASE[@]}")
 for leave in 24 12 8; do run_budget "b$leave" "$leave" 1024 32 16; done
 echo "== images equal across budgets (decoded pixels)?"

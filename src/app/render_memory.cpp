@@ -57,7 +57,9 @@ RenderMemory::~RenderMemory() = default;
 void RenderMemory::attach(GeneratorConfig& options) {
   runtime::MemoryMonitor* monitor = monitor_.get();
   options.on_stage = [this, monitor](const std::string& stage) {
-    if (stage == "encode") reset_peak();  // a new batch: its own peak
+    // Leaving idle starts the encode stage or a batch: each gets its own measured peak.
+    if (stage_.empty() && !stage.empty()) reset_peak();
+    stage_ = stage;
     monitor->set_stage(stage);
   };
   options.memory_note = [this](const std::vector<job::RenderItem>& batch) { return note(batch); };
@@ -123,6 +125,9 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
     }
     models.push_back(found ? runtime::apply_calibration(fallback_, *found) : fallback_);
   }
+  // Staged: the job starts with the encode stage, which must not find the transformer the
+  // calibration left behind.
+  if (pipeline.options().residency == runtime::Residency::kStaged) pipeline.release_denoisers();
   if (cache_changed) {
     try {
       cache.save();

@@ -67,6 +67,7 @@ class RenderMemory {
   std::map<Shape, runtime::MemoryModel> models_;
   std::map<Shape, int> batches_;
   runtime::MemoryModel fallback_;  // built-in estimates for shapes not planned
+  std::string stage_;              // the generator's current stage ("" between batches)
 };
 
 }  // namespace fluxbatch::app

@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/nf4_linear.h"
+#include "fluxbatch/ops/per_image_linear.h"
 
 #include <ATen/ATen.h>
 
@@ -18,7 +19,7 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias, con
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) const {
   if (nf4_) return ops::nf4_linear(x, *nf4_, bias, scratch_.get());
-  return at::linear(x, weight, bias);
+  return ops::per_image_linear(x, weight, bias);
 }
 
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {

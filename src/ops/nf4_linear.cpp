@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/nf4_dequantize.h"
+#include "fluxbatch/ops/per_image_linear.h"
 #include "nf4_kernels.h"
 
 #include <ATen/ATen.h>
@@ -48,21 +49,26 @@ at::Tensor nf4_linear(const at::Tensor& x, const quant::Nf4Tensor& w, const at::
   const at::Tensor b = bias.defined() ? bias.to(x.scalar_type()) : bias;
 
 #ifdef FLUXBATCH_WITH_CUDA
-  // x: [..., K] with one row in all -> out [..., N]
-  if (x.is_cuda() && x.numel() == in_features) {
-    const at::Tensor row = x.contiguous().view({in_features});
-    if (detail::nf4_gemv_cuda_supports(row, w)) {
+  // x: [B, ..., K] with one row per image (or [K]) -> out [B, ..., N], a row at a time so that a row
+  // takes the same path at any batch size (ops::per_image_linear's reason).
+  const int64_t images = x.dim() >= 2 ? x.size(0) : 1;
+  if (x.is_cuda() && x.numel() == images * in_features) {
+    const at::Tensor rows = x.contiguous().view({images, in_features});
+    if (detail::nf4_gemv_cuda_supports(rows[0], w)) {
       std::vector<int64_t> out_shape = x.sizes().vec();
       out_shape.back() = out_features;
       at::Tensor out = at::empty(out_shape, x.options());
-      at::Tensor flat = out.view({out_features});
-      detail::nf4_gemv_cuda(row, w, b, flat);
+      at::Tensor flat = out.view({images, out_features});
+      for (int64_t i = 0; i < images; ++i) {
+        at::Tensor row_out = flat[i];
+        detail::nf4_gemv_cuda(rows[i], w, b, row_out);
+      }
       return out;
     }
   }
 #endif
-  // x: [..., K] -> [..., N]
-  return at::linear(x, dense_weight(w, x.scalar_type(), scratch), b);
+  // x: [B, ..., K] -> [B, ..., N]: W dequantized once, then a GEMM per image.
+  return per_image_linear(x, dense_weight(w, x.scalar_type(), scratch), b);
 }
 
 }  // namespace fluxbatch::ops

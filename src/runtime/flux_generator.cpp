@@ -182,7 +182,10 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
         needed.push_back(key);
       }
     }
-    if (!needed.empty()) encode_window(needed);
+    if (!needed.empty()) {
+      if (options_.on_stage) options_.on_stage("encode");
+      encode_window(needed);
+    }
   }
   // Entries are copied out of the cache first: encoding the missing prompts may evict them.
   std::map<std::string, Cache::Entry> rows;
@@ -202,6 +205,7 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
     }
   }
   if (!missing.empty()) {
+    if (options_.on_stage) options_.on_stage("encode");
     const PromptEmbeddings encoded = encode(missing, max_sequence_length);
     for (size_t i = 0; i < missing.size(); ++i) {
       const auto row = static_cast<int64_t>(i);
@@ -301,7 +305,9 @@ void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, con
   const auto stage = [&](const char* name) {
     if (options_.on_stage) options_.on_stage(name);
   };
-  stage("encode");
+  stage("");  // a batch starts from idle, also when the last one ended in an exception
+  // Stage "encode" only when prompts must be encoded now (embeddings_for says so); prepared ones
+  // are gathered from host memory as part of the batch.
   auto t0 = Clock::now();
   const PromptEmbeddings embeddings = embeddings_for(batch, first.max_sequence_length);
   const double encode_s = seconds_since(t0);

@@ -136,7 +136,7 @@ TEST_CASE("a fixed --batch logs the built-in prediction and warns past the thres
   CHECK_THAT(r.output, ContainsSubstring("calibration for 64x64, sequence 32: none cached; using the built-in estimates"));
   CHECK_THAT(r.output, ContainsSubstring("(uncalibrated)"));
   CHECK_THAT(r.output, ContainsSubstring("memory budget 40.0 MiB (--vram-budget), enforced"));
-  CHECK_THAT(r.output, ContainsSubstring("memory: encode uses"));
+  CHECK_THAT(r.output, ContainsSubstring("memory: denoise uses"));
   CHECK_THAT(r.output, ContainsSubstring("of the 40.0 MiB budget (warning threshold 5%)"));
   CHECK_FALSE(fs::exists(dir / "cache" / "calibration.json"));  // only --batch auto measures
 }

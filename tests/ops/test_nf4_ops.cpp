@@ -4,6 +4,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/nf4_dequantize.h"
 #include "fluxbatch/ops/nf4_linear.h"
+#include "fluxbatch/ops/per_image_linear.h"
 #include "fluxbatch/quant/nf4_format.h"
 
 #include <ATen/ATen.h>
@@ -108,7 +109,8 @@ TEST_CASE("nf4_linear on the CPU is dequantize + linear", "[nf4][ops]") {
     const at::Tensor x = at::randn({4, 128});
     const at::Tensor y = ops::nf4_linear(x, w, bias, &scratch);
     CHECK(y.scalar_type() == at::kFloat);
-    check_bits("f32", y, at::linear(x, dense.to(at::kFloat), bias));
+    // Each row is an image with a GEMM of its own (ops::per_image_linear).
+    check_bits("f32", y, ops::per_image_linear(x, dense.to(at::kFloat), bias));
   }
   SECTION("shape errors name the sizes") {
     CHECK_THROWS_WITH(ops::nf4_linear(at::randn({2, 64}), w, bias, &scratch),

@@ -36,8 +36,9 @@ struct GeneratorOptions {
   int vae_tile_pixels = 512;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
-  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode", "denoise",
-  // "decode" as each stage starts (after the peak reset) and "" when the batch is done. memory_note:
+  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode" (prepare, and a
+  // batch whose prompts were not prepared), "denoise", "decode" as each stage starts and "" when the
+  // encode stage or a batch is done. memory_note:
   // appended to the batch's log line, e.g. the predicted peak next to the measured one.
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
