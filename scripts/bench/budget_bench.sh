@@ -74,8 +74,8 @@ EXTRA=("${EXTRA_BASE[@]}")
 for leave in 24 12 8; do run_budget "b$leave" "$leave" 1024 32 16; done
 echo "== images equal across budgets (decoded pixels)?"
 pixels_hash /tmp/budget_out_b24 > /tmp/h24; pixels_hash /tmp/budget_out_b12 > /tmp/h12; pixels_hash /tmp/budget_out_b8 > /tmp/h8
-wc -l < /tmp/h24
-cmp /tmp/h24 /tmp/h12 && cmp /tmp/h24 /tmp/h8 && echo "identical: 24 GiB = 12 GiB = 8 GiB"
+echo "$(wc -l < /tmp/h24) images at 24 GiB; differing from them: 12 GiB $(diff /tmp/h24 /tmp/h12 | grep -c '^>'), 8 GiB $(diff /tmp/h24 /tmp/h8 | grep -c '^>')"
+cmp -s /tmp/h24 /tmp/h12 && cmp -s /tmp/h24 /tmp/h8 && echo "identical: 24 GiB = 12 GiB = 8 GiB"
 echo "== predicted (calibrated) against measured peak, every chunk"
 python3 - "$OUTDIR" <<'PY'
 import re, sys
