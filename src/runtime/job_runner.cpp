@@ -215,12 +215,18 @@ class Run {
       left.insert(left.end(), todo.begin() + static_cast<std::ptrdiff_t>(n), todo.end());
       todo = std::move(left);
       if (!outcome.out_of_memory) {
-        grow(shape, *batch.front());
+        grow(shape, *batch.front(), n);
         continue;
       }
       // The attempt's tensors died with its stack frame and exception; now the cache can go.
       release_cached_memory();
       shape.successes = 0;
+      if (shape.grown) {
+        // A grow-back that did not fit: the next one waits twice as long, so a job whose memory is
+        // just short of a larger batch does not pay an out-of-memory error every few chunks.
+        shape.wait *= 2;
+        shape.grown = false;
+      }
       if (n > 1) {
         shape.limit = static_cast<int>((n + 1) / 2);
         ++summary_.oom_retries;
@@ -235,6 +241,8 @@ class Run {
     int limit = 1;       // most images per generate() call for this shape now
     int cap = 1;         // the shape's planned batch: growing back stops here
     int successes = 0;   // consecutive chunks that fit since the last change
+    int wait = 1;        // successes needed before growing back (doubles after a failed grow-back)
+    bool grown = false;  // the limit was raised by growing back and has not fit yet
   };
 
   // Memory depends on the image size and the text length, not on steps or prompts.
@@ -245,16 +253,18 @@ class Run {
 
   ShapeLimit& limit_for(const job::RenderItem& item) {
     const int cap = shape_batch(item, batch_size_, batch_for_);
-    return limits_.try_emplace(shape_name(item), ShapeLimit{cap, cap, 0}).first->second;
+    return limits_.try_emplace(shape_name(item), ShapeLimit{cap, cap, 0, grow_after_, false}).first->second;
   }
 
-  void grow(ShapeLimit& shape, const job::RenderItem& item) {
-    if (shape.limit >= shape.cap || ++shape.successes < grow_after_) return;
+  void grow(ShapeLimit& shape, const job::RenderItem& item, size_t ran) {
+    if (ran >= static_cast<size_t>(shape.limit)) shape.grown = false;  // the grown size fitted
+    if (shape.limit >= shape.cap || ++shape.successes < shape.wait) return;
     const int grown = std::min(shape.cap, shape.limit * 2);
     log::info("batch for " + shape_name(item) + " grows back from " + std::to_string(shape.limit) + " to " +
               std::to_string(grown) + " after " + std::to_string(shape.successes) + " chunks that fit");
     shape.limit = grown;
     shape.successes = 0;
+    shape.grown = true;
   }
 
   struct ChunkOutcome {

@@ -128,6 +128,22 @@ TEST_CASE("an out-of-memory chunk is halved and retried; every image is written"
   }
 }
 
+TEST_CASE("a grow-back that does not fit doubles the wait before the next one", "[memory][oom]") {
+  fluxbatch::test::TempDir dir;
+  OomGenerator gen;
+  gen.fits = 1;
+  RunnerOptions options;
+  options.batch_size = 2;
+  options.grow_after = 1;
+  const auto summary = fluxbatch::runtime::run_job(job_of(10), dir.path().string(), options, gen);
+  // Batches of 2: [0,1] fails -> [0] fits (grow to 2), [1] -> [2,3] fails (wait 2) -> [2], [3] (grow)
+  // -> [4,5] fails (wait 4) -> [4], [5], [6], [7] (grow) -> [8,9] fails (wait 8) -> [8], [9].
+  // Without the doubling every other batch would fail.
+  CHECK(gen.sizes == std::vector<size_t>{2, 1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 2, 1, 1});
+  CHECK(summary.rendered == 10);
+  CHECK(summary.oom_retries == 4);
+}
+
 TEST_CASE("the halved limit carries to later batches of the same shape only", "[memory][oom]") {
   fluxbatch::test::TempDir dir;
   JobSpec spec = job_of(6);

@@ -24,7 +24,7 @@ struct RunnerOptions {
   std::function<int(const job::RenderItem&)> batch_for;
   // Out-of-memory recovery: a chunk whose generate() runs out of memory is halved and retried;
   // after this many consecutive successful chunks of one shape the limit for that shape doubles
-  // back towards batch_size.
+  // back towards batch_size. Each grow-back that runs out of memory doubles the wait for that shape.
   int grow_after = 4;
   // Polled between batches (and between the calls of a batch split after running out of memory);
   // once true the runner finishes writing the images in hand and stops
