@@ -107,6 +107,9 @@ TEST_CASE("render --batch auto calibrates once, plans per size and records memor
   CHECK_THAT(again.output, ContainsSubstring("0 rendered, 4 skipped"));
   CHECK_THAT(again.output, ContainsSubstring("0 image(s) to render"));
   CHECK_FALSE(again.output.find("measuring") != std::string::npos);
+  // Staged: nothing to render, so no weights are loaded.
+  CHECK_FALSE(again.output.find("loaded text encoders") != std::string::npos);
+  CHECK_FALSE(again.output.find("loaded transformer") != std::string::npos);
 
   // With --overwrite the calibration comes from the cache.
   const CommandResult overwrite = run(dir, args + " --overwrite");
