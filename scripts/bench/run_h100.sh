@@ -3,8 +3,8 @@
 # random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
-# Steps can be skipped: FB_SKIP="tests cputests benchtests fixtures model diffusers nf4model forward budget
-# bf16render render".
+# Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
+# budget bf16render render".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -24,6 +24,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
   -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
   || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
 cmake --build build-gpu -j 16 --target fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer \
+  fluxbatch_bench_per_image_linear \
   > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
 echo "built"
 
@@ -43,6 +44,11 @@ if ! skip tests; then
   if ! skip benchtests; then
     ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
   fi
+fi
+
+if ! skip gemm; then
+  step "per-image GEMMs against one folded GEMM (FLUX.1-dev Linear shapes, bf16)"
+  ./build-gpu/fluxbatch_bench_per_image_linear 20
 fi
 
 if ! skip fixtures; then
