@@ -1,11 +1,17 @@
 #include "fluxbatch/nn/pinned_weights.h"
 
+#include "fluxbatch/core/log.h"
 #include "fluxbatch/nn/linear.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#ifdef FLUXBATCH_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
+#include <algorithm>
 #include <set>
+#include <string>
 
 namespace fluxbatch::nn {
 namespace {
@@ -41,18 +47,54 @@ void release_scratch(torch::nn::Module& module) {
   for_each_linear(module, [](LinearImpl& linear) { linear.release_scratch(); });
 }
 
+// Bytes between two tensors in the pinned block (covers every dtype's alignment).
+constexpr int64_t kAlignment = 256;
+
+// One page-locked block of `bytes` as a uint8 tensor, freed with the last view of it. One block,
+// because pinning tensor by tensor through the caching host allocator rounds each up to a power of
+// two and costs a driver call per tensor. Undefined (pageable copies then: slower, synchronous
+// transfers) when the driver refuses, e.g. past the host's lockable memory.
+at::Tensor pinned_block(int64_t bytes) {
+#ifdef FLUXBATCH_WITH_CUDA
+  void* ptr = nullptr;
+  const cudaError_t status = cudaHostAlloc(&ptr, static_cast<size_t>(std::max<int64_t>(bytes, 1)), cudaHostAllocDefault);
+  if (status == cudaSuccess) {
+    return at::from_blob(ptr, {bytes}, [](void* p) { (void)cudaFreeHost(p); }, at::TensorOptions().dtype(at::kByte));
+  }
+  (void)cudaGetLastError();  // clear the sticky error state
+  log::warn("offload: could not pin " + std::to_string(bytes >> 20) + " MiB of host memory (" +
+            cudaGetErrorString(status) + "); the weights wait in pageable memory (slower transfers)");
+#else
+  (void)bytes;
+#endif
+  return at::Tensor();
+}
+
 }  // namespace
 
 PinnedWeights::PinnedWeights(torch::nn::Module& module, c10::Device device) : module_(module), device_(device) {
   // The weights are inference tensors (loaded under InferenceMode): set_data needs it too.
   const c10::InferenceMode inference;
-  const bool pin = device.is_cuda();
-  for (const at::Tensor& t : module_tensors(module)) {
-    at::Tensor host = t.to(c10::Device(c10::kCPU));
-    if (pin && !host.is_pinned()) host = host.pin_memory();
-    // Its own TensorImpl: `t` and `host` may still be one tensor here, and swapping t's data must
-    // leave the host copy as it is.
-    host = host.detach();
+  const std::vector<at::Tensor> tensors = module_tensors(module);
+  std::vector<int64_t> offsets;
+  int64_t total = 0;
+  for (const at::Tensor& t : tensors) {
+    offsets.push_back(total);
+    total += (static_cast<int64_t>(t.nbytes()) + kAlignment - 1) / kAlignment * kAlignment;
+  }
+  const at::Tensor arena = device.is_cuda() ? pinned_block(total) : at::Tensor();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    at::Tensor host;
+    if (arena.defined()) {
+      // A view of the page-locked block, of t's dtype and shape.
+      host = arena.narrow(0, offsets[i], static_cast<int64_t>(t.nbytes())).view(t.scalar_type()).view(t.sizes());
+      host.copy_(t);
+    } else {
+      // Its own TensorImpl: `t` and its CPU copy may be one tensor, and swapping t's data must leave
+      // the host copy as it is.
+      host = t.to(c10::Device(c10::kCPU)).detach();
+    }
     t.set_data(host);
     host_bytes_ += static_cast<int64_t>(host.nbytes());
     slots_.push_back({t, host});

@@ -69,6 +69,12 @@ TEST_CASE("PinnedWeights copies a module to CUDA and back without a copy home", 
   REQUIRE(m.dense->weight.is_pinned());
   REQUIRE(m.packed->nf4().packed.is_pinned());
   REQUIRE(m.packed->nf4().nested_absmax.is_pinned());
+  // One page-locked block for the whole module.
+  CHECK(m.dense->weight.storage().is_alias_of(m.packed->nf4().packed.storage()));
+  CHECK(pinned.host_bytes() == (128 * 64 + 64 + 128) * 2 + static_cast<int64_t>(m.packed->nf4().packed.nbytes() +
+                                                                                 m.packed->nf4().q8.nbytes() +
+                                                                                 m.packed->nf4().nested_absmax.nbytes() +
+                                                                                 m.packed->nf4().nested_quant_map.nbytes()));
   const void* host_weight = m.dense->weight.data_ptr();
   const at::Tensor on_cpu = m.forward(x);
 

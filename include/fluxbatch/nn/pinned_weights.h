@@ -1,7 +1,8 @@
 // A module's weights kept in host memory and copied to the device only for the stage that runs it
-// (diffusers' enable_model_cpu_offload). The host copy is page-locked when the device is CUDA, so the
-// trip in runs at bus speed and asynchronously; it is never written, so leaving the device is free:
-// the module points at the host copy again and the device copies go back to the allocator.
+// (diffusers' enable_model_cpu_offload). The host copy is page-locked when the device is CUDA (one
+// block for the whole module), so the trip in runs at bus speed and asynchronously; it is never
+// written, so leaving the device is free: the module points at the host copy again and the device
+// copies go back to the allocator.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
