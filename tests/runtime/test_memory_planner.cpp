@@ -150,7 +150,7 @@ TEST_CASE("the FLUX default model has three stages and sane first guesses", "[pl
         plan_group(resident, {1024, 1024, 512, 1}, 1).stages[0].peak_bytes - 22 * GiB);
 }
 
-TEST_CASE("--offload auto offloads when the denoise weights take over 3/4 of the budget", "[planner]") {
+TEST_CASE("offload auto: offloads when the denoise weights take over 3/4 of the budget", "[planner]") {
   const std::vector<ComponentWeights> w = {
       {"text_encoder", 246 * MiB}, {"text_encoder_2", 3 * GiB}, {"transformer", 6 * GiB}, {"vae", 160 * MiB}};
   // Transformer + VAE = 6.16 GiB; the text encoders do not count (they never share the device with them).
