@@ -310,6 +310,11 @@ class Run {
     bool out_of_memory = false;
     try {
       generator_.generate_each(items, on_image);
+    } catch (const ModelError&) {
+      // The model cannot load (staged residency loads it at the first batch): no item can render, so
+      // the job stops here, with every unrendered item left to a re-run.
+      if (fatal) std::rethrow_exception(fatal);
+      throw;
     } catch (const std::exception& e) {
       if (fatal) std::rethrow_exception(fatal);
       error = exception_message(e);

@@ -17,6 +17,7 @@
 #include "fluxbatch/runtime/job_runner.h"
 #include "fluxbatch/runtime/oom.h"
 #include "render_items.h"
+#include "fluxbatch/core/error.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -142,6 +143,25 @@ TEST_CASE("a grow-back that does not fit doubles the wait before the next one", 
   CHECK(gen.sizes == std::vector<size_t>{2, 1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 2, 1, 1});
   CHECK(summary.rendered == 10);
   CHECK(summary.oom_retries == 4);
+}
+
+TEST_CASE("a model that cannot load stops the job instead of failing every item", "[memory][oom]") {
+  struct Broken : fluxbatch::runtime::ImageGenerator {
+    int calls = 0;
+    std::vector<Image> generate(const std::vector<RenderItem>&) override {
+      ++calls;
+      throw fluxbatch::ModelError("transformer (model.safetensors): missing key 'proj_out.bias'");
+    }
+    std::string model_description() const override { return "broken"; }
+  };
+  fluxbatch::test::TempDir dir;
+  Broken gen;
+  RunnerOptions options;
+  options.batch_size = 2;
+  CHECK_THROWS_WITH(fluxbatch::runtime::run_job(job_of(6), dir.path().string(), options, gen),
+                    ContainsSubstring("missing key 'proj_out.bias'"));
+  CHECK(gen.calls == 1);
+  for (const auto& e : manifest_of(dir.path())) CHECK(e.status != ManifestStatus::kFailed);  // left to a re-run
 }
 
 TEST_CASE("the halved limit carries to later batches of the same shape only", "[memory][oom]") {
