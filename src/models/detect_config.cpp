@@ -1,18 +1,13 @@
 // Hyper-parameters from tensor shapes, for checkpoints that ship without a config.json
 // (BFL / ComfyUI / Forge single files). Declared in weight_map.h.
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/weights.h"
 #include "fluxbatch/models/weight_map.h"
 
 #include <algorithm>
 
 namespace fluxbatch::models {
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
 class Shapes {
  public:
@@ -36,7 +31,7 @@ class Shapes {
   int64_t dim(const std::string& key, size_t axis) const {
     const auto& shape = shapes_.at(key);
     if (axis >= shape.size()) {
-      throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected at least " +
+      throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected at least " +
                        std::to_string(axis + 1) + " dimensions");
     }
     return shape[axis];
@@ -47,7 +42,7 @@ class Shapes {
     const auto& shape = shapes_.at(key);
     if (shape.size() == 2 && shape[0] == out) return shape[1];
     if (shape.size() == 2 && shape[1] == 1 && out > 0 && (shape[0] * 2) % out == 0) return shape[0] * 2 / out;
-    throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected [" +
+    throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected [" +
                      std::to_string(out) + ", in] or a packed 4-bit weight");
   }
   // 1 + the largest N among keys "<head>N.".

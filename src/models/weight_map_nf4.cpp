@@ -1,17 +1,12 @@
 #include "fluxbatch/models/weight_map_nf4.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/nn/weights.h"
 
 #include <ATen/ATen.h>
 
 namespace fluxbatch::models {
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
 // Blocks [first, first + count) of w's absmax statistics, carried over into `part`.
 void take_blocks(const quant::Nf4Tensor& w, const at::Tensor& resolved, int64_t first, int64_t count,
@@ -38,15 +33,15 @@ std::vector<quant::Nf4Tensor> split_nf4_rows(const quant::Nf4Tensor& w, const st
   int64_t total = 0;
   for (int64_t r : rows) total += r;
   FLUXBATCH_CHECK(w.shape.size() == 2 && w.shape[0] == total, ModelError,
-                  what + ": NF4 shape " + shape_text(w.shape) + " is not [" + std::to_string(total) +
-                      ", in] (the fused rows " + shape_text(rows) + " of the detected configuration)");
+                  what + ": NF4 shape " + nn::shape_string(w.shape) + " is not [" + std::to_string(total) +
+                      ", in] (the fused rows " + nn::shape_string(rows) + " of the detected configuration)");
   const int64_t cols = w.shape[1];
   // Where each part starts, in values; every start must fall on a block boundary.
   bool nested_aligned = w.is_nested();
   int64_t start = 0;
   for (int64_t r : rows) {
     FLUXBATCH_CHECK(r > 0 && start % w.blocksize == 0, ModelError,
-                    what + ": rows " + shape_text(rows) + " of an NF4 weight with " + std::to_string(cols) +
+                    what + ": rows " + nn::shape_string(rows) + " of an NF4 weight with " + std::to_string(cols) +
                         " columns do not fall on " + std::to_string(w.blocksize) +
                         "-value blocks, so it cannot be split exactly");
     if (w.is_nested() && (start / w.blocksize) % w.nested_blocksize != 0) nested_aligned = false;
@@ -85,10 +80,10 @@ quant::Nf4Tensor concat_nf4_rows(const std::vector<quant::Nf4Tensor>& parts, con
     p.validate(what);
     FLUXBATCH_CHECK(p.shape.size() == 2 && p.shape[1] == first.shape[1] && p.blocksize == first.blocksize &&
                         p.dtype == first.dtype,
-                    ModelError, what + ": NF4 parts of shape " + shape_text(p.shape) + " and " +
-                                     shape_text(first.shape) + " (or blocksize / dtype) cannot be stacked");
+                    ModelError, what + ": NF4 parts of shape " + nn::shape_string(p.shape) + " and " +
+                                     nn::shape_string(first.shape) + " (or blocksize / dtype) cannot be stacked");
     FLUXBATCH_CHECK(i + 1 == parts.size() || p.numel() % p.blocksize == 0, ModelError,
-                    what + ": an NF4 part of shape " + shape_text(p.shape) + " is not a whole number of blocks");
+                    what + ": an NF4 part of shape " + nn::shape_string(p.shape) + " is not a whole number of blocks");
     rows += p.shape[0];
     packed.push_back(p.packed);
     shared_nested = shared_nested && p.is_nested() && p.offset == first.offset &&

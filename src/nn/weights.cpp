@@ -38,14 +38,6 @@ c10::ScalarType to_scalar_type(io::DType dtype) {
   throw ModelError("unsupported safetensors dtype");
 }
 
-std::string shape_string(at::IntArrayRef shape) {
-  std::ostringstream out;
-  out << '[';
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << ']';
-  return out.str();
-}
-
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -247,6 +239,14 @@ void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadO
       target.set_data(convert(source, options));
     }
   }
+}
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream out;
+  out << '[';
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << ']';
+  return out.str();
 }
 
 }  // namespace fluxbatch::nn

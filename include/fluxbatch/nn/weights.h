@@ -59,4 +59,7 @@ struct LoadOptions {
 // other one is replaced (set_data) by the converted checkpoint tensor.
 void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options);
 
+// "[3072, 64]": a shape as error messages print it.
+std::string shape_string(at::IntArrayRef shape);
+
 }  // namespace fluxbatch::nn
