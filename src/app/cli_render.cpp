@@ -65,11 +65,8 @@ GeneratorConfig resolve_config(const RenderCommand& command, const std::string& 
 runtime::Residency decide_residency(const std::string& mode, const GeneratorConfig& config,
                                     const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
   const runtime::Residency residency = resolve_residency(mode, config.device, weights, budget_bytes);
-  int64_t denoise = 0;
-  for (const runtime::ComponentWeights& c : weights) {
-    if (c.name == "transformer" || c.name == "vae") denoise += c.weight_bytes;
-  }
-  const std::string why = " (--offload " + mode + "; transformer + VAE " + runtime::format_bytes(denoise) +
+  const std::string why = " (--offload " + mode + "; transformer + VAE " +
+                          runtime::format_bytes(runtime::denoise_weight_bytes(weights)) +
                           ", budget " + runtime::format_bytes(budget_bytes) + ")";
   log::info(residency == runtime::Residency::kOffload
                 ? "offload: components wait in pinned host memory and visit the device for their stage" + why

@@ -74,12 +74,16 @@ const char* residency_name(Residency residency) {
   return "?";
 }
 
-Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes) {
-  int64_t denoise = 0;
+int64_t denoise_weight_bytes(const std::vector<ComponentWeights>& components) {
+  int64_t total = 0;
   for (const ComponentWeights& c : components) {
-    if (c.name == "transformer" || c.name == "vae") denoise += c.weight_bytes;
+    if (c.name == "transformer" || c.name == "vae") total += c.weight_bytes;
   }
-  return denoise > budget_bytes / 4 * 3 ? Residency::kOffload : Residency::kStaged;
+  return total;
+}
+
+Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes) {
+  return denoise_weight_bytes(components) > budget_bytes / 4 * 3 ? Residency::kOffload : Residency::kStaged;
 }
 
 MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, int dtype_size, Residency residency) {

@@ -154,6 +154,7 @@ TEST_CASE("offload auto: offloads when the denoise weights take over 3/4 of the 
   const std::vector<ComponentWeights> w = {
       {"text_encoder", 246 * MiB}, {"text_encoder_2", 3 * GiB}, {"transformer", 6 * GiB}, {"vae", 160 * MiB}};
   // Transformer + VAE = 6.16 GiB; the text encoders do not count (they never share the device with them).
+  CHECK(denoise_weight_bytes(w) == 6 * GiB + 160 * MiB);
   CHECK(choose_residency(w, 9 * GiB) == Residency::kStaged);        // 3/4 = 6.75 GiB
   CHECK(choose_residency(w, 8 * GiB) == Residency::kOffload);       // 3/4 = 6 GiB
   CHECK(choose_residency(w, 7 * GiB) == Residency::kOffload);

@@ -47,6 +47,9 @@ enum class Residency {
 };
 const char* residency_name(Residency residency);  // "device", "staged", "offload"
 
+// What the denoise stage holds under staged residency: the transformer and the VAE.
+int64_t denoise_weight_bytes(const std::vector<ComponentWeights>& components);
+
 // The render's choice (--offload auto): offload when the denoise stage's weights (transformer + VAE)
 // take more than 3/4 of the budget, so that a stage keeps room for its activations; staged otherwise.
 Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes);
