@@ -7,20 +7,16 @@
 #include <string>
 
 #include "fluxbatch/io/manifest.h"
-#include "test_support.h"
+#include "cli_support.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::test::CommandResult;
 using fluxbatch::test::TempDir;
+using fluxbatch::test::fluxbatch_cmd;
+using fluxbatch::test::quote;
 
 namespace {
-
-std::string quote(const std::string& s) { return "'" + s + "'"; }
-
-CommandResult fluxbatch_cmd(const std::string& args) {
-  return fluxbatch::test::run_command(quote(FLUXBATCH_EXE) + " " + args);
-}
 
 // A two-item job (3 images) writing into <dir>/out.
 fs::path write_job(const TempDir& dir, const std::string& name = "job.json") {

@@ -10,18 +10,16 @@
 #include <string>
 
 #include "fluxbatch/io/manifest.h"
-#include "test_support.h"
+#include "cli_support.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::test::CommandResult;
 using fluxbatch::test::TempDir;
+using fluxbatch::test::quote;
+using fluxbatch::test::tiny_model;
 
 namespace {
-
-const fs::path kModels = FLUXBATCH_MODELS_DIR;
-
-std::string quote(const std::string& s) { return "'" + s + "'"; }
 
 // Three 64x64 images and one 128x64, tiny sizes so the CPU renders them in seconds.
 fs::path write_job(const TempDir& dir) {
@@ -40,7 +38,6 @@ CommandResult run(const TempDir& dir, const std::string& args, const std::string
                                       " " + args);
 }
 
-std::string model() { return fluxbatch::test::require_generated(kModels / "tiny-flux-dev").string(); }
 
 }  // namespace
 
@@ -57,7 +54,7 @@ TEST_CASE("the log names the allocator settings in force and who set them", "[cl
 TEST_CASE("render --batch auto calibrates once, plans per size and records memory", "[cli][memmon]") {
   TempDir dir;
   const std::string job = quote(write_job(dir).string());
-  const std::string args = "render --device cpu --model " + quote(model()) + " --monitor-interval 5 " + job;
+  const std::string args = "render --device cpu --model " + quote(tiny_model().string()) + " --monitor-interval 5 " + job;
   const CommandResult first = run(dir, args);
   INFO(first.output);
   REQUIRE(first.exit_code == 0);
@@ -119,7 +116,7 @@ TEST_CASE("render --batch auto calibrates once, plans per size and records memor
   CHECK_FALSE(overwrite.output.find("measuring") != std::string::npos);
 
   // plan reads the same cache: every group is calibrated.
-  const CommandResult plan = run(dir, "plan --device cpu --json --model " + quote(model()) + " " + job);
+  const CommandResult plan = run(dir, "plan --device cpu --json --model " + quote(tiny_model().string()) + " " + job);
   INFO(plan.output);
   REQUIRE(plan.exit_code == 0);
   const nlohmann::json p = nlohmann::json::parse(plan.output);
@@ -133,7 +130,7 @@ TEST_CASE("a fixed --batch logs the built-in prediction and warns past the thres
   const std::string job = quote(write_job(dir).string());
   // A budget the weights alone nearly fill: the monitor warns once per stage.
   const CommandResult r = run(dir, "render --device cpu --batch 1 --vram-budget 40M --monitor-threshold 0.05 --model " +
-                                       quote(model()) + " " + job);
+                                       quote(tiny_model().string()) + " " + job);
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, ContainsSubstring("calibration for 64x64, sequence 32: none cached; using the built-in estimates"));
@@ -147,10 +144,10 @@ TEST_CASE("a fixed --batch logs the built-in prediction and warns past the thres
 TEST_CASE("plan and render check --vram-reserve", "[cli][memmon]") {
   TempDir dir;
   const std::string job = quote(write_job(dir).string());
-  const CommandResult bad = run(dir, "plan --device cpu --model " + quote(model()) + " --vram-reserve much " + job);
+  const CommandResult bad = run(dir, "plan --device cpu --model " + quote(tiny_model().string()) + " --vram-reserve much " + job);
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, ContainsSubstring("--vram-reserve: expected a size"));
-  const CommandResult huge = run(dir, "plan --device cpu --model " + quote(model()) + " --vram-reserve 100T " + job);
+  const CommandResult huge = run(dir, "plan --device cpu --model " + quote(tiny_model().string()) + " --vram-reserve 100T " + job);
   CHECK(huge.exit_code == 3);
   CHECK_THAT(huge.output, ContainsSubstring("no memory left for the run"));
   const CommandResult render = run(dir, "render -n --device cpu --vram-reserve 1x " + job);

@@ -6,20 +6,19 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "test_support.h"
+#include "cli_support.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::test::CommandResult;
 using fluxbatch::test::TempDir;
+using fluxbatch::test::fluxbatch_cmd;
+using fluxbatch::test::quote;
+using fluxbatch::test::tiny_model;
 
 namespace {
 
-const fs::path kModels = FLUXBATCH_MODELS_DIR;
-
-CommandResult plan_cmd(const std::string& args) {
-  return fluxbatch::test::run_command("'" + std::string(FLUXBATCH_EXE) + "' plan " + args);
-}
+CommandResult plan_cmd(const std::string& args) { return fluxbatch_cmd("plan " + args); }
 
 // Two sizes: three 64x64 images and one 128x64.
 fs::path write_job(const TempDir& dir) {
@@ -34,13 +33,12 @@ fs::path write_job(const TempDir& dir) {
   return path;
 }
 
-std::string model() { return fluxbatch::test::require_generated(kModels / "tiny-flux-dev").string(); }
 
 }  // namespace
 
 TEST_CASE("plan prints stages, resident components, batch and peak per size", "[cli][planner]") {
   TempDir dir;
-  const CommandResult r = plan_cmd(write_job(dir).string() + " --model " + model() + " --vram-budget 8G --dtype fp32");
+  const CommandResult r = plan_cmd(write_job(dir).string() + " --model " + tiny_model().string() + " --vram-budget 8G --dtype fp32");
   INFO(r.output);
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, ContainsSubstring("64x64, sequence 512: 3 image(s), batch 3"));
@@ -56,7 +54,7 @@ TEST_CASE("plan prints stages, resident components, batch and peak per size", "[
 TEST_CASE("plan --json gives the batch and predicted peak of every group", "[cli][planner]") {
   TempDir dir;
   const std::string job = write_job(dir).string();
-  const CommandResult r = plan_cmd(job + " --model " + model() + " --vram-budget 200M --offload on --json");
+  const CommandResult r = plan_cmd(job + " --model " + tiny_model().string() + " --vram-budget 200M --offload on --json");
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   const nlohmann::json plan = nlohmann::json::parse(r.output);
@@ -77,7 +75,7 @@ TEST_CASE("plan --json gives the batch and predicted peak of every group", "[cli
 
   // A budget below the weights: batch 1, flagged.
   const nlohmann::json tight =
-      nlohmann::json::parse(plan_cmd(job + " --model " + model() + " --vram-budget 1M --json").output);
+      nlohmann::json::parse(plan_cmd(job + " --model " + tiny_model().string() + " --vram-budget 1M --json").output);
   CHECK(tight["fits"] == false);
   CHECK(tight["groups"][0]["batch_size"] == 1);
 }
@@ -85,7 +83,7 @@ TEST_CASE("plan --json gives the batch and predicted peak of every group", "[cli
 TEST_CASE("plan rejects a bad size and a missing model", "[cli][planner]") {
   TempDir dir;
   const std::string job = write_job(dir).string();
-  const CommandResult bad = plan_cmd(job + " --model " + model() + " --vram-budget 12Q");
+  const CommandResult bad = plan_cmd(job + " --model " + tiny_model().string() + " --vram-budget 12Q");
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, ContainsSubstring("--vram-budget: expected a size"));
   const CommandResult none = plan_cmd(job + " --vram-budget 1G");
@@ -94,7 +92,7 @@ TEST_CASE("plan rejects a bad size and a missing model", "[cli][planner]") {
 }
 
 TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[cli][memory]") {
-  const CommandResult r = fluxbatch::test::run_command("'" + std::string(FLUXBATCH_EXE) + "' probe --json");
+  const CommandResult r = fluxbatch_cmd("probe --json");
   INFO(r.output);
   if (r.exit_code == 3) {  // a CPU-only machine
     CHECK_THAT(r.output, ContainsSubstring("no CUDA device"));
@@ -113,7 +111,7 @@ TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[c
 TEST_CASE("render checks --vram-budget before anything loads", "[cli][memory]") {
   TempDir dir;
   const std::string job = write_job(dir).string();
-  const std::string exe = "'" + std::string(FLUXBATCH_EXE) + "' render " + job + " --dry-run --device cpu";
+  const std::string exe = quote(FLUXBATCH_EXE) + " render " + job + " --dry-run --device cpu";
   const CommandResult bad = fluxbatch::test::run_command(exe + " --vram-budget lots");
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, ContainsSubstring("--vram-budget: expected a size such as 512M"));

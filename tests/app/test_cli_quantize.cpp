@@ -8,25 +8,18 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "test_support.h"
+#include "cli_support.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::test::CommandResult;
 using fluxbatch::test::TempDir;
+using fluxbatch::test::fluxbatch_cmd;
+using fluxbatch::test::quote;
+using fluxbatch::test::tiny_model;
 
 namespace {
 
-const fs::path kModels = FLUXBATCH_MODELS_DIR;
-
-std::string quote(const std::string& s) { return "'" + s + "'"; }
-std::string quote(const fs::path& p) { return quote(p.string()); }
-
-CommandResult fluxbatch_cmd(const std::string& args) {
-  return fluxbatch::test::run_command(quote(std::string(FLUXBATCH_EXE)) + " " + args);
-}
-
-fs::path tiny() { return fluxbatch::test::require_generated(kModels / "tiny-flux-dev"); }
 
 // One 64x64 image of "a photo of a cat", seed 0, 4 steps, in fp32 on the CPU; returns the PNG.
 fs::path render(const TempDir& dir, const fs::path& model, const std::string& name, const std::string& extra = "") {
@@ -76,15 +69,15 @@ TEST_CASE("quantize writes an NF4 folder that inspect reports, and never clobber
   TempDir dir;
   const bool dq = GENERATE(false, true);
   const std::string out = (dir / "nf4").string();
-  const CommandResult r = fluxbatch_cmd("quantize " + quote(tiny()) + " " + quote(out) + (dq ? " --double-quant" : ""));
+  const CommandResult r = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(out) + (dq ? " --double-quant" : ""));
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   CHECK_THAT(r.output, ContainsSubstring("50 Linear weights in NF4"));
 
-  const CommandResult again = fluxbatch_cmd("quantize " + quote(tiny()) + " " + quote(out));
+  const CommandResult again = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(out));
   CHECK(again.exit_code == 3);
   CHECK_THAT(again.output, ContainsSubstring("already exists; pass --overwrite"));
-  CHECK(fluxbatch_cmd("quantize --overwrite " + quote(tiny()) + " " + quote(out) + (dq ? " --double-quant" : ""))
+  CHECK(fluxbatch_cmd("quantize --overwrite " + quote(tiny_model()) + " " + quote(out) + (dq ? " --double-quant" : ""))
             .exit_code == 0);
 
   const CommandResult inspect = fluxbatch_cmd("inspect --json " + quote(out));
@@ -95,7 +88,7 @@ TEST_CASE("quantize writes an NF4 folder that inspect reports, and never clobber
   CHECK(t["format"] == (dq ? "nf4-dq" : "nf4"));
   CHECK(t["dense_dtype"] == "bf16");
   CHECK(doc["components"]["text_encoder_2"]["format"] == "dense");
-  const auto dense = nlohmann::json::parse(fluxbatch_cmd("inspect --json " + quote(tiny())).output);
+  const auto dense = nlohmann::json::parse(fluxbatch_cmd("inspect --json " + quote(tiny_model())).output);
   CHECK(t["parameters"] == dense["components"]["transformer"]["parameters"]);
   // Double quantization saves only on large tensors: on this tiny model its 1 KiB nested_quant_map per
   // Linear outweighs the weights.
@@ -108,9 +101,9 @@ TEST_CASE("render --quantize nf4 reaches the pipeline: the quantized folder rend
           "[cli][quantize]") {
   TempDir dir;
   const fs::path nf4 = dir / "nf4";
-  REQUIRE(fluxbatch_cmd("quantize " + quote(tiny()) + " " + quote(nf4)).exit_code == 0);
-  const std::string dense = pixel_data(render(dir, tiny(), "dense"));
-  const std::string on_load = pixel_data(render(dir, tiny(), "on-load", "--quantize nf4"));
+  REQUIRE(fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(nf4)).exit_code == 0);
+  const std::string dense = pixel_data(render(dir, tiny_model(), "dense"));
+  const std::string on_load = pixel_data(render(dir, tiny_model(), "on-load", "--quantize nf4"));
   // The folder holds the transformer quantized as --quantize nf4 does it; T5 is quantized on load in both.
   const std::string folder = pixel_data(render(dir, nf4, "folder", "--quantize nf4"));
   const std::string folder_t5_dense = pixel_data(render(dir, nf4, "folder-dense-t5"));
@@ -127,7 +120,7 @@ TEST_CASE("diffusers + bitsandbytes load the quantized folder and render fluxbat
   TempDir dir;
   const bool dq = GENERATE(false, true);
   const fs::path nf4 = dir / "nf4";
-  REQUIRE(fluxbatch_cmd("quantize " + quote(tiny()) + " " + quote(nf4) + (dq ? " --double-quant" : "")).exit_code == 0);
+  REQUIRE(fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(nf4) + (dq ? " --double-quant" : "")).exit_code == 0);
   const fs::path png = render(dir, nf4, "out");
   const CommandResult r = fluxbatch::test::run_command(
       quote(python) + " " + quote(script) + " " + quote(nf4) + " --png " + quote(png) +

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "fluxbatch/io/manifest.h"
-#include "test_support.h"
+#include "cli_support.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
@@ -27,9 +27,6 @@ using fluxbatch::test::TempDir;
 
 namespace {
 
-const fs::path kModels = FLUXBATCH_MODELS_DIR;
-
-std::string model() { return fluxbatch::test::require_generated(kModels / "tiny-flux-dev").string(); }
 
 // Eight 64x64 images, some prompts repeated, rendered into <dir>/out.
 fs::path write_job(const fs::path& dir, const std::string& extra_item = "") {
@@ -49,7 +46,7 @@ fs::path write_job(const fs::path& dir, const std::string& extra_item = "") {
 }
 
 std::vector<std::string> render_args(const fs::path& job) {
-  return {FLUXBATCH_EXE, "render", job.string(), "--model", model(), "--device", "cpu", "--batch", "2"};
+  return {FLUXBATCH_EXE, "render", job.string(), "--model", fluxbatch::test::tiny_model().string(), "--device", "cpu", "--batch", "2"};
 }
 
 // Starts the command with output to `log`; returns its pid.
