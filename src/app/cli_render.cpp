@@ -11,7 +11,7 @@
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/pipeline.h"
-#include "generator_factory.h"
+#include "fluxbatch/runtime/flux_generator.h"
 #include "interrupt.h"
 #include "plan_report.h"
 #include "render_memory.h"
@@ -50,21 +50,21 @@ int parse_batch(const std::string& text) {
   return n;
 }
 
-GeneratorConfig resolve_config(const RenderCommand& command, const std::string& model) {
-  GeneratorConfig config;
-  config.model_path = model;
-  config.device = runtime::parse_device(command.device.empty() ? (runtime::cuda_available() ? "cuda" : "cpu")
-                                                               : command.device);
-  config.dtype = runtime::parse_dtype(command.dtype.empty() ? (config.device.is_cuda() ? "bf16" : "fp32")
-                                                            : command.dtype);
-  config.quantize_nf4 = command.quantize == "nf4";
-  return config;
+// Device, dtype (always resolved here, so *dtype is set) and quantization from the command line.
+runtime::GeneratorOptions resolve_options(const RenderCommand& command) {
+  runtime::GeneratorOptions options;
+  options.device = runtime::parse_device(command.device.empty() ? (runtime::cuda_available() ? "cuda" : "cpu")
+                                                                : command.device);
+  options.dtype = runtime::parse_dtype(command.dtype.empty() ? (options.device.is_cuda() ? "bf16" : "fp32")
+                                                             : command.dtype);
+  options.quantize_nf4 = command.quantize == "nf4";
+  return options;
 }
 
 // The components' residency (--offload) from the weights as they will load, logged with the reason.
-runtime::Residency decide_residency(const std::string& mode, const GeneratorConfig& config,
+runtime::Residency decide_residency(const std::string& mode, c10::Device device,
                                     const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
-  const runtime::Residency residency = resolve_residency(mode, config.device, weights, budget_bytes);
+  const runtime::Residency residency = resolve_residency(mode, device, weights, budget_bytes);
   const std::string why = " (--offload " + mode + "; transformer + VAE " +
                           runtime::format_bytes(runtime::denoise_weight_bytes(weights)) +
                           ", budget " + runtime::format_bytes(budget_bytes) + ")";
@@ -109,19 +109,19 @@ job::JobSpec load_job_for_model(const RenderCommand& command) {
   return changed ? job::load_job(command.file, options) : spec;
 }
 
-void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const GeneratorConfig& config,
-                   int batch) {
-  std::string model = config.model_path.empty() ? "(none given: pass --model to render)" : config.model_path;
+void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const std::string& model_path,
+                   const runtime::GeneratorOptions& options, int batch) {
+  std::string model = model_path.empty() ? "(none given: pass --model to render)" : model_path;
   std::error_code ec;
-  if (!config.model_path.empty() && !std::filesystem::exists(config.model_path, ec)) model += " (does not exist)";
+  if (!model_path.empty() && !std::filesystem::exists(model_path, ec)) model += " (does not exist)";
   // The model is not loaded, so its description (recorded in the manifest) is not compared here.
   // --batch auto is decided after loading (calibration); `fluxbatch plan` shows its prediction.
   const runtime::JobPlan plan =
       runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch == kAutoBatch ? 1 : batch);
   const std::string batch_text = batch == kAutoBatch ? "auto (chosen per size after loading; see fluxbatch plan)"
                                                      : std::to_string(batch);
-  std::printf("model: %s\ndevice: %s, dtype %s%s, batch %s\n%s", model.c_str(), config.device.str().c_str(),
-              runtime::dtype_name(config.dtype).c_str(), config.quantize_nf4 ? ", quantize nf4" : "", batch_text.c_str(),
+  std::printf("model: %s\ndevice: %s, dtype %s%s, batch %s\n%s", model.c_str(), options.device.str().c_str(),
+              runtime::dtype_name(*options.dtype).c_str(), options.quantize_nf4 ? ", quantize nf4" : "", batch_text.c_str(),
               format_plan(spec, spec.output_dir, plan).c_str());
   std::fflush(stdout);
 }
@@ -164,28 +164,29 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
 std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   const job::JobSpec spec = load_job_for_model(command);
   const std::string model = model_for(command, spec);
-  GeneratorConfig config = resolve_config(command, model);
+  runtime::GeneratorOptions options = resolve_options(command);
+  const c10::ScalarType dtype = *options.dtype;
   const int batch = parse_batch(command.batch);
   if (!command.memory.budget.empty()) runtime::parse_byte_size(command.memory.budget, "--vram-budget");
   runtime::parse_byte_size(command.memory.reserve, "--vram-reserve");
   if (command.dry_run) {
-    print_dry_run(command, spec, config, batch);
+    print_dry_run(command, spec, model, options, batch);
     return std::nullopt;
   }
   if (model.empty()) {
     throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   }
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
-            model + ", " + config.device.str() + ", " + runtime::dtype_name(config.dtype) +
-            (config.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
+            model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
+            (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
             (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
-  RenderMemory memory(command.memory, config.device, config.dtype, model, config.quantize_nf4 ? "nf4" : "");
-  memory.attach(config);
-  const std::vector<runtime::ComponentWeights> weights = runtime::model_component_weights(
-      model, static_cast<int>(c10::elementSize(config.dtype)), config.quantize_nf4);
-  config.residency = decide_residency(command.memory.offload, config, weights, memory.budget().bytes);
-  std::unique_ptr<runtime::FluxGenerator> flux = make_generator(config);
+  RenderMemory memory(command.memory, options.device, dtype, model, options.quantize_nf4 ? "nf4" : "");
+  memory.attach(options);
+  const std::vector<runtime::ComponentWeights> weights =
+      runtime::model_component_weights(model, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
+  options.residency = decide_residency(command.memory.offload, options.device, weights, memory.budget().bytes);
+  auto flux = std::make_unique<runtime::FluxGenerator>(model, options);
   runtime::FluxGenerator& loaded = *flux;
   // The images this run renders (not those finished earlier) decide what to calibrate and plan.
   const runtime::JobPlan todo =
@@ -197,12 +198,12 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   memory.plan(loaded.pipeline(), weights, items, batch == kAutoBatch, batch == kAutoBatch ? kMaxAutoBatch : batch);
   std::unique_ptr<runtime::ImageGenerator> generator = memory.wrap(std::move(flux));
   InterruptGuard interrupt;
-  runtime::RunnerOptions options;
-  options.overwrite = command.overwrite;
-  options.batch_size = batch == kAutoBatch ? memory.largest_batch() : batch;
-  if (batch == kAutoBatch) options.batch_for = memory.batch_for();
-  options.stop = &interrupt.stop_flag();
-  const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, options, *generator);
+  runtime::RunnerOptions runner;
+  runner.overwrite = command.overwrite;
+  runner.batch_size = batch == kAutoBatch ? memory.largest_batch() : batch;
+  if (batch == kAutoBatch) runner.batch_for = memory.batch_for();
+  runner.stop = &interrupt.stop_flag();
+  const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, *generator);
   log_summary(summary);
   memory.finish(summary, spec.output_dir);
   return summary;

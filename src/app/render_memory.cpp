@@ -54,7 +54,7 @@ RenderMemory::RenderMemory(const MemoryOptions& options, c10::Device device, c10
 
 RenderMemory::~RenderMemory() = default;
 
-void RenderMemory::attach(GeneratorConfig& options) {
+void RenderMemory::attach(runtime::GeneratorOptions& options) {
   runtime::MemoryMonitor* monitor = monitor_.get();
   options.on_stage = [this, monitor](const std::string& stage) {
     // Leaving idle starts the encode stage or a batch: each gets its own measured peak.

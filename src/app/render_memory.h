@@ -18,7 +18,6 @@
 #include "fluxbatch/runtime/job_runner.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_monitor.h"
-#include "generator_factory.h"
 #include "memory_options.h"
 
 namespace fluxbatch::app {
@@ -33,7 +32,7 @@ class RenderMemory {
   ~RenderMemory();
 
   // The generator's stage marks and per-batch note.
-  void attach(GeneratorConfig& config);
+  void attach(runtime::GeneratorOptions& options);
   // CPU with --vram-budget: the generator inside the budget's enforcement scope.
   std::unique_ptr<runtime::ImageGenerator> wrap(std::unique_ptr<runtime::ImageGenerator> generator);
 
