@@ -144,14 +144,15 @@ void run_plan(const PlanCommand& command) {
   const int dtype_size = static_cast<int>(c10::elementSize(dtype));
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
   const Budget budget = resolve_budget(device, command.memory);
+  const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
   const std::vector<runtime::ComponentWeights> weights =
-      runtime::model_component_weights(model, dtype_size, command.quantize == "nf4");
+      runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4");
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
   const std::vector<runtime::MemoryModel> models = models_for_groups(
-      base, groups, cache, runtime::device_identity(device), runtime::model_identity(model, dtype, command.quantize == "nf4" ? "nf4" : ""));
+      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, command.quantize == "nf4" ? "nf4" : ""));
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
                             residency};

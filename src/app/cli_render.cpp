@@ -181,10 +181,12 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
             (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
             (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
-  RenderMemory memory(command.memory, options.device, dtype, model, options.quantize_nf4 ? "nf4" : "");
+  const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
+  RenderMemory memory(command.memory, options.device, dtype,
+                      runtime::model_identity(headers, dtype, options.quantize_nf4 ? "nf4" : ""));
   memory.attach(options);
   const std::vector<runtime::ComponentWeights> weights =
-      runtime::model_component_weights(model, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
+      runtime::model_component_weights(headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
   options.residency = decide_residency(command.memory.offload, options.device, weights, memory.budget().bytes);
   auto flux = std::make_unique<runtime::FluxGenerator>(model, options);
   runtime::FluxGenerator& loaded = *flux;

@@ -26,8 +26,8 @@ std::string shape_text(int width, int height, int max_sequence_length) {
 }  // namespace
 
 RenderMemory::RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype,
-                           std::string model_path, std::string quantization)
-    : device_(device), dtype_(dtype), model_path_(std::move(model_path)), quantization_(std::move(quantization)) {
+                           std::string model_identity)
+    : device_(device), dtype_(dtype), model_identity_(std::move(model_identity)) {
   budget_ = resolve_budget(device, options);
   runtime::MemorySampler sampler;
   if (device.is_cuda()) {
@@ -96,7 +96,7 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
   runtime::CalibrationCache cache(runtime::default_calibration_path());
   for (const std::string& w : cache.warnings()) log::warn(w);
   const std::string device = runtime::device_identity(device_);
-  const std::string model = runtime::model_identity(model_path_, dtype_, quantization_);
+  const std::string& model = model_identity_;
   std::vector<runtime::MemoryModel> models;
   bool cache_changed = false;
   for (const runtime::ResolutionGroup& g : groups) {

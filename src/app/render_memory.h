@@ -26,9 +26,8 @@ class RenderMemory {
  public:
   // Resolves the budget, caps the CUDA allocator at it (CPU: installs the counting allocator,
   // enforcing only a --vram-budget), and starts the monitor in stage "load". Call before loading.
-  // `quantization`: "" or "nf4" (--quantize), part of the calibration key.
-  RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype, std::string model_path,
-               std::string quantization = "");
+  // `model_identity`: runtime::model_identity, part of the calibration key.
+  RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype, std::string model_identity);
   ~RenderMemory();
 
   // The generator's stage marks and per-batch note.
@@ -58,8 +57,7 @@ class RenderMemory {
 
   c10::Device device_;
   c10::ScalarType dtype_;
-  std::string model_path_;
-  std::string quantization_;
+  std::string model_identity_;
   Budget budget_;
   std::shared_ptr<runtime::CpuMemoryBudget> cpu_;
   std::unique_ptr<runtime::MemoryMonitor> monitor_;

@@ -95,11 +95,11 @@ std::string device_identity(c10::Device device) {
   throw DeviceError("no CUDA device cuda:" + std::to_string(index));
 }
 
-std::string model_identity(const std::string& model_path, c10::ScalarType dtype, const std::string& quantization) {
-  const ModelSummary summary = summarize_model(model_path);
+std::string model_identity(const ModelSummary& model, c10::ScalarType dtype, const std::string& quantization) {
+  const std::string& model_path = model.path;
   uint64_t bytes = 0;
   std::string stored;
-  for (const ComponentSummary& c : summary.components) {
+  for (const ComponentSummary& c : model.components) {
     bytes += c.bytes;
     if (!c.quantization.empty() && c.quantization != "none") stored += " " + c.name + ":" + c.quantization;
   }
@@ -194,10 +194,10 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
   return out;
 }
 
-std::vector<ComponentWeights> model_component_weights(const std::string& model_path, int dtype_size,
+std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
                                                       bool quantize_nf4) {
   std::vector<ComponentWeights> out;
-  for (const ComponentSummary& c : summarize_model(model_path).components) {
+  for (const ComponentSummary& c : model.components) {
     out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4)});
   }
   return out;

@@ -186,7 +186,7 @@ TEST_CASE("file headers predict the loaded sizes exactly, dense and quantized on
     options.quantize_nf4 = options.quantize_t5_nf4 = nf4;
     FluxPipeline pipeline(model.string(), options);
     const std::vector<ComponentWeights> loaded = pipeline_component_weights(pipeline);
-    const std::vector<ComponentWeights> predicted = model_component_weights(model.string(), 4, nf4);
+    const std::vector<ComponentWeights> predicted = model_component_weights(summarize_model(model.string()), 4, nf4);
     REQUIRE(predicted.size() == 4);
     for (const ComponentWeights& p : predicted) {
       INFO(p.name);
@@ -203,7 +203,7 @@ TEST_CASE("a staged calibration measures the encode stage without the transforme
   PipelineOptions options;
   options.residency = Residency::kStaged;
   FluxPipeline pipeline(model.string(), options);
-  const std::vector<ComponentWeights> weights = model_component_weights(model.string(), 4, false);
+  const std::vector<ComponentWeights> weights = model_component_weights(summarize_model(model.string()), 4, false);
   const MemoryModel base = flux_memory_model(weights, 4, Residency::kStaged);
   const PeakMeter meter{[&] { counter.reset_peak(); }, [&] { return counter.peak_bytes(); }};
   const Calibration c = calibrate_pipeline(pipeline, base, 64, 64, 32, meter);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "fluxbatch/runtime/inspect.h"
 #include "fluxbatch/runtime/memory_planner.h"
 
 namespace torch::nn {
@@ -29,10 +30,11 @@ std::string default_calibration_path();
 // "NVIDIA H100 80GB HBM3, 81559 MiB" for a CUDA device, "cpu" for the CPU.
 std::string device_identity(c10::Device device);
 
-// "<absolute path>, <bytes as stored> B, bf16, <quantization>" from file headers only, so `plan`
-// (which loads nothing) and `render` compute the same identity. `quantization` names what is done
-// on top of the stored format ("" when nothing); the stored quantization is read from the files.
-std::string model_identity(const std::string& model_path, c10::ScalarType dtype, const std::string& quantization = "");
+// "<absolute path>, <bytes as stored> B, bf16, <quantization>" from file headers only (the model's
+// summarize_model), so `plan` (which loads nothing) and `render` compute the same identity.
+// `quantization` names what is done on top of the stored format ("" when nothing); the stored
+// quantization comes from the summary.
+std::string model_identity(const ModelSummary& model, c10::ScalarType dtype, const std::string& quantization = "");
 
 struct CalibrationKey {
   std::string device;  // device_identity
@@ -83,11 +85,12 @@ class CalibrationCache {
 int64_t module_bytes(const torch::nn::Module& module);
 // The loaded pipeline's components at their exact sizes (components not loaded: 0 bytes).
 std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pipeline);
-// What each component will take once loaded at `dtype_size`, from file headers alone (runtime::
-// loaded_bytes: bnb components as stored; with `quantize_nf4` the transformer's and T5's Linear
-// weights counted as NF4). Equals pipeline_component_weights after loading (tested); the plan uses
-// it because under staged residency nothing is loaded when the plan is made. ModelError.
-std::vector<ComponentWeights> model_component_weights(const std::string& model_path, int dtype_size,
+// What each component will take once loaded at `dtype_size`, from the model's file headers
+// (summarize_model; runtime::loaded_bytes: bnb components as stored; with `quantize_nf4` the
+// transformer's and T5's Linear weights counted as NF4). Equals pipeline_component_weights after
+// loading (tested); the plan uses it because under staged residency nothing is loaded when the plan
+// is made.
+std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
                                                       bool quantize_nf4);
 
 // Resets and reads the peak of the memory that counts (the CUDA allocator's allocated bytes, or the
