@@ -154,6 +154,7 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
       ->type_name("auto|N");
   add_quantize_option(*sub, command.quantize);
   add_memory_options(*sub, command.memory, /*monitor=*/true);
+  add_speed_options(*sub, command.speed);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
   add_job_options(*sub, command.job);
@@ -188,6 +189,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   const std::vector<runtime::ComponentWeights> weights =
       runtime::model_component_weights(headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
   options.residency = decide_residency(command.memory.offload, options.device, weights, memory.budget().bytes);
+  apply_speed_options(command.speed, options);
   auto flux = std::make_unique<runtime::FluxGenerator>(model, options);
   runtime::FluxGenerator& loaded = *flux;
   // The images this run renders (not those finished earlier) decide what to calibrate and plan.

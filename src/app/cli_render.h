@@ -7,6 +7,7 @@
 
 #include "cli_common.h"
 #include "memory_options.h"
+#include "speed_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
 namespace fluxbatch::app {
@@ -19,6 +20,7 @@ struct RenderCommand {
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
   std::string quantize = "none";  // --quantize none|nf4
+  SpeedOptions speed;             // --kernels, --cuda-graphs
   bool overwrite = false;
   bool dry_run = false;
   JobOptions job;
