@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares, on the dev machine, what scripts/bench/run_h100.sh needs on the GPU machine and cannot download
 # there (shared/gpu-machine.md): .stb (stb headers from Debian's libstb-dev) and .whl (diffusers,
-# importlib_metadata, zipp and bitsandbytes wheels for its Python 3.12). bitsandbytes' wheel carries a library
+# importlib_metadata, zipp, bitsandbytes and open_clip_torch wheels for its Python 3.12; open_clip only for
+# the CLIP BPE vocabulary scripts/make_tiny_models.py reads from it). bitsandbytes' wheel carries a library
 # per CUDA version (60 MB); only the CUDA 13.0 one (torch cu130 there) is kept, so a call's carry stays small.
 #   bash scripts/bench/prepare_carry.sh     then carry [".stb", ".whl"] in the device call
 set -euo pipefail
@@ -13,11 +14,12 @@ if [ ! -f .stb/usr/include/stb/stb_image_write.h ]; then
   dpkg -x /tmp/stb-deb/libstb-dev_*.deb .stb
 fi
 mkdir -p .whl
-versions=$($PY -c "import diffusers, bitsandbytes, importlib_metadata as m; print(diffusers.__version__, bitsandbytes.__version__, m.version('importlib_metadata'))")
-read -r diffusers_v bnb_v meta_v <<<"$versions"
+versions=$($PY -c "import diffusers, bitsandbytes, importlib_metadata as m; print(diffusers.__version__, bitsandbytes.__version__, m.version('importlib_metadata'), m.version('open_clip_torch'))")
+read -r diffusers_v bnb_v meta_v clip_v <<<"$versions"
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d .whl "diffusers==$diffusers_v" "importlib_metadata==$meta_v" zipp "bitsandbytes==$bnb_v"
+  --platform manylinux2014_x86_64 -d .whl "diffusers==$diffusers_v" "importlib_metadata==$meta_v" zipp "bitsandbytes==$bnb_v" \
+  "open_clip_torch==$clip_v"
 $PY - <<'PY'
 import glob, os, zipfile
 for path in glob.glob(".whl/bitsandbytes-*.whl"):

@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
 
 step build
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
+  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$(dirname "$(find "$ROOT/.stb" -name stb_image_write.h | head -1)")" > "$OUTDIR/cmake.log" 2>&1 \
   || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
 TARGETS="${FB_TARGETS:-fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer fluxbatch_bench_per_image_linear}"
 cmake --build build-gpu -j 16 --target $TARGETS > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }

