@@ -24,14 +24,16 @@ def main():
     ap.add_argument("--job", required=True, help="a fluxbatch job file: its items (prompt, seed) and defaults")
     ap.add_argument("--out", required=True)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to try the script")
     args = ap.parse_args()
     job = json.load(open(args.job))
     d = job.get("defaults", {})
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     pipe = FluxPipeline.from_pretrained(args.model, torch_dtype=torch.bfloat16)
-    pipe.to("cuda")
-    torch.cuda.synchronize()
+    pipe.to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync()
     load_s = time.time() - t0
     t1 = time.time()
     with torch.inference_mode():
@@ -43,10 +45,10 @@ def main():
                          max_sequence_length=d.get("max_sequence_length", 512),
                          generator=torch.Generator("cpu").manual_seed(seed)).images[0]
             image.save(os.path.join(args.out, f"{i:03d}.png"))
-    torch.cuda.synchronize()
+    sync()
     render_s = time.time() - t1
     figures = {"images": len(job["items"]), "import_s": t0 - t_start, "load_s": load_s, "render_s": render_s,
-               "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}
+               "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else 0.0}
     print(f"diffusers job: {len(job['items'])} images, import {figures['import_s']:.1f} s, load {load_s:.1f} s, "
           f"render {render_s:.1f} s ({render_s / len(job['items']):.2f} s/image)", flush=True)
     if args.json:

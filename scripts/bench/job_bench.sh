@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole job, not just the steps (issue 12), on the GPU machine:
 #   1. a 32-image 1024x1024 28-step job through `fluxbatch render` on an NF4 model folder, first run
-#      (fresh calibration cache, so calibration is included) with --cache: wall time of the process,
+#      (fresh calibration cache, so calibration is included; no --cache): wall time of the process,
 #      denoise time (the manifest's summary line), everything else as a share of the wall time;
 #   2. the same 32 prompts and seeds through diffusers + bitsandbytes NF4 (scripts/bench/diffusers_job.py),
 #      wall time of the process;
-#   3. the cache: four of the prompts again with new seeds (T5 must not load; the log must say so), and
+#   3. the cache: four prompts rendered into a cache, then again with new seeds (T5 must not load; the
+#      log must say so), and
 #      100 small images (256x256, 4 steps) rendered into the cache, then rendered again into another
 #      directory (every image copied, no weights loaded, the device not used): wall time of that re-run.
 # Prints key=value lines (the first four go into docs/benchmarks/<card>.json) and writes them to
@@ -13,7 +14,9 @@
 #   bash scripts/bench/job_bench.sh MODEL_NF4 OUTDIR
 # MODEL_NF4: a diffusers folder whose transformer is bitsandbytes NF4 (run_h100.sh makes $FB_MODEL-nf4 with
 # scripts/bench/make_random_flux_nf4.py). FB_BIN: the fluxbatch binary (default ./build-gpu/fluxbatch,
-# built with run_h100.sh's flags when missing). FB_SKIP="diffusers cache" skips parts.
+# built with run_h100.sh's flags when missing). FB_SKIP="diffusers cache" skips parts. FB_DEVICE, FB_SIZE and
+# FB_STEPS (default cuda, 1024, 28) exist to try the script on a CPU with a tiny model; the figures mean
+# something only at the defaults.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -21,11 +24,14 @@ MODEL="${1:?usage: job_bench.sh MODEL_NF4 OUTDIR}"
 OUTDIR="${2:?usage: job_bench.sh MODEL_NF4 OUTDIR}"
 BIN="${FB_BIN:-./build-gpu/fluxbatch}"
 SKIP=" ${FB_SKIP:-} "
+DEVICE="${FB_DEVICE:-cuda}"
+SIZE="${FB_SIZE:-1024}"
+STEPS="${FB_STEPS:-28}"
 mkdir -p "$OUTDIR"
 WORK=/tmp/fluxbatch-job-bench
 rm -rf "$WORK" && mkdir -p "$WORK"
 export FLUXBATCH_CACHE_DIR="$WORK/calibration"  # fresh: the first run calibrates, as a first run does
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if [ ! -x "$BIN" ]; then
   echo "building $BIN"
@@ -64,11 +70,10 @@ PY
 }
 
 declare -A R
-echo; echo "=== 1. fluxbatch: 32 images, 1024x1024, 28 steps, NF4 file, first run ($(date +%T))"
-make_job "$WORK/job32.json" "$WORK/fb32" 32 1024 28 1000
+echo; echo "=== 1. fluxbatch: 32 images, ${SIZE}x${SIZE}, $STEPS steps, NF4 file, first run ($(date +%T))"
+make_job "$WORK/job32.json" "$WORK/fb32" 32 "$SIZE" "$STEPS" 1000
 t0=$(now)
-"$BIN" render "$WORK/job32.json" --model "$MODEL" --device cuda --cache "$WORK/cache" -v --progress log \
-  > "$OUTDIR/fluxbatch_job32.log" 2>&1
+"$BIN" render "$WORK/job32.json" --model "$MODEL" --device "$DEVICE" -v --progress log > "$OUTDIR/fluxbatch_job32.log" 2>&1
 rc=$?; t1=$(now)
 echo "exit $rc"
 grep -E "loaded|calibration for|plan for|encode stage|summary:|memory: (load|encode|denoise|decode|calibrate) peak|done:" \
@@ -83,32 +88,38 @@ if [[ "$SKIP" != *" diffusers "* ]]; then
   echo; echo "=== 2. diffusers + bitsandbytes NF4: the same 32 prompts and seeds, one pipe() call each ($(date +%T))"
   t0=$(now)
   PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_job.py --model "$MODEL" --job "$WORK/job32.json" \
-    --out "$WORK/diffusers32" --json "$OUTDIR/diffusers_job32.json" 2>&1 | grep -v -E "it/s\]|s/it\]" \
+    --out "$WORK/diffusers32" --json "$OUTDIR/diffusers_job32.json" --device "$DEVICE" 2>&1 | grep -v -E "it/s\]|s/it\]" \
     | tee "$OUTDIR/diffusers_job32.log" | tail -3
   t1=$(now)
   R[diffusers_job32_nf4_wall_s]=$(elapsed "$t0" "$t1")
 fi
 
 if [[ "$SKIP" != *" cache "* ]]; then
-  echo; echo "=== 3a. the cache: four of the prompts with new seeds: T5 must not load ($(date +%T))"
-  python3 - "$WORK/job32.json" "$WORK/job4.json" "$WORK/fb4" <<'PY'
+  echo; echo "=== 3a. the cache: four prompts rendered with --cache, then again with new seeds: T5 must not load ($(date +%T))"
+  for run in fill again; do
+    python3 - "$WORK/job32.json" "$WORK/job4-$run.json" "$WORK/fb4-$run" "$run" <<'PY'
 import json, sys
 job = json.load(open(sys.argv[1]))
-job["items"] = [dict(item, seed=item["seed"] + 5000) for item in job["items"][:4]]
+shift = 0 if sys.argv[4] == "fill" else 5000
+job["items"] = [dict(item, seed=item["seed"] + shift) for item in job["items"][:4]]
+job["defaults"].update(width=min(512, job["defaults"]["width"]), height=min(512, job["defaults"]["height"]), steps=4)  # the embeddings do not depend on the size
 job["output"]["dir"] = sys.argv[3]
 json.dump(job, open(sys.argv[2], "w"), indent=1)
 PY
-  "$BIN" render "$WORK/job4.json" --model "$MODEL" --device cuda --cache "$WORK/cache" -v > "$OUTDIR/fluxbatch_job4_cache.log" 2>&1
+  done
+  "$BIN" render "$WORK/job4-fill.json" --model "$MODEL" --device "$DEVICE" --cache "$WORK/cache" > "$OUTDIR/fluxbatch_job4_fill.log" 2>&1
+  echo "fill: exit $?"
+  "$BIN" render "$WORK/job4-again.json" --model "$MODEL" --device "$DEVICE" --cache "$WORK/cache" -v > "$OUTDIR/fluxbatch_job4_cache.log" 2>&1
   echo "exit $?"
   grep -E "loaded|encode stage|image cache|cache:" "$OUTDIR/fluxbatch_job4_cache.log" | cut -c1-240
   if grep -q "loaded text encoders" "$OUTDIR/fluxbatch_job4_cache.log"; then R[cache_t5_loaded]=true; else R[cache_t5_loaded]=false; fi
 
-  echo; echo "=== 3b. 100 images (256x256, 4 steps) into the cache, then the same 100 again elsewhere ($(date +%T))"
-  make_job "$WORK/job100.json" "$WORK/fb100" 100 256 4 7000
-  "$BIN" render "$WORK/job100.json" --model "$MODEL" --device cuda --cache "$WORK/cache100" > "$OUTDIR/fluxbatch_job100.log" 2>&1
+  echo; echo "=== 3b. 100 small images (4 steps) into the cache, then the same 100 again elsewhere ($(date +%T))"
+  make_job "$WORK/job100.json" "$WORK/fb100" 100 "$(( SIZE < 256 ? SIZE : 256 ))" 4 7000
+  "$BIN" render "$WORK/job100.json" --model "$MODEL" --device "$DEVICE" --cache "$WORK/cache100" > "$OUTDIR/fluxbatch_job100.log" 2>&1
   echo "fill: exit $?"
   t0=$(now)
-  "$BIN" render "$WORK/job100.json" --model "$MODEL" --device cuda --cache "$WORK/cache100" --out "$WORK/fb100-again" \
+  "$BIN" render "$WORK/job100.json" --model "$MODEL" --device "$DEVICE" --cache "$WORK/cache100" --out "$WORK/fb100-again" \
     -v > "$OUTDIR/fluxbatch_job100_again.log" 2>&1
   rc=$?; t1=$(now)
   echo "re-run: exit $rc"
