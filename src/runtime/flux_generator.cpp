@@ -153,6 +153,7 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
   order.insert(order.end(), p.pending.begin(), p.pending.end());
   int64_t count = 0, cached = 0, last = 0;
   bool loaded = false;
+  const bool loaded_before = pipeline_->text_encoders_loaded();  // by a calibration that measured with them
   for (size_t i = 0; i < order.size(); ++i) {
     const Key& key = order[i];
     if (p.entries.count(key)) continue;
@@ -180,7 +181,7 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
     p.entries.emplace(key, std::move(entry));
     p.pending.erase(std::find(p.pending.begin(), p.pending.end(), key));
   }
-  if (loaded) pipeline_->release_text_encoders();  // and the device cache with them
+  if (pipeline_->text_encoders_loaded()) pipeline_->release_text_encoders();  // and the device cache with them
   ++stats_.encode_stages;
   stats_.prompts_from_cache += cached;
   char line[300];
@@ -191,7 +192,9 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
                 std::chrono::duration<double>(Clock::now() - start).count() - load_s,
                 cached > 0 ? (", " + std::to_string(cached) + " from the prompt cache").c_str() : "", mib(p.bytes),
                 p.pending.size(),
-                loaded ? "text encoders released" : "text encoders not loaded (every prompt came from the cache)");
+                count > 0       ? "text encoders released"
+                : loaded_before ? "text encoders released (every prompt came from the cache)"
+                                : "text encoders not loaded (every prompt came from the cache)");
   log::info(line);
 }
 

@@ -43,7 +43,7 @@ std::string row(const std::string& output, const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("--config NAME applies a shipped preset; flags win over it; --print-config says why", "[cli][config]") {
+TEST_CASE("a shipped preset by name (--config); flags win over it; --print-config says why", "[cli][config]") {
   TempDir dir;
   write_job(dir);
   const CommandResult r = print_config(dir, "--config low-vram-8g --offload off --steps 12");

@@ -138,7 +138,7 @@ TEST_CASE("without a terminal: per-image lines and a progress line every --progr
   CHECK(fs::exists(quiet / "out" / "manifest.jsonl"));
 }
 
-TEST_CASE("--progress json writes the events on stdout, one object per line", "[cli][progress]") {
+TEST_CASE("progress json: the events go to stdout, one object per line", "[cli][progress]") {
   TempDir dir;
   const CommandResult r =
       fluxbatch::test::run_command("(" + command(dir, "-q " + render_args(dir, "--batch 2 --progress json")) + " 2>/dev/null)");

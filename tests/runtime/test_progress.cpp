@@ -108,7 +108,7 @@ TEST_CASE("without a terminal a progress line comes every interval, and only whi
   CHECK(screen.live.empty());
 }
 
-TEST_CASE("--progress json writes one event per line: start, stage, batch, step, image, done", "[progress]") {
+TEST_CASE("progress json: one event per line (start, stage, batch, step, image, done)", "[progress]") {
   Screen screen;
   Progress progress(screen.options(ProgressStyle::kJson));
   const auto a = fluxbatch::test::make_render_item(0, "a \"quoted\" fox", 64, 64, 7);
