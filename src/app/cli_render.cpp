@@ -93,16 +93,7 @@ LoadedJob load_job_for_model(const RenderCommand& command, const job::RenderSett
   LoadedJob out;
   out.command_line = options.cli_defaults;
   job::ParamOverrides& d = options.cli_defaults;
-  if (preset != nullptr) {
-    const job::ParamOverrides& p = preset->defaults;
-    if (!d.width) d.width = p.width;
-    if (!d.height) d.height = p.height;
-    if (!d.steps) d.steps = p.steps;
-    if (!d.guidance) d.guidance = p.guidance;
-    if (!d.seed && !d.random_seed) d.seed = p.seed;
-    if (!d.count) d.count = p.count;
-    if (!d.max_sequence_length) d.max_sequence_length = p.max_sequence_length;
-  }
+  if (preset != nullptr) merge_preset_defaults(d, *preset);
   out.spec = job::load_job(command.file, options);
   const std::string model = model_for(command, out.spec);
   if (model.empty()) return out;

@@ -118,6 +118,25 @@ job::RenderSettings load_preset(const std::string& spec, const std::string& base
   return job::load_settings(job::find_settings(spec, base, preset_dirs(), what));
 }
 
+void merge_preset_defaults(job::ParamOverrides& d, const job::RenderSettings& preset) {
+  const job::ParamOverrides& p = preset.defaults;
+  if (!d.width) d.width = p.width;
+  if (!d.height) d.height = p.height;
+  if (!d.steps) d.steps = p.steps;
+  if (!d.guidance) d.guidance = p.guidance;
+  if (!d.seed && !d.random_seed) d.seed = p.seed;
+  if (!d.count) d.count = p.count;
+  if (!d.max_sequence_length) d.max_sequence_length = p.max_sequence_length;
+}
+
+std::optional<std::string> preset_value(const CLI::App* command, const job::RenderSettings* preset,
+                                        const std::string& key) {
+  if (preset == nullptr || (command != nullptr && command->count(flag_of(key)) > 0)) return std::nullopt;
+  const auto it = preset->render.find(key);
+  if (it == preset->render.end()) return std::nullopt;
+  return it->second;
+}
+
 std::vector<SettingSource> apply_preset(RenderCommand& command, const job::RenderSettings* preset) {
   std::vector<SettingSource> out;
   for (const std::string& key : job::render_setting_keys()) {

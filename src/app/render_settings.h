@@ -3,6 +3,8 @@
 // options fill what no flag set, its "defaults" sit below the command line's, and --print-config
 // shows every effective setting with where it came from.
 #pragma once
+#include <CLI/CLI.hpp>
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,6 +27,14 @@ struct SettingSource {
   std::string value;   // as it will be used
   std::string source;  // "command line", "preset low-vram-8g", "built-in default", ...
 };
+
+// Fills the fields of `defaults` (the command line's image settings) that are unset from the preset's
+// "defaults": the preset sits below the command line.
+void merge_preset_defaults(job::ParamOverrides& defaults, const job::RenderSettings& preset);
+
+// The preset's value for a render option no flag of `command` gave (`command`: the parsed subcommand).
+std::optional<std::string> preset_value(const CLI::App* command, const job::RenderSettings* preset,
+                                        const std::string& key);
 
 // Sets every render option of `command` that no flag gave from `preset`; returns each option's
 // effective value and source.

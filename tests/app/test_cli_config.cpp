@@ -5,6 +5,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
@@ -129,4 +130,23 @@ TEST_CASE("a broken preset is reported like a job file: every problem, file:line
   CHECK(missing.exit_code == 2);
   CHECK_THAT(missing.output, ContainsSubstring("--config: no preset named \"low-vram-8\" (did you mean \"low-vram-8g\"?)"));
   CHECK_THAT(missing.output, ContainsSubstring("schnell-fast"));
+}
+
+TEST_CASE("plan applies a preset as render does", "[cli][config]") {
+  TempDir dir;
+  write_job(dir, R"("config": "schnell-fast",)");
+  const std::string plan = "env HOME=" + quote(dir.path()) + " " + quote(FLUXBATCH_EXE) +
+                           " plan --json --device cpu --model " + quote(tiny_model()) + " " + quote(dir / "job.json");
+  const CommandResult r = fluxbatch::test::run_command(plan + " --config low-vram-8g --vram-budget 6G");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const nlohmann::json p = nlohmann::json::parse(r.output);
+  CHECK(p["quantize"] == "nf4");             // the preset
+  CHECK(p["residency"] == "offload");        // the preset's offload on
+  CHECK(p["budget_bytes"] == int64_t{6} << 30);  // the flag wins over the preset's 7G
+  // The job's own "config" when there is no --config: schnell-fast's 256 tokens.
+  const CommandResult job = fluxbatch::test::run_command(plan);
+  INFO(job.output);
+  REQUIRE(job.exit_code == 0);
+  CHECK(nlohmann::json::parse(job.output)["groups"][0]["max_sequence_length"] == 256);
 }
