@@ -14,7 +14,8 @@
 #   bash scripts/bench/job_bench.sh MODEL_NF4 OUTDIR
 # MODEL_NF4: a diffusers folder whose transformer is bitsandbytes NF4 (run_h100.sh makes $FB_MODEL-nf4 with
 # scripts/bench/make_random_flux_nf4.py). FB_BIN: the fluxbatch binary (default ./build-gpu/fluxbatch,
-# built with run_h100.sh's flags when missing). FB_SKIP="diffusers cache" skips parts. FB_DEVICE, FB_SIZE and
+# built with run_h100.sh's flags when missing). FB_SKIP="fluxbatch diffusers cache" skips parts (each part
+# stands alone, so they can run in separate calls of at most 10 minutes on the same machine). FB_DEVICE, FB_SIZE and
 # FB_STEPS (default cuda, 1024, 28) exist to try the script on a CPU with a tiny model; the figures mean
 # something only at the defaults.
 set -uo pipefail
@@ -32,6 +33,11 @@ WORK=/tmp/fluxbatch-job-bench
 rm -rf "$WORK" && mkdir -p "$WORK"
 export FLUXBATCH_CACHE_DIR="$WORK/calibration"  # fresh: the first run calibrates, as a first run does
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# diffusers + bitsandbytes as run_h100.sh provides them on the GPU machine (wheels carried in .whl/).
+if ! python3 -c "import diffusers" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
+  export PYTHONPATH=/tmp/site
+fi
 
 if [ ! -x "$BIN" ]; then
   echo "building $BIN"
@@ -70,19 +76,21 @@ PY
 }
 
 declare -A R
-echo; echo "=== 1. fluxbatch: 32 images, ${SIZE}x${SIZE}, $STEPS steps, NF4 file, first run ($(date +%T))"
 make_job "$WORK/job32.json" "$WORK/fb32" 32 "$SIZE" "$STEPS" 1000
-t0=$(now)
-"$BIN" render "$WORK/job32.json" --model "$MODEL" --device "$DEVICE" -v --progress log > "$OUTDIR/fluxbatch_job32.log" 2>&1
-rc=$?; t1=$(now)
-echo "exit $rc"
-grep -E "loaded|calibration for|plan for|encode stage|summary:|memory: (load|encode|denoise|decode|calibrate) peak|done:" \
-  "$OUTDIR/fluxbatch_job32.log" | cut -c1-240
-R[job32_nf4_wall_s]=$(elapsed "$t0" "$t1")
-R[job32_nf4_denoise_s]=$(summary_field "$WORK/fb32/manifest.jsonl" "round(stages['denoise'], 2)")
-R[job32_nf4_nondenoise_share]=$(python3 -c "print(round(1 - ${R[job32_nf4_denoise_s]} / ${R[job32_nf4_wall_s]}, 4))")
-R[job32_nf4_stage_seconds]=$(summary_field "$WORK/fb32/manifest.jsonl" "json.dumps({k: round(v, 2) for k, v in stages.items()})")
-R[job32_nf4_images_per_hour]=$(summary_field "$WORK/fb32/manifest.jsonl" "round(s['images_per_hour'], 1)")
+if [[ "$SKIP" != *" fluxbatch "* ]]; then
+  echo; echo "=== 1. fluxbatch: 32 images, ${SIZE}x${SIZE}, $STEPS steps, NF4 file, first run ($(date +%T))"
+  t0=$(now)
+  "$BIN" render "$WORK/job32.json" --model "$MODEL" --device "$DEVICE" -v --progress log > "$OUTDIR/fluxbatch_job32.log" 2>&1
+  rc=$?; t1=$(now)
+  echo "exit $rc"
+  grep -E "loaded|calibration for|plan for|encode stage|summary:|memory: (load|encode|denoise|decode|calibrate) peak|done:" \
+    "$OUTDIR/fluxbatch_job32.log" | cut -c1-240
+  R[job32_nf4_wall_s]=$(elapsed "$t0" "$t1")
+  R[job32_nf4_denoise_s]=$(summary_field "$WORK/fb32/manifest.jsonl" "round(stages['denoise'], 2)")
+  R[job32_nf4_nondenoise_share]=$(python3 -c "print(round(1 - ${R[job32_nf4_denoise_s]} / ${R[job32_nf4_wall_s]}, 4))")
+  R[job32_nf4_stage_seconds]=$(summary_field "$WORK/fb32/manifest.jsonl" "json.dumps({k: round(v, 2) for k, v in stages.items()})")
+  R[job32_nf4_images_per_hour]=$(summary_field "$WORK/fb32/manifest.jsonl" "round(s['images_per_hour'], 1)")
+fi
 
 if [[ "$SKIP" != *" diffusers "* ]]; then
   echo; echo "=== 2. diffusers + bitsandbytes NF4: the same 32 prompts and seeds, one pipe() call each ($(date +%T))"
