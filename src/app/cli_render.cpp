@@ -169,6 +169,7 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
       ->type_name("auto|N");
   add_quantize_option(*sub, command.quantize);
   add_memory_options(*sub, command.memory, /*monitor=*/true);
+  add_speed_options(*sub, command.speed);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
   sub->add_option("--write-threads", command.write_threads,
                   "Threads that encode and write PNGs while the device goes on with the next image; 0 writes each "
@@ -254,6 +255,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
                       runtime::layout_name(files.layout) + ")";
   setup.headers = &headers;
   setup.memory = command.memory;
+  apply_speed_options(command.speed, options);
   setup.generator = options;
   setup.calibrate = batch == kAutoBatch;
   setup.max_batch = batch == kAutoBatch ? kMaxAutoBatch : batch;

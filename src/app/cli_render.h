@@ -9,6 +9,7 @@
 #include "memory_options.h"
 #include "render_cache.h"
 #include "render_progress.h"
+#include "speed_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
 namespace fluxbatch::app {
@@ -21,6 +22,7 @@ struct RenderCommand {
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
   std::string quantize = "none";  // --quantize none|nf4
+  SpeedOptions speed;             // --kernels, --cuda-graphs
   bool overwrite = false;
   bool dry_run = false;
   int write_threads = 2;    // --write-threads

@@ -22,6 +22,21 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) const {
   return ops::per_image_linear(x, weight, bias);
 }
 
+at::Tensor LinearImpl::forward_gelu_tanh(const at::Tensor& x) const {
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out_features_;
+  at::Tensor out = at::empty(shape, x.options());
+  forward_out(x, out, /*gelu_tanh=*/true);
+  return out;
+}
+
+void LinearImpl::forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh) const {
+  const at::Tensor w = nf4_ ? ops::nf4_dense_weight(*nf4_, x.scalar_type(), scratch_.get()) : weight;
+  // Cast like nf4_linear casts it (bnb's bias.to(A.dtype)); a no-op for dense weights.
+  const at::Tensor b = bias.defined() && bias.scalar_type() != x.scalar_type() ? bias.to(x.scalar_type()) : bias;
+  ops::per_image_linear_out(out, x, w, b, gelu_tanh);
+}
+
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
   move_nf4(device);

@@ -71,6 +71,7 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.keep_text_encoders = options.keep_text_encoders;
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;
+  out.cuda_graphs = options.cuda_graphs;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }

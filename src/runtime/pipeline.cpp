@@ -7,6 +7,7 @@
 #include "fluxbatch/models/t5/t5_encoder.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/execution/graphed_denoiser.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -404,8 +405,17 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
 
   s.load_denoisers();
   s.visit(*s.transformer);
-  TransformerDenoiser denoiser(s.transformer, on_device, img_ids, txt_ids, guidance);
-  latents = sampling::sample_euler(denoiser, latents, schedule, on_step);
+  {
+    // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
+    // activations, given back below before the decode stage needs the room.
+    TransformerDenoiser eager(s.transformer, on_device, img_ids, txt_ids, guidance);
+    execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs,
+                                        "batch " + std::to_string(batch) + " at " + std::to_string(request.width) +
+                                            "x" + std::to_string(request.height) + ", " +
+                                            std::to_string(embeddings.prompt_embeds.size(1)) + " tokens",
+                                        request.steps);
+    latents = sampling::sample_euler(denoiser, latents, schedule, on_step);
+  }
   s.leave(*s.transformer);
   s.empty_cache();
   return latents;

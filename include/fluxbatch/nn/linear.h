@@ -23,6 +23,14 @@ class LinearImpl : public torch::nn::Module {
 
   // x: [..., in] -> [..., out]
   at::Tensor forward(const at::Tensor& x) const;
+  // GELU_tanh(forward(x)), the activation fused into the GEMM where the kernel mode allows
+  // (ops::linear_gelu_tanh_out). x: [B, ..., in] -> [B, ..., out]
+  at::Tensor forward_gelu_tanh(const at::Tensor& x) const;
+  // forward(x) (or, with gelu_tanh, forward_gelu_tanh(x)) written into `out`: [B, ..., out] whose rows
+  // of one image form a matrix with unit column stride, e.g. a token range of a joint sequence or a
+  // column slice of a wider buffer (ops::per_image_linear_out). NF4 weights always take the dequantize
+  // + GEMM path here (token rows), never the one-row GEMV.
+  void forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh = false) const;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }

@@ -56,6 +56,9 @@ struct PipelineOptions {
   // The same for T5's Linear weights except the feed-forward `wo` (transformers' bnb quantizer keeps
   // them: models::t5::t5_linear_is_quantized). Separate so a transformer-only comparison stays possible.
   bool quantize_t5_nf4 = false;
+  // Replay a CUDA graph of the transformer step from the second step of each denoise call on
+  // (execution::GraphedDenoiser); false runs every step eagerly. Ignored on the CPU.
+  bool cuda_graphs = true;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.

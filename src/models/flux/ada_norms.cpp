@@ -1,17 +1,17 @@
 #include "fluxbatch/models/flux/ada_norms.h"
 
 #include "fluxbatch/nn/activations.h"
-#include "fluxbatch/nn/norms.h"
+#include "fluxbatch/ops/modulated_layer_norm.h"
 
 #include <ATen/ATen.h>
 
 namespace fluxbatch::models::flux {
 namespace {
 
-// LayerNorm(x) * (1 + scale[:, None]) + shift[:, None], in the reference's op order (each op rounds
-// to x's dtype, so a fused addcmul would differ in bf16).
+// LayerNorm(x) * (1 + scale[:, None]) + shift[:, None]: one fused kernel on CUDA, the reference's op
+// order (each op rounded to x's dtype) on the CPU and in the reference kernel mode.
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return nn::layer_norm(x, kAdaNormEps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+  return ops::modulated_layer_norm(x, shift, scale, kAdaNormEps);
 }
 
 }  // namespace
