@@ -79,7 +79,8 @@ PY
 }
 
 declare -A R
-make_job "$WORK/job32.json" "$WORK/fb32" 32 "$SIZE" "$STEPS" 0
+make_job "$WORK/job32.json" "$WORK/fb32" 32 "$SIZE" "$STEPS" 0 \
+  || { echo "cannot write the job: python3 must import scripts/bench/diffusers_job.py (torch, diffusers)"; exit 1; }
 if [[ "$SKIP" != *" fluxbatch "* ]]; then
   echo; echo "=== 1. fluxbatch: 32 images, ${SIZE}x${SIZE}, $STEPS steps, NF4 file, first run ($(date +%T))"
   t0=$(now)
