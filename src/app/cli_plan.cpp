@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "fluxbatch/core/error.h"
@@ -10,6 +11,7 @@
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "render_settings.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -121,6 +123,12 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   add_quantize_option(*cmd, command.quantize);
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
+  cmd->add_option("--config", command.config,
+                  "A settings preset, as for render (overrides the job's \"config\"): its device, dtype, quantize, "
+                  "offload, vram_budget and vram_reserve apply where no flag is given, its defaults below the "
+                  "command line's")
+      ->type_name("NAME|FILE");
+  command.cli = cmd;
   add_job_options(*cmd, command.job);
   cmd->footer(
       "Only file headers are read. Activation sizes come from the calibration cache (written by\n"
@@ -133,8 +141,27 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   return cmd;
 }
 
-void run_plan(const PlanCommand& command) {
-  const job::JobSpec spec = job::load_job(command.file, to_load_options(command.job));
+void run_plan(const PlanCommand& given) {
+  // The preset (--config, else the job's "config") as render applies it.
+  PlanCommand command = given;
+  std::optional<job::RenderSettings> preset;
+  if (!command.config.empty()) preset = load_preset(command.config, "", "--config");
+  job::LoadOptions load = to_load_options(command.job);
+  job::JobSpec spec = job::load_job(command.file, load);
+  if (!preset && spec.config) preset = load_preset(*spec.config, spec.config_base, spec.path + ": config");
+  if (preset) {
+    merge_preset_defaults(load.cli_defaults, *preset);
+    spec = job::load_job(command.file, load);
+    const auto take = [&](const char* key, std::string& field) {
+      if (auto v = preset_value(command.cli, &*preset, key)) field = *v;
+    };
+    take("device", command.device);
+    take("dtype", command.dtype);
+    take("quantize", command.quantize);
+    take("offload", command.memory.offload);
+    take("vram_budget", command.memory.budget);
+    take("vram_reserve", command.memory.reserve);
+  }
   const std::string model = command.model.empty() ? spec.model.value_or("") : command.model;
   if (model.empty()) throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   const c10::Device device = runtime::parse_device(

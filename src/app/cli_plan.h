@@ -19,7 +19,9 @@ struct PlanCommand {
   std::string quantize = "none";  // --quantize none|nf4, as render
   int max_batch = 64;
   bool json = false;
+  std::string config;       // --config NAME|FILE (as render: its device, dtype, quantize and memory options)
   JobOptions job;
+  CLI::App* cli = nullptr;  // the parsed subcommand: which flags were given
 };
 
 CLI::App* add_plan_command(CLI::App& app, PlanCommand& command);

@@ -7,6 +7,8 @@
 
 #include "cli_common.h"
 #include "memory_options.h"
+#include "render_cache.h"
+#include "render_progress.h"
 #include "speed_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
@@ -23,7 +25,13 @@ struct RenderCommand {
   SpeedOptions speed;             // --kernels, --cuda-graphs
   bool overwrite = false;
   bool dry_run = false;
+  int write_threads = 2;    // --write-threads
+  ProgressOptions progress; // --progress, --progress-interval
+  CacheOptions cache;       // --cache, --cache-max, --no-cache
+  std::string config;       // --config NAME|FILE
+  bool print_config = false;  // --print-config
   JobOptions job;
+  CLI::App* cli = nullptr;  // the parsed subcommand: which flags were given (presets fill the others)
 };
 
 CLI::App* add_render_command(CLI::App& app, RenderCommand& command);

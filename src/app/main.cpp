@@ -13,6 +13,7 @@
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
+#include "render_progress.h"
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/memory_allocator.h"
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
     return code == 0 ? app::kExitOk : app::kExitInvalidInput;
   }
   app::apply_log_level(global);
+  log::set_color(app::use_color());  // a terminal, and no NO_COLOR
   log::debug("allocator: " + allocator.describe());
 
   return run_mapped([&]() -> int {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/cache/prompt_cache.h"
 #include "fluxbatch/runtime/image_generator.h"
 #include "fluxbatch/runtime/pipeline.h"
 
@@ -37,12 +38,15 @@ struct GeneratorOptions {
   int vae_tile_pixels = 512;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
-  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode" (prepare, and a
-  // batch whose prompts were not prepared), "denoise", "decode" as each stage starts and "" when the
+  // Memory and time accounting (the CLI's monitor, planner and summary). on_stage: called with
+  // "encode" (prepare, and a batch whose prompts were not prepared), "denoise", "decode" as each stage
+  // starts, "load" while components load from disk (within encode, before denoise), and "" when the
   // encode stage or a batch is done. memory_note:
   // appended to the batch's log line, e.g. the predicted peak next to the measured one.
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
+  // Prompt embeddings on disk (--cache): read before encoding, written after. Null: none.
+  std::shared_ptr<PromptCache> prompt_cache;
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).
@@ -54,6 +58,7 @@ struct GeneratorStats {
   int64_t encode_stages = 0;         // prepare() passes: encode a window of prompts, then free the encoders
   int64_t cpu_encode_fallbacks = 0;  // encodes that ran out of device memory and moved the encoders to the CPU
   int64_t tiled_decodes = 0;         // images decoded in tiles because the full decode ran out of memory
+  int64_t prompts_from_cache = 0;    // embeddings read from GeneratorOptions::prompt_cache instead
 };
 
 // Stage-major: prepare() encodes every distinct prompt of the job (within
@@ -84,6 +89,9 @@ class FluxGenerator : public ImageGenerator {
   PromptEmbeddings embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length);
   PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length);
   void encode_window(const std::vector<Key>& needed);
+  void load_text_encoders();
+  std::optional<std::pair<at::Tensor, at::Tensor>> cached_embedding(const Key& key);
+  void store_embedding(const Key& key, const at::Tensor& prompt_embeds, const at::Tensor& pooled);
   void rendered(const Key& key);
   at::Tensor decode_image(const at::Tensor& latents, int64_t index, int width, int height, bool last_resort);
 
