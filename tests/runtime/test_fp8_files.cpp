@@ -101,7 +101,9 @@ TEST_CASE("fp8 compute keeps an fp8 file's weights as stored: exactly the refere
     const auto* linear = dynamic_cast<const nn::LinearImpl*>(item.value().get());
     if (linear == nullptr || !linear->takes_fp8()) continue;
     INFO(item.key());
-    const at::Tensor got = quant::dequantize_fp8(linear->fp8_weight(), at::kFloat);
+    const std::vector<at::Tensor> stored = linear->quantized_tensors();  // fp8 layers: {data, scale}
+    REQUIRE(stored.size() == 2);
+    const at::Tensor got = quant::dequantize_fp8(quant::Fp8Tensor{stored[0], stored[1]}, at::kFloat);
     CHECK(at::equal(got, want.at(item.key() + ".weight")));
     ++compared;
   }
