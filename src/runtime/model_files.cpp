@@ -116,18 +116,20 @@ void finish(ModelFiles* model) {
 void find_tokenizers(const fs::path& dir, const LocateOptions& options, ModelFiles* model) {
   const fs::path clip = dir / "tokenizer";
   const fs::path t5 = dir / "tokenizer_2";
-  const bool clip_ok = is_file(clip / "vocab.json") && is_file(clip / "merges.txt");
-  const bool t5_ok = is_file(t5 / "spiece.model");
+  // The classic files, or the tokenizer.json that transformers >= 5 saves instead of them.
+  const bool clip_ok = (is_file(clip / "vocab.json") && is_file(clip / "merges.txt")) || is_file(clip / "tokenizer.json");
+  const bool t5_ok = is_file(t5 / "spiece.model") || is_file(t5 / "tokenizer.json");
   if (clip_ok) model->tokenizer_dir = clip.string();
   if (t5_ok) model->tokenizer_2_dir = t5.string();
   if (!options.require_tokenizers) return;
   if (!clip_ok) {
     throw ModelError(model->root + ": no CLIP tokenizer: expected " + clip.string() +
-                     "/ with vocab.json and merges.txt (the tokenizer/ folder of the FLUX.1 diffusers repo)");
+                     "/ with vocab.json and merges.txt, or tokenizer.json (the tokenizer/ folder of the FLUX.1 "
+                     "diffusers repo)");
   }
   if (!t5_ok) {
     throw ModelError(model->root + ": no T5 tokenizer: expected " + t5.string() +
-                     "/ with spiece.model (the tokenizer_2/ folder of the FLUX.1 diffusers repo)");
+                     "/ with spiece.model or tokenizer.json (the tokenizer_2/ folder of the FLUX.1 diffusers repo)");
   }
 }
 
