@@ -1,8 +1,7 @@
 // Hyper-parameters from tensor shapes, for checkpoints that ship without a config.json
-// (BFL / ComfyUI / Forge single files). Declared in weight_map.h.
+// (BFL / ComfyUI / Forge single files). Torch-free; declared in checkpoint_keys.h.
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/nn/weights.h"
-#include "fluxbatch/models/weight_map.h"
+#include "fluxbatch/models/checkpoint_keys.h"
 
 #include <algorithm>
 
@@ -31,7 +30,7 @@ class Shapes {
   int64_t dim(const std::string& key, size_t axis) const {
     const auto& shape = shapes_.at(key);
     if (axis >= shape.size()) {
-      throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected at least " +
+      throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected at least " +
                        std::to_string(axis + 1) + " dimensions");
     }
     return shape[axis];
@@ -42,7 +41,7 @@ class Shapes {
     const auto& shape = shapes_.at(key);
     if (shape.size() == 2 && shape[0] == out) return shape[1];
     if (shape.size() == 2 && shape[1] == 1 && out > 0 && (shape[0] * 2) % out == 0) return shape[0] * 2 / out;
-    throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected [" +
+    throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected [" +
                      std::to_string(out) + ", in] or a packed 4-bit weight");
   }
   // 1 + the largest N among keys "<head>N.".
@@ -80,12 +79,6 @@ Config validated(Config config, const std::string& what) {
 }
 
 }  // namespace
-
-ShapeMap shapes_of(const nn::TensorMap& weights) {
-  ShapeMap shapes;
-  for (const auto& [name, tensor] : weights) shapes.emplace(name, tensor.sizes().vec());
-  return shapes;
-}
 
 flux::FluxConfig detect_flux_config(const ShapeMap& shapes) {
   const Shapes s(shapes, "FLUX transformer");
@@ -186,13 +179,6 @@ clip::ClipTextConfig detect_clip_config(const ShapeMap& shapes) {
   }
   c.num_attention_heads = c.hidden_size % head_dim == 0 ? c.hidden_size / head_dim : 1;
   return validated(c, "CLIP text encoder");
-}
-
-flux::FluxConfig detect_flux_config(const nn::TensorMap& weights) { return detect_flux_config(shapes_of(weights)); }
-vae::VaeConfig detect_vae_config(const nn::TensorMap& weights) { return detect_vae_config(shapes_of(weights)); }
-t5::T5Config detect_t5_config(const nn::TensorMap& weights) { return detect_t5_config(shapes_of(weights)); }
-clip::ClipTextConfig detect_clip_config(const nn::TensorMap& weights) {
-  return detect_clip_config(shapes_of(weights));
 }
 
 }  // namespace fluxbatch::models
