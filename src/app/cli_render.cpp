@@ -6,10 +6,12 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/io/atomic_file.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "fluxbatch/runtime/flux_generator.h"
 #include "interrupt.h"
@@ -176,6 +178,17 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
   if (model.empty()) {
     throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   }
+  {
+    // Headers only: a job asking a guidance-less model for guidance stops before anything loads.
+    runtime::LocateOptions headers_only;
+    headers_only.require_tokenizers = false;
+    const runtime::ModelFiles files = runtime::locate_model(model, headers_only);
+    std::vector<const job::RenderItem*> items;
+    for (const job::RenderItem& item : spec.items) items.push_back(&item);
+    runtime::check_guidance(files, files.variant, items);
+  }
+  // A read-only or missing output directory fails now, not after the model has loaded.
+  io::check_writable_directory(spec.output_dir);
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
             model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
             (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +

@@ -10,6 +10,7 @@
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_allocator.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/runtime/pipeline.h"
@@ -113,7 +114,8 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
         cache.put(key, *found);
         cache_changed = true;
       } catch (const std::exception& e) {
-        if (!runtime::is_out_of_memory(e)) throw;
+        // Not memory: the model cannot run at all; stop now with the stage named, not a libtorch trace.
+        if (!runtime::is_out_of_memory(e)) runtime::throw_stage_error(e, "calibration for " + shape);
         runtime::release_cached_memory();
         log::warn("calibration for " + shape + " ran out of memory at batch 2: batch 1 for this size");
         batches_[{g.width, g.height, g.max_sequence_length}] = 1;

@@ -14,8 +14,10 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/atomic_file.h"
+#include "fluxbatch/io/output_fault.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/oom.h"
 
 namespace fluxbatch::runtime {
@@ -310,18 +312,23 @@ class Run {
     bool out_of_memory = false;
     try {
       generator_.generate_each(items, on_image);
-    } catch (const ModelError&) {
-      // The model cannot load (staged residency loads it at the first batch): no item can render, so
-      // the job stops here, with every unrendered item left to a re-run.
-      if (fatal) std::rethrow_exception(fatal);
-      throw;
     } catch (const std::exception& e) {
       if (fatal) std::rethrow_exception(fatal);
+      if (!is_out_of_memory(e)) {
+        // Not memory: the model or the device cannot do this work (a model that cannot load, components
+        // that do not fit together, a CUDA fault), for this item or any other. The job stops here, every
+        // unrendered item left to a re-run, rather than failing them all one by one.
+        if (dynamic_cast<const ModelError*>(&e) || dynamic_cast<const DeviceError*>(&e) ||
+            dynamic_cast<const OutputError*>(&e)) {
+          throw;
+        }
+        throw_stage_error(e, "rendering " + files);
+      }
       error = exception_message(e);
-      out_of_memory = is_out_of_memory(e);
+      out_of_memory = true;
     } catch (...) {
       if (fatal) std::rethrow_exception(fatal);
-      error = "unknown error from the image generator";
+      throw ModelError("rendering " + files + ": unknown error from the image generator");
     }
     std::vector<const job::RenderItem*> missing;
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -410,13 +417,15 @@ class Run {
       io::ensure_directory(fs::path(path).parent_path().string());
       // Without --overwrite the plan saw no file here; never clobber one that appeared since.
       io::write_png_atomic(path, image, png_text(item, model_), overwrite_);
+    } catch (const io::OutputFault&) {
+      throw;  // the filesystem takes no more writes (full, read-only, failing): the job stops
     } catch (const OutputError& e) {
       return fail_item(item, e.what(), {generate_s, seconds_since(start)}, batch_size);
     }
     io::ManifestEntry e = entry_for(item, batch_size);
     e.timings = {generate_s, seconds_since(start)};
+    ++summary_.rendered;  // the image is on disk; should its line fail, a re-run restores it from the PNG
     manifest_.append(e);
-    ++summary_.rendered;
     log::info(progress() + path + " (" + format_seconds(generate_s) + ")");
   }
 
@@ -442,6 +451,7 @@ void remove_stale_temporaries(const job::JobSpec& spec, const std::string& outpu
     const fs::path path = output_path(output_dir, item.file);
     prefixes[path.parent_path()].push_back("." + path.filename().string() + ".tmp-");
   }
+  prefixes[fs::path(output_dir)].push_back(".fluxbatch-write-check.tmp-");  // io::check_writable_directory
   for (const auto& [dir, names] : prefixes) {
     std::error_code ec;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -465,12 +475,30 @@ void prepare_generator(const JobPlan& plan, ImageGenerator& generator) {
   try {
     generator.prepare(items);
   } catch (const std::exception& e) {
-    // generate() still has to cope with every item; a real problem resurfaces per item there.
-    log::warn("preparing the generator failed (each batch will do that work itself): " + exception_message(e));
+    if (!is_out_of_memory(e)) {
+      if (dynamic_cast<const ModelError*>(&e) || dynamic_cast<const DeviceError*>(&e) ||
+          dynamic_cast<const OutputError*>(&e)) {
+        throw;
+      }
+      throw_stage_error(e, "preparing the job");
+    }
+    // generate() still has to cope with every item: each batch encodes what it needs itself.
+    log::warn("preparing the generator ran out of memory (each batch will do that work itself): " +
+              exception_message(e));
   }
 }
 
 bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
+
+// `error` again, of the same kind, with `note` appended to its message.
+[[noreturn]] void rethrow_with_note(const Error& error, const std::string& note) {
+  const std::string message = error.what() + note;
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&error)) throw io::OutputFault(message, fault->error_code());
+  if (dynamic_cast<const OutputError*>(&error) != nullptr) throw OutputError(message);
+  if (dynamic_cast<const DeviceError*>(&error) != nullptr) throw DeviceError(message);
+  if (dynamic_cast<const InputError*>(&error) != nullptr) throw InputError(message);
+  throw ModelError(message);
+}
 
 }  // namespace
 
@@ -540,10 +568,18 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
     if (planned.restore_manifest_line) run.restore_line(planned);
   }
-  if (!stop_requested(options)) prepare_generator(plan, generator);
-  for (const auto& batch : plan.batches) {
-    if (stop_requested(options)) break;
-    run.render_batch(batch);
+  try {
+    if (!stop_requested(options)) prepare_generator(plan, generator);
+    for (const auto& batch : plan.batches) {
+      if (stop_requested(options)) break;
+      run.render_batch(batch);
+    }
+  } catch (const Error& e) {
+    // The job stops. Say what it leaves behind in the same line: the images written are kept (and in the
+    // manifest), the rest wait for a re-run.
+    rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
+                             std::to_string(to_render - summary.rendered - summary.failed) +
+                             " left: fix the cause and run the same command again to resume");
   }
   summary.not_started = to_render - summary.rendered - summary.failed;
   summary.interrupted = summary.not_started > 0;
