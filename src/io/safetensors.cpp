@@ -148,7 +148,8 @@ class HeaderParser {
     }
     if (entry->end > data_size_) {
       fail_tensor(name, "data_offsets [" + std::to_string(entry->begin) + ", " + std::to_string(entry->end) +
-                            "] run past the end of the data section (" + std::to_string(data_size_) + " bytes)");
+                            "] run past the end of the data section (" + std::to_string(data_size_) +
+                            " bytes): truncated file? download it again");
     }
   }
 

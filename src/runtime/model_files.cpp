@@ -151,6 +151,17 @@ void check_model_index(const fs::path& index) {
   }
 }
 
+// A link whose target is missing or loops would otherwise read as "no weights", hiding the real problem.
+void refuse_dangling_link(const fs::path& path, const fs::path& root, Component c) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(path, ec))) return;
+  (void)fs::status(path, ec);
+  if (!ec) return;
+  throw ModelError(root.string() + ": the " + describe(c) + " weights " + path.string() +
+                   " are a symbolic link that does not resolve (" + ec.message() +
+                   "): point it at the real file (a download interrupted, or a link to itself?)");
+}
+
 ComponentFiles diffusers_component(const fs::path& root, Component c) {
   const bool diffusers_model = c == Component::kTransformer || c == Component::kVae;
   const std::string stem = diffusers_model ? "diffusion_pytorch_model" : "model";
@@ -161,6 +172,9 @@ ComponentFiles diffusers_component(const fs::path& root, Component c) {
   const std::string expected = dir.string() + "/" + stem + ".safetensors (or " + stem + ".safetensors.index.json)";
   if (!is_dir(dir)) {
     throw ModelError(root.string() + ": no " + describe(c) + ": expected " + expected);
+  }
+  for (const fs::path& expected_file : {dir / (stem + ".safetensors"), dir / (stem + ".safetensors.index.json")}) {
+    refuse_dangling_link(expected_file, root, c);
   }
   if (is_file(dir / (stem + ".safetensors"))) {
     files.files = {(dir / (stem + ".safetensors")).string()};
