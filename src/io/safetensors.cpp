@@ -70,6 +70,10 @@ class HeaderParser {
   }
 
   TensorEntry parse_tensor(const std::string& name, const json& value) const {
+    // No checkpoint names a tensor with control characters; a NUL would also cut every message short.
+    for (unsigned char c : name) {
+      if (c < 0x20) fail("tensor name " + json(name).dump() + " holds a control character");
+    }
     if (!value.is_object()) fail_tensor(name, "entry is not an object (got " + describe(value) + ")");
     TensorEntry entry;
     entry.name = name;

@@ -14,6 +14,15 @@ namespace {
 // Real indexes of FLUX-sized models are a few hundred KiB.
 constexpr std::uintmax_t kMaxIndexBytes = std::uintmax_t{64} << 20;
 
+// A name as messages show it: 'name', or JSON-escaped when it holds control characters (a NUL would
+// cut the message short).
+std::string shown(const std::string& name) {
+  for (unsigned char c : name) {
+    if (c < 0x20) return nlohmann::json(name).dump();
+  }
+  return "'" + name + "'";
+}
+
 }  // namespace
 
 ShardIndex parse_shard_index(std::string_view text, const std::string& index_path) {
@@ -32,12 +41,12 @@ ShardIndex parse_shard_index(std::string_view text, const std::string& index_pat
   ShardIndex index;
   std::set<std::string> seen;
   for (const auto& [tensor, file] : weight_map.items()) {
-    if (!file.is_string()) throw ModelError(index_path + ": weight_map entry '" + tensor + "' is not a file name");
+    if (!file.is_string()) throw ModelError(index_path + ": weight_map entry " + shown(tensor) + " is not a file name");
     const std::string name = file.get<std::string>();
     if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos ||
         name == "." || name == "..") {
-      throw ModelError(index_path + ": weight_map entry '" + tensor + "' names '" + name +
-                       "', not a file beside the index");
+      throw ModelError(index_path + ": weight_map entry " + shown(tensor) + " names " + shown(name) +
+                       ", not a file beside the index");
     }
     const std::string shard = (dir / name).string();
     index.weight_map[tensor] = shard;

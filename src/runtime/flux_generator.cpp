@@ -305,6 +305,14 @@ std::string batch_text(const std::vector<job::RenderItem>& batch) {
 
 void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) {
   if (batch.empty()) return;
+  const job::RenderParams& first = batch.front().params;
+  for (const auto& item : batch) {  // the caller's contract, not a stage error
+    const job::RenderParams& p = item.params;
+    FLUXBATCH_CHECK(p.width == first.width && p.height == first.height && p.steps == first.steps &&
+                        p.max_sequence_length == first.max_sequence_length,
+                    InputError,
+                    "a batch must share width, height, steps and max_sequence_length (" + item.location + ")");
+  }
   // Out of memory goes to the runner as it is (it halves the batch); anything else is a model or
   // device error naming the stage and the batch, and stops the job.
   const char* stage_name = "encode";
@@ -325,14 +333,9 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
   request.width = first.width;
   request.height = first.height;
   request.steps = first.steps;
-  for (const auto& item : batch) {
-    const job::RenderParams& p = item.params;
-    FLUXBATCH_CHECK(p.width == first.width && p.height == first.height && p.steps == first.steps &&
-                        p.max_sequence_length == first.max_sequence_length,
-                    InputError,
-                    "a batch must share width, height, steps and max_sequence_length (" + item.location + ")");
-    request.seeds.push_back(p.seed);
-    request.guidance.push_back(p.guidance);
+  for (const auto& item : batch) {  // generate_each checked that they share the shape
+    request.seeds.push_back(item.params.seed);
+    request.guidance.push_back(item.params.guidance);
   }
 
   const c10::Device device = pipeline_->options().device;

@@ -136,3 +136,57 @@ TEST_CASE("a filesystem without locks renders with a warning", "[cli][faults]") 
   CHECK_THAT(result.output, ContainsSubstring("this filesystem cannot lock files"));
   CHECK(fluxbatch::io::read_manifest((dir / "out" / "manifest.jsonl").string()).entries.size() == 3);
 }
+
+// The same on a real filesystem: a 28 KiB tmpfs (room for one 64x64 PNG and the manifest, not two) in a
+// private mount namespace, grown for the re-run, then remounted read-only. Needs root (CAP_SYS_ADMIN);
+// elsewhere the test says it is skipped (the injected faults above cover the same code).
+TEST_CASE("on a real tmpfs: disk full mid-job, resume after growing it, read-only remount", "[cli][faults][tmpfs]") {
+  TempDir dir;
+  const fs::path job = write_job(dir.path());
+  if (fluxbatch::test::run_command("unshare -m sh -c 'mount -t tmpfs -o size=16k tmpfs " + quote(dir.path()) +
+                                   "' 2>&1").exit_code != 0) {
+    SKIP("cannot mount a tmpfs in a private mount namespace here (needs root)");
+  }
+  reference_run(dir, job);
+  const fs::path mnt = dir / "mnt", res = dir / "res";
+  fs::create_directories(mnt);
+  fs::create_directories(res);
+  const std::string render_cmd = quote(std::string(FLUXBATCH_EXE)) + " render " + quote(job) + " --model " +
+                                 quote(fluxbatch::test::tiny_model()) + " --device cpu --batch 1 --out ";
+  const std::string m = quote(mnt), r = quote(res);
+  const std::string script =
+      "mount -t tmpfs -o size=28k tmpfs " + m + " || exit 99\n" +
+      render_cmd + m + "/out > " + r + "/full.log 2>&1; echo $? > " + r + "/full.rc\n" +
+      "ls -a " + m + "/out > " + r + "/full.ls\n" +
+      "mount -o remount,size=4m " + m + "\n" +
+      render_cmd + m + "/out > " + r + "/again.log 2>&1; echo $? > " + r + "/again.rc\n" +
+      "cp -a " + m + "/out " + r + "/out\n" +
+      "mkdir " + m + "/ro && mount -o remount,ro " + m + "\n" +
+      render_cmd + m + "/ro > " + r + "/ro.log 2>&1; echo $? > " + r + "/ro.rc\n";
+  fluxbatch::test::write_file(dir / "script.sh", script);
+  const auto ran = fluxbatch::test::run_command("unshare -m sh " + quote(dir / "script.sh") + " 2>&1");
+  INFO(ran.output);
+  REQUIRE(ran.exit_code == 0);
+  const auto log = [&](const char* name) { return fluxbatch::test::read_file(res / name); };
+  INFO(log("full.log"));
+  CHECK(log("full.rc") == "3\n");
+  CHECK_THAT(last_line(log("full.log")),
+             StartsWith("fluxbatch: output error: cannot write " + (mnt / "out" / "01-2.png").string()) &&
+                 ContainsSubstring("No space left on device") &&
+                 EndsWith("the job stopped with 1 image(s) rendered and 2 left: fix the cause and run the same "
+                          "command again to resume"));
+  CHECK(log("full.ls") == ".\n..\n00-1.png\nmanifest.jsonl\n");  // no temporary file
+  INFO(log("again.log"));
+  CHECK(log("again.rc") == "0\n");
+  for (const std::string name : {"00-1.png", "01-2.png", "02-3.png"}) {
+    INFO(name);
+    CHECK(fluxbatch::test::read_file(res / "out" / name) == fluxbatch::test::read_file(dir / "clean" / name));
+  }
+  CHECK(fluxbatch::io::read_manifest((res / "out" / "manifest.jsonl").string()).entries.size() == 3);
+  INFO(log("ro.log"));
+  CHECK(log("ro.rc") == "3\n");
+  CHECK(last_line(log("ro.log")) == "fluxbatch: output error: cannot write to the output directory " +
+                                        (mnt / "ro").string() +
+                                        ": Read-only file system (choose a writable one with --out or the job's "
+                                        "output.dir)");
+}
