@@ -164,6 +164,16 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
   return batches;
 }
 
+// A non-memory error from the generator as the error that stops the job: fluxbatch's model, device and
+// output errors as they are (they name what failed), anything else (libtorch, std) named with `context`.
+[[noreturn]] void stop_job(const std::exception& e, const std::string& context) {
+  if (dynamic_cast<const ModelError*>(&e) != nullptr) throw ModelError(e.what());
+  if (dynamic_cast<const DeviceError*>(&e) != nullptr) throw DeviceError(e.what());
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&e)) throw io::OutputFault(e.what(), fault->error_code());
+  if (dynamic_cast<const OutputError*>(&e) != nullptr) throw OutputError(e.what());
+  throw_stage_error(e, context);
+}
+
 // One execution of a plan: owns the manifest writer and the running summary.
 class Run {
  public:
@@ -318,11 +328,7 @@ class Run {
         // Not memory: the model or the device cannot do this work (a model that cannot load, components
         // that do not fit together, a CUDA fault), for this item or any other. The job stops here, every
         // unrendered item left to a re-run, rather than failing them all one by one.
-        if (dynamic_cast<const ModelError*>(&e) || dynamic_cast<const DeviceError*>(&e) ||
-            dynamic_cast<const OutputError*>(&e)) {
-          throw;
-        }
-        throw_stage_error(e, "rendering " + files);
+        stop_job(e, "rendering " + files);
       }
       error = exception_message(e);
       out_of_memory = true;
@@ -475,13 +481,7 @@ void prepare_generator(const JobPlan& plan, ImageGenerator& generator) {
   try {
     generator.prepare(items);
   } catch (const std::exception& e) {
-    if (!is_out_of_memory(e)) {
-      if (dynamic_cast<const ModelError*>(&e) || dynamic_cast<const DeviceError*>(&e) ||
-          dynamic_cast<const OutputError*>(&e)) {
-        throw;
-      }
-      throw_stage_error(e, "preparing the job");
-    }
+    if (!is_out_of_memory(e)) stop_job(e, "preparing the job");
     // generate() still has to cope with every item: each batch encodes what it needs itself.
     log::warn("preparing the generator ran out of memory (each batch will do that work itself): " +
               exception_message(e));
