@@ -144,7 +144,7 @@ void log_summary(const runtime::RunSummary& s) {
 CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
   CLI::App* sub = app.add_subcommand("render", "Render every image of a job file or prompt list to PNG");
   sub->add_option("JOB", command.file, "Job file (.json) or prompt list (.txt, one prompt per line)")->required();
-  sub->add_option("-m,--model", command.model, "FLUX.1 model: diffusers folder (dense or bitsandbytes NF4), BFL/ComfyUI single files, or an all-in-one file (incl. Forge's flux1-dev-bnb-nf4); overrides the job's \"model\"")
+  sub->add_option("-m,--model", command.model, "FLUX.1 model: diffusers folder (dense or bitsandbytes NF4; tokenizers as vocab.json/merges.txt/spiece.model or tokenizer.json), BFL/ComfyUI single files, or an all-in-one file (incl. Forge's flux1-dev-bnb-nf4); overrides the job's \"model\"")
       ->type_name("PATH");
   sub->add_option("--device", command.device, "cuda, cuda:N or cpu (default: cuda if available, else cpu)")
       ->type_name("DEV");
