@@ -161,6 +161,17 @@ void check_components(const ModelFiles& model, const tokenizers::ClipTokenizer& 
                  std::to_string(latent_channels) + " latent channels (x4 packed) but " + transformer_says + " expects in_channels " + std::to_string(transformer.in_channels),
              "use the VAE that belongs to this transformer (FLUX.1's ae.safetensors, 16 latent channels)");
   }
+  // The pipeline always feeds CLIP 77 positions (diffusers' tokenizer_max_length).
+  const auto positions = tensor(
+      clip_shapes, {"text_model.embeddings.position_embedding.weight", "embeddings.position_embedding.weight"}, 2);
+  const int64_t clip_positions = positions ? positions->shape[0] : clip.max_position_embeddings;
+  const auto clip_tokens = static_cast<int64_t>(tokenizers::ClipTokenizer::kDefaultMaxLength);
+  if (clip_positions < clip_tokens) {
+    mismatch(model,
+             weights_of(model.text_encoder, model) + " has " + std::to_string(clip_positions) +
+                 " position embeddings but FLUX encodes " + std::to_string(clip_tokens) + " CLIP tokens",
+             "use the CLIP-L text encoder that belongs to this transformer");
+  }
   // Last: a vocabulary mismatch is the least specific sign of mixed components.
   check_vocabulary(model, model.text_encoder_2, t5_shapes, {"shared.weight", "encoder.embed_tokens.weight"},
                    t5.vocab_size, t5_tokenizer.vocab_size(), t5_tokenizer.source().string(), "T5 tokenizer",

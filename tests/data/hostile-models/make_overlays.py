@@ -63,6 +63,10 @@ def main():
     clip = HERE / "mixed-clip-width" / "overlay" / "text_encoder"
     write(clip / "model.safetensors",
           safetensors({"text_model.embeddings.token_embedding.weight": ("BF16", [16, 48], 16 * 48 * 2)}))
+    short = HERE / "clip-short-positions" / "overlay" / "text_encoder"
+    write(short / "model.safetensors",
+          safetensors({"text_model.embeddings.position_embedding.weight": ("BF16", [16, 32], 16 * 32 * 2),
+                       "text_model.embeddings.token_embedding.weight": ("BF16", [16, 32], 16 * 32 * 2)}))
     vae = HERE / "mixed-vae-channels" / "overlay" / "vae"
     write(vae / "diffusion_pytorch_model.safetensors",
           safetensors({"decoder.conv_in.weight": ("BF16", [8, 4, 3, 3], 8 * 4 * 9 * 2)}))

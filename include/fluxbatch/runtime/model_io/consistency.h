@@ -19,7 +19,8 @@ namespace fluxbatch::runtime {
 // ModelError (one line: both files, the two numbers, what to do) unless:
 //   - each tokenizer's largest id fits its text encoder's embedding table (rows from the weights);
 //   - T5's width (its embedding's columns) is the transformer's joint_attention_dim;
-//   - CLIP's hidden size (what the pipeline pools) is the transformer's pooled_projection_dim;
+//   - CLIP's hidden size (what the pipeline pools) is the transformer's pooled_projection_dim, and it has
+//     the 77 positions the pipeline encodes;
 //   - the VAE's latent channels (decoder.conv_in) times 4 are the transformer's in_channels;
 //   - every config.json agrees with its own weights on those sizes, and the transformer's
 //     guidance_embeds with whether its weights have a guidance embedder (dev vs schnell).
