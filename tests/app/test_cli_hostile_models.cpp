@@ -1,7 +1,7 @@
 // The committed corpus of hostile model folders (tests/data/hostile-models/<case>/): each case is a copy
 // of a tiny model with files removed, laid over (overlay/), edited (case.json "json") or poisoned
-// ("nan"); `fluxbatch render` on it must exit with the case's code and print exactly its error line,
-// never a backtrace, and write no image.
+// ("nan"); `fluxbatch render` on it (and `fluxbatch plan`, where case.json says "plan": true) must exit
+// with the case's code and print exactly its error line, never a backtrace, and write no image.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
@@ -127,6 +127,14 @@ TEST_CASE("every hostile model folder of the corpus fails with its exact error l
     CHECK(result.exit_code == c.at("exit").get<int>());
     CHECK(last_line(result.output) == expected);
     CHECK_THAT(result.output, !ContainsSubstring("Exception raised from") && !ContainsSubstring("frame #"));
+    if (c.value("plan", false)) {
+      // `fluxbatch plan` refuses what render would, with the same line.
+      const auto plan = fluxbatch::test::fluxbatch_cmd("plan " + quote(job_path) + " --model " + quote(model) +
+                                                       " --device cpu 2>&1");
+      INFO(plan.output);
+      CHECK(plan.exit_code == c.at("exit").get<int>());
+      CHECK(last_line(plan.output) == expected);
+    }
     if (fs::exists(dir / "out")) {
       for (const auto& e : fs::recursive_directory_iterator(dir / "out")) CHECK(e.path().extension() != ".png");
     }
