@@ -37,7 +37,8 @@ tlogging.set_verbosity_error()
 
 METASPACE = "\u2581"
 SPECIAL_TEXTS = ["a</s>b", "<extra_id_0>x y", "x<pad>y z", "</s>", "  <unk>  z", "<extra_id_5>Hello world</s>",
-                 "word<extra_id_1>word", "\u2581already\u2581spaced", "nel\u0085split and\u3000ideographic"]
+                 "word<extra_id_1>word", "\u2581already\u2581spaced", "nel\u0085split and\u3000ideographic",
+                 "a  <extra_id_2>  b", "x \t</s>\n y", " <pad> "]
 
 
 def write_tf5(models: Path):
@@ -73,6 +74,8 @@ def t5_variants(base):
     # SpmConverter writes for T5 (legacy) and for legacy=False (prepend_scheme "first").
     return {
         "t5-transformers5": (pc, base["pre_tokenizer"]),
+        # Added tokens that swallow the whitespace around them (AddedToken(lstrip=True, rstrip=True)).
+        "t5-added-tokens-strip": (pc, base["pre_tokenizer"]),
         "t5-spm-converter": (collapse, metaspace("always")),
         "t5-spm-converter-first": (collapse, metaspace("first")),
         "t5-legacy-add-prefix-space": (pc, {"type": "Sequence", "pretokenizers": [
@@ -92,6 +95,9 @@ def write_tokenizer_variants(models: Path, golden: Path):
     for name, (normalizer, pre) in t5_variants(base).items():
         j = copy.deepcopy(base)
         j["normalizer"], j["pre_tokenizer"] = normalizer, pre
+        if name == "t5-added-tokens-strip":
+            for token in j["added_tokens"]:
+                token["lstrip"] = token["rstrip"] = True
         (out_dir / name).mkdir(parents=True)
         (out_dir / name / "tokenizer.json").write_text(json.dumps(j, ensure_ascii=False), encoding="utf-8")
         tok = Tokenizer.from_file(str(out_dir / name / "tokenizer.json"))

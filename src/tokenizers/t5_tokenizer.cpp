@@ -98,12 +98,12 @@ void T5Tokenizer::load_tokenizer_json(const fs::path& path) {
   pad_id_ = model.pad_id;
   unk_id_ = model.unk_id;
   vocab_size_ = model.vocab_size;
-  for (const detail::AddedToken& token : model.added) add_special(token.content, token.id);
+  for (const detail::AddedToken& token : model.added) add_special(token.content, token.id, token.lstrip, token.rstrip);
 }
 
-void T5Tokenizer::add_special(std::string text, std::int64_t id) {
+void T5Tokenizer::add_special(std::string text, std::int64_t id, bool lstrip, bool rstrip) {
   auto& bucket = specials_[static_cast<unsigned char>(text[0])];
-  bucket.push_back({std::move(text), id});
+  bucket.push_back({std::move(text), id, lstrip, rstrip});
   std::stable_sort(bucket.begin(), bucket.end(),
                    [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
 }
@@ -131,14 +131,11 @@ T5Tokenizer::~T5Tokenizer() = default;
 T5Tokenizer::T5Tokenizer(T5Tokenizer&&) noexcept = default;
 T5Tokenizer& T5Tokenizer::operator=(T5Tokenizer&&) noexcept = default;
 
-std::size_t T5Tokenizer::match_special(const std::string& text, std::size_t pos, std::int64_t& id) const {
+const T5Tokenizer::Special* T5Tokenizer::match_special(const std::string& text, std::size_t pos) const {
   for (const Special& special : specials_[static_cast<unsigned char>(text[pos])]) {
-    if (text.compare(pos, special.text.size(), special.text) == 0) {
-      id = special.id;
-      return special.text.size();
-    }
+    if (text.compare(pos, special.text.size(), special.text) == 0) return &special;
   }
-  return 0;
+  return nullptr;
 }
 
 void T5Tokenizer::encode_plain(const std::string& text, bool first_segment, std::vector<std::int64_t>& out) const {
@@ -162,20 +159,52 @@ void T5Tokenizer::encode_plain(const std::string& text, bool first_segment, std:
   out.insert(out.end(), ids.begin(), ids.end());
 }
 
+namespace {
+
+// Length of the run of White_Space characters that ends at byte `end` / starts at byte `begin` of `text`
+// (valid UTF-8).
+std::size_t whitespace_before(const std::string& text, std::size_t end, std::size_t floor) {
+  std::size_t start = end;
+  while (start > floor) {
+    std::size_t lead = start - 1;
+    while (lead > floor && (static_cast<unsigned char>(text[lead]) & 0xC0) == 0x80) --lead;
+    const std::u32string c = unicode::decode_utf8(std::string_view(text).substr(lead, start - lead), "T5 prompt");
+    if (c.empty() || !unicode::is_whitespace(c[0])) break;
+    start = lead;
+  }
+  return end - start;
+}
+
+std::size_t whitespace_after(const std::string& text, std::size_t begin) {
+  std::size_t end = begin;
+  while (end < text.size()) {
+    std::size_t next = end + 1;
+    while (next < text.size() && (static_cast<unsigned char>(text[next]) & 0xC0) == 0x80) ++next;
+    const std::u32string c = unicode::decode_utf8(std::string_view(text).substr(end, next - end), "T5 prompt");
+    if (c.empty() || !unicode::is_whitespace(c[0])) break;
+    end = next;
+  }
+  return end - begin;
+}
+
+}  // namespace
+
 std::vector<std::int64_t> T5Tokenizer::tokenize(const std::string& text) const {
   unicode::decode_utf8(text, "T5 prompt");  // validates; SentencePiece would silently replace bad bytes
   std::vector<std::int64_t> ids;
   std::size_t segment_start = 0;
   for (std::size_t pos = 0; pos < text.size();) {
-    std::int64_t id = -1;
-    const std::size_t len = match_special(text, pos, id);
-    if (len == 0) {
+    const Special* special = match_special(text, pos);
+    if (special == nullptr) {
       ++pos;
       continue;
     }
-    encode_plain(text.substr(segment_start, pos - segment_start), segment_start == 0, ids);
-    ids.push_back(id);
-    pos += len;
+    // HF's AddedToken lstrip / rstrip: the whitespace next to the token belongs to it.
+    const std::size_t left = special->lstrip ? whitespace_before(text, pos, segment_start) : 0;
+    encode_plain(text.substr(segment_start, pos - left - segment_start), segment_start == 0, ids);
+    ids.push_back(special->id);
+    pos += special->text.size();
+    if (special->rstrip) pos += whitespace_after(text, pos);
     segment_start = pos;
   }
   encode_plain(text.substr(segment_start), segment_start == 0, ids);

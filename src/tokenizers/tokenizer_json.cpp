@@ -63,6 +63,8 @@ std::vector<AddedToken> added_tokens(const nlohmann::json& root, const std::stri
     token.id = entry["id"].get<std::int64_t>();
     token.content = entry["content"].get<std::string>();
     token.special = entry.value("special", false);
+    token.lstrip = entry.value("lstrip", false);
+    token.rstrip = entry.value("rstrip", false);
     out.push_back(std::move(token));
   }
   return out;

@@ -26,6 +26,8 @@ struct AddedToken {
   std::int64_t id = -1;
   std::string content;
   bool special = false;
+  bool lstrip = false;  // swallows the whitespace before it
+  bool rstrip = false;  // swallows the whitespace after it
 };
 // The file's "added_tokens" (ModelError naming `where` for a malformed entry).
 std::vector<AddedToken> added_tokens(const nlohmann::json& root, const std::string& where);

@@ -48,14 +48,16 @@ class T5Tokenizer {
   struct Special {
     std::string text;
     std::int64_t id;
+    bool lstrip = false;  // a tokenizer.json AddedToken that swallows the whitespace before it
+    bool rstrip = false;  // ... after it
   };
   void load_spiece(const std::filesystem::path& folder);
   void load_tokenizer_json(const std::filesystem::path& path);
-  void add_special(std::string text, std::int64_t id);
+  void add_special(std::string text, std::int64_t id, bool lstrip = false, bool rstrip = false);
   void find_unmapped_whitespace();
   void encode_plain(const std::string& text, bool first_segment, std::vector<std::int64_t>& out) const;
-  // Length of the longest special token starting at text[pos] (0 if none) and its id.
-  std::size_t match_special(const std::string& text, std::size_t pos, std::int64_t& id) const;
+  // The longest special token starting at text[pos], or nullptr.
+  const Special* match_special(const std::string& text, std::size_t pos) const;
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
   // Metaspace prepend_scheme "first": the model without the leading "▁" for segments after the first.
