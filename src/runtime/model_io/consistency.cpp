@@ -13,7 +13,6 @@ namespace fluxbatch::runtime {
 namespace {
 
 namespace fs = std::filesystem;
-using models::Component;
 using models::ShapeMap;
 
 // `path` relative to the model's folder when it lies inside it: messages stay one readable line.
@@ -73,8 +72,8 @@ void check_vocabulary(const ModelFiles& model, const ComponentFiles& encoder, co
 
 // A config.json value that its own weights contradict.
 void check_config(const ModelFiles& model, const ComponentFiles& files, const std::string& field, int64_t config_value,
-                  const std::optional<Dims>& dims, size_t axis, int64_t factor = 1) {
-  if (files.config_path.empty() || !dims || dims->shape[axis] * factor == config_value) return;
+                  const std::optional<Dims>& dims, size_t axis) {
+  if (files.config_path.empty() || !dims || dims->shape[axis] == config_value) return;
   mismatch(model,
            shown(files.config_path, model) + " says " + field + " " + std::to_string(config_value) + " but " +
                weights_of(files, model) + " has " + dims->key + " " + models::shape_text(dims->shape),
