@@ -4,8 +4,10 @@
 1. One FluxTransformer2DModel forward at the given size on fixed random inputs: writes the inputs and the
    output to --dump (safetensors), so the C++ transformer can be checked against it on the same weights,
    and prints the median forward time.
+   With --nf4-model (a bitsandbytes NF4 folder of the same weights, scripts/bench/make_random_flux_nf4.py),
+   the NF4 transformer's output on the same inputs goes to --dump too ("output_nf4"), with its forward time.
 2. A full FluxPipeline render (bf16, CPU generator seeded per image): wall time, per-step time, peak memory,
-   and the image as PNG.
+   and the image as PNG. --forward-only skips it (and loads only the transformer).
 
   python3 scripts/bench/diffusers_reference.py --model /tmp/flux-dev-random --dump /tmp/ref.safetensors \
       --png /tmp/diffusers.png --size 1024 --steps 28
@@ -16,7 +18,7 @@ import statistics
 import time
 
 import torch
-from diffusers import FluxPipeline
+from diffusers import FluxPipeline, FluxTransformer2DModel
 from safetensors.torch import save_file
 
 
@@ -45,13 +47,19 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--json", default=None, help="write the figures here too")
+    ap.add_argument("--nf4-model", default=None, help="bitsandbytes NF4 folder of the same weights")
+    ap.add_argument("--forward-only", action="store_true", help="only the transformer forwards, no render")
     args = ap.parse_args()
     dev, dt = "cuda", torch.bfloat16
     t0 = time.time()
-    pipe = FluxPipeline.from_pretrained(args.model, torch_dtype=dt).to(dev)
+    if args.forward_only:
+        pipe = None
+        tr = FluxTransformer2DModel.from_pretrained(args.model, subfolder="transformer", torch_dtype=dt).to(dev)
+    else:
+        pipe = FluxPipeline.from_pretrained(args.model, torch_dtype=dt).to(dev)
+        tr = pipe.transformer
     torch.cuda.synchronize()
     load_s = time.time() - t0
-    tr = pipe.transformer
     figures = {"load_s": load_s}
 
     # 1. transformer forward on fixed inputs
@@ -65,7 +73,7 @@ def main():
         "timestep": torch.tensor([0.75], dtype=dt),
         "guidance": torch.tensor([3.5], dtype=torch.float32),
         "txt_ids": torch.zeros(L, 3, dtype=dt),
-        "img_ids": pipe._prepare_latent_image_ids(1, h, w, "cpu", dt),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(1, h, w, "cpu", dt),
     }
     kw = {k: v.to(dev) for k, v in inputs.items()}
     if not tr.config.guidance_embeds:
@@ -77,8 +85,29 @@ def main():
         fwd_ms = cuda_time(lambda: tr(**kw, return_dict=False))
         figures["forward_ms"] = fwd_ms
         figures["forward_peak_extra_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
-    save_file({**{k: v.contiguous() for k, v in inputs.items()}, "output": out.float().cpu().contiguous()}, args.dump)
+    dump = {**{k: v.contiguous() for k, v in inputs.items()}, "output": out.float().cpu().contiguous()}
     print(f"diffusers transformer forward {args.size}^2 batch 1: {fwd_ms:.1f} ms (median of 10)", flush=True)
+    if args.nf4_model:
+        del out
+        if pipe is None:
+            del tr
+            tr = None
+        torch.cuda.empty_cache()
+        nf4 = FluxTransformer2DModel.from_pretrained(args.nf4_model, subfolder="transformer", torch_dtype=dt,
+                                                     device_map={"": dev})
+        with torch.inference_mode():
+            dump["output_nf4"] = nf4(**kw, return_dict=False)[0].float().cpu().contiguous()
+            figures["forward_nf4_ms"] = cuda_time(lambda: nf4(**kw, return_dict=False))
+        print(f"diffusers + bitsandbytes NF4 transformer forward {args.size}^2 batch 1: "
+              f"{figures['forward_nf4_ms']:.1f} ms (median of 10)", flush=True)
+        del nf4
+        torch.cuda.empty_cache()
+    save_file(dump, args.dump)
+    if pipe is None:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(figures, f, indent=2)
+        return
 
     # 2. the full pipeline
     step_times = []

@@ -3,8 +3,8 @@
 # random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
-# Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
-# budget bf16render render".
+# FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
+# job budget bf16render render". The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -21,11 +21,10 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
 
 step build
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
+  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$(dirname "$(find "$ROOT/.stb" -name stb_image_write.h | head -1)")" > "$OUTDIR/cmake.log" 2>&1 \
   || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
-cmake --build build-gpu -j 16 --target fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer \
-  fluxbatch_bench_per_image_linear \
-  > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
+TARGETS="${FB_TARGETS:-fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer fluxbatch_bench_per_image_linear}"
+cmake --build build-gpu -j 16 --target $TARGETS > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
 echo "built"
 
 if ! skip tests; then
@@ -40,7 +39,8 @@ if ! skip tests; then
     ./build-gpu/fluxbatch_cli_tests > "$OUTDIR/cli_tests.log" 2>&1; tail -3 "$OUTDIR/cli_tests.log"
   fi
   echo "--- CUDA tests (incl. hidden [.][cuda])"
-  ./build-gpu/fluxbatch_tests "[cuda]" -s > "$OUTDIR/cuda_tests.log" 2>&1; grep -E "FAILED|SKIPPED|passed|failed" "$OUTDIR/cuda_tests.log" | tail -8
+  timeout 300 ./build-gpu/fluxbatch_tests "[cuda]" > "$OUTDIR/cuda_tests.log" 2>&1; echo "exit $?"
+  grep -B3 -A12 -E "FAILED|due to unexpected|fatal error" "$OUTDIR/cuda_tests.log" | head -80; tail -3 "$OUTDIR/cuda_tests.log"
   if ! skip benchtests; then
     ./build-gpu/fluxbatch_tests "[.bench]" -s > "$OUTDIR/bench_tests.log" 2>&1; grep -iE "GB/s|bandwidth|passed|failed" "$OUTDIR/bench_tests.log" | tail -6
   fi
@@ -62,12 +62,6 @@ if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
   python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
 fi
 
-if ! skip diffusers; then
-  step "diffusers reference"
-  PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_reference.py --model "$MODEL" --dump /tmp/ref_forward.safetensors \
-    --png "$OUTDIR/diffusers_1024.png" --json "$OUTDIR/diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]"
-fi
-
 if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
   step "diffusers-made NF4 copy of the random transformer"
   python3 scripts/bench/make_random_flux_nf4.py --model "$MODEL" --out "$MODEL-nf4" 2>&1 | grep -v Writing
@@ -75,11 +69,27 @@ if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
     ln -sfn "$MODEL/$c" "$MODEL-nf4/$c"; done
 fi
 
-if ! skip forward; then
-  step "fluxbatch transformer forward vs diffusers (bf16, then NF4 in the same run)"
-  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors 10 "$MODEL-nf4"
+if ! skip diffusers; then
+  step "diffusers reference"
+  PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_reference.py --model "$MODEL" --dump /tmp/ref_forward.safetensors \
+    --forward-only --nf4-model "$MODEL-nf4" --json "$OUTDIR/diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]"
 fi
+
+
+if ! skip forward; then
+  step "fluxbatch transformer forward: reference kernels, fused, fused + CUDA graph; fidelity vs fp32"
+  ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors --nf4 "$MODEL-nf4" --reps 10 \
+    --json "$OUTDIR/bench.json"
+fi
+
+if ! skip job; then
+  step "a 16-image 1024x1024 28-step NF4 job: fluxbatch vs diffusers + bitsandbytes"
+  bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4
+fi
+
+step "figures"
+python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json"
 
 if ! skip budget; then
   step "memory scheduler under real pressure: 32 x 1024^2, --batch 16, budgets 24/12/8 GiB (ballast), 4 steps"
@@ -108,6 +118,8 @@ if ! skip render; then
   cp /tmp/bench_out_bf16/*.png "$OUTDIR/fluxbatch_1024.png" 2>/dev/null
 fi
 
-# Only a few files come back from the GPU machine: every log in one archive.
-tar -C "$OUTDIR" -czf /tmp/fluxbatch-logs.tgz --exclude='*.png' . && find "$OUTDIR" -name '*.log' -delete \
+# Only a few files come back from the GPU machine: every log and part file in one archive, beside
+# figures.json, the PNGs and the fixtures.
+tar -C "$OUTDIR" -czf /tmp/fluxbatch-logs.tgz --exclude='*.png' --exclude='gpu_fixtures.tar' . \
+  && find "$OUTDIR" -maxdepth 1 -type f ! -name figures.json ! -name '*.png' ! -name gpu_fixtures.tar -delete \
   && mv /tmp/fluxbatch-logs.tgz "$OUTDIR/logs.tgz"

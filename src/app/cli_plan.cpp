@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "fluxbatch/core/error.h"
@@ -14,6 +15,7 @@
 #include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/tokenizers/clip_tokenizer.h"
 #include "fluxbatch/tokenizers/t5_tokenizer.h"
+#include "render_settings.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -123,8 +125,15 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
       ->type_name("T");
   add_quantize_option(*cmd, command.quantize);
+  add_speed_options(*cmd, command.speed, /*render=*/false);
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
+  cmd->add_option("--config", command.config,
+                  "A settings preset, as for render (overrides the job's \"config\"): its device, dtype, quantize, "
+                  "offload, vram_budget and vram_reserve apply where no flag is given, its defaults below the "
+                  "command line's")
+      ->type_name("NAME|FILE");
+  command.cli = cmd;
   add_job_options(*cmd, command.job);
   cmd->footer(
       "Only file headers (and the tokenizers, to check that the components belong together) are\n"
@@ -138,8 +147,27 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   return cmd;
 }
 
-void run_plan(const PlanCommand& command) {
-  const job::JobSpec spec = job::load_job(command.file, to_load_options(command.job));
+void run_plan(const PlanCommand& given) {
+  // The preset (--config, else the job's "config") as render applies it.
+  PlanCommand command = given;
+  std::optional<job::RenderSettings> preset;
+  if (!command.config.empty()) preset = load_preset(command.config, "", "--config");
+  job::LoadOptions load = to_load_options(command.job);
+  job::JobSpec spec = job::load_job(command.file, load);
+  if (!preset && spec.config) preset = load_preset(*spec.config, spec.config_base, spec.path + ": config");
+  if (preset) {
+    merge_preset_defaults(load.cli_defaults, *preset);
+    spec = job::load_job(command.file, load);
+    const auto take = [&](const char* key, std::string& field) {
+      if (auto v = preset_value(command.cli, &*preset, key)) field = *v;
+    };
+    take("device", command.device);
+    take("dtype", command.dtype);
+    take("quantize", command.quantize);
+    take("offload", command.memory.offload);
+    take("vram_budget", command.memory.budget);
+    take("vram_reserve", command.memory.reserve);
+  }
   const std::string model = command.model.empty() ? spec.model.value_or("") : command.model;
   if (model.empty()) throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   const c10::Device device = runtime::parse_device(
@@ -159,14 +187,15 @@ void run_plan(const PlanCommand& command) {
     runtime::check_guidance(files, files.variant, items);
   }
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
+  const bool fp8 = command.speed.compute == "fp8";
   const std::vector<runtime::ComponentWeights> weights =
-      runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4");
+      runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
   const std::vector<runtime::MemoryModel> models = models_for_groups(
-      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, command.quantize == "nf4" ? "nf4" : ""));
+      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8)));
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
                             residency};

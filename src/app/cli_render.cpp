@@ -1,6 +1,7 @@
 // render: everything is checked before the model loads; then the runner does the work.
 #include "cli_render.h"
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 
@@ -14,9 +15,13 @@
 #include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "fluxbatch/runtime/flux_generator.h"
+#include "exit_codes.h"
 #include "interrupt.h"
 #include "plan_report.h"
-#include "render_memory.h"
+#include "render_cache.h"
+#include "render_session.h"
+#include "render_settings.h"
+#include "run_report.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -32,6 +37,12 @@ constexpr const char* kFooter =
     "  fluxbatch render jobs/night.json --model models/FLUX.1-dev --device cuda:1 --dtype fp16 --batch 4\n"
     "  fluxbatch render jobs/night.json --model models/FLUX.1-dev --quantize nf4\n"
     "      transformer and T5 in NF4 (about 3.6x smaller than bf16), quantized while loading\n"
+    "  fluxbatch render jobs/night.json --config low-vram-8g --print-config\n"
+    "      the settings a preset gives (flags still win), each with where it came from; renders nothing\n"
+    "  fluxbatch render jobs/night.json --cache ~/.cache/fluxbatch/renders --cache-max 50G\n"
+    "      prompts encoded and images rendered by earlier jobs are reused, not computed again\n"
+    "  fluxbatch render jobs/night.json --progress json > events.jsonl\n"
+    "      one JSON event per line (start, stage, batch, step, image, done) for a wrapper\n"
     "\n"
     "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
     "records it with the same prompt, seed, size, steps, guidance, max_sequence_length and model.\n"
@@ -63,52 +74,56 @@ runtime::GeneratorOptions resolve_options(const RenderCommand& command) {
   return options;
 }
 
-// The components' residency (--offload) from the weights as they will load, logged with the reason.
-runtime::Residency decide_residency(const std::string& mode, c10::Device device,
-                                    const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
-  const runtime::Residency residency = resolve_residency(mode, device, weights, budget_bytes);
-  const std::string why = " (--offload " + mode + "; transformer + VAE " +
-                          runtime::format_bytes(runtime::denoise_weight_bytes(weights)) +
-                          ", budget " + runtime::format_bytes(budget_bytes) + ")";
-  log::info(residency == runtime::Residency::kOffload
-                ? "offload: components wait in pinned host memory and visit the device for their stage" + why
-                : "staged: each stage loads its components from disk; the text encoders never share the device "
-                  "with the transformer and VAE" + why);
-  return residency;
-}
-
 std::string model_for(const RenderCommand& command, const job::JobSpec& spec) {
   if (!command.model.empty()) return command.model;
   return spec.model.value_or("");
 }
 
-// Loads the job with the model variant's recommended settings (schnell: 4 steps, 256 T5 tokens) as the
-// lowest-precedence defaults, below the job's "defaults" and the command line. The variant is read from
-// file headers only. On a dry run an unreadable model keeps the built-in (dev) defaults.
-job::JobSpec load_job_for_model(const RenderCommand& command) {
+// A loaded job and what its image defaults came from (for --print-config).
+struct LoadedJob {
+  job::JobSpec spec;
+  job::ParamOverrides command_line;  // the flags
+  job::ParamOverrides recommended;   // what the model's variant recommends where it differs from built-in
+};
+
+// Loads the job with defaults below the job's own "defaults", in this order: the command line, the
+// preset's "defaults", the model variant's recommended settings (schnell: 4 steps, 256 T5 tokens). The
+// variant is read from file headers only; on a dry run or --print-config an unreadable model keeps the
+// built-in (dev) defaults.
+LoadedJob load_job_for_model(const RenderCommand& command, const job::RenderSettings* preset) {
   job::LoadOptions options = to_load_options(command.job);
-  job::JobSpec spec = job::load_job(command.file, options);
-  const std::string model = model_for(command, spec);
-  if (model.empty()) return spec;
+  LoadedJob out;
+  out.command_line = options.cli_defaults;
+  job::ParamOverrides& d = options.cli_defaults;
+  if (preset != nullptr) merge_preset_defaults(d, *preset);
+  out.spec = job::load_job(command.file, options);
+  const std::string model = model_for(command, out.spec);
+  if (model.empty()) return out;
   runtime::VariantDefaults recommended;
   try {
     recommended = runtime::variant_defaults(runtime::probe_variant(model));
   } catch (const ModelError&) {
-    if (command.dry_run) return spec;
+    if (command.dry_run || command.print_config) return out;
     throw;
   }
   const job::RenderParams builtin;
-  job::ParamOverrides& cli = options.cli_defaults;
   bool changed = false;
-  if (!cli.steps && recommended.steps != builtin.steps) {
-    cli.steps = recommended.steps;
-    changed = true;
+  if (recommended.steps != builtin.steps) {
+    out.recommended.steps = recommended.steps;
+    if (!d.steps) {
+      d.steps = recommended.steps;
+      changed = true;
+    }
   }
-  if (!cli.max_sequence_length && recommended.max_sequence_length != builtin.max_sequence_length) {
-    cli.max_sequence_length = recommended.max_sequence_length;
-    changed = true;
+  if (recommended.max_sequence_length != builtin.max_sequence_length) {
+    out.recommended.max_sequence_length = recommended.max_sequence_length;
+    if (!d.max_sequence_length) {
+      d.max_sequence_length = recommended.max_sequence_length;
+      changed = true;
+    }
   }
-  return changed ? job::load_job(command.file, options) : spec;
+  if (changed) out.spec = job::load_job(command.file, options);
+  return out;
 }
 
 void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const std::string& model_path,
@@ -156,15 +171,49 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
       ->type_name("auto|N");
   add_quantize_option(*sub, command.quantize);
   add_memory_options(*sub, command.memory, /*monitor=*/true);
+  add_speed_options(*sub, command.speed);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
+  sub->add_option("--write-threads", command.write_threads,
+                  "Threads that encode and write PNGs while the device goes on with the next image; 0 writes each "
+                  "image before the next is made (default 2). Manifest lines keep the images' order either way")
+      ->type_name("N")
+      ->check(CLI::Range(0, 64));
+  add_progress_options(*sub, command.progress);
+  add_cache_options(*sub, command.cache);
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
+  sub->add_option("--config", command.config,
+                  "A settings preset: a name (configs/NAME.json: low-vram-8g, throughput-h100, schnell-fast, ...) or a "
+                  "JSON file. Its options apply where no flag is given; overrides the job's \"config\"")
+      ->type_name("NAME|FILE");
+  sub->add_flag("--print-config", command.print_config,
+                "Print every effective setting and where it came from (flag, preset, job file, default); render nothing");
+  command.cli = sub;
   add_job_options(*sub, command.job);
   sub->footer(kFooter);
   return sub;
 }
 
-std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
-  const job::JobSpec spec = load_job_for_model(command);
+std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
+  // The preset (--config, else the job's "config"): its options fill what no flag set.
+  RenderCommand command = given;
+  std::optional<job::RenderSettings> preset;
+  if (!command.config.empty()) preset = load_preset(command.config, "", "--config");
+  LoadedJob loaded = load_job_for_model(command, preset ? &*preset : nullptr);
+  if (!preset && loaded.spec.config) {
+    preset = load_preset(*loaded.spec.config, loaded.spec.config_base, loaded.spec.path + ": config");
+    loaded = load_job_for_model(command, &*preset);
+  }
+  const std::vector<SettingSource> sources = apply_preset(command, preset ? &*preset : nullptr);
+  if (preset) log::info("preset " + preset->name + " (" + preset->path + ")");
+  if (command.print_config) {
+    const std::string text = format_settings(
+        sources, image_defaults(loaded.spec, loaded.command_line, preset ? &*preset : nullptr, loaded.recommended),
+        preset ? &*preset : nullptr);
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+    return std::nullopt;
+  }
+  const job::JobSpec& spec = loaded.spec;
   const std::string model = model_for(command, spec);
   runtime::GeneratorOptions options = resolve_options(command);
   const c10::ScalarType dtype = *options.dtype;
@@ -193,34 +242,79 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& command) {
             model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
             (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
             (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
-  // Before the model loads: the budget is enforced and the weights are counted and monitored.
+  runtime::StageClock clock;
+  clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
-  RenderMemory memory(command.memory, options.device, dtype,
-                      runtime::model_identity(headers, dtype, options.quantize_nf4 ? "nf4" : ""));
-  memory.attach(options);
-  const std::vector<runtime::ComponentWeights> weights =
-      runtime::model_component_weights(headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
-  options.residency = decide_residency(command.memory.offload, options.device, weights, memory.budget().bytes);
-  auto flux = std::make_unique<runtime::FluxGenerator>(model, options);
-  runtime::FluxGenerator& loaded = *flux;
-  // The images this run renders (not those finished earlier) decide what to calibrate and plan.
-  const runtime::JobPlan todo =
-      runtime::plan_job(spec, spec.output_dir, loaded.model_description(), command.overwrite, 1);
-  std::vector<const job::RenderItem*> items;
-  for (const runtime::PlannedItem& p : todo.items) {
-    if (p.state == runtime::ItemState::kRender) items.push_back(p.item);
-  }
-  memory.plan(loaded.pipeline(), weights, items, batch == kAutoBatch, batch == kAutoBatch ? kMaxAutoBatch : batch);
-  std::unique_ptr<runtime::ImageGenerator> generator = memory.wrap(std::move(flux));
+  const runtime::ModelFiles files = runtime::locate_model(model);
+  apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
+  RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
+                                    compute_mode_identity(command.speed));
+  options.prompt_cache = caches.prompts;
+  clock.enter("");
+
+  // The display first: it hears every stage mark and step of the device side.
+  // The display asks the session (made below; the display stops before it goes) for the memory in use.
+  std::atomic<RenderSession*> session_ptr{nullptr};
+  std::unique_ptr<runtime::Progress> progress = make_progress(command.progress, [&session_ptr]() -> int64_t {
+    const RenderSession* session = session_ptr.load();
+    return session != nullptr ? session->in_use_bytes() : -1;
+  });
+  runtime::Progress* shown = progress.get();
+  options.on_step = [shown](int step, int steps) {
+    log::debug("step " + std::to_string(step) + "/" + std::to_string(steps));
+    if (shown != nullptr) shown->step(step, steps);
+  };
+  SessionSetup setup;
+  setup.model = model;
+  setup.description = runtime::describe_model(files, options.compute_fp8);
+  setup.headers = &headers;
+  setup.memory = command.memory;
+  setup.generator = options;
+  setup.calibrate = batch == kAutoBatch;
+  setup.max_batch = batch == kAutoBatch ? kMaxAutoBatch : batch;
+  setup.on_stage = [shown](const std::string& stage) {
+    if (shown != nullptr) shown->stage(stage);
+  };
+  // The device side (budget, monitor, model, memory plan) comes with the first image that must really
+  // be rendered; the plan, and for --batch auto the calibration of sizes not measured before, is made
+  // around the job's encode stage, so no component loads twice.
+  RenderSession session(std::move(setup), clock);
+  session_ptr = &session;
+  struct StopDisplay {  // before the session goes (an error on the way out): no more questions to it
+    runtime::Progress* progress;
+    ~StopDisplay() {
+      if (progress != nullptr) progress->stop();
+    }
+  } stop_display{shown};
+
   InterruptGuard interrupt;
   runtime::RunnerOptions runner;
   runner.overwrite = command.overwrite;
-  runner.batch_size = batch == kAutoBatch ? memory.largest_batch() : batch;
-  if (batch == kAutoBatch) runner.batch_for = memory.batch_for();
+  runner.batch_size = batch == kAutoBatch ? kMaxAutoBatch : batch;
+  if (batch == kAutoBatch) runner.batch_for = [&session](const job::RenderItem& item) { return session.batch_of(item); };
   runner.stop = &interrupt.stop_flag();
-  const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, *generator);
+  runner.write_threads = command.write_threads;
+  runner.observer = shown;
+  runner.image_cache = caches.images.get();
+  const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, session);
+  if (shown != nullptr) {
+    // First: the "done" event, and the live line gone (no redraw after it) before the summary lines.
+    runtime::ProgressDone done;
+    done.rendered = summary.rendered;
+    done.cached = summary.cached;
+    done.skipped = summary.skipped;
+    done.failed = summary.failed;
+    done.blocked = summary.blocked;
+    done.not_started = summary.not_started;
+    done.interrupted = summary.interrupted;
+    done.wall_s = clock.since_start();
+    done.images_per_hour = done.wall_s > 0.0 ? 3600.0 * static_cast<double>(summary.rendered) / done.wall_s : 0.0;
+    done.stages = clock.totals();
+    done.exit_code = exit_code_for(summary);
+    shown->finish(done);
+  }
   log_summary(summary);
-  memory.finish(summary, spec.output_dir);
+  report_run(summary, clock, session.stop(), options.device.str(), caches.store.get(), spec.output_dir);
   return summary;
 }
 

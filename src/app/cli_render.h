@@ -7,6 +7,9 @@
 
 #include "cli_common.h"
 #include "memory_options.h"
+#include "render_cache.h"
+#include "render_progress.h"
+#include "speed_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
 namespace fluxbatch::app {
@@ -19,9 +22,16 @@ struct RenderCommand {
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
   std::string quantize = "none";  // --quantize none|nf4
+  SpeedOptions speed;             // --kernels, --cuda-graphs
   bool overwrite = false;
   bool dry_run = false;
+  int write_threads = 2;    // --write-threads
+  ProgressOptions progress; // --progress, --progress-interval
+  CacheOptions cache;       // --cache, --cache-max, --no-cache
+  std::string config;       // --config NAME|FILE
+  bool print_config = false;  // --print-config
   JobOptions job;
+  CLI::App* cli = nullptr;  // the parsed subcommand: which flags were given (presets fill the others)
 };
 
 CLI::App* add_render_command(CLI::App& app, RenderCommand& command);

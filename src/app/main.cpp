@@ -13,6 +13,7 @@
 #include "cli_render.h"
 #include "cli_validate.h"
 #include "exit_codes.h"
+#include "render_progress.h"
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
   }
   app::apply_log_level(global);
   g_verbose = global.verbose;
+  log::set_color(app::use_color());  // a terminal, and no NO_COLOR
   log::debug("allocator: " + allocator.describe());
 
   return run_mapped([&]() -> int {

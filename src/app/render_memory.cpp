@@ -26,9 +26,40 @@ std::string shape_text(int width, int height, int max_sequence_length) {
 
 }  // namespace
 
+// The generator the runner drives: the FluxGenerator, whose prepare() runs inside the memory plan
+// (RenderMemory::plan), so that calibration uses the components the job's stages load anyway.
+class RenderMemory::PlanningGenerator : public runtime::ImageGenerator {
+ public:
+  PlanningGenerator(RenderMemory& memory, std::unique_ptr<runtime::FluxGenerator> inner,
+                    std::vector<runtime::ComponentWeights> weights, bool calibrate, int max_batch)
+      : memory_(memory),
+        inner_(std::move(inner)),
+        weights_(std::move(weights)),
+        calibrate_(calibrate),
+        max_batch_(max_batch) {}
+
+  void prepare(const std::vector<const job::RenderItem*>& items) override {
+    memory_.plan(inner_->pipeline(), weights_, items, calibrate_, max_batch_, [&] { inner_->prepare(items); });
+  }
+  std::vector<runtime::Image> generate(const std::vector<job::RenderItem>& batch) override {
+    return inner_->generate(batch);
+  }
+  void generate_each(const std::vector<job::RenderItem>& batch, const runtime::ImageSink& on_image) override {
+    inner_->generate_each(batch, on_image);
+  }
+  std::string model_description() const override { return inner_->model_description(); }
+
+ private:
+  RenderMemory& memory_;
+  std::unique_ptr<runtime::FluxGenerator> inner_;
+  std::vector<runtime::ComponentWeights> weights_;
+  bool calibrate_;
+  int max_batch_;
+};
+
 RenderMemory::RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype,
-                           std::string model_identity)
-    : device_(device), dtype_(dtype), model_identity_(std::move(model_identity)) {
+                           std::string model_identity, runtime::StageClock& clock)
+    : device_(device), dtype_(dtype), model_identity_(std::move(model_identity)), clock_(clock) {
   budget_ = resolve_budget(device, options);
   runtime::MemorySampler sampler;
   if (device.is_cuda()) {
@@ -49,26 +80,34 @@ RenderMemory::RenderMemory(const MemoryOptions& options, c10::Device device, c10
   monitor.threshold = options.monitor_threshold;
   monitor.budget_bytes = budget_.bytes;
   monitor_ = std::make_unique<runtime::MemoryMonitor>(sampler, monitor);
-  monitor_->set_stage("load");
+  set_stage("load");
   monitor_->start();
 }
 
 RenderMemory::~RenderMemory() = default;
 
-void RenderMemory::attach(runtime::GeneratorOptions& options) {
-  runtime::MemoryMonitor* monitor = monitor_.get();
-  options.on_stage = [this, monitor](const std::string& stage) {
-    // Leaving idle starts the encode stage or a batch: each gets its own measured peak.
-    if (stage_.empty() && !stage.empty()) reset_peak();
-    stage_ = stage;
-    monitor->set_stage(stage);
-  };
+void RenderMemory::set_stage(const std::string& stage) {
+  // Leaving idle starts the encode stage or a batch: each gets its own measured peak.
+  if (stage_.empty() && !stage.empty()) reset_peak();
+  stage_ = stage;
+  monitor_->set_stage(stage);
+  clock_.enter(stage);
+  if (on_stage_) on_stage_(stage);
+}
+
+void RenderMemory::attach(runtime::GeneratorOptions& options, std::function<void(const std::string&)> on_stage) {
+  on_stage_ = std::move(on_stage);
+  options.on_stage = [this](const std::string& stage) { set_stage(stage); };
   options.memory_note = [this](const std::vector<job::RenderItem>& batch) { return note(batch); };
 }
 
-std::unique_ptr<runtime::ImageGenerator> RenderMemory::wrap(std::unique_ptr<runtime::ImageGenerator> generator) {
-  if (!cpu_ || !budget_.user_given) return generator;
-  return std::make_unique<runtime::BudgetedGenerator>(std::move(generator), cpu_);
+std::unique_ptr<runtime::ImageGenerator> RenderMemory::wrap(std::unique_ptr<runtime::FluxGenerator> generator,
+                                                            std::vector<runtime::ComponentWeights> weights,
+                                                            bool calibrate, int max_batch) {
+  std::unique_ptr<runtime::ImageGenerator> out =
+      std::make_unique<PlanningGenerator>(*this, std::move(generator), std::move(weights), calibrate, max_batch);
+  if (!cpu_ || !budget_.user_given) return out;
+  return std::make_unique<runtime::BudgetedGenerator>(std::move(out), cpu_);
 }
 
 int64_t RenderMemory::measured_peak() const {
@@ -83,60 +122,116 @@ void RenderMemory::reset_peak() const {
   }
 }
 
+int64_t RenderMemory::in_use_bytes() const {
+  const runtime::MemorySample s = monitor_->latest();
+  return std::max(s.allocated, s.reserved);
+}
+
 void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runtime::ComponentWeights>& weights,
-                        const std::vector<const job::RenderItem*>& items, bool calibrate, int max_batch) {
-  monitor_->set_stage("");
+                        const std::vector<const job::RenderItem*>& items, bool calibrate, int max_batch,
+                        const std::function<void()>& encode_stage) {
+  set_stage("");
   std::string sizes;
   for (const auto& c : weights) sizes += (sizes.empty() ? "" : ", ") + c.name + " " + format_bytes(c.weight_bytes);
   log::info("weights as loaded: " + sizes);
   const int dtype_size = static_cast<int>(c10::elementSize(dtype_));
   fallback_ = runtime::flux_memory_model(weights, dtype_size, pipeline.options().residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
-  if (groups.empty()) return;
 
   runtime::CalibrationCache cache(runtime::default_calibration_path());
   for (const std::string& w : cache.warnings()) log::warn(w);
   const std::string device = runtime::device_identity(device_);
   const std::string& model = model_identity_;
-  std::vector<runtime::MemoryModel> models;
-  bool cache_changed = false;
+  // The groups to measure, and what the encode stage measured per sequence length.
+  std::vector<const runtime::ResolutionGroup*> measure;
   for (const runtime::ResolutionGroup& g : groups) {
     const std::string shape = shape_text(g.width, g.height, g.max_sequence_length);
-    const runtime::CalibrationKey key = calibration_key(device, model, g);
-    std::optional<runtime::Calibration> found = cache.find(key);
-    if (found) {
+    if (const auto found = cache.find(calibration_key(device, model, g))) {
       log::info("calibration for " + shape + ": from " + cache.path() + " (measured " + found->measured_at + ")");
     } else if (calibrate) {
-      log::info("calibration for " + shape + ": measuring each stage at batch 1 and 2");
-      try {
-        const runtime::PeakMeter meter{[this] { reset_peak(); }, [this] { return measured_peak(); }};
-        found = runtime::calibrate_pipeline(pipeline, fallback_, g.width, g.height, g.max_sequence_length, meter);
-        cache.put(key, *found);
-        cache_changed = true;
-      } catch (const std::exception& e) {
-        // Not memory: the model cannot run at all; stop now with the stage named, not a libtorch trace.
-        if (!runtime::is_out_of_memory(e)) runtime::throw_stage_error(e, "calibration for " + shape);
-        runtime::release_cached_memory();
-        log::warn("calibration for " + shape + " ran out of memory at batch 2: batch 1 for this size");
-        batches_[{g.width, g.height, g.max_sequence_length}] = 1;
-      }
+      measure.push_back(&g);
+    } else {
+      log::info("calibration for " + shape + ": none cached; using the built-in estimates (uncalibrated first guesses)");
     }
-    if (!found) {
-      log::info("calibration for " + shape + ": none" + (calibrate ? "" : " cached") +
-                "; using the built-in estimates (uncalibrated first guesses)");
-    }
-    models.push_back(found ? runtime::apply_calibration(fallback_, *found) : fallback_);
   }
-  // Staged: the job starts with the encode stage, which must not find the transformer the
-  // calibration left behind.
-  if (pipeline.options().residency == runtime::Residency::kStaged) pipeline.release_denoisers();
-  if (cache_changed) {
+  const runtime::PeakMeter meter{[this] { reset_peak(); }, [this] { return measured_peak(); }};
+  const auto out_of_memory = [&](const runtime::ResolutionGroup& g, const std::exception& e) {
+    // Not memory: the model cannot run at all; stop now with the stage named, not a libtorch trace.
+    if (!runtime::is_out_of_memory(e)) {
+      runtime::throw_stage_error(e, "calibration for " + shape_text(g.width, g.height, g.max_sequence_length));
+    }
+    runtime::release_cached_memory();
+    log::warn("calibration for " + shape_text(g.width, g.height, g.max_sequence_length) +
+              " ran out of memory at batch 2: batch 1 for this size");
+    batches_[{g.width, g.height, g.max_sequence_length}] = 1;
+  };
+  std::map<int, runtime::EncodePeaks> encode_peaks;  // by max_sequence_length
+  if (!measure.empty()) {
+    // With the text encoders the job's encode stage is about to use.
+    try {
+      set_stage("load");
+      pipeline.load_text_encoders();
+      set_stage("calibrate");
+      for (const runtime::ResolutionGroup* g : measure) {
+        log::info("calibration for " + shape_text(g->width, g->height, g->max_sequence_length) +
+                  ": measuring each stage at batch 1 and 2");
+        if (encode_peaks.count(g->max_sequence_length)) continue;
+        try {
+          encode_peaks[g->max_sequence_length] = runtime::measure_encode(pipeline, g->max_sequence_length, meter);
+        } catch (const std::exception& e) {
+          out_of_memory(*g, e);
+        }
+      }
+    } catch (const std::exception& e) {
+      if (!runtime::is_out_of_memory(e)) {
+        // A stage error from the measurements above (it names the shape), or a model that cannot load.
+        if (dynamic_cast<const Error*>(&e) != nullptr) throw;
+        runtime::throw_stage_error(e, "calibration, loading the text encoders");
+      }
+      runtime::release_cached_memory();  // the text encoders do not fit: the encode stage falls back to the CPU
+      log::warn("calibration: the text encoders do not fit on the device (" + runtime::exception_message(e) +
+                "); sizes not calibrated render at batch 1");
+    }
+    set_stage("");
+  }
+  if (encode_stage) encode_stage();  // the job's encode stage: every prompt, then the text encoders go
+  std::map<Shape, runtime::Calibration> measured;
+  for (const runtime::ResolutionGroup* g : measure) {
+    const auto encode = encode_peaks.find(g->max_sequence_length);
+    if (encode == encode_peaks.end()) {
+      batches_[{g->width, g->height, g->max_sequence_length}] = 1;  // its encode measurement ran out of memory
+      continue;
+    }
+    if (!pipeline.denoisers_loaded()) {
+      set_stage("load");  // the first batch goes on with these
+      pipeline.load_denoisers();
+    }
+    set_stage("calibrate");
+    try {
+      const runtime::DenoisePeaks denoise =
+          runtime::measure_denoise_decode(pipeline, g->width, g->height, g->max_sequence_length, meter);
+      const runtime::Calibration c =
+          runtime::fit_calibration(fallback_, g->width, g->height, g->max_sequence_length, encode->second, denoise);
+      cache.put(calibration_key(device, model, *g), c);
+      measured[{g->width, g->height, g->max_sequence_length}] = c;
+    } catch (const std::exception& e) {
+      out_of_memory(*g, e);
+    }
+  }
+  set_stage("");
+  if (!measured.empty()) {
     try {
       cache.save();
       log::info("calibration stored in " + cache.path());
     } catch (const OutputError& e) {
       log::warn(std::string("calibration not stored: ") + e.what());
     }
+  }
+  if (groups.empty()) return;
+  std::vector<runtime::MemoryModel> models;
+  for (const runtime::ResolutionGroup& g : groups) {
+    const auto found = cache.find(calibration_key(device, model, g));
+    models.push_back(found ? runtime::apply_calibration(fallback_, *found) : fallback_);
   }
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget_.bytes, std::max(1, max_batch));
   for (size_t i = 0; i < groups.size(); ++i) {
@@ -155,18 +250,9 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
   }
 }
 
-std::function<int(const job::RenderItem&)> RenderMemory::batch_for() const {
-  const std::map<Shape, int> batches = batches_;
-  return [batches](const job::RenderItem& item) {
-    const auto it = batches.find({item.params.width, item.params.height, item.params.max_sequence_length});
-    return it == batches.end() ? 1 : it->second;
-  };
-}
-
-int RenderMemory::largest_batch() const {
-  int most = 1;
-  for (const auto& [shape, batch] : batches_) most = std::max(most, batch);
-  return most;
+int RenderMemory::batch_of(const job::RenderItem& item) const {
+  const auto it = batches_.find({item.params.width, item.params.height, item.params.max_sequence_length});
+  return it == batches_.end() ? 1 : it->second;
 }
 
 std::string RenderMemory::note(const std::vector<job::RenderItem>& batch) {
@@ -182,43 +268,15 @@ std::string RenderMemory::note(const std::vector<job::RenderItem>& batch) {
          (model.calibrated ? " (calibrated)" : " (uncalibrated)");
 }
 
-void RenderMemory::finish(const runtime::RunSummary& summary, const std::string& output_dir) {
-  monitor_->set_stage("");
+RenderMemory::Facts RenderMemory::stop() {
+  set_stage("");
   monitor_->stop();
-  const runtime::MemoryReport report = monitor_->report();
-  const std::string text = runtime::format_memory_report(report);
-  for (size_t start = 0, end = 0; start < text.size(); start = end + 1) {
-    end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    if (end > start) log::info(text.substr(start, end - start));
-  }
-
-  io::ManifestSummary s;
-  s.total = summary.total;
-  s.rendered = summary.rendered;
-  s.skipped = summary.skipped;
-  s.failed = summary.failed;
-  s.blocked = summary.blocked;
-  s.not_started = summary.not_started;
-  s.oom_retries = summary.oom_retries;
-  s.interrupted = summary.interrupted;
-  s.seconds = summary.seconds;
-  s.device = device_.str();
-  s.budget_bytes = budget_.bytes;
-  s.allocator = device_.is_cuda() ? runtime::allocator_setup().describe() : "cpu (counting allocator)";
-  s.alloc_retries = report.alloc_retries;
-  for (const runtime::StageMemory& m : report.stages) {
-    s.stages.push_back({m.stage, m.peak_allocated, m.peak_reserved, m.min_device_free, m.warned});
-  }
-  s.finished_at = io::utc_timestamp();
-  std::error_code ec;
-  if (!std::filesystem::is_directory(output_dir, ec)) return;  // nothing was rendered there
-  try {
-    io::ManifestWriter manifest((std::filesystem::path(output_dir) / io::kManifestFileName).string());
-    manifest.append_summary(s);
-  } catch (const OutputError& e) {
-    log::warn(std::string("run summary not recorded: ") + e.what());
-  }
+  Facts f;
+  f.device = device_.str();
+  f.budget_bytes = budget_.bytes;
+  f.allocator = device_.is_cuda() ? runtime::allocator_setup().describe() : "cpu (counting allocator)";
+  f.memory = monitor_->report();
+  return f;
 }
 
 }  // namespace fluxbatch::app

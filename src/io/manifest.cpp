@@ -78,6 +78,7 @@ std::string manifest_line(const ManifestEntry& e) {
             {"timings", {{"generate_s", e.timings.generate_s}, {"write_s", e.timings.write_s}}},
             {"batch_size", e.batch_size},
             {"finished_at", e.finished_at}};
+  if (e.cached) j["cached"] = true;
   // Invalid UTF-8 in a prompt must not lose the line: replace it rather than throw.
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -91,9 +92,17 @@ std::string summary_line(const ManifestSummary& s) {
                       {"min_device_free_bytes", m.min_device_free_bytes},
                       {"warned", m.warned}});
   }
-  const json j = {{"event", "summary"},
+  json times = json::array();
+  for (const ManifestStageTime& t : s.stage_times) {
+    json entry = {{"stage", t.stage}, {"seconds", t.seconds}};
+    if (t.peak_allocated_bytes >= 0) entry["peak_allocated_bytes"] = t.peak_allocated_bytes;
+    if (t.peak_reserved_bytes >= 0) entry["peak_reserved_bytes"] = t.peak_reserved_bytes;
+    times.push_back(entry);
+  }
+  json j = {{"event", "summary"},
                   {"total", s.total},
                   {"rendered", s.rendered},
+                  {"cached", s.cached},
                   {"skipped", s.skipped},
                   {"failed", s.failed},
                   {"blocked", s.blocked},
@@ -101,6 +110,14 @@ std::string summary_line(const ManifestSummary& s) {
                   {"interrupted", s.interrupted},
                   {"oom_retries", s.oom_retries},
                   {"seconds", s.seconds},
+                  {"wall_s", s.wall_s},
+                  {"images_per_hour", s.images_per_hour},
+                  {"stages", times},
+                  {"write",
+                   {{"threads", s.write.threads},
+                    {"seconds", s.write.seconds},
+                    {"waited_s", s.write.waited_s},
+                    {"peak_queued_bytes", s.write.peak_queued_bytes}}},
                   {"memory",
                    {{"device", s.device},
                     {"budget_bytes", s.budget_bytes},
@@ -108,6 +125,11 @@ std::string summary_line(const ManifestSummary& s) {
                     {"alloc_retries", s.alloc_retries},
                     {"stages", stages}}},
                   {"finished_at", s.finished_at}};
+  if (!s.cache.dir.empty()) {
+    j["cache"] = {{"dir", s.cache.dir},       {"hits", s.cache.hits},       {"misses", s.cache.misses},
+                  {"stored", s.cache.stored}, {"corrupt", s.cache.corrupt}, {"evicted", s.cache.evicted},
+                  {"bytes", s.cache.bytes}};
+  }
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -147,6 +169,7 @@ ManifestEntry entry_from_json(const json& j) {
   e.timings.write_s = field<double>(timings, "write_s");
   e.batch_size = field<int>(j, "batch_size");
   e.finished_at = field<std::string>(j, "finished_at");
+  if (const auto cached = j.find("cached"); cached != j.end() && cached->is_boolean()) e.cached = cached->get<bool>();
   return e;
 }
 

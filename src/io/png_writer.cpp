@@ -77,6 +77,8 @@ std::string text_chunk(const PngText& t) {
   return chunk;
 }
 
+}  // namespace
+
 std::string encode_plain_png(int width, int height, const std::vector<uint8_t>& rgb) {
   if (width <= 0 || height <= 0 || rgb.size() != size_t(width) * size_t(height) * 3) {
     throw OutputError("cannot encode a PNG of " + std::to_string(width) + "x" + std::to_string(height) +
@@ -88,6 +90,8 @@ std::string encode_plain_png(int width, int height, const std::vector<uint8_t>& 
   if (!png || length < static_cast<int>(kIhdrEnd)) throw OutputError("the PNG encoder failed (out of memory?)");
   return std::string(reinterpret_cast<const char*>(png.get()), static_cast<size_t>(length));
 }
+
+namespace {
 
 // Shortest decimal that reads back as the same double, like Python's repr but without ".0".
 std::string format_number(double v) {
@@ -139,12 +143,19 @@ uint32_t crc32(std::string_view bytes) {
   return c ^ 0xFFFFFFFFU;
 }
 
-std::string encode_png(int width, int height, const std::vector<uint8_t>& rgb, const std::vector<PngText>& text) {
-  const std::string plain = encode_plain_png(width, height, rgb);
-  std::string out = plain.substr(0, kIhdrEnd);
+std::string add_png_text(std::string_view png, const std::vector<PngText>& text) {
+  if (png.size() < kIhdrEnd + 12 || png.substr(0, kSignature.size()) != kSignature ||
+      png.substr(kSignature.size() + 4, 4) != "IHDR") {
+    throw InputError("not a PNG file (no signature and IHDR chunk)");
+  }
+  std::string out(png.substr(0, kIhdrEnd));
   for (const PngText& t : text) out += text_chunk(t);
-  out.append(plain, kIhdrEnd, std::string::npos);
+  out.append(png.substr(kIhdrEnd));
   return out;
+}
+
+std::string encode_png(int width, int height, const std::vector<uint8_t>& rgb, const std::vector<PngText>& text) {
+  return add_png_text(encode_plain_png(width, height, rgb), text);
 }
 
 void write_png_atomic(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,

@@ -166,6 +166,10 @@ JobSpec expand_job(const RawJob& raw, const std::string& path, const LoadOptions
   JobSpec spec;
   spec.path = path;
   if (raw.model) spec.model = resolve_against(*raw.model, path);
+  if (raw.cache) spec.cache = resolve_against(*raw.cache, path);
+  spec.config = raw.config;
+  spec.config_base = resolve_against(".", path);
+  spec.file_defaults = raw.defaults;
   if (options.output_dir) {
     spec.output_dir = *options.output_dir;
   } else {

@@ -41,6 +41,8 @@ std::string job_items_to_json(const JobSpec& spec, int indent) {
   ordered_json job;
   job["path"] = spec.path;
   job["model"] = spec.model ? ordered_json(*spec.model) : ordered_json(nullptr);
+  if (spec.config) job["config"] = *spec.config;
+  if (spec.cache) job["cache"] = *spec.cache;
   job["output_dir"] = spec.output_dir;
   job["name_template"] = spec.name_template;
   job["count"] = spec.items.size();

@@ -16,7 +16,7 @@ namespace {
 
 using nlohmann::json;
 
-const std::vector<std::string> kRootKeys = {"model", "output", "defaults", "items"};
+const std::vector<std::string> kRootKeys = {"model", "config", "cache", "output", "defaults", "items"};
 const std::vector<std::string> kOutputKeys = {"dir", "name"};
 const std::vector<std::string> kParamKeys = {"width", "height", "steps", "guidance",
                                              "seed", "count", "max_sequence_length"};
@@ -165,9 +165,14 @@ class JsonJobParser {
             parse_items(value, member.value_offset);
             return true;
           }
-          if (member.key == "model") {
+          if (member.key == "model" || member.key == "cache") {
             if (!check(member.value_offset, field, path_string_problem(value))) return false;
-            raw_.model = value.get<std::string>();
+            (member.key == "model" ? raw_.model : raw_.cache) = value.get<std::string>();
+            return true;
+          }
+          if (member.key == "config") {
+            if (!check(member.value_offset, field, path_string_problem(value))) return false;
+            raw_.config = value.get<std::string>();
             return true;
           }
           if (member.key == "output") return parse_output(value, member.value_offset);

@@ -26,6 +26,8 @@ struct RawJob {
   bool prompt_list = false;
   bool settings_valid = true;  // model/output/defaults had no problem
   std::optional<std::string> model;
+  std::optional<std::string> cache;   // "cache": the cache directory
+  std::optional<std::string> config;  // "config": a settings preset's name or file
   std::optional<std::string> output_dir;
   std::optional<std::string> name_template;
   size_t name_template_offset = kNoOffset;

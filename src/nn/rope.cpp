@@ -1,6 +1,7 @@
 #include "fluxbatch/nn/rope.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/ops/rope.h"
 
 #include <ATen/ATen.h>
 
@@ -21,20 +22,6 @@ RopeTables rope_1d(int64_t dim, const at::Tensor& pos, double theta) {
   return {angles.cos().to(at::kFloat).repeat_interleave(2, 1), angles.sin().to(at::kFloat).repeat_interleave(2, 1)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) {
-  // [S, D] -> [S, 1, D]: broadcasts against [B, S, H, D] like the reference's cos[None, :, None, :].
-  const at::Tensor cos = rope.cos.unsqueeze(1);
-  const at::Tensor sin = rope.sin.unsqueeze(1);
-  // (x_re, x_im) pairs -> (-x_im, x_re): multiplying by i.
-  const auto pairs = x.unflatten(-1, {-1, 2}).unbind(-1);
-  // The reference's x.float() * cos + rotated.float() * sin, with the same roundings (separate
-  // multiplies, then the add; no fused multiply-add), computed in place: a C++ expression keeps
-  // every temporary until its end, and at 1024x1024 each fp32 one is 54 MiB per image.
-  at::Tensor out = x.scalar_type() == at::kFloat ? x * cos : x.to(at::kFloat).mul_(cos);  // [B, S, H, D] fp32
-  at::Tensor rotated = at::stack({-pairs[1], pairs[0]}, -1).flatten(-2).to(at::kFloat);  // a new tensor
-  out.add_(rotated.mul_(sin));
-  rotated = at::Tensor();
-  return out.to(x.scalar_type());
-}
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) { return ops::apply_rope(x, rope.cos, rope.sin); }
 
 }  // namespace fluxbatch::nn

@@ -3,8 +3,7 @@
 #pragma once
 #include "fluxbatch/quant/nf4_format.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "cuda_types.cuh"
 
 #include <cfloat>
 #include <cstdint>
@@ -66,18 +65,7 @@ __device__ __forceinline__ void load_code_table(float* table) {
   __syncthreads();
 }
 
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Byte k (0..15) of a 16-byte load, in memory order (little-endian words).
 __device__ __forceinline__ uint32_t byte_of(const uint4& v, int k) {

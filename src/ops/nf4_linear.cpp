@@ -24,15 +24,14 @@ at::Tensor scratch_view(at::Tensor* scratch, int64_t numel, at::ScalarType dtype
   return scratch->narrow(0, 0, numel);
 }
 
-// The dense weight [N, K] in x's dtype.
-at::Tensor dense_weight(const quant::Nf4Tensor& w, at::ScalarType x_dtype, at::Tensor* scratch) {
+}  // namespace
+
+at::Tensor nf4_dense_weight(const quant::Nf4Tensor& w, at::ScalarType dtype, at::Tensor* scratch) {
   at::Tensor weight = scratch_view(scratch, w.numel(), w.dtype, w.device()).view(w.shape);
   nf4_dequantize(w, weight);
   // Rounded to w.dtype first even when x is wider, as bnb does.
-  return weight.scalar_type() == x_dtype ? weight : weight.to(x_dtype);
+  return weight.scalar_type() == dtype ? weight : weight.to(dtype);
 }
-
-}  // namespace
 
 at::Tensor nf4_linear(const at::Tensor& x, const quant::Nf4Tensor& w, const at::Tensor& bias, at::Tensor* scratch) {
   w.validate("nf4_linear");
@@ -68,7 +67,7 @@ at::Tensor nf4_linear(const at::Tensor& x, const quant::Nf4Tensor& w, const at::
   }
 #endif
   // x: [B, ..., K] -> [B, ..., N]: W dequantized once, then a GEMM per image.
-  return per_image_linear(x, dense_weight(w, x.scalar_type(), scratch), b);
+  return per_image_linear(x, nf4_dense_weight(w, x.scalar_type(), scratch), b);
 }
 
 }  // namespace fluxbatch::ops

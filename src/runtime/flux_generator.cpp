@@ -17,6 +17,7 @@
 #include <cstring>
 #include <list>
 #include <map>
+#include <optional>
 #include <utility>
 
 namespace fluxbatch::runtime {
@@ -71,6 +72,9 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.keep_text_encoders = options.keep_text_encoders;
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;
+  out.cuda_graphs = options.cuda_graphs;
+  out.compute_fp8 = options.compute_fp8;
+  out.fp8_from_nf4 = options.fp8_from_nf4;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }
@@ -133,37 +137,89 @@ PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, 
   return out;
 }
 
+// Loads CLIP and T5 now, under stage "load", so a stage's time and peak are its own. Out of memory
+// is left to encode(), which tries again and falls back to the CPU.
+void FluxGenerator::load_text_encoders() {
+  if (pipeline_->text_encoders_loaded()) return;
+  if (options_.on_stage) options_.on_stage("load");
+  try {
+    pipeline_->load_text_encoders();
+  } catch (const std::exception& e) {
+    if (!is_out_of_memory(e)) throw;
+    release_cached_memory();
+  }
+  if (options_.on_stage) options_.on_stage("encode");  // called from within the encode stage
+}
+
 // The encode stage: `needed` first (whatever their size), then pending prompts in render order
-// while the host bytes stay within the limit, one prompt at a time; then the text encoders go.
+// while the host bytes stay within the limit, one prompt at a time, each from the prompt cache when
+// it has it; the text encoders load at the first prompt that must be encoded, and go at the end.
 void FluxGenerator::encode_window(const std::vector<Key>& needed) {
   Prepared& p = *prepared_;
   const auto start = Clock::now();
+  double load_s = 0.0;
   std::vector<Key> order = needed;
   order.insert(order.end(), p.pending.begin(), p.pending.end());
-  int64_t count = 0, last = 0;
-  pipeline_->hold_text_encoders(true);  // one trip to the device for the whole window (offload)
+  int64_t count = 0, cached = 0, last = 0;
+  bool loaded = false;
+  const bool loaded_before = pipeline_->text_encoders_loaded();  // by a calibration that measured with them
   for (size_t i = 0; i < order.size(); ++i) {
     const Key& key = order[i];
     if (p.entries.count(key)) continue;
     if (i >= needed.size() && p.bytes + last > p.limit) break;
-    const PromptEmbeddings e = encode({key.first}, key.second);
-    Prepared::Entry entry{e.prompt_embeds.to(c10::Device(c10::kCPU)), e.pooled.to(c10::Device(c10::kCPU)), 0};
+    Prepared::Entry entry;
+    if (auto hit = cached_embedding(key)) {
+      entry = {std::move(hit->first), std::move(hit->second), 0};
+      ++cached;
+    } else {
+      if (!loaded) {
+        const auto load_start = Clock::now();
+        load_text_encoders();
+        load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
+        pipeline_->hold_text_encoders(true);  // one trip to the device for the whole window (offload)
+        loaded = true;
+      }
+      const PromptEmbeddings e = encode({key.first}, key.second);
+      entry = {e.prompt_embeds.to(c10::Device(c10::kCPU)), e.pooled.to(c10::Device(c10::kCPU)), 0};
+      store_embedding(key, entry.prompt_embeds, entry.pooled);
+      ++count;
+    }
     entry.bytes = static_cast<int64_t>(entry.prompt_embeds.nbytes() + entry.pooled.nbytes());
     last = entry.bytes;
     p.bytes += entry.bytes;
     p.entries.emplace(key, std::move(entry));
     p.pending.erase(std::find(p.pending.begin(), p.pending.end(), key));
-    ++count;
   }
-  pipeline_->release_text_encoders();  // and the device cache with them
+  if (pipeline_->text_encoders_loaded()) pipeline_->release_text_encoders();  // and the device cache with them
   ++stats_.encode_stages;
-  char line[200];
+  stats_.prompts_from_cache += cached;
+  char line[300];
   std::snprintf(line, sizeof line,
-                "encode stage: %lld prompt(s) in %.2f s, %.1f MiB of embeddings in host memory, %zu still to "
-                "encode; text encoders released",
-                static_cast<long long>(count), std::chrono::duration<double>(Clock::now() - start).count(),
-                mib(p.bytes), p.pending.size());
+                "encode stage: %lld prompt(s) in %.2f s%s, %.1f MiB of embeddings in host memory, %zu still to "
+                "encode; %s",
+                static_cast<long long>(count),
+                std::chrono::duration<double>(Clock::now() - start).count() - load_s,
+                cached > 0 ? (", " + std::to_string(cached) + " from the prompt cache").c_str() : "", mib(p.bytes),
+                p.pending.size(),
+                count > 0       ? "text encoders released"
+                : loaded_before ? "text encoders released (every prompt came from the cache)"
+                                : "text encoders not loaded (every prompt came from the cache)");
   log::info(line);
+}
+
+std::optional<std::pair<at::Tensor, at::Tensor>> FluxGenerator::cached_embedding(const Key& key) {
+  if (!options_.prompt_cache) return std::nullopt;
+  auto hit = options_.prompt_cache->find(key.first, key.second);
+  // Only the run's own dtype: a cache shared with an fp32 run holds other entries anyway (the key
+  // says so); this guards against a damaged but well-formed one.
+  if (hit && hit->first.scalar_type() != pipeline_->options().dtype) return std::nullopt;
+  return hit;
+}
+
+void FluxGenerator::store_embedding(const Key& key, const at::Tensor& prompt_embeds, const at::Tensor& pooled) {
+  // Encoded on the CPU after the device ran out of memory: not what the key (this device) promises.
+  if (!options_.prompt_cache || stats_.cpu_encode_fallbacks > 0) return;
+  options_.prompt_cache->store(key.first, key.second, prompt_embeds, pooled);
 }
 
 void FluxGenerator::rendered(const Key& key) {
@@ -212,12 +268,28 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
   }
   if (!missing.empty()) {
     if (options_.on_stage) options_.on_stage("encode");
-    const PromptEmbeddings encoded = encode(missing, max_sequence_length);
-    for (size_t i = 0; i < missing.size(); ++i) {
-      const auto row = static_cast<int64_t>(i);
-      const Cache::Entry entry{encoded.prompt_embeds.narrow(0, row, 1).clone(), encoded.pooled.narrow(0, row, 1).clone()};
-      rows.emplace(missing[i], entry);
-      cache_->put({missing[i], max_sequence_length}, entry);
+    std::vector<std::string> encode_now;
+    for (const std::string& prompt : missing) {
+      if (auto hit = cached_embedding({prompt, max_sequence_length})) {
+        const Cache::Entry entry{hit->first, hit->second};
+        rows.emplace(prompt, entry);
+        cache_->put({prompt, max_sequence_length}, entry);
+        ++stats_.prompts_from_cache;
+      } else {
+        encode_now.push_back(prompt);
+      }
+    }
+    if (!encode_now.empty()) {
+      load_text_encoders();
+      const PromptEmbeddings encoded = encode(encode_now, max_sequence_length);
+      for (size_t i = 0; i < encode_now.size(); ++i) {
+        const auto row = static_cast<int64_t>(i);
+        const Cache::Entry entry{encoded.prompt_embeds.narrow(0, row, 1).clone(),
+                                 encoded.pooled.narrow(0, row, 1).clone()};
+        rows.emplace(encode_now[i], entry);
+        cache_->put({encode_now[i], max_sequence_length}, entry);
+        store_embedding({encode_now[i], max_sequence_length}, entry.prompt_embeds, entry.pooled);
+      }
     }
   }
   const c10::Device device = pipeline_->options().device;
@@ -361,6 +433,10 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
       log::debug("step " + std::to_string(step + 1) + "/" + std::to_string(steps));
     }
   };
+  if (!pipeline_->denoisers_loaded()) {
+    stage("load");  // staged: the transformer and the VAE come once the text encoders are gone
+    pipeline_->load_denoisers();
+  }
   stage("denoise");
   stage_name = "denoise";
   t0 = Clock::now();
@@ -377,6 +453,7 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
   t0 = Clock::now();
   const int64_t tiled_before = stats_.tiled_decodes;
   for (size_t b = 0; b < batch.size(); ++b) {
+    const int64_t tiled = stats_.tiled_decodes;
     // pixels: [1, H, W, 3] uint8 on the CPU, contiguous
     const at::Tensor decoded =
         decode_image(latents, static_cast<int64_t>(b), request.width, request.height, batch.size() == 1);
@@ -385,6 +462,8 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
                         " holds NaN or Inf values or float16 overflowed; check that file, or render with --dtype bf16");
     const at::Tensor pixels = sampling::postprocess_uint8(decoded);
     Image image;
+    // A tiled decode, or embeddings from the CPU fallback, is not what a normal render gives.
+    image.cacheable = stats_.tiled_decodes == tiled && stats_.cpu_encode_fallbacks == 0;
     image.height = static_cast<int>(pixels.size(1));
     image.width = static_cast<int>(pixels.size(2));
     image.rgb.resize(static_cast<size_t>(pixels.numel()));

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 #include <map>
+#include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include "fluxbatch/core/error.h"
@@ -18,6 +20,7 @@
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
+#include "fluxbatch/runtime/execution/ordered_queue.h"
 #include "fluxbatch/runtime/oom.h"
 
 namespace fluxbatch::runtime {
@@ -174,7 +177,10 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
   throw_stage_error(e, context);
 }
 
-// One execution of a plan: owns the manifest writer and the running summary.
+// One execution of a plan: owns the manifest writer, the running summary and the output queue.
+// Everything that appends to the manifest or changes the summary runs as a commit of the queue, so
+// manifest lines keep the order in which images (and failures) arrived, while PNG encoding and the
+// atomic writes run on the queue's worker threads.
 class Run {
  public:
   Run(const std::string& output_dir, const RunnerOptions& options, ImageGenerator& generator,
@@ -189,27 +195,38 @@ class Run {
         batch_size_(options.batch_size),
         batch_for_(options.batch_for),
         grow_after_(std::max(1, options.grow_after)),
-        stop_(options.stop) {}
+        stop_(options.stop),
+        observer_(options.observer),
+        image_cache_(options.image_cache),
+        queue_(std::max(0, options.write_threads), std::max<int64_t>(1, options.write_queue_bytes)) {}
 
   void record_blocked(const PlannedItem& planned) {
-    ++summary_.blocked;
-    summary_.failures.push_back(planned.item->file + ": " + planned.reason);
-    log::warn(planned.item->file + ": " + planned.reason);
-    io::ManifestEntry e = entry_for(*planned.item, 0);
-    e.status = io::ManifestStatus::kFailed;
-    e.error = planned.reason;
-    manifest_.append(e);
+    const job::RenderItem* item = planned.item;
+    const std::string reason = planned.reason;
+    queue_.submit(0, [] {}, [this, item, reason] {
+      ++summary_.blocked;
+      summary_.failures.push_back(item->file + ": " + reason);
+      log::warn(item->file + ": " + reason);
+      io::ManifestEntry e = entry_for(*item, 0);
+      e.status = io::ManifestStatus::kFailed;
+      e.error = reason;
+      manifest_.append(e);
+    });
   }
 
   void restore_line(const PlannedItem& planned) {
-    ++summary_.restored;
-    log::info(planned.item->file + ": " + planned.reason);
-    manifest_.append(entry_for(*planned.item, 0));  // batch size 0: not known any more
+    const job::RenderItem* item = planned.item;
+    const std::string reason = planned.reason;
+    queue_.submit(0, [] {}, [this, item, reason] {
+      ++summary_.restored;
+      log::info(item->file + ": " + reason);
+      manifest_.append(entry_for(*item, 0));  // batch size 0: not known any more
+    });
   }
 
   // Renders a planned batch in chunks of at most the shape's current limit; when a chunk runs out
   // of memory, its items not yet delivered are halved and retried (finished images stay finished).
-  void render_batch(const std::vector<const job::RenderItem*>& batch) {
+  void render_batch(const std::vector<const job::RenderItem*>& batch, int64_t number, int64_t batches) {
     ShapeLimit& shape = limit_for(*batch.front());
     std::vector<const job::RenderItem*> todo = batch;
     bool attempted = false;
@@ -219,7 +236,7 @@ class Run {
       attempted = true;
       const size_t n = std::min(todo.size(), static_cast<size_t>(shape.limit));
       const std::vector<const job::RenderItem*> chunk(todo.begin(), todo.begin() + static_cast<std::ptrdiff_t>(n));
-      const ChunkOutcome outcome = render_chunk(chunk);
+      const ChunkOutcome outcome = render_chunk(chunk, number, batches);
       std::vector<const job::RenderItem*> left;  // this chunk's items to retry, then the rest
       for (size_t i = 0; i < n; ++i) {
         if (outcome.retry[i]) left.push_back(chunk[i]);
@@ -230,11 +247,9 @@ class Run {
         grow(shape, *batch.front(), n);
         continue;
       }
-      // The attempt's tensors died with its stack frame and exception; now the cache can go.
-      release_cached_memory();
       shape.successes = 0;
       if (shape.grown) {
-        // A grow-back that did not fit: the next one waits twice as long, so a job whose memory is
+        // The grown size failed: wait twice as long before trying it again, so a job whose memory is
         // just short of a larger batch does not pay an out-of-memory error every few chunks.
         shape.wait *= 2;
         shape.grown = false;
@@ -246,6 +261,25 @@ class Run {
                   "): retrying at batch " + std::to_string(shape.limit));
       }
     }
+  }
+
+  // Hands an image of the image cache to the output queue, as write_image does a rendered one.
+  void copy_cached(const job::RenderItem& item, std::string png) {
+    auto w = std::make_shared<Write>();
+    w->item = &item;
+    w->cached = true;
+    w->png = std::move(png);
+    const auto bytes = static_cast<int64_t>(w->png.size());
+    queue_.submit(bytes, [this, w] { write_png(*w); }, [this, w] { commit_image(*w); });
+  }
+
+  // Waits until every image handed over is written and recorded; rethrows a manifest failure.
+  void finish_writes() {
+    queue_.drain();
+    summary_.write_threads = queue_.threads();
+    summary_.write_s = queue_.work_seconds();
+    summary_.write_blocked_s = queue_.blocked_seconds();
+    summary_.write_peak_queued_bytes = queue_.peak_pending_bytes();
   }
 
  private:
@@ -284,9 +318,9 @@ class Run {
     std::vector<bool> retry;     // per chunk item: neither delivered nor recorded failed
   };
 
-  // One generate_each() call; each image is written the moment it arrives. Items it never
-  // delivered are retried (out of memory with more than one item) or recorded failed.
-  ChunkOutcome render_chunk(const std::vector<const job::RenderItem*>& batch) {
+  // One generate_each() call; each image goes to the output queue the moment it arrives. Items it
+  // never delivered are retried (out of memory with more than one item) or recorded failed.
+  ChunkOutcome render_chunk(const std::vector<const job::RenderItem*>& batch, int64_t number, int64_t batches) {
     std::vector<job::RenderItem> items;
     items.reserve(batch.size());
     std::string files;
@@ -297,6 +331,8 @@ class Run {
     const job::RenderParams& p = batch.front()->params;
     log::debug("batch of " + std::to_string(batch.size()) + " (" + std::to_string(p.width) + "x" +
                std::to_string(p.height) + ", " + std::to_string(p.steps) + " steps): " + files);
+    BatchEvent event{number, batches, batch.size(), p.width, p.height, p.steps, 0.0};
+    if (observer_ != nullptr) observer_->batch_started(event);
     const auto start = Clock::now();
     auto last = start;
     std::vector<bool> delivered(batch.size(), false);
@@ -312,7 +348,7 @@ class Run {
       const double seconds = count++ == 0 ? first : std::chrono::duration<double>(now - last).count();
       last = now;
       try {
-        write_image(*batch[index], image, seconds, batch.size());
+        write_image(*batch[index], std::move(image), seconds, batch.size());
       } catch (...) {
         fatal = std::current_exception();
         throw;
@@ -336,6 +372,8 @@ class Run {
       if (fatal) std::rethrow_exception(fatal);
       throw ModelError("rendering " + files + ": unknown error from the image generator");
     }
+    event.seconds = seconds_since(start);
+    if (observer_ != nullptr) observer_->batch_finished(event);
     std::vector<const job::RenderItem*> missing;
     for (size_t i = 0; i < batch.size(); ++i) {
       if (!delivered[i]) missing.push_back(batch[i]);
@@ -378,10 +416,28 @@ class Run {
     return e;
   }
 
+  // Only inside commits (they are serialised).
   std::string progress() const {
     return "[" + std::to_string(summary_.rendered + summary_.failed) + "/" + std::to_string(to_render_) + "] ";
   }
 
+  void notify(const job::RenderItem& item, bool ok, const std::string& error, io::ManifestTimings timings,
+              bool cached = false) {
+    if (observer_ == nullptr) return;
+    ImageEvent event;
+    event.item = &item;
+    event.path = output_path(output_dir_, item.file);
+    event.ok = ok;
+    event.cached = cached;
+    event.error = error;
+    event.generate_s = timings.generate_s;
+    event.write_s = timings.write_s;
+    event.done = summary_.rendered + summary_.failed;
+    event.to_render = to_render_;
+    observer_->image_finished(event);
+  }
+
+  // A commit: the failed line, the counters, the log.
   void fail_item(const job::RenderItem& item, const std::string& reason, io::ManifestTimings timings,
                  size_t batch_size) {
     ++summary_.failed;
@@ -392,12 +448,17 @@ class Run {
     e.error = reason;
     e.timings = timings;
     manifest_.append(e);
+    notify(item, false, reason, timings);
   }
 
   void fail_all(const std::vector<const job::RenderItem*>& items, const std::string& reason, double seconds,
                 size_t batch_size) {
     const double per_image = seconds / static_cast<double>(items.size());
-    for (const job::RenderItem* item : items) fail_item(*item, reason, {per_image, 0.0}, batch_size);
+    for (const job::RenderItem* item : items) {
+      queue_.submit(0, [] {}, [this, item, reason, per_image, batch_size] {
+        fail_item(*item, reason, {per_image, 0.0}, batch_size);
+      });
+    }
   }
 
   static std::string image_problem(const job::RenderItem& item, const Image& image) {
@@ -413,26 +474,76 @@ class Run {
     return "";
   }
 
-  void write_image(const job::RenderItem& item, const Image& image, double generate_s, size_t batch_size) {
-    if (const std::string problem = image_problem(item, image); !problem.empty()) {
-      return fail_item(item, problem, {generate_s, 0.0}, batch_size);
+  // What one image's trip to disk found out: filled by the work, read by the commit.
+  struct Write {
+    const job::RenderItem* item = nullptr;
+    Image image;
+    bool cached = false;     // from the image cache: `png` instead of `image`
+    std::string png;         // the image cache's PNG (no text chunks yet)
+    double generate_s = 0.0;
+    size_t batch_size = 0;
+    std::string error;  // the image was bad or its PNG could not be written
+    double write_s = 0.0;
+  };
+
+  // Hands the image to the output queue: PNG encoding and the atomic write on a worker, then (in
+  // arrival order) the manifest line, the counters and the log line. Rethrows an earlier commit's
+  // failure (the manifest could not be written).
+  void write_image(const job::RenderItem& item, Image&& image, double generate_s, size_t batch_size) {
+    auto w = std::make_shared<Write>();
+    w->item = &item;
+    w->image = std::move(image);
+    w->generate_s = generate_s;
+    w->batch_size = batch_size;
+    const auto bytes = static_cast<int64_t>(w->image.rgb.size());
+    queue_.submit(bytes, [this, w] { write_png(*w); }, [this, w] { commit_image(*w); });
+  }
+
+  // The work of an output task, on a writer thread: the PNG (pixels encoded once, stored in the image
+  // cache, then given the item's text chunks) written atomically.
+  void write_png(Write& w) {
+    const job::RenderItem& item = *w.item;
+    const bool cached = w.cached;
+    if (!cached) {
+      if (std::string problem = image_problem(item, w.image); !problem.empty()) {
+        w.error = std::move(problem);
+        return;
+      }
     }
     const auto start = Clock::now();
     const std::string path = output_path(output_dir_, item.file);
     try {
+      const std::string plain =
+          cached ? std::move(w.png) : io::encode_plain_png(w.image.width, w.image.height, w.image.rgb);
+      if (!cached && image_cache_ != nullptr && w.image.cacheable) image_cache_->store(item, plain);
+      w.image = Image();  // encoded: give the pixels back before the disk's turn
+      const std::string png = io::add_png_text(plain, png_text(item, model_));
       io::ensure_directory(fs::path(path).parent_path().string());
       // Without --overwrite the plan saw no file here; never clobber one that appeared since.
-      io::write_png_atomic(path, image, png_text(item, model_), overwrite_);
+      io::write_file_atomic(path, png, overwrite_);
     } catch (const io::OutputFault&) {
-      throw;  // the filesystem takes no more writes (full, read-only, failing): the job stops
-    } catch (const OutputError& e) {
-      return fail_item(item, e.what(), {generate_s, seconds_since(start)}, batch_size);
+      throw;  // the filesystem takes no more writes (full, read-only, failing): the queue stops, so does the job
+    } catch (const std::exception& e) {
+      w.error = e.what();
     }
-    io::ManifestEntry e = entry_for(item, batch_size);
-    e.timings = {generate_s, seconds_since(start)};
+    w.write_s = seconds_since(start);
+    w.image = Image();
+    w.png = std::string();
+  }
+
+  void commit_image(const Write& w) {
+    const job::RenderItem& item = *w.item;
+    const bool cached = w.cached;
+    if (!w.error.empty()) return fail_item(item, w.error, {w.generate_s, w.write_s}, w.batch_size);
+    io::ManifestEntry e = entry_for(item, w.batch_size);
+    e.timings = {w.generate_s, w.write_s};
+    e.cached = cached;
     ++summary_.rendered;  // the image is on disk; should its line fail, a re-run restores it from the PNG
+    if (cached) ++summary_.cached;
     manifest_.append(e);
-    log::info(progress() + path + " (" + format_seconds(generate_s) + ")");
+    log::info(progress() + output_path(output_dir_, item.file) +
+              (cached ? std::string(" (from the image cache)") : " (" + format_seconds(w.generate_s) + ")"));
+    notify(item, true, "", e.timings, cached);
   }
 
   std::string output_dir_;
@@ -446,7 +557,11 @@ class Run {
   BatchFor batch_for_;
   int grow_after_ = 1;
   const std::atomic<bool>* stop_ = nullptr;
+  JobObserver* observer_ = nullptr;
+  ImageCache* image_cache_ = nullptr;
   std::map<std::string, ShapeLimit> limits_;
+  // Last: destroyed first, so commits still running at destruction find every member above alive.
+  OrderedQueue queue_;
 };
 
 // io::write_file_atomic's temporaries (".<name>.tmp-<pid>-...") that a killed run left next to
@@ -472,14 +587,18 @@ void remove_stale_temporaries(const job::JobSpec& spec, const std::string& outpu
   }
 }
 
-void prepare_generator(const JobPlan& plan, ImageGenerator& generator) {
+void prepare_generator(const std::vector<PlannedItem>& plan, ImageGenerator& generator) {
   std::vector<const job::RenderItem*> items;
-  for (const PlannedItem& planned : plan.items) {
+  for (const PlannedItem& planned : plan) {
     if (planned.state == ItemState::kRender) items.push_back(planned.item);
   }
   if (items.empty()) return;
   try {
     generator.prepare(items);
+  } catch (const ModelError&) {
+    throw;  // the model cannot load: no batch could render either (as in render_chunk)
+  } catch (const DeviceError&) {
+    throw;
   } catch (const std::exception& e) {
     if (!is_out_of_memory(e)) stop_job(e, "preparing the job");
     // generate() still has to cope with every item: each batch encodes what it needs itself.
@@ -498,6 +617,39 @@ bool stop_requested(const RunnerOptions& options) { return options.stop != nullp
   if (dynamic_cast<const DeviceError*>(&error) != nullptr) throw DeviceError(message);
   if (dynamic_cast<const InputError*>(&error) != nullptr) throw InputError(message);
   throw ModelError(message);
+}
+
+void render_all(const JobPlan& plan, const RunnerOptions& options, ImageGenerator& generator, Run& run,
+                int64_t to_render) {
+  // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
+  std::vector<PlannedItem> work = plan.items;
+  if (options.image_cache != nullptr) {
+    int64_t hits = 0;
+    for (PlannedItem& planned : work) {
+      if (planned.state != ItemState::kRender || stop_requested(options)) continue;
+      std::optional<std::string> png = options.image_cache->find(*planned.item);
+      if (!png) continue;
+      run.copy_cached(*planned.item, std::move(*png));
+      planned.state = ItemState::kSkip;
+      ++hits;
+    }
+    log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
+              " image(s) found, copied instead of rendered");
+  }
+  if (!stop_requested(options)) prepare_generator(work, generator);
+  // After prepare(): the generator may plan its memory (and so the batch per shape) there.
+  const auto batches = make_batches(work, options.batch_size, options.batch_for);
+  if (!batches.empty()) {
+    int64_t images = 0;
+    for (const auto& b : batches) images += static_cast<int64_t>(b.size());
+    log::info("rendering " + std::to_string(images) + " image(s) in " + std::to_string(batches.size()) +
+              " batch(es)");
+  }
+  for (size_t b = 0; b < batches.size(); ++b) {
+    if (stop_requested(options)) break;
+    run.render_batch(batches[b], static_cast<int64_t>(b) + 1, static_cast<int64_t>(batches.size()));
+  }
+  run.finish_writes();
 }
 
 }  // namespace
@@ -560,23 +712,27 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   summary.total = static_cast<int64_t>(plan.items.size());
   summary.skipped = plan.count(ItemState::kSkip);
   const int64_t to_render = plan.count(ItemState::kRender);
-  log::info(std::to_string(to_render) + " image(s) to render in " + std::to_string(plan.batches.size()) +
-            " batch(es), " + std::to_string(summary.skipped) + " finished earlier, " +
-            std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
+  log::info(std::to_string(to_render) + " image(s) to render, " + std::to_string(summary.skipped) +
+            " finished earlier, " + std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
   Run run(output_dir, options, generator, manifest, summary, to_render);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
     if (planned.restore_manifest_line) run.restore_line(planned);
   }
+  if (options.observer != nullptr) {
+    options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
+  }
   try {
-    if (!stop_requested(options)) prepare_generator(plan, generator);
-    for (const auto& batch : plan.batches) {
-      if (stop_requested(options)) break;
-      run.render_batch(batch);
-    }
+    render_all(plan, options, generator, run, to_render);
   } catch (const Error& e) {
-    // The job stops. Say what it leaves behind in the same line: the images written are kept (and in the
-    // manifest), the rest wait for a re-run.
+    // The job stops. The images already handed to the output queue are written and recorded first (unless
+    // the queue itself failed: then this rethrows that same error, already in hand). Then say in the same
+    // line what the job leaves behind: the images written are kept (and in the manifest), the rest wait for
+    // a re-run.
+    try {
+      run.finish_writes();
+    } catch (...) {
+    }
     rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
                              std::to_string(to_render - summary.rendered - summary.failed) +
                              " left: fix the cause and run the same command again to resume");

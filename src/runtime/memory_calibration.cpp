@@ -14,10 +14,12 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/io/atomic_file.h"
 #include "fluxbatch/io/manifest.h"
+#include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/inspect.h"
 #include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/pipeline.h"
 
 namespace fluxbatch::runtime {
@@ -174,11 +176,8 @@ int64_t module_bytes(const torch::nn::Module& module) {
   for (const at::Tensor& b : module.buffers()) add_tensor(b, seen, total);
   for (const auto& child : module.modules(/*include_self=*/true)) {
     const auto* linear = dynamic_cast<const nn::LinearImpl*>(child.get());
-    if (linear == nullptr || !linear->is_nf4()) continue;
-    const quant::Nf4Tensor& w = linear->nf4();
-    for (const at::Tensor* t : {&w.packed, &w.absmax, &w.q8, &w.nested_absmax, &w.nested_quant_map}) {
-      add_tensor(*t, seen, total);
-    }
+    if (linear == nullptr) continue;
+    for (const at::Tensor& t : linear->quantized_tensors()) add_tensor(t, seen, total);
   }
   return total;
 }
@@ -195,55 +194,76 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
 }
 
 std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
-                                                      bool quantize_nf4) {
+                                                      bool quantize_nf4, bool fp8) {
   std::vector<ComponentWeights> out;
   for (const ComponentSummary& c : model.components) {
-    out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4)});
+    out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4, fp8)});
   }
   return out;
 }
 
-Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model, int width, int height,
-                               int max_sequence_length, const PeakMeter& meter) {
+EncodePeaks measure_encode(FluxPipeline& pipeline, int max_sequence_length, const PeakMeter& meter) {
   const c10::InferenceMode inference;
+  // The load comes before the measurements: its transients (quantizing on load) are not a batch's
+  // cost, and would land in the batch-1 peak only. Kept loaded: the job's encode stage comes next.
+  pipeline.load_text_encoders();
+  EncodePeaks out;
+  meter.reset();
+  (void)pipeline.encode_prompts({"calibration, first"}, max_sequence_length);
+  out.batch1 = meter.peak();
+  meter.reset();
+  (void)pipeline.encode_prompts({"calibration, first", "calibration, second"}, max_sequence_length);
+  out.batch2 = meter.peak();
+  return out;
+}
+
+DenoisePeaks measure_denoise_decode(FluxPipeline& pipeline, int width, int height, int max_sequence_length,
+                                    const PeakMeter& meter) {
+  const c10::InferenceMode inference;
+  pipeline.load_denoisers();  // staged: the text encoders leave first
+  const models::flux::FluxConfig config = transformer_config(pipeline.files());
+  // Memory does not depend on what the embeddings say: zeros of the encoders' shapes stand in for them.
+  const auto embeddings = [&](int64_t batch) {
+    const at::TensorOptions options = at::TensorOptions().dtype(pipeline.options().dtype);
+    return PromptEmbeddings{at::zeros({batch, max_sequence_length, config.joint_attention_dim}, options),
+                            at::zeros({batch, config.pooled_projection_dim}, options)};
+  };
   const auto measure = [&](const auto& run) {
     meter.reset();
     run();
     return meter.peak();
   };
-  // Every stage at batch 1 then 2; what each leaves (embeddings, latents) feeds the next stage,
-  // as it does in a real batch.
-  // Loads happen before each stage's measurements: a load's transients (quantizing on load) are not
-  // a batch's cost, and would land in the batch-1 peak only.
-  PromptEmbeddings one, two;
-  pipeline.load_text_encoders();
-  const int64_t encode1 = measure([&] { one = pipeline.encode_prompts({"calibration, first"}, max_sequence_length); });
-  const int64_t encode2 = measure(
-      [&] { two = pipeline.encode_prompts({"calibration, first", "calibration, second"}, max_sequence_length); });
-  // As in a stage-major run, the text encoders are gone before the transformer runs (the encode
-  // stage loads them again): the later peaks must not count their weights.
-  pipeline.release_text_encoders();
-  pipeline.load_denoisers();
   DenoiseRequest request;
   request.width = width;
   request.height = height;
   request.steps = 1;  // every step has the same peak
   request.seeds = {0};
   request.guidance = {3.5};
+  DenoisePeaks out;
   at::Tensor latents;
-  const int64_t denoise1 = measure([&] { latents = pipeline.denoise(one, request); });
+  {
+    const PromptEmbeddings one = embeddings(1);
+    out.denoise1 = measure([&] { latents = pipeline.denoise(one, request); });
+  }
   latents = at::Tensor();
   request.seeds = {0, 1};
   request.guidance = {3.5, 3.5};
-  const int64_t denoise2 = measure([&] { latents = pipeline.denoise(two, request); });
-  one = two = PromptEmbeddings{};
-  const int64_t decode1 = measure([&] { (void)pipeline.decode(latents.narrow(0, 0, 1), width, height); });
-  const int64_t decode2 = measure([&] { (void)pipeline.decode(latents, width, height); });
+  {
+    const PromptEmbeddings two = embeddings(2);
+    out.denoise2 = measure([&] { latents = pipeline.denoise(two, request); });
+  }
+  out.decode1 = measure([&] { (void)pipeline.decode(latents.narrow(0, 0, 1), width, height); });
+  out.decode2 = measure([&] { (void)pipeline.decode(latents, width, height); });
+  return out;
+}
 
+Calibration fit_calibration(const MemoryModel& model, int width, int height, int max_sequence_length,
+                            const EncodePeaks& encode, const DenoisePeaks& denoise) {
   Calibration out;
   out.measured_at = io::utc_timestamp();
-  const std::map<std::string, std::pair<int64_t, int64_t>> peaks = {
-      {"encode", {encode1, encode2}}, {"denoise", {denoise1, denoise2}}, {"decode", {decode1, decode2}}};
+  const std::map<std::string, std::pair<int64_t, int64_t>> peaks = {{"encode", {encode.batch1, encode.batch2}},
+                                                                    {"denoise", {denoise.denoise1, denoise.denoise2}},
+                                                                    {"decode", {denoise.decode1, denoise.decode2}}};
   for (const StageModel& stage : model.stages) {
     const auto it = peaks.find(stage.name);
     if (it == peaks.end()) continue;
@@ -258,6 +278,16 @@ Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model,
     out.stages.push_back(s);
   }
   return out;
+}
+
+Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model, int width, int height,
+                               int max_sequence_length, const PeakMeter& meter) {
+  const EncodePeaks encode = measure_encode(pipeline, max_sequence_length, meter);
+  // As in a stage-major run, the text encoders are gone before the transformer runs: the later
+  // peaks must not count their weights.
+  pipeline.release_text_encoders();
+  const DenoisePeaks denoise = measure_denoise_decode(pipeline, width, height, max_sequence_length, meter);
+  return fit_calibration(model, width, height, max_sequence_length, encode, denoise);
 }
 
 }  // namespace fluxbatch::runtime

@@ -118,7 +118,13 @@ StageMemory& MemoryMonitor::stage_entry(const std::string& name) {
   return stages_.back();
 }
 
+MemorySample MemoryMonitor::latest() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return latest_;
+}
+
 void MemoryMonitor::record(const MemorySample& s) {
+  latest_ = s;
   alloc_retries_ = std::max(alloc_retries_, s.alloc_retries);
   if (stage_.empty()) return;
   StageMemory& m = stage_entry(stage_);

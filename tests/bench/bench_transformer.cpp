@@ -1,41 +1,56 @@
-// GPU check and timing of our FluxTransformer2DModel against diffusers on the same weights and inputs.
-// Not a test: scripts/bench/run_h100.sh runs it after scripts/bench/diffusers_reference.py wrote --ref.
-//   fluxbatch_bench_transformer MODEL_DIR REF.safetensors [reps [NF4_MODEL_DIR]]
-// Prints the relative L2 error of our bf16 output against diffusers', the median forward time and the
-// peak memory the forward adds on top of the weights; then the same for the NF4 transformer in the same
-// run: quantized while loading from MODEL_DIR's bf16 file, and (given NF4_MODEL_DIR, a bitsandbytes
-// NF4 folder such as diffusers' save_pretrained writes) loaded as it is, with the load time of each.
+// Speed and fidelity of one FluxTransformer2DModel forward on the GPU, against diffusers on the same weights
+// and inputs. Not a test: scripts/bench/run_h100.sh runs it after scripts/bench/diffusers_reference.py
+// wrote REF (the inputs, diffusers' bf16 output and, with an NF4 folder, diffusers + bitsandbytes' NF4 output).
+//   fluxbatch_bench_transformer MODEL_DIR REF.safetensors [--nf4 NF4_DIR] [--reps N] [--json OUT.json]
+// For 1024x1024 batch 1 (REF's inputs), 512x512 batch 4 (random inputs) and a 4-step schnell-shaped
+// denoise, it prints the median forward time in three configurations measured in the same process:
+// reference kernels (diffusers' ATen ops: the "before"), fused kernels, and fused kernels replayed as a CUDA
+// graph; the kernel time split into GEMM / attention / everything else (torch's profiler) with the largest
+// other kernels; and the relative L2 error against an fp32 forward of the same weights (TF32 off), for
+// fluxbatch and for diffusers. The figures also go to --json for docs/benchmarks/<card>.json.
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/flux/transformer.h"
+#include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/kernel_mode.h"
+#include "fluxbatch/ops/nf4_dequantize.h"
+#include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/sampling/latents.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 namespace fs = std::filesystem;
 using namespace fluxbatch;
+using models::flux::FluxConfig;
+using models::flux::FluxTransformer2DModel;
 
 namespace {
 
-int64_t allocated_peak() {
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-  return stats.allocated_bytes[0].peak;
-}
-int64_t allocated_now() {
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-  return stats.allocated_bytes[0].current;
-}
+std::map<std::string, double> g_figures;  // name -> value, written to --json
+
+void figure(const std::string& name, double value) { g_figures[name] = value; }
+
+double gib(int64_t bytes) { return static_cast<double>(bytes) / double(1 << 30); }
+int64_t allocated_now() { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current; }
+int64_t allocated_peak() { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak; }
 
 std::vector<std::string> safetensors_in(const fs::path& dir) {
   std::vector<std::string> files;
@@ -50,98 +65,390 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Median forward time over `reps` (after 2 warm-ups) and the peak memory it adds to what is allocated.
-template <typename Fn>
-void time_forward(const char* label, const Fn& run, int reps) {
+double rel_l2(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kCPU).to(at::kDouble), y = b.to(at::kCPU).to(at::kDouble);
+  return ((x - y).norm() / y.norm()).item<double>();
+}
+
+// One forward's inputs, on the GPU in the model dtype (guidance fp32, as the pipeline passes it).
+struct Inputs {
+  at::Tensor hidden, encoder, pooled, timestep, img_ids, txt_ids, guidance;
+};
+
+Inputs from_reference(const nn::TensorMap& ref, bool guidance) {
+  auto in = [&](const char* name) { return ref.at(name).to(at::kCUDA); };
+  return {in("hidden_states"), in("encoder_hidden_states"), in("pooled_projections"), in("timestep"),
+          in("img_ids"),       in("txt_ids"),               guidance ? in("guidance") : at::Tensor()};
+}
+
+// Random inputs shaped like the pipeline's for `size` x `size` images, `batch` of them, 512 T5 tokens.
+Inputs random_inputs(const FluxConfig& c, int size, int64_t batch, int64_t text_len, at::ScalarType dtype) {
+  at::manual_seed(1234);
+  const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+  const auto lat = sampling::latent_size(size, size);
+  Inputs in;
+  in.hidden = at::randn({batch, lat.seq_len(), c.in_channels}, opt);
+  in.encoder = at::randn({batch, text_len, c.joint_attention_dim}, opt);
+  in.pooled = at::randn({batch, c.pooled_projection_dim}, opt);
+  in.timestep = at::full({batch}, 0.75, opt);
+  in.img_ids = sampling::latent_image_ids(lat, dtype, at::Device(at::kCUDA));
+  in.txt_ids = at::zeros({text_len, 3}, opt);
+  if (c.guidance_embeds) in.guidance = at::full({batch}, 3.5, opt.dtype(at::kFloat));
+  return in;
+}
+
+at::Tensor forward(const FluxTransformer2DModel& model, const Inputs& in) {
+  return model->forward(in.hidden, in.encoder, in.pooled, in.timestep, in.img_ids, in.txt_ids, in.guidance);
+}
+
+// The model step as the sampler sees it, so the CUDA graph path is the one render uses.
+class Step : public sampling::Denoiser {
+ public:
+  Step(const FluxTransformer2DModel& model, const Inputs& in) : model_(model), in_(in) {}
+  at::Tensor predict(const at::Tensor& latents, const at::Tensor& timestep) override {
+    return model_->forward(latents, in_.encoder, in_.pooled, timestep, in_.img_ids, in_.txt_ids, in_.guidance);
+  }
+
+ private:
+  const FluxTransformer2DModel& model_;
+  const Inputs& in_;
+};
+
+// Median of `reps` timed calls (CUDA events) after 2 warm-ups; also the peak memory a call adds.
+double median_ms(const std::function<void()>& fn, int reps, double* peak_extra_gib = nullptr) {
+  for (int i = 0; i < 2; ++i) fn();
+  c10::cuda::device_synchronize();
   const int64_t base = allocated_now();
   c10::cuda::CUDACachingAllocator::resetPeakStats(0);
   std::vector<double> ms;
-  for (int i = 0; i < reps + 2; ++i) {
-    c10::cuda::device_synchronize();
-    const auto s = std::chrono::steady_clock::now();
-    run();
-    c10::cuda::device_synchronize();
-    if (i >= 2) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+  for (int i = 0; i < reps; ++i) {
+    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
+    start.record();
+    fn();
+    stop.record();
+    stop.synchronize();
+    ms.push_back(start.elapsed_time(stop));
   }
+  if (peak_extra_gib) *peak_extra_gib = gib(allocated_peak() - base);
   std::sort(ms.begin(), ms.end());
-  std::printf("%s forward: %.1f ms (median of %d), peak extra %.2f GiB\n", label, ms[ms.size() / 2], reps,
-              (allocated_peak() - base) / double(1 << 30));
+  return ms[ms.size() / 2];
+}
+
+// Kernel time of one call by category, from torch's (Kineto) profiler.
+struct Split {
+  double gemm = 0, attention = 0, other = 0;
+  std::map<std::string, std::pair<double, int>> others, gemms;  // kernel name -> (ms, launches)
+  double total() const { return gemm + attention + other; }
+};
+
+std::string category(const std::string& name) {
+  std::string n = name;
+  std::transform(n.begin(), n.end(), n.begin(), ::tolower);
+  for (const char* key : {"fmha", "flash", "sdpa", "attention", "cudnn"}) {
+    if (n.find(key) != std::string::npos) return "attention";
+  }
+  for (const char* key : {"gemm", "nvjet", "xmma", "cutlass", "gemv"}) {
+    if (n.find(key) != std::string::npos) return "gemm";
+  }
+  return "other";
+}
+
+Split profile(const std::function<void()>& fn) {
+  using namespace torch::profiler::impl;
+  fn();
+  c10::cuda::device_synchronize();
+  const ProfilerConfig config(ProfilerState::KINETO);
+  const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  fn();
+  c10::cuda::device_synchronize();
+  const auto result = torch::autograd::profiler::disableProfiler();
+  Split split;
+  for (const auto& e : result->events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    const double ms = static_cast<double>(e.durationNs()) / 1e6;
+    const std::string kind = category(e.name());
+    if (kind == "gemm") {
+      split.gemm += ms;
+      auto& slot = split.gemms[e.name()];
+      slot.first += ms;
+      slot.second += 1;
+    } else if (kind == "attention") {
+      split.attention += ms;
+    } else {
+      split.other += ms;
+      auto& slot = split.others[e.name()];
+      slot.first += ms;
+      slot.second += 1;
+    }
+  }
+  return split;
+}
+
+void print_split(const std::string& label, const Split& s, const std::string& key) {
+  std::printf("  %s kernel time %.1f ms: GEMM %.1f ms (%.0f%%), attention %.1f ms (%.0f%%), other %.1f ms (%.0f%%)\n",
+              label.c_str(), s.total(), s.gemm, 100 * s.gemm / s.total(), s.attention, 100 * s.attention / s.total(),
+              s.other, 100 * s.other / s.total());
+  auto print_top = [](const std::map<std::string, std::pair<double, int>>& kernels, size_t n) {
+    std::vector<std::pair<double, std::string>> top;
+    for (const auto& [name, v] : kernels) top.emplace_back(v.first, name);
+    std::sort(top.rbegin(), top.rend());
+    for (size_t i = 0; i < top.size() && i < n; ++i) {
+      const auto& v = kernels.at(top[i].second);
+      std::printf("      %7.2f ms %5d x  %.110s\n", v.first, v.second, top[i].second.c_str());
+    }
+  };
+  std::printf("    largest GEMM kernels:\n");
+  print_top(s.gemms, 5);
+  std::printf("    largest other kernels:\n");
+  print_top(s.others, 10);
+  figure(key + "_kernel_gemm_ms", s.gemm);
+  figure(key + "_kernel_attention_ms", s.attention);
+  figure(key + "_kernel_other_ms", s.other);
+}
+
+// The profile is a diagnosis, not a figure the run needs: a profiler that cannot start (no CUPTI) is reported.
+void try_profile(const std::string& label, const std::string& key, const std::function<void()>& fn) {
+  try {
+    print_split(label, profile(fn), key);
+  } catch (const std::exception& e) {
+    std::printf("  %s: profiler unavailable (%s)\n", label.c_str(), e.what());
+  }
+}
+
+struct Timings {
+  double reference = 0, fused = 0, graph = 0;
+};
+
+// The three configurations on the same model and inputs, and the profile of the first two.
+Timings time_configurations(const std::string& label, const std::string& key, const FluxTransformer2DModel& model,
+                            const Inputs& in, int reps, bool with_profile) {
+  Timings t;
+  double peak_ref = 0, peak_fused = 0;
+  {
+    const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+    t.reference = median_ms([&] { forward(model, in); }, reps, &peak_ref);
+    if (with_profile) try_profile(label + " reference", key + "_reference", [&] { forward(model, in); });
+  }
+  t.fused = median_ms([&] { forward(model, in); }, reps, &peak_fused);
+  if (with_profile) try_profile(label + " fused", key, [&] { forward(model, in); });
+  Step step(model, in);
+  runtime::execution::GraphedDenoiser graphed(step, true, label, 1 << 20);
+  t.graph = median_ms([&] { graphed.predict(in.hidden, in.timestep); }, reps);
+  std::printf("%s forward: reference kernels %.1f ms (peak +%.2f GiB), fused %.1f ms (peak +%.2f GiB), fused + CUDA "
+              "graph %.1f ms (%d replays; capture %.1f ms); fused+graph is %.2fx the reference\n",
+              label.c_str(), t.reference, peak_ref, t.fused, peak_fused, t.graph, graphed.replays(),
+              graphed.capture_ms(), t.reference / t.graph);
+  figure(key + "_graph_capture_ms", graphed.capture_ms());
+  if (graphed.replays() == 0) std::printf("  WARNING: the CUDA graph was not used (capture failed; see the log)\n");
+  figure(key + "_reference_ms", t.reference);
+  figure(key + "_eager_ms", t.fused);
+  figure(key + "_ms", t.graph);
+  figure(key + "_reference_peak_extra_gib", peak_ref);
+  figure(key + "_peak_extra_gib", peak_fused);
+  return t;
+}
+
+FluxTransformer2DModel load_dense(const FluxConfig& config, const std::vector<std::string>& files, at::ScalarType dtype) {
+  const auto t0 = std::chrono::steady_clock::now();
+  FluxTransformer2DModel model(config, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+  nn::LoadOptions load;
+  load.dtype = dtype;
+  load.device = at::Device(at::kCUDA);
+  load.what = "transformer";
+  nn::load_state(*model, nn::read_safetensors(files), load);
+  c10::cuda::device_synchronize();
+  std::printf("loaded the %s transformer in %.1f s (%.2f GiB on the GPU)\n", c10::toString(dtype), seconds_since(t0),
+              gib(allocated_now()));
+  return model;
+}
+
+// fp32 forward in the reference kernels with TF32 off: the fidelity yardstick.
+at::Tensor fp32_forward(const FluxTransformer2DModel& model, const Inputs& in) {
+  const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);
+  Inputs wide = in;
+  for (at::Tensor* t : {&wide.hidden, &wide.encoder, &wide.pooled, &wide.timestep, &wide.img_ids, &wide.txt_ids}) {
+    *t = t->to(at::kFloat);
+  }
+  return forward(model, wide).to(at::kCPU);
+}
+
+void write_json(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) {
+    std::fprintf(stderr, "cannot write %s\n", path.c_str());
+    return;
+  }
+  std::fprintf(f, "{\n");
+  size_t i = 0;
+  for (const auto& [name, value] : g_figures) {
+    std::fprintf(f, "  \"%s\": %.6g%s\n", name.c_str(), value, ++i < g_figures.size() ? "," : "");
+  }
+  std::fprintf(f, "}\n");
+  std::fclose(f);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s MODEL_DIR REF.safetensors [reps]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL_DIR REF.safetensors [--nf4 DIR] [--reps N] [--json OUT]\n", argv[0]);
     return 2;
   }
   const fs::path model_dir = argv[1];
   const std::string ref_path = argv[2];
-  const int reps = argc > 3 ? std::stoi(argv[3]) : 10;
+  std::string nf4_dir, json_path;
+  int reps = 10;
+  for (int i = 3; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--nf4") nf4_dir = argv[i + 1];
+    else if (flag == "--reps") reps = std::stoi(argv[i + 1]);
+    else if (flag == "--json") json_path = argv[i + 1];
+  }
   try {
     c10::InferenceMode guard;
-    const auto config = models::flux::FluxConfig::from_json_file((model_dir / "transformer" / "config.json").string());
-    const auto options = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+    const FluxConfig config = FluxConfig::from_json_file((model_dir / "transformer" / "config.json").string());
     const std::vector<std::string> files = safetensors_in(model_dir / "transformer");
-    const auto t0 = std::chrono::steady_clock::now();
-    models::flux::FluxTransformer2DModel model(config, options);
-    nn::LoadOptions load;
-    load.dtype = at::kBFloat16;
-    load.device = at::Device(at::kCUDA);
-    load.what = "transformer";
-    nn::load_state(*model, nn::read_safetensors(files), load);
-    c10::cuda::device_synchronize();
-    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("fluxbatch transformer load: %.1f s, weights %.2f GiB on the GPU\n", load_s,
-                allocated_now() / double(1 << 30));
+    const nn::TensorMap ref = nn::read_safetensors({ref_path});
+    const Inputs in = from_reference(ref, config.guidance_embeds);
+    const at::Tensor diffusers_bf16 = ref.at("output").to(at::kFloat);
 
-    auto ref = nn::read_safetensors({ref_path});
-    auto in = [&](const char* name) { return ref.at(name).to(at::kCUDA); };
-    const at::Tensor guidance = config.guidance_embeds ? in("guidance") : at::Tensor();
-    auto run = [&] {
-      return model->forward(in("hidden_states"), in("encoder_hidden_states"), in("pooled_projections"),
-                            in("timestep"), in("img_ids"), in("txt_ids"), guidance);
-    };
-    at::Tensor out = run().to(at::kFloat).cpu();
-    const at::Tensor expected = ref.at("output").to(at::kFloat);
-    const double rel_l2 = ((out - expected).norm() / expected.norm()).item<double>();
-    std::printf("fluxbatch transformer vs diffusers: relative L2 error %.3e (max abs %.3e)\n", rel_l2,
-                (out - expected).abs().max().item<double>());
-
-    time_forward("fluxbatch transformer bf16", run, reps);
-    model = nullptr;
-    c10::cuda::CUDACachingAllocator::emptyCache();
-
-    // NF4: the model is built on the CPU (at::empty only reserves pages) and every Linear is replaced
-    // by its NF4 form on the GPU, as runtime::FluxPipeline does.
-    auto load_nf4 = [&](const char* label, const std::vector<std::string>& nf4_files, bool quantize) {
-      const int64_t before = allocated_now();
-      const auto t = std::chrono::steady_clock::now();
-      models::flux::FluxTransformer2DModel nf4(config, options.device(at::kCPU));
-      if (quantize) {
-        nn::load_state_quantizing_nf4(*nf4, nn::read_safetensors(nf4_files), load);
-      } else {
-        nn::load_nf4_state(*nf4, nn::read_safetensors(nf4_files), load);
+    // ---- bf16: the three configurations at 1024^2 batch 1 and 512^2 batch 4 ----
+    at::Tensor out_bf16, out_bf16_reference;
+    {
+      FluxTransformer2DModel model = load_dense(config, files, at::kBFloat16);
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+        out_bf16_reference = forward(model, in).to(at::kCPU).to(at::kFloat);
       }
-      c10::cuda::device_synchronize();
-      const double s = seconds_since(t);
-      std::printf("%s load: %.1f s, weights %.3f GB (%.2f GiB) on the GPU incl. the shared scratch\n", label, s,
-                  (allocated_now() - before) / 1e9, (allocated_now() - before) / double(1 << 30));
-      auto run_nf4 = [&] {
-        return nf4->forward(in("hidden_states"), in("encoder_hidden_states"), in("pooled_projections"),
-                            in("timestep"), in("img_ids"), in("txt_ids"), guidance);
-      };
-      const at::Tensor y = run_nf4().to(at::kFloat).cpu();
-      std::printf("%s vs diffusers bf16: relative L2 error %.3e (quantization error, for scale)\n", label,
-                  ((y - expected).norm() / expected.norm()).item<double>());
-      time_forward(label, run_nf4, reps);
-    };
-    load_nf4("fluxbatch transformer nf4 (quantized on load)", files, true);
+      out_bf16 = forward(model, in).to(at::kCPU).to(at::kFloat);
+      std::printf("reference kernels vs diffusers bf16: relative L2 %.3e (0 = bit-identical)\n",
+                  rel_l2(out_bf16_reference, diffusers_bf16));
+      figure("rel_l2_reference_kernels_vs_diffusers_bf16", rel_l2(out_bf16_reference, diffusers_bf16));
+      time_configurations("1024x1024 batch 1 bf16", "forward_1024_b1_bf16", model, in, reps, true);
+      {
+        const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
+        time_configurations("512x512 batch 4 bf16", "forward_512_b4_bf16", model, small, reps, true);
+      }
+      {
+        const Inputs tiny = random_inputs(config, 256, 1, in.encoder.size(1), at::kBFloat16);
+        time_configurations("256x256 batch 1 bf16", "forward_256_b1_bf16", model, tiny, reps, false);
+      }
+    }
     c10::cuda::CUDACachingAllocator::emptyCache();
-    if (argc > 4) load_nf4("fluxbatch transformer nf4 (bnb file)", safetensors_in(fs::path(argv[4]) / "transformer"), false);
-    return rel_l2 < 1e-2 ? 0 : 1;
+
+    // ---- the card's GEMM rate at a FLUX shape, in a short burst and sustained (clocks drop under load) ----
+    {
+      const auto opt = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+      const at::Tensor a = at::randn({4608, 3072}, opt), w = at::randn({12288, 3072}, opt);
+      at::Tensor c = at::empty({4608, 12288}, opt);
+      const double tflop = 2.0 * 4608 * 3072 * 12288 / 1e12;
+      auto rate = [&](int iters) {
+        return median_ms(
+            [&] {
+              for (int i = 0; i < iters; ++i) at::mm_out(c, a, w.t());
+            },
+            3) / iters;
+      };
+      const double burst = rate(5), sustained = rate(400);
+      std::printf("bf16 GEMM 4608x3072x12288: %.0f TFLOP/s in bursts of 5, %.0f TFLOP/s sustained (400 back to back)\n",
+                  tflop / burst * 1e3, tflop / sustained * 1e3);
+      figure("gemm_4608x3072x12288_burst_tflops", tflop / burst * 1e3);
+      figure("gemm_4608x3072x12288_sustained_tflops", tflop / sustained * 1e3);
+    }
+
+    // ---- fp32 yardstick ----
+    at::Tensor out_fp32;
+    {
+      FluxTransformer2DModel model = load_dense(config, files, at::kFloat);
+      out_fp32 = fp32_forward(model, in);
+    }
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    const double err_fused = rel_l2(out_bf16, out_fp32), err_reference = rel_l2(out_bf16_reference, out_fp32),
+                 err_diffusers = rel_l2(diffusers_bf16, out_fp32);
+    std::printf("relative L2 vs fp32 (same weights and inputs), bf16: fluxbatch fused %.4e, fluxbatch reference "
+                "kernels %.4e, diffusers %.4e; fused / diffusers = %.3f (target <= 1.1)\n",
+                err_fused, err_reference, err_diffusers, err_fused / err_diffusers);
+    figure("rel_l2_vs_fp32_bf16", err_fused);
+    figure("rel_l2_vs_fp32_bf16_reference_kernels", err_reference);
+    figure("diffusers_rel_l2_vs_fp32_bf16", err_diffusers);
+
+    // ---- NF4 (diffusers' bitsandbytes file): speed, and fidelity against fp32 of the same (dequantized) weights ----
+    if (!nf4_dir.empty()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      FluxTransformer2DModel nf4(config, at::TensorOptions().dtype(at::kBFloat16).device(at::kCPU));
+      nn::LoadOptions load;
+      load.dtype = at::kBFloat16;
+      load.device = at::Device(at::kCUDA);
+      load.what = "transformer (nf4)";
+      nn::load_nf4_state(*nf4, nn::read_safetensors(safetensors_in(fs::path(nf4_dir) / "transformer")), load);
+      c10::cuda::device_synchronize();
+      std::printf("loaded the NF4 transformer in %.1f s (%.2f GiB on the GPU)\n", seconds_since(t0), gib(allocated_now()));
+      const at::Tensor out_nf4 = forward(nf4, in).to(at::kCPU).to(at::kFloat);
+      const Timings t = time_configurations("1024x1024 batch 1 nf4", "forward_1024_b1_nf4", nf4, in, reps, true);
+      figure("nf4_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
+      std::printf("NF4 / bf16 (fused + graph): %.3f (target <= 1.05)\n", g_figures["nf4_over_bf16"]);
+
+      // The fp32 model of the same weights: bf16 file for everything NF4 leaves dense, NF4 Linears dequantized
+      // as bitsandbytes does (to bf16), then widened.
+      FluxTransformer2DModel wide = load_dense(config, files, at::kFloat);
+      std::map<std::string, std::shared_ptr<torch::nn::Module>> wide_modules;
+      for (const auto& item : wide->named_modules()) wide_modules[item.key()] = item.value();
+      int replaced = 0;
+      for (const auto& item : nf4->named_modules()) {
+        const auto* linear = dynamic_cast<const nn::LinearImpl*>(item.value().get());
+        if (!linear || !linear->is_nf4()) continue;
+        auto* target = dynamic_cast<nn::LinearImpl*>(wide_modules.at(item.key()).get());
+        target->weight.copy_(ops::nf4_dequantize(linear->nf4(), at::kBFloat16).to(at::kFloat));
+        ++replaced;
+      }
+      const at::Tensor out_nf4_fp32 = fp32_forward(wide, in);
+      const double err_nf4 = rel_l2(out_nf4, out_nf4_fp32);
+      std::printf("NF4 weights (%d Linears), relative L2 vs the fp32 forward of the same weights: fluxbatch %.4e",
+                  replaced, err_nf4);
+      figure("rel_l2_vs_fp32_nf4", err_nf4);
+      if (ref.count("output_nf4")) {
+        const double err = rel_l2(ref.at("output_nf4"), out_nf4_fp32);
+        std::printf(", diffusers + bitsandbytes %.4e; fluxbatch / diffusers = %.3f (target <= 1.1)", err, err_nf4 / err);
+        figure("diffusers_rel_l2_vs_fp32_nf4", err);
+      }
+      std::printf("\n");
+      figure("rel_l2_nf4_vs_fp32_bf16_weights", rel_l2(out_nf4, out_fp32));
+    }
+    c10::cuda::CUDACachingAllocator::emptyCache();
+
+    // ---- schnell's shape: no guidance embedder, 4 steps of 1024^2 with 256 tokens (random weights) ----
+    {
+      FluxConfig schnell = config;
+      schnell.guidance_embeds = false;
+      FluxTransformer2DModel model(schnell, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+      at::manual_seed(7);
+      for (auto& p : model->parameters()) p.normal_(0.0, 0.02);
+      const Inputs s = random_inputs(schnell, 1024, 1, 256, at::kBFloat16);
+      // `steps_told`: what the denoiser is told the call makes (4 = render's policy; large = a graph forced).
+      auto four_steps = [&](bool graphs, int steps_told) {
+        Step step(model, s);
+        runtime::execution::GraphedDenoiser denoiser(step, graphs, "schnell", steps_told);
+        at::Tensor x = s.hidden;
+        for (int i = 0; i < 4; ++i) x = denoiser.predict(x, s.timestep).mul_(0.01).add_(s.hidden);
+      };
+      const double eager = median_ms([&] { four_steps(false, 4); }, 5);
+      const double graphs = median_ms([&] { four_steps(true, 1 << 20); }, 5);
+      std::printf("schnell 1024x1024, 4 steps (256 tokens), fused kernels: eager %.1f ms (what render does: a batch "
+                  "of fewer than %d steps is not captured), CUDA graph forced from step 2 (capture included) "
+                  "%.1f ms: %.3fx\n",
+                  eager, runtime::execution::GraphedDenoiser::kMinGraphSteps, graphs, eager / graphs);
+      figure("schnell_4step_1024_eager_ms", eager);
+      figure("schnell_4step_1024_graph_ms", graphs);
+    }
+    if (!json_path.empty()) write_json(json_path);
+    return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    if (!json_path.empty()) write_json(json_path);
     return 3;
   }
 }

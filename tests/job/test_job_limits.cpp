@@ -118,7 +118,7 @@ TEST_CASE("a long single-line string and long keys stay readable", "[job]") {
   const Lines lines = problems("{\"" + key + "\": 1, \"items\": [\"a\"]}");
   REQUIRE(lines.size() == 1);
   CHECK(lines[0] == "job.json:1:2 [\"" + std::string(64, 'k') +
-                        "...\"]: unknown field; known fields here: model, output, defaults, items");
+                        "...\"]: unknown field; known fields here: model, config, cache, output, defaults, items");
   const Lines unterminated = problems("{\"items\": [\"" + std::string(1000000, 'x'));
   REQUIRE(unterminated.size() == 1);
   CHECK(unterminated[0].size() < 400);

@@ -94,6 +94,7 @@ TEST_CASE("prepare sees every item to render once; images are written as they ar
   gen.dir = dir.path();
   RunnerOptions options;
   options.batch_size = 3;
+  options.write_threads = 0;  // written on the generator's thread: on disk before the next image comes
   const JobSpec spec = job_of(5);
   fluxbatch::runtime::run_job(spec, dir.path().string(), options, gen);
   REQUIRE(gen.prepared.size() == 1);
@@ -167,4 +168,31 @@ TEST_CASE("a PNG whose manifest line a kill prevented is adopted, not rendered a
   fs::remove(manifest);
   CHECK(fluxbatch::runtime::plan_job(changed, dir.path().string(), std::nullopt, false, 1).items[2].state ==
         fluxbatch::runtime::ItemState::kBlocked);
+}
+
+TEST_CASE("background writes keep the manifest in arrival order, each line after its PNG", "[runner][stages]") {
+  // Hands each batch's images over in reverse order.
+  struct Reversed : StreamingGenerator {
+    void generate_each(const std::vector<RenderItem>& batch, const ImageSink& on_image) override {
+      for (size_t i = batch.size(); i-- > 0;) on_image(i, image_for(batch[i]));
+    }
+  };
+  fluxbatch::test::TempDir dir;
+  Reversed gen;
+  gen.dir = dir.path();
+  RunnerOptions options;
+  options.batch_size = 4;
+  options.write_threads = 3;
+  options.write_queue_bytes = 32 * 32 * 3 * 2;  // two images: the hand-over waits for the writers
+  const auto summary = fluxbatch::runtime::run_job(job_of(12), dir.path().string(), options, gen);
+  CHECK(summary.rendered == 12);
+  CHECK(summary.write_threads == 3);
+  CHECK(summary.write_peak_queued_bytes <= options.write_queue_bytes);
+  std::vector<int64_t> order;
+  for (const auto& e : fluxbatch::io::read_manifest((dir / fluxbatch::io::kManifestFileName).string()).entries) {
+    CHECK(e.status == ManifestStatus::kOk);
+    CHECK(fs::exists(dir / e.file));
+    order.push_back(e.index);
+  }
+  CHECK(order == std::vector<int64_t>{3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8});
 }

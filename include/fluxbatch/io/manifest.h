@@ -37,6 +37,7 @@ struct ManifestEntry {
   ManifestTimings timings;
   int batch_size = 1;
   std::string finished_at;  // UTC, ISO 8601 ("2025-01-31T12:00:00Z")
+  bool cached = false;      // copied from the image cache; on disk only when true ("cached": true)
 };
 
 // Memory use of one pipeline stage over a run (runtime::MemoryMonitor's report).
@@ -48,10 +49,40 @@ struct ManifestStageMemory {
   bool warned = false;               // passed the warning threshold of the budget
 };
 
+// Where a run's time went, one pipeline stage ("load", "calibrate", "encode", "denoise", "decode",
+// "write", "other") at a time, with the stage's device memory peak where one was measured.
+struct ManifestStageTime {
+  std::string stage;
+  double seconds = 0.0;
+  int64_t peak_allocated_bytes = -1;  // -1: not a device stage (write, other)
+  int64_t peak_reserved_bytes = -1;
+};
+
+// The output writer's threads: PNG encoding and atomic writes while the device goes on.
+struct ManifestWriteStats {
+  int threads = 0;               // 0: written on the rendering thread
+  double seconds = 0.0;          // summed over the threads
+  double waited_s = 0.0;         // time the rendering thread waited for them
+  int64_t peak_queued_bytes = 0; // most image bytes waiting at once (host memory)
+};
+
+// The cache (--cache) over a run: image and prompt-embedding lookups together.
+struct ManifestCache {
+  std::string dir;  // empty: no cache (then not written)
+  int64_t hits = 0, misses = 0, stored = 0, corrupt = 0, evicted = 0;
+  int64_t bytes = 0;  // on disk at the end, as last counted
+};
+
 // The last line of a run: {"event": "summary", ...}. Item readers skip every line with an "event"
 // key, so resuming is unaffected by it.
 struct ManifestSummary {
   int64_t total = 0, rendered = 0, skipped = 0, failed = 0, blocked = 0, not_started = 0;
+  int64_t cached = 0;            // of `rendered`: copied from the image cache
+  double wall_s = 0.0;           // the whole render command, model loading included
+  double images_per_hour = 0.0;  // rendered / wall_s * 3600
+  std::vector<ManifestStageTime> stage_times;  // on disk: "stages"
+  ManifestWriteStats write;
+  ManifestCache cache;
   int64_t oom_retries = 0;    // chunks halved after running out of memory
   bool interrupted = false;
   double seconds = 0.0;

@@ -20,6 +20,12 @@ struct PngText {
 std::string encode_png(int width, int height, const std::vector<uint8_t>& rgb,
                        const std::vector<PngText>& text);
 
+// The two halves of encode_png: the pixels alone (what the image cache keeps), and a PNG with text
+// chunks inserted right after IHDR. add_png_text: InputError when `png` does not start with the
+// signature and an IHDR chunk.
+std::string encode_plain_png(int width, int height, const std::vector<uint8_t>& rgb);
+std::string add_png_text(std::string_view png, const std::vector<PngText>& text);
+
 // encode_png + write_file_atomic: `path` holds the complete PNG or is left untouched.
 // OutputError names `path`; with replace_existing false an existing file is an error, never replaced.
 void write_png_atomic(const std::string& path, int width, int height, const std::vector<uint8_t>& rgb,

@@ -58,6 +58,12 @@ struct RenderItem {
 struct JobSpec {
   std::string path;                   // the job file as given
   std::optional<std::string> model;   // "model" from the file, resolved against the file's dir
+  std::optional<std::string> cache;   // "cache": cache directory, resolved against the file's dir
+  // "config": a settings preset, as written: a name (configs/<name>.json) or a file, which the
+  // caller resolves against config_base (the job file's directory).
+  std::optional<std::string> config;
+  std::string config_base;
+  ParamOverrides file_defaults;       // the job file's own "defaults" (empty for prompt lists)
   std::string output_dir;             // resolved against the job file's dir (CLI --out wins)
   std::string name_template;          // e.g. "{index:05}-{slug}.png"
   std::vector<RenderItem> items;      // render order: priority descending, then index ascending

@@ -21,6 +21,8 @@ class RMSNormImpl : public torch::nn::Module {
   // x: [..., dim] -> [..., dim]
   at::Tensor forward(const at::Tensor& x) const;
 
+  double eps() const { return eps_; }
+
   at::Tensor weight;  // [dim], undefined without affine
 
  private:

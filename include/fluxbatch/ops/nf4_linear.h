@@ -17,4 +17,8 @@ namespace fluxbatch::ops {
 //   CPU:          always the dequantize + at::linear reference.
 at::Tensor nf4_linear(const at::Tensor& x, const quant::Nf4Tensor& w, const at::Tensor& bias, at::Tensor* scratch);
 
+// The dense weight [N, K] of `dtype` as nf4_linear's GEMM path computes it: dequantized in w.dtype into
+// *scratch (as above), then cast when dtype differs. Valid until the scratch is next used.
+at::Tensor nf4_dense_weight(const quant::Nf4Tensor& w, at::ScalarType dtype, at::Tensor* scratch);
+
 }  // namespace fluxbatch::ops

@@ -14,4 +14,11 @@ namespace fluxbatch::ops {
 // contiguous per image first, as at::linear's folding would not). A 1-D x is one image.
 at::Tensor per_image_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
+// The same into `out` [B, ..., N], whose rows of one image must form a matrix with unit column stride
+// (a contiguous buffer, a token range of a joint sequence, or a column slice of a wider buffer such as
+// the single block's [attention | MLP] input). gelu_tanh: out = GELU_tanh(x W^T + b) through
+// ops::linear_gelu_tanh_out (the fused epilogue on CUDA).
+void per_image_linear_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                          bool gelu_tanh = false);
+
 }  // namespace fluxbatch::ops

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/cache/prompt_cache.h"
 #include "fluxbatch/runtime/image_generator.h"
 #include "fluxbatch/runtime/pipeline.h"
 
@@ -26,6 +27,9 @@ struct GeneratorOptions {
   Residency residency = Residency::kDevice;  // see PipelineOptions::residency
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
   bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
+  bool cuda_graphs = true;               // PipelineOptions::cuda_graphs (--cuda-graphs)
+  bool compute_fp8 = false;              // PipelineOptions::compute_fp8 (--compute fp8)
+  bool fp8_from_nf4 = false;             // PipelineOptions::fp8_from_nf4 (the memory plan's choice)
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
   // prepare(): host (CPU) bytes of prompt embeddings encoded ahead of the denoise stage. Prompts
   // beyond it are encoded later, a window at a time, as their batches come (text encoders loaded
@@ -36,12 +40,15 @@ struct GeneratorOptions {
   int vae_tile_pixels = 512;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
-  // Memory accounting (the CLI's monitor and planner). on_stage: called with "encode" (prepare, and a
-  // batch whose prompts were not prepared), "denoise", "decode" as each stage starts and "" when the
+  // Memory and time accounting (the CLI's monitor, planner and summary). on_stage: called with
+  // "encode" (prepare, and a batch whose prompts were not prepared), "denoise", "decode" as each stage
+  // starts, "load" while components load from disk (within encode, before denoise), and "" when the
   // encode stage or a batch is done. memory_note:
   // appended to the batch's log line, e.g. the predicted peak next to the measured one.
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
+  // Prompt embeddings on disk (--cache): read before encoding, written after. Null: none.
+  std::shared_ptr<PromptCache> prompt_cache;
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).
@@ -53,6 +60,7 @@ struct GeneratorStats {
   int64_t encode_stages = 0;         // prepare() passes: encode a window of prompts, then free the encoders
   int64_t cpu_encode_fallbacks = 0;  // encodes that ran out of device memory and moved the encoders to the CPU
   int64_t tiled_decodes = 0;         // images decoded in tiles because the full decode ran out of memory
+  int64_t prompts_from_cache = 0;    // embeddings read from GeneratorOptions::prompt_cache instead
 };
 
 // Stage-major: prepare() encodes every distinct prompt of the job (within
@@ -86,6 +94,9 @@ class FluxGenerator : public ImageGenerator {
   PromptEmbeddings embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length);
   PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length);
   void encode_window(const std::vector<Key>& needed);
+  void load_text_encoders();
+  std::optional<std::pair<at::Tensor, at::Tensor>> cached_embedding(const Key& key);
+  void store_embedding(const Key& key, const at::Tensor& prompt_embeds, const at::Tensor& pooled);
   void rendered(const Key& key);
   at::Tensor decode_image(const at::Tensor& latents, int64_t index, int width, int height, bool last_resort);
 

@@ -15,6 +15,10 @@ struct Image {
   int width = 0;
   int height = 0;
   std::vector<uint8_t> rgb;
+  // False when this image differs from what a normal render of its item gives (a tiled VAE decode,
+  // text encoders moved to the CPU after running out of memory): it must not stand in for one in the
+  // image cache.
+  bool cacheable = true;
 };
 
 // Receives image `index` (position in the batch) as soon as it exists.

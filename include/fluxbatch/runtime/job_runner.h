@@ -11,6 +11,8 @@
 
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/cache/image_cache.h"
+#include "fluxbatch/runtime/execution/job_observer.h"
 #include "fluxbatch/runtime/image_generator.h"
 
 namespace fluxbatch::runtime {
@@ -30,6 +32,17 @@ struct RunnerOptions {
   // once true the runner finishes writing the images in hand and stops
   // (SIGINT handling sets it). Null: never stops early.
   const std::atomic<bool>* stop = nullptr;
+  // PNG encoding and atomic writes run on this many threads while the generator goes on; 0 writes
+  // each image on the generator's thread before the next one is made. Manifest lines keep the
+  // order in which images arrived either way, each after its PNG is in place.
+  int write_threads = 2;
+  // Host memory that images waiting to be written may hold; the generator's hand-over blocks past it.
+  int64_t write_queue_bytes = int64_t{512} << 20;
+  // Told about the job, each batch and each image (progress displays). Null: nobody.
+  JobObserver* observer = nullptr;
+  // Images rendered by any earlier job: an item found there is copied (with its own text chunks)
+  // instead of rendered, and every image rendered is stored there. Null: no cache.
+  ImageCache* image_cache = nullptr;
 };
 
 enum class ItemState {
@@ -82,25 +95,35 @@ struct RunSummary {
   int64_t not_started = 0;  // left when interrupted (or, in a dry run, the ones that would render)
   int64_t oom_retries = 0;  // chunks halved after running out of memory
   int64_t restored = 0;     // of `skipped`: manifest lines restored for PNGs of a killed run
+  int64_t cached = 0;       // of `rendered`: copied from the image cache instead of rendered
   bool interrupted = false;
   std::vector<std::string> failures;  // "<file>: <reason>" for failed and blocked items
   double seconds = 0.0;
+  // The output queue: threads, summed PNG encode + write time on them, time the generator's thread
+  // waited for it (queue full, final drain), and the most image bytes waiting at once.
+  int write_threads = 0;
+  double write_s = 0.0;
+  double write_blocked_s = 0.0;
+  int64_t write_peak_queued_bytes = 0;
 };
 
 // Plans `spec` (model = generator.model_description()), creates output_dir, removes temporary
 // files left by a killed run's PNG writes, calls generator.prepare() once with every item to
-// render, then renders batch by batch through generate_each(), writing <output_dir>/<item.file>
-// (PNG with "parameters" and "fluxbatch" text chunks) and appending to <output_dir>/manifest.jsonl
-// as soon as each image arrives. Out of memory (runtime::is_out_of_memory) in a call: the items of
-// that call not yet delivered are halved and retried after runtime::release_cached_memory(); an item
-// that runs out of memory even alone is recorded failed with the reason ("<error> (out of memory even
-// alone, ...)") and the job goes on. Any other exception from the generator (or from prepare()) means
-// the model or the device cannot do the work: the job stops with a ModelError / DeviceError (see
-// runtime::throw_stage_error; fluxbatch errors keep their kind), every image written so far kept and in
-// the manifest, the rest left for a re-run; the message ends with how many were rendered and left. So
-// does an io::OutputFault (disk full, read-only, I/O error) writing a PNG or the manifest; another
-// OutputError writing one PNG fails only that item. Finished images are never redone, and since an
-// image depends only on its own item, retries never change a result.
+// render (an out-of-memory error there is logged, each batch then encodes for itself), groups the
+// items into batches (after prepare, so options.batch_for may depend on what prepare measured), then
+// renders batch by batch through generate_each(), writing <output_dir>/<item.file> (PNG with
+// "parameters" and "fluxbatch" text chunks, on the output queue's threads) and appending to
+// <output_dir>/manifest.jsonl as soon as each image is written, in the order images arrived.
+// Out of memory (runtime::is_out_of_memory) in a call: the items of that call not yet delivered are
+// halved and retried after runtime::release_cached_memory(); an item that runs out of memory even
+// alone is recorded failed with the reason ("<error> (out of memory even alone, ...)") and the job
+// goes on. Any other exception from the generator (or from prepare()) means the model or the device
+// cannot do the work: the job stops with a ModelError / DeviceError (see runtime::throw_stage_error;
+// fluxbatch errors keep their kind), the images already handed to the output queue written, every
+// image written kept and in the manifest, the rest left for a re-run; the message ends with how many
+// were rendered and left. So does an io::OutputFault (disk full, read-only, I/O error) writing a PNG
+// or the manifest; another OutputError writing one PNG fails only that item. Finished images are
+// never redone, and since an image depends only on its own item, retries never change a result.
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator);
 

@@ -91,7 +91,7 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
 // loading (tested); the plan uses it because under staged residency nothing is loaded when the plan
 // is made.
 std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
-                                                      bool quantize_nf4);
+                                                      bool quantize_nf4, bool fp8 = false);
 
 // Resets and reads the peak of the memory that counts (the CUDA allocator's allocated bytes, or the
 // CPU counting allocator's live bytes).
@@ -100,9 +100,28 @@ struct PeakMeter {
   std::function<int64_t()> peak;
 };
 
-// Runs each stage of `model` at batch 1 and 2 at this shape on `pipeline` (encode: one and two
-// prompts; denoise: one step; decode: one and two images) and fits the costs. Throws what the
-// pipeline throws (an out-of-memory error when batch 2 does not fit).
+// The measurements behind a calibration, in the order a job runs its stages, so that a render can
+// measure with the components its own stages load anyway (no component loads twice):
+// measure_encode loads CLIP + T5 (if needed), encodes one prompt, then two, and leaves them loaded
+// for the job's encode stage; measure_denoise_decode loads the transformer + VAE (under staged
+// residency the text encoders leave first), runs one denoising step at batch 1 and 2 and one and two
+// decodes on stand-in embeddings, and leaves them loaded for the job's first batch. Each peak is
+// meter.peak() after meter.reset(). They throw what the pipeline throws (an out-of-memory error when
+// batch 2 does not fit).
+struct EncodePeaks {
+  int64_t batch1 = 0, batch2 = 0;
+};
+struct DenoisePeaks {
+  int64_t denoise1 = 0, denoise2 = 0, decode1 = 0, decode2 = 0;
+};
+EncodePeaks measure_encode(FluxPipeline& pipeline, int max_sequence_length, const PeakMeter& meter);
+DenoisePeaks measure_denoise_decode(FluxPipeline& pipeline, int width, int height, int max_sequence_length,
+                                    const PeakMeter& meter);
+// Fits every stage of `model` from the peaks (calibrate_stage) and stamps the time.
+Calibration fit_calibration(const MemoryModel& model, int width, int height, int max_sequence_length,
+                            const EncodePeaks& encode, const DenoisePeaks& denoise);
+
+// All three in one go (the text encoders released in between): the calibration of one shape.
 Calibration calibrate_pipeline(FluxPipeline& pipeline, const MemoryModel& model, int width, int height,
                                int max_sequence_length, const PeakMeter& meter);
 

@@ -71,6 +71,7 @@ class MemoryMonitor {
   void set_stage(const std::string& stage);
   std::string stage() const;
   void sample();  // one sample now, attributed to the current stage
+  MemorySample latest() const;  // the most recent sample (all zeros before the first)
 
   MemoryReport report() const;
 
@@ -90,6 +91,7 @@ class MemoryMonitor {
   int64_t stage_start_mark_ = 0;  // the high-water mark when the current stage began
   std::vector<StageMemory> stages_;
   int64_t alloc_retries_ = 0;
+  MemorySample latest_;
 };
 
 // Multi-line text for the end-of-run log: one line per stage, then the retry count.

@@ -1,17 +1,22 @@
 #include "fluxbatch/models/flux/ada_norms.h"
 
 #include "fluxbatch/nn/activations.h"
-#include "fluxbatch/nn/norms.h"
+#include "fluxbatch/ops/modulated_layer_norm.h"
 
 #include <ATen/ATen.h>
 
 namespace fluxbatch::models::flux {
 namespace {
 
-// LayerNorm(x) * (1 + scale[:, None]) + shift[:, None], in the reference's op order (each op rounds
-// to x's dtype, so a fused addcmul would differ in bf16).
+// LayerNorm(x) * (1 + scale[:, None]) + shift[:, None]: one fused kernel on CUDA, the reference's op
+// order (each op rounded to x's dtype) on the CPU and in the reference kernel mode.
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return nn::layer_norm(x, kAdaNormEps) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+  return ops::modulated_layer_norm(x, shift, scale, kAdaNormEps);
+}
+
+nn::LinearInput modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, bool fp8) {
+  if (fp8) return {at::Tensor(), ops::modulated_layer_norm_fp8(x, shift, scale, kAdaNormEps)};
+  return {modulate(x, shift, scale), {}};
 }
 
 }  // namespace
@@ -19,18 +24,18 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 AdaLayerNormZeroImpl::AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options)
     : linear(register_module("linear", nn::Linear(dim, 6 * dim, true, options))) {}
 
-AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb) const {
+AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb, bool fp8) const {
   const auto e = linear->forward(nn::silu(temb)).chunk(6, 1);  // 6 x [B, dim]
-  return {modulate(x, e[0], e[1]), e[2], e[3], e[4], e[5]};
+  return {modulate(x, e[0], e[1], fp8), e[2], e[3], e[4], e[5]};
 }
 
 AdaLayerNormZeroSingleImpl::AdaLayerNormZeroSingleImpl(int64_t dim, const at::TensorOptions& options)
     : linear(register_module("linear", nn::Linear(dim, 3 * dim, true, options))) {}
 
-std::pair<at::Tensor, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x,
-                                                                      const at::Tensor& temb) const {
+std::pair<nn::LinearInput, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x, const at::Tensor& temb,
+                                                                           bool fp8) const {
   const auto e = linear->forward(nn::silu(temb)).chunk(3, 1);  // shift, scale, gate: [B, dim]
-  return {modulate(x, e[0], e[1]), e[2]};
+  return {modulate(x, e[0], e[1], fp8), e[2]};
 }
 
 AdaLayerNormContinuousImpl::AdaLayerNormContinuousImpl(int64_t dim, int64_t conditioning_dim,

@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/nn/attention.h"
+#include "fluxbatch/ops/qk_norm_rope.h"
 
 #include <ATen/ATen.h>
 
@@ -29,34 +30,42 @@ FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads, int64_t head_di
   }
 }
 
-std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const at::Tensor& x, const at::Tensor& context,
-                                                                   const nn::RopeTables& rope) const {
+std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const nn::LinearInput& x,
+                                                                   const nn::LinearInput& context,
+                                                                   const nn::RopeTables& rope, at::ScalarType dtype) const {
   FLUXBATCH_CHECK(kind_ == AttentionKind::kJoint, InputError, "FluxAttention: forward_joint on a single-stream block");
-  const int64_t text_len = context.size(1);
-  // [B, S, H, Dh] per stream; the text stream comes first in the joint sequence. One statement per
-  // joint tensor, so each stream's projections are freed as soon as it exists.
-  const at::Tensor joint_q = nn::apply_rope(  // [B, L+S, H, Dh]
-      at::cat({norm_added_q->forward(split_heads(add_q_proj->forward(context))),
-               norm_q->forward(split_heads(to_q->forward(x)))},
-              1),
-      rope);
-  const at::Tensor joint_k = nn::apply_rope(
-      at::cat({norm_added_k->forward(split_heads(add_k_proj->forward(context))),
-               norm_k->forward(split_heads(to_k->forward(x)))},
-              1),
-      rope);
-  const at::Tensor out = nn::attention(  // [B, L+S, inner]
-      joint_q, joint_k, at::cat({split_heads(add_v_proj->forward(context)), split_heads(to_v->forward(x))}, 1));
-
-  const auto parts = out.split_with_sizes({text_len, out.size(1) - text_len}, 1);
-  // diffusers makes both slices contiguous before the projections; doing the same keeps the GEMM inputs identical.
-  return {to_out_0->forward(parts[1].contiguous()), to_add_out->forward(parts[0].contiguous())};
+  const int64_t batch = x.rows().size(0), text_len = context.rows().size(1), image_len = x.rows().size(1);
+  const int64_t inner = to_q->out_features();
+  // The joint sequence, text tokens first: each stream's projection is written straight into its token
+  // range (no concatenation), then q and k get their per-stream RMSNorm and RoPE in place, in the
+  // [B, L+S, H, Dh] layout attention reads.
+  auto joint = [&](const nn::Linear& text_proj, const nn::Linear& image_proj) {
+    at::Tensor out = at::empty({batch, text_len + image_len, inner}, rope.cos.options().dtype(dtype));  // [B, L+S, inner]
+    text_proj->forward_out(context, out.narrow(1, 0, text_len));
+    image_proj->forward_out(x, out.narrow(1, text_len, image_len));
+    return out;
+  };
+  at::Tensor q = joint(add_q_proj, to_q);
+  ops::rms_norm_rope_(q, head_dim_, norm_added_q->weight, norm_q->weight, text_len, rope.cos, rope.sin,
+                      norm_q->eps());
+  at::Tensor k = joint(add_k_proj, to_k);
+  ops::rms_norm_rope_(k, head_dim_, norm_added_k->weight, norm_k->weight, text_len, rope.cos, rope.sin,
+                      norm_k->eps());
+  at::Tensor out = nn::attention(split_heads(q), split_heads(k), split_heads(joint(add_v_proj, to_v)));
+  q = k = at::Tensor();
+  // out: [B, L+S, inner]. Each image's token range is one row-major matrix, which the projections read
+  // in place (ops::per_image_linear makes a strided slice contiguous per image only when it is not).
+  return {to_out_0->forward(out.narrow(1, text_len, image_len)), to_add_out->forward(out.narrow(1, 0, text_len))};
 }
 
-at::Tensor FluxAttentionImpl::forward_single(const at::Tensor& x, const nn::RopeTables& rope) const {
-  const at::Tensor q = nn::apply_rope(norm_q->forward(split_heads(to_q->forward(x))), rope);  // [B, S, H, Dh]
-  const at::Tensor k = nn::apply_rope(norm_k->forward(split_heads(to_k->forward(x))), rope);
-  return nn::attention(q, k, split_heads(to_v->forward(x)));  // [B, S, inner]
+at::Tensor FluxAttentionImpl::forward_single(const nn::LinearInput& x, const nn::RopeTables& rope,
+                                             at::ScalarType dtype) const {
+  // x: [B, L+S, dim], the joint sequence: one norm weight for every token.
+  at::Tensor q = to_q->forward(x, dtype);  // [B, L+S, inner]
+  ops::rms_norm_rope_(q, head_dim_, norm_q->weight, norm_q->weight, 0, rope.cos, rope.sin, norm_q->eps());
+  at::Tensor k = to_k->forward(x, dtype);
+  ops::rms_norm_rope_(k, head_dim_, norm_k->weight, norm_k->weight, 0, rope.cos, rope.sin, norm_k->eps());
+  return nn::attention(split_heads(q), split_heads(k), split_heads(to_v->forward(x, dtype)));  // [B, S, inner]
 }
 
 }  // namespace fluxbatch::models::flux

@@ -1,6 +1,7 @@
 #include "fluxbatch/models/flux/double_block.h"
 
-#include "fluxbatch/nn/norms.h"
+#include "fluxbatch/ops/gated_residual.h"
+#include "fluxbatch/ops/modulated_layer_norm.h"
 
 #include <ATen/ATen.h>
 
@@ -10,16 +11,16 @@ namespace {
 // Largest finite fp16: the reference clips the text stream after each block when running in fp16.
 constexpr double kFp16Max = 65504.0;
 
-// Residual MLP half of a stream: x + gate * ff(LayerNorm(x) * (1 + scale) + shift).
-at::Tensor mlp_residual(const at::Tensor& x, const FeedForward& ff, const at::Tensor& shift, const at::Tensor& scale,
-                        const at::Tensor& gate) {
-  // In place where the reference makes new tensors (same roundings; products and sums commute
-  // exactly): a C++ expression would keep every temporary of the image stream alive until its end.
-  at::Tensor n = nn::layer_norm(x, kAdaNormEps);
-  n.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1));
+// One stream's half after attention, in place on the attention output `attn` (which becomes the
+// stream's new state): x + gate_msa * attn, then x + gate_mlp * ff(LayerNorm(x) * (1 + scale) + shift).
+// The residual update and the LayerNorm are one kernel on CUDA (ops::gated_residual_layer_norm_), the
+// feed-forward's GELU rides in its first GEMM, and the last residual update is one more pass.
+at::Tensor finish_stream(at::Tensor attn, const at::Tensor& x, const AdaNormZeroOutput& mod, const FeedForward& ff) {
+  at::Tensor n = ops::gated_residual_layer_norm_(attn, x, mod.gate_msa, mod.shift_mlp, mod.scale_mlp, kAdaNormEps);
   at::Tensor out = ff->forward(n);  // [B, S, dim]
   n = at::Tensor();
-  return out.mul_(gate.unsqueeze(1)).add_(x);
+  ops::gated_residual_(out, attn, mod.gate_mlp);
+  return out;
 }
 
 }  // namespace
@@ -33,15 +34,12 @@ DoubleBlockImpl::DoubleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, c
 
 StreamPair DoubleBlockImpl::forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& temb,
                                     const nn::RopeTables& rope) const {
-  const AdaNormZeroOutput img = norm1->forward(x, temb);
-  const AdaNormZeroOutput txt = norm1_context->forward(context, temb);
-  const auto [img_attn, txt_attn] = attn->forward_joint(img.x, txt.x, rope);
-
-  at::Tensor x_out = x + img.gate_msa.unsqueeze(1) * img_attn;
-  x_out = mlp_residual(x_out, ff, img.shift_mlp, img.scale_mlp, img.gate_mlp);
-
-  at::Tensor context_out = context + txt.gate_msa.unsqueeze(1) * txt_attn;
-  context_out = mlp_residual(context_out, ff_context, txt.shift_mlp, txt.scale_mlp, txt.gate_mlp);
+  const bool fp8 = attn->takes_fp8();
+  const AdaNormZeroOutput img = norm1->forward(x, temb, fp8);
+  const AdaNormZeroOutput txt = norm1_context->forward(context, temb, fp8);
+  auto [img_attn, txt_attn] = attn->forward_joint(img.x, txt.x, rope, x.scalar_type());
+  at::Tensor x_out = finish_stream(std::move(img_attn), x, img, ff);
+  at::Tensor context_out = finish_stream(std::move(txt_attn), context, txt, ff_context);
   // Only the text stream is clipped here (diffusers FluxTransformerBlock); the image stream is not.
   if (context_out.scalar_type() == at::kHalf) context_out = context_out.clip(-kFp16Max, kFp16Max);
   return {x_out, context_out};

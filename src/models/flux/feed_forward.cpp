@@ -1,7 +1,5 @@
 #include "fluxbatch/models/flux/feed_forward.h"
 
-#include "fluxbatch/nn/activations.h"
-
 namespace fluxbatch::models::flux {
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, const at::TensorOptions& options)
@@ -14,8 +12,9 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, c
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) const {
-  // In place: the hidden states [B, S, 4 * dim] are the block's largest tensor.
-  return proj_out->forward(nn::gelu_tanh_(proj_in->forward(x)));
+  // The GELU rides in the first GEMM (on CUDA its epilogue; else in place): the hidden states
+  // [B, S, 4 * dim] are the block's largest tensor.
+  return proj_out->forward(proj_in->forward_gelu_tanh(x));
 }
 
 }  // namespace fluxbatch::models::flux

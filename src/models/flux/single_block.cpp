@@ -1,6 +1,6 @@
 #include "fluxbatch/models/flux/single_block.h"
 
-#include "fluxbatch/nn/activations.h"
+#include "fluxbatch/ops/gated_residual.h"
 
 #include <ATen/ATen.h>
 
@@ -13,20 +13,21 @@ SingleBlockImpl::SingleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, c
       attn(register_module("attn", FluxAttention(dim, heads, head_dim, AttentionKind::kSingle, 1e-6, options))) {}
 
 at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const at::Tensor& temb, const nn::RopeTables& rope) const {
+  const int64_t dim = proj_mlp->in_features(), hidden = proj_mlp->out_features();
   at::Tensor gate, joined;
   {
-    // Scoped so that each large tensor goes as soon as the next one exists: attention first (its
-    // temporaries are not stacked on the MLP states), the MLP states activated in place.
-    auto [n, g] = norm->forward(h, temb);
+    // The output projection reads [attention | GELU(MLP)] ([B, L+S, dim + 4*dim]): both halves are
+    // written into one buffer (the MLP's GEMM and GELU straight into its columns) instead of being
+    // concatenated. Attention first, so its temporaries are not stacked on the MLP states.
+    auto [n, g] = norm->forward(h, temb, attn->takes_fp8() && proj_mlp->takes_fp8());
     gate = g;
-    const at::Tensor attn_out = attn->forward_single(n, rope);              // [B, L+S, dim]
-    const at::Tensor mlp = nn::gelu_tanh_(proj_mlp->forward(n));            // [B, L+S, 4*dim]
-    joined = at::cat({attn_out, mlp}, 2);                                   // [B, L+S, 5*dim]
+    joined = at::empty({h.size(0), h.size(1), dim + hidden}, h.options());
+    joined.narrow(2, 0, dim).copy_(attn->forward_single(n, rope, h.scalar_type()));
+    proj_mlp->forward_out(n, joined.narrow(2, dim, hidden), /*gelu_tanh=*/true);
   }
   at::Tensor out = proj_out->forward(joined);
   joined = at::Tensor();
-  // h + gate * out, as the reference rounds it (products and sums commute exactly).
-  out.mul_(gate.unsqueeze(1)).add_(h);
+  ops::gated_residual_(out, h, gate);  // h + gate * out
   if (out.scalar_type() == at::kHalf) out = out.clip(-65504.0, 65504.0);  // largest finite fp16
   return out;
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Images per hour of a whole job, fluxbatch against diffusers + bitsandbytes NF4, in the same call on the same
+# card: COUNT prompts at 1024x1024, 28 steps, from the diffusers-made NF4 folder of scripts/bench/run_h100.sh.
+# Each side is timed as a user sees it: the whole process, loading included, until the last PNG is written.
+#   bash scripts/bench/job_bench.sh MODEL_NF4 OUTDIR [COUNT] [DIFFUSERS_BATCH] [EXTRA FLUXBATCH FLAGS...]
+# Prints both and writes OUTDIR/job<COUNT>.json (job<COUNT>_nf4_img_per_h, diffusers_job<COUNT>_nf4_img_per_h, ...).
+set -uo pipefail
+MODEL="$1"; OUTDIR="$2"; COUNT="${3:-16}"; DBATCH="${4:-4}"; shift 4 || shift $#
+EXTRA=("$@")
+BIN="${FB_BIN:-./build-gpu/fluxbatch}"
+mkdir -p "$OUTDIR"
+JOB=/tmp/job_bench.json
+python3 - "$JOB" "$COUNT" <<'PY'
+import json, sys
+sys.path.insert(0, "scripts/bench")
+from diffusers_job import prompts
+path, count = sys.argv[1], int(sys.argv[2])
+json.dump({"output": {"dir": "/tmp/job_bench_out", "name": "{index:02}.png"},
+           "defaults": {"width": 1024, "height": 1024, "steps": 28, "guidance": 3.5},
+           "items": [{"prompt": p, "seed": s} for p, s in prompts(count)]}, open(path, "w"), indent=1)
+PY
+rm -rf /tmp/job_bench_out
+export FLUXBATCH_CACHE_DIR="${FLUXBATCH_CACHE_DIR:-/tmp/fluxbatch-job-bench-cache}"
+t0=$(date +%s%N)
+"$BIN" render "$JOB" --model "$MODEL" --device cuda --quantize nf4 --overwrite -v "${EXTRA[@]}" > "$OUTDIR/job_fluxbatch.log" 2>&1
+rc=$?
+t1=$(date +%s%N)
+fb_wall=$(python3 -c "print(($t1 - $t0) / 1e9)")
+pngs=$(ls /tmp/job_bench_out/*.png 2>/dev/null | wc -l)
+echo "fluxbatch job: exit $rc, $pngs PNGs, $COUNT images in $fb_wall s whole process"
+grep -E "batch of|plan for|loaded|done:|peak" "$OUTDIR/job_fluxbatch.log" | grep -v debug | cut -c1-200 | tail -8
+rm -rf /tmp/job_bench_diffusers
+PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_job.py --model "$MODEL" --count "$COUNT" --batch "$DBATCH" \
+  --out /tmp/job_bench_diffusers --json "$OUTDIR/job_diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]|Loading"
+python3 - "$OUTDIR" "$COUNT" "$fb_wall" "$pngs" <<'PY'
+import json, sys
+out, count, wall, pngs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+d = json.load(open(f"{out}/job_diffusers.json"))
+fb = count * 3600 / wall if pngs == count else 0.0
+fig = {f"job{count}_nf4_wall_s": wall, f"job{count}_nf4_img_per_h": fb,
+       f"diffusers_job{count}_nf4_wall_s": d["wall_s"], f"diffusers_job{count}_nf4_img_per_h": d["img_per_h"],
+       f"diffusers_job{count}_nf4_batch": d["batch"]}
+json.dump(fig, open(f"{out}/job{count}.json", "w"), indent=2)
+print(f"job of {count}: fluxbatch {fb:.0f} images/hour, diffusers + bitsandbytes NF4 (batch {d['batch']}) "
+      f"{d['img_per_h']:.0f} images/hour: {fb / d['img_per_h']:.2f}x (target >= 1.5x)")
+PY

@@ -1,0 +1,185 @@
+// Modulated LayerNorm, optionally after the gated residual update, one thread block per token row.
+// Each thread takes 8-value chunks of the row (16-byte accesses; one chunk per thread at C = 3072 with
+// 384 threads), keeps the row in shared memory as fp32, and the block computes mean and variance in two
+// passes over it (no E[x^2] - E[x]^2 cancellation). Memory traffic is the floor: each input read once,
+// each output written once.
+#include "fused_cuda.cuh"
+#include "fused_kernels.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace fluxbatch::ops::detail {
+namespace {
+
+template <typename T>
+struct RowArgs {
+  const T* x;
+  int64_t x_sb, x_ss;  // element strides over B and S
+  T* residual;         // contiguous [B, S, C], or null
+  const T* gate;
+  int64_t gate_sb;
+  const T* shift;
+  int64_t shift_sb;
+  const T* scale;
+  int64_t scale_sb;
+  T* out;  // contiguous [B, S, C]
+  uint8_t* out_fp8;  // or, with kFp8Out: e4m3 [B, S, C] ...
+  float* out_scale;  // ... and one fp32 scale per row [B, S]
+  int64_t tokens, channels;
+  float eps;
+};
+
+template <typename T, int kVec, bool kResidual, bool kFp8Out>
+__global__ void modulated_layer_norm_kernel(RowArgs<T> a) {
+  extern __shared__ float row[];  // [C] fp32, then 32 floats of reduction scratch
+  float* scratch = row + a.channels;
+  constexpr bool kVector = kVec > 1;
+  const int64_t r = blockIdx.x;
+  const int64_t b = r / a.tokens, s = r % a.tokens;
+  const T* x = a.x + b * a.x_sb + s * a.x_ss;
+  T* res = kResidual ? a.residual + r * a.channels : nullptr;
+  const int64_t step = int64_t(blockDim.x) * kVec;
+
+  float sum = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
+    float v[kVec];
+    cuda::load<T, kVec, kVector>(x + c, v);
+    if constexpr (kResidual) {
+      // x + gate * y with one rounding, stored: the new residual stream, and what the norm sees.
+      float y[kVec], g[kVec];
+      cuda::load<T, kVec, kVector>(res + c, y);
+      cuda::load<T, kVec, kVector>(a.gate + b * a.gate_sb + c, g);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) v[i] = cuda::round_to<T>(fmaf(g[i], y[i], v[i]));
+      cuda::store<T, kVec, kVector>(res + c, v);
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      row[c + i] = v[i];
+      sum += v[i];
+    }
+  }
+  const float mean = cuda::block_sum(sum, scratch) / float(a.channels);
+  float squares = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const float d = row[c + i] - mean;  // this thread's own values: no barrier needed
+      squares += d * d;
+    }
+  }
+  const float rstd = rsqrtf(cuda::block_sum(squares, scratch) / float(a.channels) + a.eps);
+  float absmax = 0.0f;
+  for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
+    float sh[kVec], sc[kVec], o[kVec];
+    cuda::load<T, kVec, kVector>(a.shift + b * a.shift_sb + c, sh);
+    cuda::load<T, kVec, kVector>(a.scale + b * a.scale_sb + c, sc);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) o[i] = fmaf((row[c + i] - mean) * rstd, 1.0f + sc[i], sh[i]);
+    if constexpr (kFp8Out) {
+      // Kept (in place of the input, this thread's own values) until the row's scale is known.
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        row[c + i] = o[i];
+        absmax = fmaxf(absmax, fabsf(o[i]));
+      }
+    } else {
+      cuda::store<T, kVec, kVector>(a.out + r * a.channels + c, o);
+    }
+  }
+  if constexpr (kFp8Out) {
+    // The GEMM input quantized per row here rather than in a pass of its own: the fp32 values are
+    // rounded once, to e4m3, never to T.
+    const float fp8_scale = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
+    if (threadIdx.x == 0) a.out_scale[r] = fp8_scale;
+    for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
+      float o[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) o[i] = row[c + i];
+      cuda::store_fp8<kVec, kVector>(a.out_fp8 + r * a.channels + c, o, fp8_scale);
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T, typename Storage>
+const T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr<Storage>());
+}
+
+template <typename T, typename Storage>
+void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, const at::Tensor& shift,
+            const at::Tensor& scale, double eps, at::Tensor* out, ops::Fp8Rows* out_fp8) {
+  RowArgs<T> a{};
+  a.x = ptr<T, Storage>(x);
+  a.x_sb = x.stride(0);
+  a.x_ss = x.stride(1);
+  a.residual = residual ? reinterpret_cast<T*>(residual->data_ptr<Storage>()) : nullptr;
+  a.gate = residual ? ptr<T, Storage>(gate) : nullptr;
+  a.gate_sb = residual ? gate.stride(0) : 0;
+  a.shift = ptr<T, Storage>(shift);
+  a.shift_sb = shift.stride(0);
+  a.scale = ptr<T, Storage>(scale);
+  a.scale_sb = scale.stride(0);
+  a.out = out ? reinterpret_cast<T*>(out->data_ptr<Storage>()) : nullptr;
+  a.out_fp8 = out_fp8 ? reinterpret_cast<uint8_t*>(out_fp8->data.data_ptr()) : nullptr;
+  a.out_scale = out_fp8 ? out_fp8->scale.data_ptr<float>() : nullptr;
+  a.tokens = x.size(1);
+  a.channels = x.size(2);
+  a.eps = static_cast<float>(eps);
+
+  // 16-byte accesses need every row start aligned: pointers and row strides in whole 8-value chunks.
+  bool vector = a.channels % 8 == 0 && a.x_sb % 8 == 0 && a.x_ss % 8 == 0 && a.shift_sb % 8 == 0 &&
+                a.scale_sb % 8 == 0 && aligned16(a.x) && aligned16(a.shift) && aligned16(a.scale) &&
+                (a.out == nullptr || aligned16(a.out)) &&
+                (a.out_fp8 == nullptr || reinterpret_cast<uintptr_t>(a.out_fp8) % 8 == 0);
+  if (residual) vector = vector && a.gate_sb % 8 == 0 && aligned16(a.gate) && aligned16(a.residual);
+  const int vec = vector ? 8 : 1;
+  const int64_t chunks = (a.channels + vec - 1) / vec;
+  const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (chunks + 31) / 32 * 32)));
+  const size_t shared = (a.channels + 32) * sizeof(float);
+  const int64_t rows = x.size(0) * x.size(1);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  auto go = [&](auto kernel) {
+    if (shared > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    }
+    kernel<<<rows, threads, shared, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (out_fp8) {
+    TORCH_CHECK(!residual, "modulated_layer_norm_cuda: fp8 output without the residual form only");
+    vector ? go(modulated_layer_norm_kernel<T, 8, false, true>) : go(modulated_layer_norm_kernel<T, 1, false, true>);
+  } else if (residual) {
+    vector ? go(modulated_layer_norm_kernel<T, 8, true, false>) : go(modulated_layer_norm_kernel<T, 1, true, false>);
+  } else {
+    vector ? go(modulated_layer_norm_kernel<T, 8, false, false>) : go(modulated_layer_norm_kernel<T, 1, false, false>);
+  }
+}
+
+}  // namespace
+
+void modulated_layer_norm_cuda(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate,
+                               const at::Tensor& shift, const at::Tensor& scale, double eps, at::Tensor* out,
+                               ops::Fp8Rows* out_fp8) {
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  switch (x.scalar_type()) {
+    case at::kBFloat16:
+      launch<__nv_bfloat16, at::BFloat16>(x, residual, gate, shift, scale, eps, out, out_fp8);
+      break;
+    case at::kHalf:
+      launch<__half, at::Half>(x, residual, gate, shift, scale, eps, out, out_fp8);
+      break;
+    case at::kFloat:
+      launch<float, float>(x, residual, gate, shift, scale, eps, out, out_fp8);
+      break;
+    default:
+      TORCH_CHECK(false, "modulated_layer_norm_cuda: unsupported dtype ", x.scalar_type());
+  }
+}
+
+}  // namespace fluxbatch::ops::detail
