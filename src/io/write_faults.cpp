@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "fluxbatch/io/output_fault.h"
@@ -52,19 +53,29 @@ Fault& fault() {
   return f;
 }
 
+// The runner writes PNGs on several threads (its output queue) and the manifest on another, and tests
+// change the fault while they run: every use of the fault holds this.
+std::mutex& fault_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 }  // namespace
 
 int open_for_writing(const char* path, int flags, int mode) {
+  std::unique_lock<std::mutex> lock(fault_mutex());
   if (fault().kind == Fault::kErofs) {
     errno = EROFS;
     return -1;
   }
+  lock.unlock();
   return ::open(path, flags, mode);
 }
 
 ssize_t write_some(int fd, const void* data, std::size_t size) {
+  std::unique_lock<std::mutex> lock(fault_mutex());
   Fault& f = fault();
-  if (f.kind == Fault::kEnospcAfter) {
+  if (f.kind == Fault::kEnospcAfter) {  // held across the write: the budget is shared by every thread
     if (f.budget <= 0) {
       errno = ENOSPC;
       return -1;
@@ -74,18 +85,24 @@ ssize_t write_some(int fd, const void* data, std::size_t size) {
     if (n > 0) f.budget -= n;
     return n;
   }
+  lock.unlock();
   return ::write(fd, data, size);
 }
 
 int lock_file(int fd, int operation) {
+  std::unique_lock<std::mutex> lock(fault_mutex());
   if (fault().kind == Fault::kNoLock) {
     errno = ENOLCK;
     return -1;
   }
+  lock.unlock();
   return ::flock(fd, operation);
 }
 
-void set_write_fault(const char* spec) { fault() = parse(spec); }
+void set_write_fault(const char* spec) {
+  const std::lock_guard<std::mutex> lock(fault_mutex());
+  fault() = parse(spec);
+}
 
 }  // namespace detail
 }  // namespace fluxbatch::io

@@ -7,8 +7,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -91,10 +93,21 @@ std::vector<std::string> temporaries(const fs::path& dir) {
   return out;
 }
 
+// PNGs written on the generator's thread, in order, so that a fault injected before an image hits that
+// image's write and no other (the output queue's threads have their own test below).
 RunnerOptions batches_of(int n) {
   RunnerOptions options;
   options.batch_size = n;
+  options.write_threads = 0;
   return options;
+}
+
+std::set<std::string> pngs_in(const fs::path& dir) {
+  std::set<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".png") out.insert(e.path().filename().string());
+  }
+  return out;
 }
 
 // A re-run with a well-behaved generator: renders exactly `expected` images and finishes the job.
@@ -276,4 +289,52 @@ TEST_CASE("a manifest deleted under a running job: later lines go to a new one, 
   CHECK(second.restored == 2);
   CHECK(again.images == 0);
   CHECK(manifest_of(dir.path()).entries.size() == 4);
+}
+
+TEST_CASE("with background PNG writers, disk full stops the job the same way: what is on disk is kept, resume exact",
+          "[runner][stage_errors][faults]") {
+  fluxbatch::test::TempDir dir;
+  const JobSpec spec = job_of(6);
+  RunnerOptions threaded = batches_of(2);
+  threaded.write_threads = 2;
+  ScriptedGenerator gen;
+  std::unique_ptr<InjectedFault> full;
+  // From the second call on the disk takes 100 more bytes: the images of the first call may still be on
+  // the writers' threads then, so which of them make it is a race; what the job leaves must be right anyway.
+  gen.before = [&](int call, size_t index) {
+    if (call == 1 && index == 0) full = std::make_unique<InjectedFault>("enospc-after:100");
+  };
+  std::string message;
+  try {
+    fluxbatch::runtime::run_job(spec, dir.path().string(), threaded, gen);
+    FAIL("the job did not stop");
+  } catch (const fluxbatch::io::OutputFault& e) {
+    message = e.what();
+  }
+  full.reset();
+  INFO(message);
+  CHECK_THAT(message, ContainsSubstring("No space left on device"));
+  CHECK(message.find('\n') == std::string::npos);
+  const std::set<std::string> on_disk = pngs_in(dir.path());
+  CHECK(on_disk.size() <= 2);  // at most the first call's images; nothing after the disk filled
+  // The count covers the images recorded; one whose PNG a writer finished just after another writer hit the
+  // full disk may be on disk too (its line never written: the re-run adopts it).
+  long rendered = -1, left = -1;
+  const size_t note = message.find("the job stopped with ");
+  REQUIRE(note != std::string::npos);
+  REQUIRE(std::sscanf(message.c_str() + note, "the job stopped with %ld image(s) rendered and %ld left", &rendered,
+                      &left) == 2);
+  CHECK(rendered + left == 6);
+  CHECK(rendered <= static_cast<long>(on_disk.size()));
+  CHECK_THAT(message, EndsWith(" left: fix the cause and run the same command again to resume"));
+  CHECK(temporaries(dir.path()).empty());
+  // Every manifest line has its PNG; a PNG whose line the full disk refused is restored by the re-run.
+  const auto contents = manifest_of(dir.path());
+  for (const auto& e : contents.entries) {
+    CHECK(e.status == ManifestStatus::kOk);
+    CHECK(on_disk.count(e.file) == 1);
+  }
+  rerun_finishes(spec, dir.path(), 6 - static_cast<int64_t>(on_disk.size()),
+                 static_cast<int64_t>(on_disk.size() - contents.entries.size()));
+  CHECK(manifest_of(dir.path()).entries.size() == 6);
 }
