@@ -15,6 +15,8 @@
 #include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/tokenizers/clip_tokenizer.h"
+#include "fluxbatch/tokenizers/t5_tokenizer.h"
 #include "exit_codes.h"
 #include "interrupt.h"
 #include "plan_report.h"
@@ -246,6 +248,10 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
   const runtime::ModelFiles files = runtime::locate_model(model);
+  // Components mixed from different models fail here, in one line, before the job starts (the model
+  // itself loads lazily inside the job, where any error stops the job instead).
+  runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
+                            tokenizers::T5Tokenizer(files.tokenizer_2_dir));
   apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
                                     compute_mode_identity(command.speed));
