@@ -13,6 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/io/output_fault.h"
+#include "io/write_faults.h"
 
 namespace fluxbatch::io {
 namespace {
@@ -33,7 +36,8 @@ T field(const json& j, const char* key) {
 }
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw OutputError("manifest " + path + ": " + what + ": " + std::strerror(errno));
+  const int err = errno;
+  throw_output_error("manifest " + path + ": " + what + ": " + std::strerror(err), err);
 }
 
 // True when the file is non-empty and its last byte is not '\n' (a torn line after a crash).
@@ -47,7 +51,7 @@ bool ends_torn(int fd) {
 void write_all(int fd, const std::string& bytes, const std::string& path) {
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    const ssize_t n = detail::write_some(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail(path, "write failed");
     done += static_cast<size_t>(n);
@@ -207,19 +211,27 @@ ManifestContents read_manifest(const std::string& path) {
   return out;
 }
 
-ManifestWriter::ManifestWriter(const std::string& path) : path_(path) {
+ManifestWriter::ManifestWriter(const std::string& path) : path_(path) { open(); }
+
+void ManifestWriter::open() {
   // Read access too: ends_torn() peeks at the last byte.
-  fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail(path, "cannot open for appending");
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+  fd_ = detail::open_for_writing(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(path_, "cannot open for appending (the output directory must be writable)");
+  if (detail::lock_file(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    errno = err;
-    if (err == EWOULDBLOCK) {
-      throw OutputError("manifest " + path + " is in use by another fluxbatch run on the same output directory");
+    if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) {
+      // Network filesystems without a lock service: the run works, only its guard against a second run is gone.
+      log::warn("manifest " + path_ + ": this filesystem cannot lock files (" + std::strerror(err) +
+                "); do not start a second run on this output directory while this one runs");
+    } else {
+      ::close(fd_);
+      fd_ = -1;
+      errno = err;
+      if (err == EWOULDBLOCK) {
+        throw OutputError("manifest " + path_ + " is in use by another fluxbatch run on the same output directory");
+      }
+      fail(path_, "cannot lock");
     }
-    fail(path, "cannot lock");
   }
   try {
     if (ends_torn(fd_)) write_all(fd_, "\n", path_);
@@ -234,14 +246,38 @@ ManifestWriter::~ManifestWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void ManifestWriter::append(const ManifestEntry& entry) {
-  write_all(fd_, manifest_line(entry) + "\n", path_);
-  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+// Appends to the file we hold would vanish with it if someone deleted or replaced the manifest while
+// the job runs: start a new one at the path instead (a re-run restores the lines of images already
+// written from their own metadata).
+void ManifestWriter::reopen_if_replaced() {
+  struct stat held {}, now {};
+  if (::fstat(fd_, &held) != 0) return;
+  if (::stat(path_.c_str(), &now) == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino) return;
+  log::warn("manifest " + path_ + " was deleted or replaced while the job ran: starting a new one; a re-run "
+            "restores the lines of the images written before from their metadata");
+  ::close(fd_);
+  fd_ = -1;
+  open();
 }
 
-void ManifestWriter::append_summary(const ManifestSummary& summary) {
-  write_all(fd_, summary_line(summary) + "\n", path_);
-  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+void ManifestWriter::append_line(const std::string& line) {
+  reopen_if_replaced();
+  struct stat st {};
+  const bool sized = ::fstat(fd_, &st) == 0;
+  try {
+    write_all(fd_, line + "\n", path_);
+    if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+  } catch (...) {
+    // No torn line stays behind (disk full mid-line): cut the file back to where this line began.
+    if (sized && ::ftruncate(fd_, st.st_size) != 0) {
+      // The reader skips a torn line and the next writer starts on a fresh one: nothing more to do.
+    }
+    throw;
+  }
 }
+
+void ManifestWriter::append(const ManifestEntry& entry) { append_line(manifest_line(entry)); }
+
+void ManifestWriter::append_summary(const ManifestSummary& summary) { append_line(summary_line(summary)); }
 
 }  // namespace fluxbatch::io

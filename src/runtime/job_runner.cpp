@@ -16,8 +16,10 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/atomic_file.h"
+#include "fluxbatch/io/output_fault.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/execution/ordered_queue.h"
 #include "fluxbatch/runtime/oom.h"
 
@@ -163,6 +165,16 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
     batches.push_back(std::move(batch));
   }
   return batches;
+}
+
+// A non-memory error from the generator as the error that stops the job: fluxbatch's model, device and
+// output errors as they are (they name what failed), anything else (libtorch, std) named with `context`.
+[[noreturn]] void stop_job(const std::exception& e, const std::string& context) {
+  if (dynamic_cast<const ModelError*>(&e) != nullptr) throw ModelError(e.what());
+  if (dynamic_cast<const DeviceError*>(&e) != nullptr) throw DeviceError(e.what());
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&e)) throw io::OutputFault(e.what(), fault->error_code());
+  if (dynamic_cast<const OutputError*>(&e) != nullptr) throw OutputError(e.what());
+  throw_stage_error(e, context);
 }
 
 // One execution of a plan: owns the manifest writer, the running summary and the output queue.
@@ -346,18 +358,19 @@ class Run {
     bool out_of_memory = false;
     try {
       generator_.generate_each(items, on_image);
-    } catch (const ModelError&) {
-      // The model cannot load (staged residency loads it at the first batch): no item can render, so
-      // the job stops here, with every unrendered item left to a re-run.
-      if (fatal) std::rethrow_exception(fatal);
-      throw;
     } catch (const std::exception& e) {
       if (fatal) std::rethrow_exception(fatal);
+      if (!is_out_of_memory(e)) {
+        // Not memory: the model or the device cannot do this work (a model that cannot load, components
+        // that do not fit together, a CUDA fault), for this item or any other. The job stops here, every
+        // unrendered item left to a re-run, rather than failing them all one by one.
+        stop_job(e, "rendering " + files);
+      }
       error = exception_message(e);
-      out_of_memory = is_out_of_memory(e);
+      out_of_memory = true;
     } catch (...) {
       if (fatal) std::rethrow_exception(fatal);
-      error = "unknown error from the image generator";
+      throw ModelError("rendering " + files + ": unknown error from the image generator");
     }
     event.seconds = seconds_since(start);
     if (observer_ != nullptr) observer_->batch_finished(event);
@@ -508,6 +521,8 @@ class Run {
       io::ensure_directory(fs::path(path).parent_path().string());
       // Without --overwrite the plan saw no file here; never clobber one that appeared since.
       io::write_file_atomic(path, png, overwrite_);
+    } catch (const io::OutputFault&) {
+      throw;  // the filesystem takes no more writes (full, read-only, failing): the queue stops, so does the job
     } catch (const std::exception& e) {
       w.error = e.what();
     }
@@ -523,9 +538,9 @@ class Run {
     io::ManifestEntry e = entry_for(item, w.batch_size);
     e.timings = {w.generate_s, w.write_s};
     e.cached = cached;
-    manifest_.append(e);
-    ++summary_.rendered;
+    ++summary_.rendered;  // the image is on disk; should its line fail, a re-run restores it from the PNG
     if (cached) ++summary_.cached;
+    manifest_.append(e);
     log::info(progress() + output_path(output_dir_, item.file) +
               (cached ? std::string(" (from the image cache)") : " (" + format_seconds(w.generate_s) + ")"));
     notify(item, true, "", e.timings, cached);
@@ -557,6 +572,7 @@ void remove_stale_temporaries(const job::JobSpec& spec, const std::string& outpu
     const fs::path path = output_path(output_dir, item.file);
     prefixes[path.parent_path()].push_back("." + path.filename().string() + ".tmp-");
   }
+  prefixes[fs::path(output_dir)].push_back(".fluxbatch-write-check.tmp-");  // io::check_writable_directory
   for (const auto& [dir, names] : prefixes) {
     std::error_code ec;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -584,12 +600,57 @@ void prepare_generator(const std::vector<PlannedItem>& plan, ImageGenerator& gen
   } catch (const DeviceError&) {
     throw;
   } catch (const std::exception& e) {
-    // generate() still has to cope with every item; a real problem resurfaces per item there.
-    log::warn("preparing the generator failed (each batch will do that work itself): " + exception_message(e));
+    if (!is_out_of_memory(e)) stop_job(e, "preparing the job");
+    // generate() still has to cope with every item: each batch encodes what it needs itself.
+    log::warn("preparing the generator ran out of memory (each batch will do that work itself): " +
+              exception_message(e));
   }
 }
 
 bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
+
+// `error` again, of the same kind, with `note` appended to its message.
+[[noreturn]] void rethrow_with_note(const Error& error, const std::string& note) {
+  const std::string message = error.what() + note;
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&error)) throw io::OutputFault(message, fault->error_code());
+  if (dynamic_cast<const OutputError*>(&error) != nullptr) throw OutputError(message);
+  if (dynamic_cast<const DeviceError*>(&error) != nullptr) throw DeviceError(message);
+  if (dynamic_cast<const InputError*>(&error) != nullptr) throw InputError(message);
+  throw ModelError(message);
+}
+
+void render_all(const JobPlan& plan, const RunnerOptions& options, ImageGenerator& generator, Run& run,
+                int64_t to_render) {
+  // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
+  std::vector<PlannedItem> work = plan.items;
+  if (options.image_cache != nullptr) {
+    int64_t hits = 0;
+    for (PlannedItem& planned : work) {
+      if (planned.state != ItemState::kRender || stop_requested(options)) continue;
+      std::optional<std::string> png = options.image_cache->find(*planned.item);
+      if (!png) continue;
+      run.copy_cached(*planned.item, std::move(*png));
+      planned.state = ItemState::kSkip;
+      ++hits;
+    }
+    log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
+              " image(s) found, copied instead of rendered");
+  }
+  if (!stop_requested(options)) prepare_generator(work, generator);
+  // After prepare(): the generator may plan its memory (and so the batch per shape) there.
+  const auto batches = make_batches(work, options.batch_size, options.batch_for);
+  if (!batches.empty()) {
+    int64_t images = 0;
+    for (const auto& b : batches) images += static_cast<int64_t>(b.size());
+    log::info("rendering " + std::to_string(images) + " image(s) in " + std::to_string(batches.size()) +
+              " batch(es)");
+  }
+  for (size_t b = 0; b < batches.size(); ++b) {
+    if (stop_requested(options)) break;
+    run.render_batch(batches[b], static_cast<int64_t>(b) + 1, static_cast<int64_t>(batches.size()));
+  }
+  run.finish_writes();
+}
 
 }  // namespace
 
@@ -661,35 +722,21 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   if (options.observer != nullptr) {
     options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
   }
-  // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
-  std::vector<PlannedItem> work = plan.items;
-  if (options.image_cache != nullptr) {
-    int64_t hits = 0;
-    for (PlannedItem& planned : work) {
-      if (planned.state != ItemState::kRender || stop_requested(options)) continue;
-      std::optional<std::string> png = options.image_cache->find(*planned.item);
-      if (!png) continue;
-      run.copy_cached(*planned.item, std::move(*png));
-      planned.state = ItemState::kSkip;
-      ++hits;
+  try {
+    render_all(plan, options, generator, run, to_render);
+  } catch (const Error& e) {
+    // The job stops. The images already handed to the output queue are written and recorded first (unless
+    // the queue itself failed: then this rethrows that same error, already in hand). Then say in the same
+    // line what the job leaves behind: the images written are kept (and in the manifest), the rest wait for
+    // a re-run.
+    try {
+      run.finish_writes();
+    } catch (...) {
     }
-    log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
-              " image(s) found, copied instead of rendered");
+    rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
+                             std::to_string(to_render - summary.rendered - summary.failed) +
+                             " left: fix the cause and run the same command again to resume");
   }
-  if (!stop_requested(options)) prepare_generator(work, generator);
-  // After prepare(): the generator may plan its memory (and so the batch per shape) there.
-  const auto batches = make_batches(work, options.batch_size, options.batch_for);
-  if (!batches.empty()) {
-    int64_t images = 0;
-    for (const auto& b : batches) images += static_cast<int64_t>(b.size());
-    log::info("rendering " + std::to_string(images) + " image(s) in " + std::to_string(batches.size()) +
-              " batch(es)");
-  }
-  for (size_t b = 0; b < batches.size(); ++b) {
-    if (stop_requested(options)) break;
-    run.render_batch(batches[b], static_cast<int64_t>(b) + 1, static_cast<int64_t>(batches.size()));
-  }
-  run.finish_writes();
   summary.not_started = to_render - summary.rendered - summary.failed;
   summary.interrupted = summary.not_started > 0;
   summary.seconds = seconds_since(start);

@@ -116,8 +116,9 @@ struct ManifestContents {
 ManifestContents read_manifest(const std::string& path);
 
 // Appends lines to a manifest, creating it. Holds an exclusive lock (flock) so two runs cannot
-// interleave in one output directory. If the file ends in a torn line, a newline is added first so
-// the next entry starts on its own line.
+// interleave in one output directory (on a filesystem without locks, e.g. some network mounts, it warns
+// and goes on unlocked). If the file ends in a torn line, a newline is added first so the next entry
+// starts on its own line.
 class ManifestWriter {
  public:
   explicit ManifestWriter(const std::string& path);
@@ -125,12 +126,19 @@ class ManifestWriter {
   ManifestWriter(const ManifestWriter&) = delete;
   ManifestWriter& operator=(const ManifestWriter&) = delete;
 
-  // One write() of the line + '\n', then fsync. OutputError naming the path on failure.
+  // One write() of the line + '\n', then fsync. On failure the file is cut back to its previous end (no
+  // torn line left by a full disk) and OutputError names the path: io::OutputFault when the filesystem
+  // refuses writes (full, read-only, I/O error). A manifest deleted or replaced since the last append is
+  // started anew at the path, with a warning.
   void append(const ManifestEntry& entry);
   void append_summary(const ManifestSummary& summary);
   const std::string& path() const { return path_; }
 
  private:
+  void open();
+  void reopen_if_replaced();
+  void append_line(const std::string& line);
+
   std::string path_;
   int fd_ = -1;
 };
