@@ -13,6 +13,7 @@
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "exit_codes.h"
 #include "interrupt.h"
 #include "plan_report.h"
@@ -43,12 +44,17 @@ constexpr const char* kFooter =
     "      one JSON event per line (start, stage, batch, step, image, done) for a wrapper\n"
     "\n"
     "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
-    "records it with the same prompt, seed, size, steps, guidance, max_sequence_length and model.\n"
+    "records it with the same prompt, seed, size, steps, guidance, max_sequence_length, LoRAs and model.\n"
     "Existing images are never replaced unless --overwrite is given. Ctrl-C finishes the images in\n"
     "hand and stops (exit 130); a second Ctrl-C aborts at once.\n"
     "\n"
     "Each PNG carries a \"parameters\" text chunk in the A1111/Forge format and a \"fluxbatch\" chunk\n"
-    "with the item as JSON.\n";
+    "with the item as JSON.\n"
+    "\n"
+    "LoRAs: \"loras\": [{\"path\": \"styles/ink.safetensors\", \"scale\": 0.8}] in the job's defaults or an item\n"
+    "(an item's list replaces the defaults'; [] means none), or --lora PATH[:SCALE] (repeatable) for prompt\n"
+    "lists. Applied as side paths next to the base weights (dense or NF4, never re-quantized); images of one\n"
+    "batch may use different LoRAs. A LoRA is part of what an image is: resume and the cache tell them apart.\n";
 
 constexpr int kAutoBatch = 0;  // parse_batch's answer for "auto"
 constexpr int kMaxAutoBatch = 64;
@@ -233,6 +239,8 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
   const runtime::ModelFiles files = runtime::locate_model(model);
+  // The LoRAs: read and checked against the model's layers (configs only) before any weights load.
+  if (auto loras = runtime::LoraCatalog::load(loaded.spec, files); !loras->empty()) options.loras = loras;
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4);
   options.prompt_cache = caches.prompts;
   clock.enter("");

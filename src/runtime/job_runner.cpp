@@ -50,9 +50,22 @@ std::unordered_map<std::string, const io::ManifestEntry*> last_ok_lines(const io
   return out;
 }
 
+// The LoRAs recorded in a manifest line are the item's: same files (by content) at the same scales.
+bool same_loras(const std::vector<job::LoraRef>& loras, const std::vector<io::ManifestLora>& recorded) {
+  if (loras.size() != recorded.size()) return false;
+  for (size_t i = 0; i < loras.size(); ++i) {
+    job::LoraRef r;
+    r.path = recorded[i].path;
+    r.scale = recorded[i].scale;
+    r.sha256 = recorded[i].sha256;
+    if (!loras[i].same_as(r)) return false;
+  }
+  return true;
+}
+
 bool same_params(const job::RenderItem& item, const io::ManifestEntry& e, const std::optional<std::string>& model) {
   const job::RenderParams& p = item.params;
-  return e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
+  return same_loras(p.loras, e.loras) && e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
          e.steps == p.steps && e.guidance == p.guidance && e.max_sequence_length == p.max_sequence_length &&
          (!model || e.model == *model);
 }
@@ -75,6 +88,7 @@ std::vector<io::PngText> png_text(const job::RenderItem& item, const std::string
   p.width = item.params.width;
   p.height = item.params.height;
   p.model = model;
+  for (const job::LoraRef& lora : item.params.loras) p.loras.push_back({lora.name(), lora.scale, lora.short_hash});
   return {{"parameters", io::a1111_parameters(p)}, {"fluxbatch", job::item_to_json(item)}};
 }
 
@@ -396,6 +410,7 @@ class Run {
     e.steps = item.params.steps;
     e.guidance = item.params.guidance;
     e.max_sequence_length = item.params.max_sequence_length;
+    for (const job::LoraRef& lora : item.params.loras) e.loras.push_back({lora.path, lora.scale, lora.sha256});
     e.model = model_;
     e.file = item.file;
     e.batch_size = static_cast<int>(batch_size);

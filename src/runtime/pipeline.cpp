@@ -8,6 +8,7 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -26,6 +27,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 
 namespace fluxbatch::runtime {
 namespace {
@@ -350,7 +352,8 @@ const sampling::SchedulerConfig& FluxPipeline::scheduler_config() const { return
 const PipelineOptions& FluxPipeline::options() const { return state_->options; }
 int64_t FluxPipeline::latent_channels() const { return state_->transformer_config.in_channels / 4; }
 
-PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length) {
+PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length,
+                                              const nn::LoraSet& text_loras) {
   FLUXBATCH_CHECK(!prompts.empty(), InputError, "encode_prompts: no prompts");
   FLUXBATCH_CHECK(max_sequence_length >= 1 && max_sequence_length <= 512, InputError,
                   "max_sequence_length must be within 1..512, got " + std::to_string(max_sequence_length));
@@ -359,6 +362,13 @@ PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& pr
   s.load_text_encoders();
   s.visit_text(*s.clip);
   s.visit_text(*s.t5);
+  const std::vector<nn::LoraSet> clip_loras{text_loras};  // one prompt at a time: a batch of one
+  if (s.options.loras) {
+    std::set<int> ids;
+    for (const nn::LoraUse& use : text_loras) ids.insert(use.adapter);
+    s.options.loras->attach(*s.clip, models::lora::LoraComponent::kTextEncoder, ids, s.options.dtype, s.text_device());
+  }
+  const nn::LoraScope lora_scope(&clip_loras);
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> encoded;
   std::vector<at::Tensor> pooled, states;
   for (const std::string& prompt : prompts) {
@@ -405,6 +415,16 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
 
   s.load_denoisers();
   s.visit(*s.transformer);
+  if (s.options.loras) {
+    std::set<int> ids;
+    for (const nn::LoraSet& set : request.loras) {
+      for (const nn::LoraUse& use : set) ids.insert(use.adapter);
+    }
+    s.options.loras->attach(*s.transformer, models::lora::LoraComponent::kTransformer, ids, s.options.dtype, device);
+  }
+  FLUXBATCH_CHECK(request.loras.empty() || static_cast<int64_t>(request.loras.size()) == batch, InputError,
+                  "denoise: need one LoRA set per image");
+  const nn::LoraScope lora_scope(request.loras.empty() ? nullptr : &request.loras);
   {
     // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
     // activations, given back below before the decode stage needs the room.

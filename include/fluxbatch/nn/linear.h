@@ -3,6 +3,7 @@
 // It can instead hold its weight as NF4 (bitsandbytes Linear4bit): the dense weight is then dropped
 // and only ever exists, per call, in a scratch buffer shared by every NF4 layer of the model.
 #pragma once
+#include "fluxbatch/nn/lora.h"
 #include "fluxbatch/quant/nf4_format.h"
 
 #include <ATen/core/Tensor.h>
@@ -11,6 +12,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 
 namespace fluxbatch::nn {
@@ -41,6 +43,15 @@ class LinearImpl : public torch::nn::Module {
   void set_nf4(quant::Nf4Tensor w, std::shared_ptr<at::Tensor> scratch, const std::string& what);
   bool is_nf4() const { return nf4_ != nullptr; }
   const quant::Nf4Tensor& nf4() const { return *nf4_; }  // only when is_nf4()
+  // LoRA side paths (nn/lora.h): the factors of adapter `id` on this layer (replacing earlier ones of
+  // that id); they apply to the images whose LoraSet in the active LoraScope names the id. ModelError
+  // naming `what` when the shapes do not fit [out, in].
+  void set_lora(int id, LoraFactors factors, const std::string& what);
+  void remove_lora(int id);
+  void clear_loras() { loras_.clear(); }
+  bool has_lora(int id) const { return loras_.count(id) != 0; }
+  const std::map<int, LoraFactors>& loras() const { return loras_; }
+
   // Frees the shared dequantize scratch (the next NF4 forward allocates it again where it runs).
   void release_scratch();
 
@@ -54,10 +65,19 @@ class LinearImpl : public torch::nn::Module {
 
  private:
   void move_nf4(const c10::Device& device);
+  // The active LoraScope's sets when any image uses one of this layer's adapters, else nullptr.
+  const std::vector<LoraSet>* lora_sets() const;
+  // forward_out with side paths, image by image: an image without one of this layer's adapters takes
+  // exactly the plain path (as it would alone), an image with some takes the GEMM without epilogue,
+  // then its side paths in order, then the GELU.
+  // plain_forward: called by forward(), whose NF4 path may differ from forward_out's (the GEMV).
+  void forward_lora(const at::Tensor& x, at::Tensor& out, bool gelu_tanh, const std::vector<LoraSet>& sets,
+                    bool plain_forward) const;
 
   int64_t in_features_, out_features_;
   std::shared_ptr<quant::Nf4Tensor> nf4_;
   std::shared_ptr<at::Tensor> scratch_;
+  std::map<int, LoraFactors> loras_;
 };
 TORCH_MODULE(Linear);
 
