@@ -24,7 +24,7 @@ uint64_t parse_seed(const std::string& text) {
 job::LoraRef parse_lora(const std::string& text) {
   job::LoraRef lora;
   lora.path = text;
-  lora.location = "--lora " + text;
+  lora.field = "--lora";
   const size_t colon = text.rfind(':');
   if (colon != std::string::npos && colon + 1 < text.size()) {
     const std::string scale = text.substr(colon + 1);

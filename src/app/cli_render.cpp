@@ -177,6 +177,10 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
   add_memory_options(*sub, command.memory, /*monitor=*/true);
   add_speed_options(*sub, command.speed);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
+  sub->add_flag("--lora-merge", command.lora_merge,
+                "Merge LoRAs into the transformer's weights per batch instead of side paths: batches then hold one "
+                "LoRA set each, a dense transformer only (NF4 and offload keep side paths; originals kept in host "
+                "memory, put back exactly). Pays off when many images share few LoRA sets");
   sub->add_option("--write-threads", command.write_threads,
                   "Threads that encode and write PNGs while the device goes on with the next image; 0 writes each "
                   "image before the next is made (default 2). Manifest lines keep the images' order either way")
@@ -241,7 +245,10 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   const runtime::ModelFiles files = runtime::locate_model(model);
   // The LoRAs: read and checked against the model's layers (configs only) before any weights load.
   if (auto loras = runtime::LoraCatalog::load(loaded.spec, files); !loras->empty()) options.loras = loras;
+  options.merge_loras = command.lora_merge;
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4);
+  // Merged and side-path LoRAs round differently: their images are kept apart in the cache.
+  if (caches.images && command.lora_merge) caches.images->set_lora_mode("merged");
   options.prompt_cache = caches.prompts;
   clock.enter("");
 
@@ -291,6 +298,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   runner.write_threads = command.write_threads;
   runner.observer = shown;
   runner.image_cache = caches.images.get();
+  runner.group_by_loras = command.lora_merge;
   const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, session);
   if (shown != nullptr) {
     // First: the "done" event, and the live line gone (no redraw after it) before the summary lines.

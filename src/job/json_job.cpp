@@ -237,7 +237,8 @@ class JsonJobParser {
     for (size_t i = 0; i < value.size(); ++i) {
       const std::string entry_field = field + "[" + std::to_string(i) + "]";
       LoraRef lora;
-      lora.location = sink_.location(offsets[i]) + " (" + entry_field + ")";
+      lora.location = sink_.location(offsets[i]);
+      lora.field = entry_field;
       const json& entry = value[i];
       if (entry.is_string()) {
         if (!check(offsets[i], entry_field, path_string_problem(entry))) {

@@ -111,6 +111,29 @@ void LinearImpl::set_lora(int id, LoraFactors factors, const std::string& what) 
 
 void LinearImpl::remove_lora(int id) { loras_.erase(id); }
 
+bool LinearImpl::merge_loras(const LoraSet& set, const c10::Device& keep_on) {
+  if (nf4_ || !weight.defined()) return false;
+  at::Tensor delta;  // [out, in], fp32
+  for (const LoraUse& use : set) {
+    const auto it = loras_.find(use.adapter);
+    if (it == loras_.end() || use.scale == 0.0) continue;
+    const at::Tensor product = at::mm(it->second.up.to(at::kFloat), it->second.down.to(at::kFloat));
+    const double s = use.scale * it->second.alpha_scale;
+    delta = delta.defined() ? delta.add_(product, s) : product.mul_(s);
+  }
+  if (!delta.defined()) return false;
+  unmerge_loras();
+  merged_original_ = weight.to(keep_on, /*non_blocking=*/false, /*copy=*/true);
+  weight.copy_(weight.to(at::kFloat).add_(delta));
+  return true;
+}
+
+void LinearImpl::unmerge_loras() {
+  if (!merged_original_.defined()) return;
+  weight.copy_(merged_original_);
+  merged_original_ = at::Tensor();
+}
+
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
   move_nf4(device);

@@ -74,6 +74,7 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.quantize_t5_nf4 = options.quantize_nf4;
   out.cuda_graphs = options.cuda_graphs;
   out.loras = options.loras;
+  out.merge_loras = options.merge_loras;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }

@@ -146,7 +146,15 @@ void check_unique_files(const job::JobSpec& spec) {
   }
 }
 
-bool batchable(const job::RenderItem& a, const job::RenderItem& b) {
+bool same_loras(const job::RenderItem& a, const job::RenderItem& b) {
+  const auto& x = a.params.loras;
+  const auto& y = b.params.loras;
+  return x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin(),
+                                            [](const job::LoraRef& l, const job::LoraRef& r) { return l.same_as(r); });
+}
+
+bool batchable(const job::RenderItem& a, const job::RenderItem& b, bool group_by_loras) {
+  if (group_by_loras && !same_loras(a, b)) return false;
   return a.params.width == b.params.width && a.params.height == b.params.height &&
          a.params.steps == b.params.steps && a.params.max_sequence_length == b.params.max_sequence_length &&
          a.priority == b.priority;
@@ -159,7 +167,7 @@ int shape_batch(const job::RenderItem& item, int batch_size, const BatchFor& bat
 }
 
 std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<PlannedItem>& items, int batch_size,
-                                                              const BatchFor& batch_for) {
+                                                              const BatchFor& batch_for, bool group_by_loras) {
   std::vector<std::vector<const job::RenderItem*>> batches;
   std::vector<bool> taken(items.size(), false);
   for (size_t i = 0; i < items.size(); ++i) {
@@ -169,7 +177,7 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
     const int most = shape_batch(*items[i].item, batch_size, batch_for);
     for (size_t j = i + 1; j < items.size() && static_cast<int>(batch.size()) < most; ++j) {
       if (items[j].item->priority != items[i].item->priority) break;  // render order is by priority
-      if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item)) {
+      if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item, group_by_loras)) {
         batch.push_back(items[j].item);
         taken[j] = true;
       }
@@ -620,7 +628,8 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 }
 
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
-                 bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for) {
+                 bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for,
+                 bool group_by_loras) {
   if (batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(batch_size));
   check_unique_files(spec);
   JobPlan plan;
@@ -632,7 +641,7 @@ JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const 
   for (const job::RenderItem& item : spec.items) {
     plan.items.push_back(plan_item(item, output_dir, overwrite, ok_lines, model));
   }
-  plan.batches = make_batches(plan.items, batch_size, batch_for);
+  plan.batches = make_batches(plan.items, batch_size, batch_for, group_by_loras);
   return plan;
 }
 
@@ -642,7 +651,8 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   const auto start = Clock::now();
   const std::string model = generator.model_description();
   if (options.dry_run) {
-    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
+    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
+                                  options.group_by_loras);
     RunSummary summary;
     summary.total = static_cast<int64_t>(plan.items.size());
     summary.skipped = plan.count(ItemState::kSkip);
@@ -657,7 +667,8 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
   remove_stale_temporaries(spec, output_dir);
-  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
+  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
+                                options.group_by_loras);
   for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kSkip) log::debug(planned.item->file + ": " + planned.reason);
@@ -693,7 +704,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   }
   if (!stop_requested(options)) prepare_generator(work, generator);
   // After prepare(): the generator may plan its memory (and so the batch per shape) there.
-  const auto batches = make_batches(work, options.batch_size, options.batch_for);
+  const auto batches = make_batches(work, options.batch_size, options.batch_for, options.group_by_loras);
   if (!batches.empty()) {
     int64_t images = 0;
     for (const auto& b : batches) images += static_cast<int64_t>(b.size());

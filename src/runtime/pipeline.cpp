@@ -9,6 +9,7 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
+#include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -23,6 +24,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -276,7 +278,30 @@ struct FluxPipeline::State {
               seconds_text(seconds_since(start)));
   }
 
+  // The LoRA set merged into the transformer's dense weights (PipelineOptions::merge_loras); empty: none.
+  nn::LoraSet merged;
+
+  // Makes `set` the one merged into every Linear holding its adapters (the last one taken out first,
+  // exactly: each layer puts its kept original back); an empty set takes the merge out.
+  void merge_transformer_loras(const nn::LoraSet& set) {
+    if (set == merged) return;
+    std::vector<nn::LinearImpl*> linears;
+    for (const auto& m : transformer->modules()) {
+      if (auto* linear = dynamic_cast<nn::LinearImpl*>(m.get())) linears.push_back(linear);
+    }
+    for (nn::LinearImpl* linear : linears) linear->unmerge_loras();
+    merged.clear();
+    if (set.empty()) return;
+    const auto start = Clock::now();
+    int layers = 0;
+    for (nn::LinearImpl* linear : linears) layers += linear->merge_loras(set, c10::Device(c10::kCPU)) ? 1 : 0;
+    merged = set;
+    log::info("LoRAs merged into " + std::to_string(layers) + " transformer layer(s) in " +
+              seconds_text(seconds_since(start)) + " (originals kept in host memory)");
+  }
+
   void free_denoisers() {
+    merged.clear();
     if (!transformer && !vae) return;
     unpin(transformer.get());
     unpin(vae.get());
@@ -424,7 +449,15 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
   }
   FLUXBATCH_CHECK(request.loras.empty() || static_cast<int64_t>(request.loras.size()) == batch, InputError,
                   "denoise: need one LoRA set per image");
-  const nn::LoraScope lora_scope(request.loras.empty() ? nullptr : &request.loras);
+  // Merged: one LoRA set for the whole batch (the runner groups batches so under merge_loras) on a
+  // dense transformer that stays on the device (offload copies it in afresh at every stage).
+  const bool uniform = !request.loras.empty() && !request.loras[0].empty() &&
+                       std::all_of(request.loras.begin(), request.loras.end(),
+                                   [&](const nn::LoraSet& set) { return set == request.loras[0]; });
+  const bool dense = s.files.transformer.quantization.empty() && !s.options.quantize_nf4;
+  const bool merge = s.options.merge_loras && uniform && dense && !s.offload();
+  if (s.options.loras) s.merge_transformer_loras(merge ? request.loras[0] : nn::LoraSet{});
+  const nn::LoraScope lora_scope(request.loras.empty() || merge ? nullptr : &request.loras);
   {
     // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
     // activations, given back below before the decode stage needs the room.

@@ -29,7 +29,8 @@ struct LoraRef {
   std::string path;        // resolved against the job file's directory (command line: as given)
   double scale = 1.0;      // the LoRA's multiplier, kMinLoraScale .. kMaxLoraScale
   bool strict = true;      // false: keys that match no module of the model are ignored, not errors
-  std::string location;    // "jobs/night.json:14:12 (items[3].loras[0])" or "--lora", for messages
+  std::string location;    // "jobs/night.json:14:12" of the entry (empty for --lora), for messages
+  std::string field;       // "items[3].loras[0]", "defaults.loras[1]" or "--lora"
   // Filled by the application after validation (runtime::LoraCatalog), recorded in PNGs and the
   // manifest: the file's SHA-256, and A1111's short hash (sha256 of the tensor data, 12 hex digits).
   std::string sha256;

@@ -51,6 +51,13 @@ class LinearImpl : public torch::nn::Module {
   void clear_loras() { loras_.clear(); }
   bool has_lora(int id) const { return loras_.count(id) != 0; }
   const std::map<int, LoraFactors>& loras() const { return loras_; }
+  // Merging instead (a dense weight only): weight += sum scale * alpha_scale * up @ down over `set`'s
+  // adapters held here, summed in fp32 and rounded once to the weight's dtype. The original is kept
+  // (a copy on `keep_on`, e.g. the host) and unmerge_loras() puts it back bit for bit. Returns false
+  // (and changes nothing) for an NF4 layer or when no adapter of `set` is held here.
+  bool merge_loras(const LoraSet& set, const c10::Device& keep_on);
+  void unmerge_loras();
+  bool merged() const { return merged_original_.defined(); }
 
   // Frees the shared dequantize scratch (the next NF4 forward allocates it again where it runs).
   void release_scratch();
@@ -78,6 +85,7 @@ class LinearImpl : public torch::nn::Module {
   std::shared_ptr<quant::Nf4Tensor> nf4_;
   std::shared_ptr<at::Tensor> scratch_;
   std::map<int, LoraFactors> loras_;
+  at::Tensor merged_original_;  // the weight before merge_loras, while merged
 };
 TORCH_MODULE(Linear);
 

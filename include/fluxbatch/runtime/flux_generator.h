@@ -51,6 +51,7 @@ struct GeneratorOptions {
   std::shared_ptr<PromptCache> prompt_cache;
   // The job's LoRAs (LoraCatalog::load), applied per item as side paths. Null: none.
   std::shared_ptr<const LoraCatalog> loras;
+  bool merge_loras = false;  // PipelineOptions::merge_loras (--lora-merge)
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).

@@ -65,6 +65,10 @@ struct PipelineOptions {
   // The job's LoRAs (runtime/lora/lora_catalog.h): attached as side paths to the transformer and CLIP
   // for the images whose DenoiseRequest::loras / encode_prompts' text_loras name them. Null: none.
   std::shared_ptr<const LoraCatalog> loras;
+  // Merge a batch's LoRAs into the transformer's weights instead of side paths, when every image of the
+  // batch has the same LoRAs and the transformer is dense and not offloaded (else side paths). The
+  // originals are kept in host memory and put back exactly when the set changes.
+  bool merge_loras = false;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.

@@ -29,7 +29,7 @@ std::string ImageCache::key(const job::RenderItem& item) const {
   return "image\n" + identity_ + "\nprompt " + item.prompt + "\nseed " + std::to_string(p.seed) + "\nsize " +
          std::to_string(p.width) + "x" + std::to_string(p.height) + "\nsteps " + std::to_string(p.steps) +
          "\nguidance " + guidance + "\nmax_sequence_length " + std::to_string(p.max_sequence_length) +
-         lora_key(p.loras);
+         lora_key(p.loras) + (p.loras.empty() || lora_mode_.empty() ? "" : "\nlora mode " + lora_mode_);
 }
 
 std::optional<std::string> ImageCache::find(const job::RenderItem& item) { return store_->get(kKind, key(item)); }

@@ -33,6 +33,7 @@ std::string list(const std::vector<std::string>& items, size_t most = 8) {
 job::Diagnostic problem(const job::LoraRef& lora, const std::string& message) {
   job::Diagnostic d;
   d.file = lora.location;
+  d.field = lora.field;
   d.message = lora.path + ": " + message;
   return d;
 }
@@ -181,7 +182,7 @@ nn::LoraSet LoraCatalog::set_for(const std::vector<job::LoraRef>& loras, LoraCom
   nn::LoraSet out;
   for (const job::LoraRef& lora : loras) {
     const auto it = by_path_.find(lora.path);
-    if (it == by_path_.end()) throw InputError(lora.location + ": " + lora.path + " was not read before rendering");
+    if (it == by_path_.end()) throw InputError(lora.location + " " + lora.field + ": " + lora.path + " was not read before rendering");
     if (adapters_.at(static_cast<size_t>(it->second)).file.has(component)) out.push_back({it->second, lora.scale});
   }
   return out;
