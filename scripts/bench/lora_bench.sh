@@ -6,7 +6,7 @@
 # without and with side paths. Figures go to OUTDIR/lora_figures.json.
 #   bash scripts/bench/lora_bench.sh [OUTDIR]     (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Environment: FB_MODEL (default /tmp/flux-dev-random), FB_RANK (16), FB_SIZE (1024), FB_REPS (10).
-# Needs, carried from the dev machine like run_h100.sh: .stb (stb headers), .whl (diffusers wheels) and models/tiny-flux-dev.
+# Needs, carried from the dev machine like run_h100.sh: .stb and .whl (bash scripts/bench/prepare_carry.sh makes them).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -23,6 +23,9 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
   || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
 cmake --build build-gpu -j 16 --target fluxbatch_bench_lora > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
 
+if [ ! -d models/tiny-flux-dev ]; then  # its tokenizers go into the random model
+  python3 scripts/make_tiny_models.py --out models > "$OUTDIR/tiny.log" 2>&1 || tail -20 "$OUTDIR/tiny.log"
+fi
 if [ ! -f "$MODEL/model_index.json" ]; then
   echo "=== random FLUX.1-dev ($(date +%T))"
   python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing

@@ -88,10 +88,11 @@ void LinearImpl::forward_lora(const at::Tensor& x, at::Tensor& out, bool gelu_ta
     at::Tensor target = oi.view({-1, out_features_});
     for (const LoraUse* use : uses) {
       const LoraFactors& f = loras_.at(use->adapter);
-      // [tokens, rank] then [tokens, out], contiguous whatever the target's stride, added with the scale
-      // (PEFT: result + lora_B(lora_A(x)) * scaling).
+      // PEFT: result + lora_B(lora_A(x)) * scaling. [tokens, rank], then accumulated into the target by the
+      // GEMM itself (beta 1): the output is read and written once more, not three times. The target's
+      // layout is the same whatever the batch, so an image still sums alike alone and in a batch.
       const at::Tensor down = at::mm(rows, f.down.t());
-      target.add_(at::mm(down, f.up.t()), use->scale * f.alpha_scale);
+      target.addmm_(down, f.up.t(), /*beta=*/1.0, /*alpha=*/use->scale * f.alpha_scale);
     }
     if (gelu_tanh) at::gelu_(target, "tanh");
   }

@@ -115,7 +115,7 @@ TEST_CASE("a LoRA that is missing or does not fit stops render before the model 
                                quote(fluxbatch::test::tiny_model()) + " --device cpu 2>&1");
   INFO(r.output);
   CHECK(r.exit_code == 2);
-  CHECK_THAT(r.output, ContainsSubstring("job.json:4:40 items[0].loras[0]: "));
+  CHECK_THAT(r.output, ContainsSubstring("job.json:4:39 items[0].loras[0]: "));
   CHECK_THAT(r.output, ContainsSubstring("missing.safetensors: no such file"));
   CHECK_THAT(r.output, ContainsSubstring("items[1].loras[0]: "));
   CHECK_THAT(r.output, ContainsSubstring("lora_magnitude_vector"));

@@ -56,7 +56,7 @@ TEST_CASE("bad loras are reported with line:column and field", "[job]") {
   "defaults": {"loras": "ink.safetensors"},
   "items": [
     {"prompt": "a", "loras": [{"path": "x.safetensors", "scale": 11}]},
-    {"prompt": "b", "loras": [{"scale": 0.5}, 3, {"path": "y", "strenght": 1}]},
+    {"prompt": "b", "loras": [{"scale": 0.5}, 3, {"path": "y", "strength": 1}]},
     {"prompt": "c", "lora": []}
   ]
 })";
@@ -64,10 +64,10 @@ TEST_CASE("bad loras are reported with line:column and field", "[job]") {
   const Lines want = {
       "job.json:2:25 defaults.loras: expected an array of LoRAs ([{\"path\": \"x.safetensors\", \"scale\": 0.8}] or [] "
       "for none), got \"ink.safetensors\"",
-      "job.json:4:63 items[0].loras[0].scale: expected a number from -10 to 10, got 11",
+      "job.json:4:66 items[0].loras[0].scale: expected a number from -10 to 10, got 11",
       "job.json:5:31 items[1].loras[0]: missing \"path\" (the LoRA's .safetensors file)",
       "job.json:5:47 items[1].loras[1]: expected {\"path\": \"x.safetensors\", \"scale\": 0.8} or a path string, got 3",
-      "job.json:5:64 items[1].loras[2].strenght: unknown field (did you mean \"strength\"?)",
+      "job.json:5:64 items[1].loras[2].strength: unknown field (did you mean \"scale\"?)",
       "job.json:6:21 items[2].lora: unknown field (did you mean \"loras\"?)",
   };
   CHECK(got == want);

@@ -13,6 +13,7 @@
 #include "fluxbatch/job/job_error.h"
 #include "fluxbatch/models/lora/lora_file.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/runtime/job_runner.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/runtime/lora/lora_report.h"
 #include "fluxbatch/runtime/pipeline.h"
@@ -292,4 +293,20 @@ TEST_CASE("merged LoRAs: close to the side paths, and taken out exactly", "[lora
   CHECK(at::equal(render(merged, catalog, plain, kPrompts, {0, 1}), before));  // unmerged bit for bit
   const nn::TensorMap reference = nn::read_safetensors({lora_path("reference.safetensors").string()});
   CHECK(pixel_error(by_merge, reference.at("peft_a")) <= 1.0);
+}
+
+TEST_CASE("the runner mixes LoRA sets in a batch, and groups them when LoRAs are merged", "[lora]") {
+  test::TempDir dir;
+  job::JobSpec spec = job_with({{ref("peft_a.safetensors", 0.8)}, {}, {ref("peft_a.safetensors", 0.8)},
+                                {ref("peft_a.safetensors", 0.5)}, {}});
+  for (size_t i = 0; i < spec.items.size(); ++i) spec.items[i].file = std::to_string(i) + ".png";
+  const auto mixed = runtime::plan_job(spec, dir.path().string(), std::nullopt, false, 8);
+  REQUIRE(mixed.batches.size() == 1);
+  CHECK(mixed.batches[0].size() == 5);
+  const auto grouped = runtime::plan_job(spec, dir.path().string(), std::nullopt, false, 8, {}, /*group_by_loras=*/true);
+  REQUIRE(grouped.batches.size() == 3);
+  CHECK(grouped.batches[0].size() == 2);  // items 0 and 2
+  CHECK(grouped.batches[1].size() == 2);  // 1 and 4: no LoRA
+  CHECK(grouped.batches[2].size() == 1);  // 3: another scale
+  CHECK(grouped.batches[1][1]->index == 4);
 }
