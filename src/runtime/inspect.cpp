@@ -220,7 +220,13 @@ ModelSummary summarize_model(const std::string& path) {
 
 int64_t nf4_bytes(int64_t parameters) { return (parameters + 1) / 2 + (parameters + 63) / 64 * 4; }
 
-int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4) {
+int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4, bool fp8) {
+  // fp8 compute: the transformer's Linear weights at 1 byte (plus a scale per row, negligible) whatever they
+  // are stored as; the few outside the blocks (embedders, final projection: ~0.5%) are counted so too.
+  if (fp8 && c.name == "transformer") {
+    const int64_t linear = c.quantization == "none" ? c.nf4_candidate_parameters : c.parameters;
+    return (c.loaded_parameters - std::min(linear, c.loaded_parameters)) * dtype_size + linear;
+  }
   // bnb components load as stored; fp8 ones are counted converted (an upper bound).
   if (c.quantization != "none") return static_cast<int64_t>(c.bytes);
   if (!quantize_nf4) return c.loaded_parameters * dtype_size;

@@ -9,6 +9,7 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
+#include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
@@ -104,8 +105,9 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
 // `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
 // components' home) is the host.
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
-                                                      bool quantize_nf4, c10::Device compute) {
+                                                      const PipelineOptions& pipeline, c10::Device compute) {
   const bool nf4_file = model.transformer.quantization == "bnb-nf4";
+  const bool quantize_nf4 = pipeline.quantize_nf4;
   if (nf4_file || quantize_nf4) {
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
     // before anything touches it, so neither host nor device ever holds the dense model. (Meta
@@ -119,9 +121,24 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     } else {
       nn::load_nf4_state(*transformer, weights, load);
     }
+    if (pipeline.compute_fp8) {
+      const int n = nn::nf4_layers_to_fp8(*transformer, models::flux::computes_in_fp8, pipeline.fp8_from_nf4);
+      log::info("fp8 compute: " + std::to_string(n) + " transformer Linears " +
+                (pipeline.fp8_from_nf4 ? "stay NF4 and are turned into fp8 at each call"
+                                       : "hold fp8 weights made from their NF4 weights"));
+    }
     return transformer;
   }
   refuse_quantized(model.transformer);
+  if (pipeline.compute_fp8) {
+    // Built on the CPU for the same reason as NF4: the fp8 layers never hold their dense weight.
+    models::flux::FluxTransformer2DModel transformer(transformer_config(model), options.device(at::kCPU));
+    nn::LoadOptions load = load_options(model.transformer, options, {});
+    load.quantize_device = compute;
+    const int n = nn::load_state_fp8(*transformer, read_component(model.transformer), load, models::flux::computes_in_fp8);
+    log::info("fp8 compute: " + std::to_string(n) + " transformer Linears hold per-channel fp8 weights");
+    return transformer;
+  }
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
   nn::load_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));
   return transformer;
@@ -270,7 +287,7 @@ struct FluxPipeline::State {
     if (staged()) free_text_encoders();
     const auto start = Clock::now();
     const c10::InferenceMode inference;
-    transformer = load_transformer(files, home_options(), options.quantize_nf4, options.device);
+    transformer = load_transformer(files, home_options(), options, options.device);
     vae = load_vae(files, home_options());
     pin(*transformer);
     pin(*vae);
@@ -367,9 +384,13 @@ FluxPipeline::~FluxPipeline() = default;
 
 FluxVariant FluxPipeline::variant() const { return state_->variant; }
 
-std::string FluxPipeline::description() const {
-  return std::string("FLUX.1-") + variant_name(state_->variant) + " (" + layout_name(state_->files.layout) + ")";
+std::string describe_model(const ModelFiles& files, bool compute_fp8) {
+  // The compute mode is part of what determines the pixels: resume compares it.
+  return std::string("FLUX.1-") + variant_name(files.variant) + " (" + layout_name(files.layout) + ")" +
+         (compute_fp8 ? ", fp8 compute" : "");
 }
+
+std::string FluxPipeline::description() const { return describe_model(state_->files, state_->options.compute_fp8); }
 
 const ModelFiles& FluxPipeline::files() const { return state_->files; }
 
@@ -454,7 +475,8 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
   const bool uniform = !request.loras.empty() && !request.loras[0].empty() &&
                        std::all_of(request.loras.begin(), request.loras.end(),
                                    [&](const nn::LoraSet& set) { return set == request.loras[0]; });
-  const bool dense = s.files.transformer.quantization.empty() && !s.options.quantize_nf4;
+  // Merging needs bf16/fp32 weights: NF4 and fp8 (--compute fp8) layers keep side paths.
+  const bool dense = s.files.transformer.quantization.empty() && !s.options.quantize_nf4 && !s.options.compute_fp8;
   const bool merge = s.options.merge_loras && uniform && dense && !s.offload();
   if (s.options.loras) s.merge_transformer_loras(merge ? request.loras[0] : nn::LoraSet{});
   const nn::LoraScope lora_scope(request.loras.empty() || merge ? nullptr : &request.loras);
