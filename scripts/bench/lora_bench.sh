@@ -3,7 +3,8 @@
 # the random full-size FLUX.1-dev folder and its NF4 copy when missing (as run_h100.sh does), then measures
 # a rank-16 LoRA on every Linear at 1024x1024: read + check + hash time, attach time, one forward without a
 # LoRA, with side paths and merged (targets: side <= 1.05x, merged 1.00x, load < 1 s), and the NF4 forward
-# without and with side paths. Figures go to OUTDIR/lora_figures.json.
+# without and with side paths, and (compute capability 8.9+) the same with --compute fp8's fp8 layers.
+# Figures go to OUTDIR/lora_figures.json.
 #   bash scripts/bench/lora_bench.sh [OUTDIR]     (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Environment: FB_MODEL (default /tmp/flux-dev-random), FB_RANK (16), FB_SIZE (1024), FB_REPS (10).
 # Needs, carried from the dev machine like run_h100.sh: .stb and .whl (bash scripts/bench/prepare_carry.sh makes them).

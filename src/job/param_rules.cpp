@@ -149,15 +149,14 @@ std::string check_lora_scale(double value) {
 }
 
 std::string read_lora_scale(const json& value, double* out) {
-  if (!value.is_number()) {
-    std::ostringstream expectation;
-    expectation << "expected a number from " << kMinLoraScale << " to " << kMaxLoraScale << ", got "
-                << describe(value);
-    return expectation.str();
+  if (value.is_number() && check_lora_scale(value.get<double>()).empty()) {
+    *out = value.get<double>();
+    return "";
   }
-  const std::string problem = check_lora_scale(value.get<double>());
-  if (problem.empty()) *out = value.get<double>();
-  return problem;
+  // The value as written (11, not 11.0).
+  std::ostringstream expectation;
+  expectation << "expected a number from " << kMinLoraScale << " to " << kMaxLoraScale << ", got " << describe(value);
+  return expectation.str();
 }
 
 std::string read_priority(const json& value, int* out) {

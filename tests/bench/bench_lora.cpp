@@ -9,11 +9,14 @@
 //                     no LoRA, side path, merged; side/none and merged/none ratios (targets 1.05 and 1.00)
 //   merge_s/unmerge_s merging the LoRA into the bf16 weights (originals to host memory) and putting them back
 //   nf4_*             the same forward on the NF4 transformer, without and with the side path
+//   fp8_*             the same with --compute fp8's layers (per-channel e4m3 weights made from the NF4 ones,
+//                     the blocks' Linears, models::flux::computes_in_fp8), without and with the side path
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/flux/transformer.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/lora.h"
+#include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
@@ -224,6 +227,21 @@ int main(int argc, char** argv) {
       figure("nf4_" + key + "_none_ms", nf4_none);
       figure("nf4_" + key + "_side_ms", nf4_side);
       figure("nf4_" + key + "_side_over_none", nf4_side / nf4_none);
+
+      // --compute fp8 (compute capability 8.9+): the blocks' NF4 layers become fp8 weights.
+      if (ops::fp8_gemm_supported(at::Device(at::kCUDA))) {
+        nn::nf4_layers_to_fp8(*nf4, models::flux::computes_in_fp8, /*keep_nf4=*/false);
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        const double fp8_none = median_ms(run(nf4), reps);
+        double fp8_side = 0;
+        {
+          const nn::LoraScope scope(&with);
+          fp8_side = median_ms(run(nf4), reps);
+        }
+        figure("fp8_" + key + "_none_ms", fp8_none);
+        figure("fp8_" + key + "_side_ms", fp8_side);
+        figure("fp8_" + key + "_side_over_none", fp8_side / fp8_none);
+      }
     }
     write_json(json_path);
     std::printf("figures in %s\n", json_path.c_str());

@@ -228,8 +228,9 @@ TEST_CASE("images with LoRAs are within 1/255 of diffusers' load_lora_weights on
   INFO("largest difference " << err << "/255");
   CHECK(err <= 1.0);
   if (std::string(c.model) == "tiny-flux-dev") {
-    // The LoRA changed the image far more than the tolerance, so the comparison means something.
-    CHECK(pixel_error(want, reference.at("none")) > 10.0);
+    // The LoRA changed the image far more than the tolerance (and than the error measured, ~1e-3), so the
+    // comparison means something. XLabs' attention-only LoRA moves it least (about 6.5/255).
+    CHECK(pixel_error(want, reference.at("none")) > 5.0);
   }
 }
 
@@ -309,4 +310,42 @@ TEST_CASE("the runner mixes LoRA sets in a batch, and groups them when LoRAs are
   CHECK(grouped.batches[1].size() == 2);  // 1 and 4: no LoRA
   CHECK(grouped.batches[2].size() == 1);  // 3: another scale
   CHECK(grouped.batches[1][1]->index == 4);
+}
+
+TEST_CASE("LoRAs on --compute fp8: side paths on the fp8 layers, each image as in batch 1", "[lora][fp8]") {
+  // CPU: the fp32 reference of the fp8 arithmetic. The blocks' Linears hold e4m3 weights; q/k/v read the
+  // modulated LayerNorm's fp8 rows (their side paths read those rows dequantized), the rest dense inputs.
+  const fs::path model = test::require_generated(kModels / "tiny-flux-dev");
+  const std::vector<std::vector<job::LoraRef>> per_image = {
+      {ref("peft_a.safetensors", 0.8)}, {}, {ref("xlabs.safetensors", -0.6)}};
+  job::JobSpec spec = job_with(per_image);
+  const auto catalog = runtime::LoraCatalog::load(spec, runtime::locate_model(model.string()));
+  runtime::PipelineOptions options;
+  options.dtype = at::kFloat;
+  options.loras = catalog;
+  options.compute_fp8 = true;
+  runtime::FluxPipeline pipeline(model.string(), options);
+  const std::vector<std::string> prompts = {kPrompts[0], kPrompts[1], kPrompts[0]};
+  const at::Tensor batch = render(pipeline, catalog, spec, prompts, {0, 1, 2});
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    INFO("image " << i);
+    job::JobSpec one;
+    one.items = {spec.items[i]};
+    CHECK(at::equal(render(pipeline, catalog, one, {prompts[i]}, {i}), batch.narrow(0, static_cast<int64_t>(i), 1)));
+  }
+  // The LoRA really applies on fp8 layers: against diffusers' fp32 images, fp8 with the LoRA is as close to
+  // the LoRA's image as fp8 without it is to the plain one (fp8's own error), far from the plain one.
+  const nn::TensorMap reference = nn::read_safetensors({lora_path("reference.safetensors").string()});
+  job::JobSpec lora = job_with({{ref("peft_a.safetensors", 0.8)}, {ref("peft_a.safetensors", 0.8)}});
+  const at::Tensor with = render(pipeline, catalog, lora, kPrompts, {0, 1});
+  const at::Tensor without = render(pipeline, catalog, job_with({{}, {}}), kPrompts, {0, 1});
+  const double fp8_error = pixel_error(without, reference.at("none"));
+  const double with_error = pixel_error(with, reference.at("peft_a"));
+  INFO("fp8 without LoRA vs diffusers: " << fp8_error << "/255; with: " << with_error << "/255");
+  CHECK(with_error <= fp8_error + 2.0);
+  CHECK(with_error < 0.5 * pixel_error(reference.at("peft_a"), reference.at("none")));
+  // --lora-merge cannot merge into fp8 weights: it keeps side paths (the same pixels).
+  options.merge_loras = true;
+  runtime::FluxPipeline merged(model.string(), options);
+  CHECK(at::equal(render(merged, catalog, lora, kPrompts, {0, 1}), with));
 }
