@@ -8,7 +8,6 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
-#include <cmath>
 #include <map>
 #include <memory>
 
@@ -21,19 +20,6 @@ std::map<std::string, std::shared_ptr<LinearImpl>> linears_of(torch::nn::Module&
     if (auto linear = std::dynamic_pointer_cast<LinearImpl>(item.value())) out.emplace(item.key(), linear);
   }
   return out;
-}
-
-// A checkpoint's per-tensor scale: one positive finite float (ComfyUI stores it as a [] or [1] fp32 tensor).
-float checkpoint_scale(const TensorMap& weights, const std::string& key) {
-  const auto it = weights.find(key);
-  if (it == weights.end()) return 1.0f;
-  const at::Tensor& t = it->second;
-  FLUXBATCH_CHECK(t.numel() == 1 && at::isFloatingType(t.scalar_type()), ModelError,
-                  key + ": a scale_weight must be one floating value, got shape " + shape_string(t.sizes()));
-  const float scale = t.to(at::kFloat).item<float>();
-  FLUXBATCH_CHECK(std::isfinite(scale) && scale > 0.0f, ModelError,
-                  key + ": scale_weight " + std::to_string(scale) + " is not a positive finite number");
-  return scale;
 }
 
 }  // namespace
@@ -57,7 +43,7 @@ int load_state_fp8(torch::nn::Module& module, const TensorMap& weights, const Lo
     quant::Fp8Tensor w;
     if (stored.scalar_type() == at::kFloat8_e4m3fn) {
       // Kept as stored: the checkpoint's rounding is the model's.
-      w = quant::fp8_from_checkpoint(stored.to(device), checkpoint_scale(weights, name + ".scale_weight"));
+      w = quant::fp8_from_checkpoint(stored.to(device), fp8_weight_scale(weights, key));
     } else if (at::isFloatingType(stored.scalar_type()) && !at::isFloat8Type(stored.scalar_type())) {
       // Quantized where it will run (a GPU quantizes in a blink), one tensor at a time.
       w = quant::quantize_fp8_per_channel(stored.to(device));

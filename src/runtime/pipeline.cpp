@@ -82,7 +82,8 @@ std::string describe(const ComponentFiles& files) {
 }
 
 void refuse_quantized(const ComponentFiles& files) {
-  FLUXBATCH_CHECK(files.quantization.empty(), ModelError,
+  // Scaled fp8 is a storage form nn::load_state dequantizes (or load_state_fp8 keeps); bnb ones need their loaders.
+  FLUXBATCH_CHECK(files.quantization.empty() || files.quantization == "scaled-fp8", ModelError,
                   describe(files) + ": " + models::component_name(files.component) + " is quantized (" +
                       files.quantization + "); this build renders only unquantized weights");
 }

@@ -6,6 +6,7 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/fp8_linear.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>
@@ -127,4 +128,41 @@ TEST_CASE("NF4 weights give the same fp8 model converted at load or at each call
   const at::Tensor resident = run(nf4_model(false), g);
   const at::Tensor per_call = run(nf4_model(true), g);
   CHECK(at::equal(resident, per_call));
+}
+
+TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against the dense fp32 forward", "[flux][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  if (!fluxbatch::ops::fp8_gemm_supported(c10::Device(c10::kCUDA, 0))) SKIP("this GPU has no fp8 tensor cores");
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  const TensorMap g = golden();
+  FluxTransformer2DModel dense = fresh(dir);
+  fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
+  const at::Tensor want = run(dense, g);
+  FluxTransformer2DModel cpu_fp8 = fresh(dir);
+  fluxbatch::nn::load_state_fp8(*cpu_fp8, weights_of(dir), load_options(), computes_in_fp8);
+  const at::Tensor cpu_got = run(cpu_fp8, g);
+
+  fluxbatch::nn::LoadOptions options = load_options();
+  options.dtype = at::kBFloat16;
+  options.device = at::Device(at::kCUDA);
+  FluxTransformer2DModel gpu(FluxConfig::from_json_file((dir / "config.json").string()),
+                             at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  CHECK(fluxbatch::nn::load_state_fp8(*gpu, weights_of(dir), options, computes_in_fp8) > 0);
+  auto cuda = [](const at::Tensor& t) { return t.defined() ? t.to(at::kCUDA) : t; };
+  auto bf16 = [&](const char* name) { return cuda(g.at(name)).to(at::kBFloat16); };
+  const auto forward_gpu = [&] {
+    return gpu->forward(bf16("hidden_states"), bf16("encoder_hidden_states"), bf16("pooled_projections"),
+                        cuda(g.at("timestep")), cuda(g.at("img_ids")), cuda(g.at("txt_ids")),
+                        g.count("guidance") ? cuda(g.at("guidance")) : at::Tensor());
+  };
+  const at::Tensor got = forward_gpu().to(at::kCPU).to(at::kFloat);
+  REQUIRE(at::isfinite(got).all().item<bool>());
+  const double err = rel_l2(got, want), err_cpu = rel_l2(cpu_got, want);
+  CAPTURE(err, err_cpu);
+  CHECK(err < 0.15);
+  CHECK(err < err_cpu * 1.5 + 0.01);  // the GPU's bf16 activations add little to the fp8 error
+  CHECK(rel_l2(got, cpu_got) < 0.1);
+  // Same inputs, same result: an image does not depend on when it runs.
+  CHECK(at::equal(forward_gpu().to(at::kCPU).to(at::kFloat), got));
 }

@@ -4,6 +4,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/kernel_mode.h"
+#include "fluxbatch/ops/modulated_layer_norm.h"
 #include "fluxbatch/quant/fp8_format.h"
 
 #include <ATen/ATen.h>
@@ -132,4 +133,45 @@ TEST_CASE("CUDA fp8 GEMM (row-wise scaled) against the fp32 GEMM of the dequanti
   // Per image.
   const ops::Fp8Rows second{rows.data.narrow(0, 1, 1), rows.scale.narrow(0, 1, 1)};
   CHECK(at::equal(ops::fp8_linear(second, wq, bias, at::kBFloat16), y.narrow(0, 1, 1)));
+}
+
+TEST_CASE("CUDA modulated LayerNorm writing fp8 rows against the reference (LayerNorm, then quantize)", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(5);
+  constexpr double kEps = 1e-6;
+  for (const int64_t c : {3072, 36}) {  // FLUX's width (vector path) and an odd one (scalar path)
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+      INFO("C = " << c << " " << c10::toString(dtype));
+      const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+      const at::Tensor h = (at::randn({2, 77, c}) * 3 + 0.5).to(opt);
+      const at::Tensor x = h.narrow(1, 13, 64);  // a token slice of a joint sequence
+      const at::Tensor shift = (at::randn({2, c}) * 0.3).to(opt), scale = (at::randn({2, c}) * 0.3).to(opt);
+      // float64 truth of the modulated LayerNorm.
+      const at::Tensor xd = x.cpu().to(at::kDouble);
+      const at::Tensor want = at::layer_norm(xd, {c}, {}, {}, kEps) * (1 + scale.cpu().to(at::kDouble).unsqueeze(1)) +
+                              shift.cpu().to(at::kDouble).unsqueeze(1);
+      ops::Fp8Rows fused, reference;
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kFused);
+        fused = ops::modulated_layer_norm_fp8(x, shift, scale, kEps);
+      }
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+        reference = ops::modulated_layer_norm_fp8(x, shift, scale, kEps);
+      }
+      REQUIRE(fused.data.scalar_type() == at::kFloat8_e4m3fn);
+      REQUIRE(fused.data.sizes() == x.sizes());
+      REQUIRE(fused.scale.sizes() == at::IntArrayRef({2, 64}));
+      const at::Tensor got = ops::dequantize_fp8_rows(fused, at::kFloat);
+      const at::Tensor ref = ops::dequantize_fp8_rows(reference, at::kFloat);
+      REQUIRE(at::isfinite(got).all().item<bool>());
+      // One rounding (fp32 straight to e4m3) is no worse than the reference's two (to dtype, then to e4m3).
+      const double err_fused = rel_l2(got, want), err_reference = rel_l2(ref, want);
+      CAPTURE(err_fused, err_reference);
+      CHECK(err_fused <= err_reference * 1.02 + 1e-6);
+      CHECK(err_fused < kE4m3Relative / 2);
+      // Each row's scale is its absmax / 448, up to the dtype rounding the reference made first.
+      CHECK(rel_l2(fused.scale, reference.scale) < 1e-2);
+    }
+  }
 }
