@@ -41,3 +41,6 @@ fi
 echo "=== LoRA figures ($(date +%T))"
 ./build-gpu/fluxbatch_bench_lora "$MODEL" --nf4 "$MODEL-nf4" --rank "${FB_RANK:-16}" --size "${FB_SIZE:-1024}" \
   --reps "${FB_REPS:-10}" --json "$OUTDIR/lora_figures.json"
+status=$?
+rm -f "$OUTDIR"/bench_lora_r*.safetensors  # the random LoRA (~170 MB at rank 16): not worth bringing back
+exit $status
