@@ -4,7 +4,7 @@
 #   1. Debian packages (CLI11, nlohmann-json, stb, sentencepiece, Catch2 v3 from bookworm-backports)
 #   2. a project-local Python venv (.venv) with torch==2.11.0 (libtorch) and the reference stack
 #   3. the tiny random-weight FLUX pipelines under models/ (plus bitsandbytes-NF4 copies, a transformers 5
-#      save_pretrained copy) and the golden outputs under tests/golden/
+#      save_pretrained copy, fp8 single files and LoRA fixtures) and the golden outputs under tests/golden/
 #   4. CMake configure + build into build/
 # Environment: FLUXBATCH_BUILD_DIR (default build), FLUXBATCH_JOBS (default nproc).
 set -euo pipefail
@@ -55,7 +55,7 @@ fi
 
 # ---- 3. tiny models and goldens -----------------------------------------------------------------
 if [ -f scripts/make_tiny_models.py ]; then
-  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py scripts/make_layout_fixtures.py scripts/make_fp8_fixtures.py 2>/dev/null) | sha256sum | cut -c1-16)"
+  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py scripts/make_layout_fixtures.py scripts/make_fp8_fixtures.py scripts/make_lora_fixtures.py 2>/dev/null) | sha256sum | cut -c1-16)"
   if [ "$(cat models/.fluxbatch-gen 2>/dev/null || true)" != "$gen_hash" ]; then
     say "building the tiny random-weight pipelines (models/) and golden outputs (tests/golden/)"
     rm -rf models tests/golden
@@ -69,6 +69,8 @@ if [ -f scripts/make_tiny_models.py ]; then
     .venv/bin/python3 scripts/make_layout_fixtures.py --models models --golden tests/golden
     # ComfyUI / Kijai fp8 single files (plain cast and "scaled fp8") with the float32 folders they must match.
     .venv/bin/python3 scripts/make_fp8_fixtures.py --models models
+    # LoRA files in every dialect fluxbatch reads, and diffusers' images with them (dense and NF4 bases).
+    .venv/bin/python3 scripts/make_lora_fixtures.py --models models
     echo "$gen_hash" > models/.fluxbatch-gen
   fi
 fi

@@ -20,6 +20,26 @@ uint64_t parse_seed(const std::string& text) {
   return static_cast<uint64_t>(v);
 }
 
+// "PATH" or "PATH:SCALE" (a path may itself contain ':', so only a number after the last one is a scale).
+job::LoraRef parse_lora(const std::string& text) {
+  job::LoraRef lora;
+  lora.path = text;
+  lora.field = "--lora";
+  const size_t colon = text.rfind(':');
+  if (colon != std::string::npos && colon + 1 < text.size()) {
+    const std::string scale = text.substr(colon + 1);
+    char* end = nullptr;
+    errno = 0;
+    const double value = std::strtod(scale.c_str(), &end);
+    if (end == scale.c_str() + scale.size() && errno == 0 &&
+        scale.find_first_not_of("0123456789.+-eE") == std::string::npos) {
+      lora.path = text.substr(0, colon);
+      lora.scale = value;
+    }
+  }
+  return lora;
+}
+
 }  // namespace
 
 void add_global_options(CLI::App& app, GlobalOptions& options) {
@@ -68,6 +88,12 @@ void add_job_options(CLI::App& command, JobOptions& o) {
                                   std::string("File name template, overrides the job's output.name (default \"") +
                                       job::kDefaultNameTemplate + "\")")
                    ->type_name("TEMPLATE");
+  o.lora_opt = command
+                   .add_option("--lora", o.loras,
+                               "A LoRA for every image whose job entry sets no \"loras\" (repeatable; SCALE defaults "
+                               "to 1, range -10..10): diffusers/PEFT, Kohya/ComfyUI or XLabs .safetensors")
+                   ->type_name("PATH[:SCALE]")
+                   ->group("Defaults for prompt lists and unset job fields");
 }
 
 void add_quantize_option(CLI::App& command, std::string& quantize) {
@@ -95,6 +121,11 @@ job::LoadOptions to_load_options(const JobOptions& o) {
     } else {
       d.seed = parse_seed(o.seed);
     }
+  }
+  if (o.lora_opt != nullptr && *o.lora_opt) {
+    std::vector<job::LoraRef> loras;
+    for (const std::string& text : o.loras) loras.push_back(parse_lora(text));
+    d.loras = std::move(loras);
   }
   if (*o.out_opt) load.output_dir = o.out;
   if (*o.name_opt) load.name_template = o.name;

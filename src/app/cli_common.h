@@ -23,9 +23,10 @@ struct JobOptions {
   std::string seed;  // integer or "random"
   std::string out;
   std::string name;
+  std::vector<std::string> loras;  // --lora PATH[:SCALE], repeatable
   CLI::Option *width_opt = nullptr, *height_opt = nullptr, *steps_opt = nullptr, *count_opt = nullptr,
               *msl_opt = nullptr, *guidance_opt = nullptr, *seed_opt = nullptr, *out_opt = nullptr,
-              *name_opt = nullptr;
+              *name_opt = nullptr, *lora_opt = nullptr;
 };
 void add_job_options(CLI::App& command, JobOptions& options);
 // The LoadOptions for job::load_job; InputError for a malformed --seed.

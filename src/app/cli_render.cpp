@@ -17,6 +17,7 @@
 #include "fluxbatch/runtime/flux_generator.h"
 #include "fluxbatch/tokenizers/clip_tokenizer.h"
 #include "fluxbatch/tokenizers/t5_tokenizer.h"
+#include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "exit_codes.h"
 #include "interrupt.h"
 #include "plan_report.h"
@@ -47,12 +48,17 @@ constexpr const char* kFooter =
     "      one JSON event per line (start, stage, batch, step, image, done) for a wrapper\n"
     "\n"
     "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
-    "records it with the same prompt, seed, size, steps, guidance, max_sequence_length and model.\n"
+    "records it with the same prompt, seed, size, steps, guidance, max_sequence_length, LoRAs and model.\n"
     "Existing images are never replaced unless --overwrite is given. Ctrl-C finishes the images in\n"
     "hand and stops (exit 130); a second Ctrl-C aborts at once.\n"
     "\n"
     "Each PNG carries a \"parameters\" text chunk in the A1111/Forge format and a \"fluxbatch\" chunk\n"
-    "with the item as JSON.\n";
+    "with the item as JSON.\n"
+    "\n"
+    "LoRAs: \"loras\": [{\"path\": \"styles/ink.safetensors\", \"scale\": 0.8}] in the job's defaults or an item\n"
+    "(an item's list replaces the defaults'; [] means none), or --lora PATH[:SCALE] (repeatable) for prompt\n"
+    "lists. Applied as side paths next to the base weights (dense or NF4, never re-quantized); images of one\n"
+    "batch may use different LoRAs. A LoRA is part of what an image is: resume and the cache tell them apart.\n";
 
 constexpr int kAutoBatch = 0;  // parse_batch's answer for "auto"
 constexpr int kMaxAutoBatch = 64;
@@ -175,6 +181,10 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
   add_memory_options(*sub, command.memory, /*monitor=*/true);
   add_speed_options(*sub, command.speed);
   sub->add_flag("--overwrite", command.overwrite, "Render every image again, replacing existing files");
+  sub->add_flag("--lora-merge", command.lora_merge,
+                "Merge LoRAs into the transformer's weights per batch instead of side paths: batches then hold one "
+                "LoRA set each, a dense transformer only (NF4 and offload keep side paths; originals kept in host "
+                "memory, put back exactly). Pays off when many images share few LoRA sets");
   sub->add_option("--write-threads", command.write_threads,
                   "Threads that encode and write PNGs while the device goes on with the next image; 0 writes each "
                   "image before the next is made (default 2). Manifest lines keep the images' order either way")
@@ -253,8 +263,13 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
                             tokenizers::T5Tokenizer(files.tokenizer_2_dir));
   apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
+  // The LoRAs: read and checked against the model's layers (configs only) before any weights load.
+  if (auto loras = runtime::LoraCatalog::load(loaded.spec, files); !loras->empty()) options.loras = loras;
+  options.merge_loras = command.lora_merge;
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
                                     compute_mode_identity(command.speed));
+  // Merged and side-path LoRAs round differently: their images are kept apart in the cache.
+  if (caches.images && command.lora_merge) caches.images->set_lora_mode("merged");
   options.prompt_cache = caches.prompts;
   clock.enter("");
 
@@ -302,6 +317,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   runner.write_threads = command.write_threads;
   runner.observer = shown;
   runner.image_cache = caches.images.get();
+  runner.group_by_loras = command.lora_merge;
   const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, session);
   if (shown != nullptr) {
     // First: the "done" event, and the live line gone (no redraw after it) before the summary lines.

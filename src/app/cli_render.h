@@ -24,6 +24,7 @@ struct RenderCommand {
   std::string quantize = "none";  // --quantize none|nf4
   SpeedOptions speed;             // --kernels, --cuda-graphs
   bool overwrite = false;
+  bool lora_merge = false;  // --lora-merge
   bool dry_run = false;
   int write_threads = 2;    // --write-threads
   ProgressOptions progress; // --progress, --progress-interval

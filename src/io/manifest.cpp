@@ -79,6 +79,11 @@ std::string manifest_line(const ManifestEntry& e) {
             {"batch_size", e.batch_size},
             {"finished_at", e.finished_at}};
   if (e.cached) j["cached"] = true;
+  if (!e.loras.empty()) {
+    json loras = json::array();
+    for (const ManifestLora& l : e.loras) loras.push_back({{"path", l.path}, {"scale", l.scale}, {"sha256", l.sha256}});
+    j["loras"] = std::move(loras);
+  }
   // Invalid UTF-8 in a prompt must not lose the line: replace it rather than throw.
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -170,6 +175,17 @@ ManifestEntry entry_from_json(const json& j) {
   e.batch_size = field<int>(j, "batch_size");
   e.finished_at = field<std::string>(j, "finished_at");
   if (const auto cached = j.find("cached"); cached != j.end() && cached->is_boolean()) e.cached = cached->get<bool>();
+  if (const auto loras = j.find("loras"); loras != j.end()) {
+    if (!loras->is_array()) throw InputError("\"loras\" is not an array");
+    for (const json& l : *loras) {
+      if (!l.is_object()) throw InputError("\"loras\" holds a non-object");
+      ManifestLora lora;
+      lora.path = field<std::string>(l, "path");
+      lora.scale = field<double>(l, "scale");
+      if (const auto sha = l.find("sha256"); sha != l.end() && sha->is_string()) lora.sha256 = sha->get<std::string>();
+      e.loras.push_back(std::move(lora));
+    }
+  }
   return e;
 }
 

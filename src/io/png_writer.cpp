@@ -198,10 +198,16 @@ std::vector<PngText> read_png_text(std::string_view png) {
 std::string a1111_parameters(const InfotextParams& p) {
   // FLUX.1-dev has no classifier-free guidance: Forge records CFG scale 1 and the distilled
   // guidance separately.
-  return p.prompt + "\nSteps: " + std::to_string(p.steps) + ", Sampler: Euler, Schedule type: Simple" +
+  std::string prompt = p.prompt, hashes;
+  for (const InfotextLora& lora : p.loras) {
+    prompt += " <lora:" + lora.name + ":" + format_number(lora.scale) + ">";
+    if (!lora.short_hash.empty()) hashes += (hashes.empty() ? "" : ", ") + lora.name + ": " + lora.short_hash;
+  }
+  if (!hashes.empty()) hashes = ", Lora hashes: " + infotext_quote(hashes);
+  return prompt + "\nSteps: " + std::to_string(p.steps) + ", Sampler: Euler, Schedule type: Simple" +
          ", CFG scale: 1, Distilled CFG Scale: " + format_number(p.guidance) + ", Seed: " + std::to_string(p.seed) +
          ", Size: " + std::to_string(p.width) + "x" + std::to_string(p.height) +
-         (p.model.empty() ? std::string() : ", Model: " + infotext_quote(p.model)) + ", Version: " + infotext_quote("fluxbatch " FLUXBATCH_VERSION);
+         (p.model.empty() ? std::string() : ", Model: " + infotext_quote(p.model)) + hashes + ", Version: " + infotext_quote("fluxbatch " FLUXBATCH_VERSION);
 }
 
 }  // namespace fluxbatch::io

@@ -24,8 +24,18 @@ struct ResolvedItem {
   const std::string* name_template = nullptr;
 };
 
-// Later layers win: built-in defaults < command line < "defaults" < the item.
-void apply(const ParamOverrides& overrides, RenderParams* params, bool* random_seed) {
+std::string resolve_against(const std::string& path, const std::string& job_path);
+
+// Later layers win: built-in defaults < command line < "defaults" < the item. `job_path`: LoRA paths
+// of the job file are relative to its directory (empty: the command line's, relative to the cwd).
+void apply(const ParamOverrides& overrides, RenderParams* params, bool* random_seed,
+           const std::string& job_path = "") {
+  if (overrides.loras) {
+    params->loras = *overrides.loras;
+    if (!job_path.empty()) {
+      for (LoraRef& lora : params->loras) lora.path = resolve_against(lora.path, job_path);
+    }
+  }
   if (overrides.width) params->width = *overrides.width;
   if (overrides.height) params->height = *overrides.height;
   if (overrides.steps) params->steps = *overrides.steps;
@@ -54,8 +64,8 @@ uint64_t draw_seed(const LoadOptions& options) {
 
 class Expander {
  public:
-  Expander(const RawJob& raw, const LoadOptions& options, DiagnosticSink& sink)
-      : raw_(raw), options_(options), sink_(sink) {}
+  Expander(const RawJob& raw, const std::string& job_path, const LoadOptions& options, DiagnosticSink& sink)
+      : raw_(raw), job_path_(job_path), options_(options), sink_(sink) {}
 
   std::vector<RenderItem> run(const std::string& global_template) {
     std::vector<ResolvedItem> resolved = resolve(global_template);
@@ -88,8 +98,8 @@ class Expander {
       item.raw = &raw_item;
       item.item_index = static_cast<int64_t>(i);
       apply(options_.cli_defaults, &item.params, &item.random_seed);
-      apply(raw_.defaults, &item.params, &item.random_seed);
-      apply(raw_item.overrides, &item.params, &item.random_seed);
+      apply(raw_.defaults, &item.params, &item.random_seed, job_path_);
+      apply(raw_item.overrides, &item.params, &item.random_seed, job_path_);
       if (options_.cli_defaults.guidance) item.guidance_set_by = "--guidance";
       if (raw_.defaults.guidance) item.guidance_set_by = "\"defaults\"";
       if (raw_item.overrides.guidance) item.guidance_set_by = "the item";
@@ -153,6 +163,7 @@ class Expander {
   };
 
   const RawJob& raw_;
+  std::string job_path_;
   const LoadOptions& options_;
   DiagnosticSink& sink_;
   int64_t next_index_ = 0;
@@ -181,7 +192,7 @@ JobSpec expand_job(const RawJob& raw, const std::string& path, const LoadOptions
   // Expanding on top of broken settings would only add follow-up noise to the real problems
   // (a bad --name is reported by the loader).
   if (!raw.settings_valid || !name_template_error(spec.name_template).empty()) return spec;
-  spec.items = Expander(raw, options, sink).run(spec.name_template);
+  spec.items = Expander(raw, path, options, sink).run(spec.name_template);
   return spec;
 }
 

@@ -24,6 +24,19 @@ ordered_json item_object(const RenderItem& item) {
   object["seed_drawn"] = item.seed_drawn;
   object["count"] = item.params.count;
   object["max_sequence_length"] = item.params.max_sequence_length;
+  // Only when there are any: the items of jobs without LoRAs keep the text earlier versions wrote
+  // (resume compares a PNG's own "fluxbatch" chunk with it).
+  if (!item.params.loras.empty()) {
+    ordered_json loras = ordered_json::array();
+    for (const LoraRef& lora : item.params.loras) {
+      ordered_json entry;
+      entry["path"] = lora.path;
+      entry["scale"] = lora.scale;
+      if (!lora.sha256.empty()) entry["sha256"] = lora.sha256;
+      loras.push_back(std::move(entry));
+    }
+    object["loras"] = std::move(loras);
+  }
   object["file"] = item.file;
   object["location"] = item.location;
   return object;

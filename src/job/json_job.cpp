@@ -19,7 +19,8 @@ using nlohmann::json;
 const std::vector<std::string> kRootKeys = {"model", "config", "cache", "output", "defaults", "items"};
 const std::vector<std::string> kOutputKeys = {"dir", "name"};
 const std::vector<std::string> kParamKeys = {"width", "height", "steps", "guidance",
-                                             "seed", "count", "max_sequence_length"};
+                                             "seed", "count", "max_sequence_length", "loras"};
+const std::vector<std::string> kLoraKeys = {"path", "scale", "strict"};
 const std::vector<std::string> kItemOnlyKeys = {"prompt", "name", "priority"};
 
 // Spellings from diffusers and other tools that people will reach for.
@@ -28,7 +29,9 @@ const std::pair<const char*, const char*> kAliases[] = {
     {"num_images_per_prompt", "count"}, {"num_images", "count"},
     {"max_seq_len", "max_sequence_length"}, {"text", "prompt"},
     {"prompts", "items"}, {"jobs", "items"}, {"images", "items"},
-    {"file", "name"}, {"filename", "name"}, {"output_dir", "dir"}, {"out", "dir"}};
+    {"file", "name"}, {"filename", "name"}, {"output_dir", "dir"}, {"out", "dir"},
+    {"lora", "loras"}, {"lora_weights", "loras"}, {"adapters", "loras"}, {"weight", "scale"},
+    {"strength", "scale"}, {"lora_scale", "scale"}, {"file", "path"}};
 
 bool contains(const std::vector<std::string>& keys, const std::string& key) {
   return std::find(keys.begin(), keys.end(), key) != keys.end();
@@ -210,8 +213,73 @@ class JsonJobParser {
     return for_each_member(
         defaults, offset, "defaults", kParamKeys, "defaults",
         [&](const Member& member, const json& value, const std::string& field) {
+          if (member.key == "loras") return parse_loras(value, member.value_offset, field, &raw_.defaults);
           return check(member.value_offset, field, read_param(member.key, value, &raw_.defaults));
         });
+  }
+
+  // "loras": [{"path": "...", "scale": 0.8, "strict": false}, "other.safetensors", ...]; a plain
+  // string is a path at scale 1. Paths stay as written here (expand_job resolves them).
+  bool parse_loras(const json& value, size_t offset, const std::string& field, ParamOverrides* out) {
+    if (!value.is_array()) {
+      return check(offset, field,
+                   "expected an array of LoRAs ([{\"path\": \"x.safetensors\", \"scale\": 0.8}] or [] for "
+                   "none), got " + describe(value));
+    }
+    if (value.size() > static_cast<size_t>(kMaxLorasPerImage)) {
+      return check(offset, field, "has " + std::to_string(value.size()) + " LoRAs; the limit is " +
+                                      std::to_string(kMaxLorasPerImage) + " per image");
+    }
+    const std::vector<size_t> offsets = array_elements(text_, offset);
+    if (offsets.size() != value.size()) throw std::logic_error("job scanner miscounted loras");
+    std::vector<LoraRef> loras;
+    bool ok = true;
+    for (size_t i = 0; i < value.size(); ++i) {
+      const std::string entry_field = field + "[" + std::to_string(i) + "]";
+      LoraRef lora;
+      lora.location = sink_.location(offsets[i]);
+      lora.field = entry_field;
+      const json& entry = value[i];
+      if (entry.is_string()) {
+        if (!check(offsets[i], entry_field, path_string_problem(entry))) {
+          ok = false;
+          continue;
+        }
+        lora.path = entry.get<std::string>();
+        loras.push_back(std::move(lora));
+        continue;
+      }
+      if (!entry.is_object()) {
+        ok = check(offsets[i], entry_field,
+                   "expected {\"path\": \"x.safetensors\", \"scale\": 0.8} or a path string, got " +
+                       describe(entry)) && ok;
+        continue;
+      }
+      bool has_path = false;
+      const bool entry_ok = for_each_member(
+          entry, offsets[i], entry_field, kLoraKeys, "lora",
+          [&](const Member& member, const json& v, const std::string& f) {
+            if (member.key == "path") {
+              has_path = true;
+              if (!check(member.value_offset, f, path_string_problem(v))) return false;
+              lora.path = v.get<std::string>();
+              return true;
+            }
+            if (member.key == "scale") return check(member.value_offset, f, read_lora_scale(v, &lora.scale));
+            if (!v.is_boolean()) return check(member.value_offset, f, "expected true or false, got " + describe(v));
+            lora.strict = v.get<bool>();
+            return true;
+          });
+      if (!has_path) {
+        sink_.add(offsets[i], entry_field, "missing \"path\" (the LoRA's .safetensors file)");
+        ok = false;
+        continue;
+      }
+      ok = entry_ok && ok;
+      if (entry_ok) loras.push_back(std::move(lora));
+    }
+    if (ok) out->loras = std::move(loras);
+    return ok;
   }
 
   void parse_items(const json& items, size_t offset) {
@@ -281,6 +349,9 @@ class JsonJobParser {
           }
           if (member.key == "priority") {
             return check(member.value_offset, field, read_priority(field_value, &item->priority));
+          }
+          if (member.key == "loras") {
+            return parse_loras(field_value, member.value_offset, field, &item->overrides);
           }
           return check(member.value_offset, field,
                        read_param(member.key, field_value, &item->overrides));

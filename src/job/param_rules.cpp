@@ -141,6 +141,24 @@ std::string read_param(const std::string& key, const json& value, ParamOverrides
   return "";
 }
 
+std::string check_lora_scale(double value) {
+  if (std::isfinite(value) && value >= kMinLoraScale && value <= kMaxLoraScale) return "";
+  std::ostringstream out;
+  out << "expected a number from " << kMinLoraScale << " to " << kMaxLoraScale << ", got " << json(value).dump();
+  return out.str();
+}
+
+std::string read_lora_scale(const json& value, double* out) {
+  if (value.is_number() && check_lora_scale(value.get<double>()).empty()) {
+    *out = value.get<double>();
+    return "";
+  }
+  // The value as written (11, not 11.0).
+  std::ostringstream expectation;
+  expectation << "expected a number from " << kMinLoraScale << " to " << kMaxLoraScale << ", got " << describe(value);
+  return expectation.str();
+}
+
 std::string read_priority(const json& value, int* out) {
   const IntRange& range = *int_range("priority");
   const std::optional<long long> number = as_integer(value);

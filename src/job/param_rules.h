@@ -15,6 +15,10 @@ bool is_param_key(const std::string& key);
 // got ...") or "" when it is valid.
 std::string read_param(const std::string& key, const nlohmann::json& value, ParamOverrides* out);
 
+// Reads a LoRA's "scale" (a number from kMinLoraScale to kMaxLoraScale).
+std::string read_lora_scale(const nlohmann::json& value, double* out);
+std::string check_lora_scale(double value);
+
 // Reads an item's "priority".
 std::string read_priority(const nlohmann::json& value, int* out);
 
@@ -43,6 +47,17 @@ void check_overrides(const ParamOverrides& overrides, Report report) {
     check("max_sequence_length", check_int("max_sequence_length", *overrides.max_sequence_length));
   }
   if (overrides.guidance) check("guidance", check_guidance(*overrides.guidance));
+  if (overrides.loras) {
+    if (overrides.loras->size() > static_cast<size_t>(kMaxLorasPerImage)) {
+      check("lora", "given " + std::to_string(overrides.loras->size()) + " times; the limit is " +
+                        std::to_string(kMaxLorasPerImage) + " LoRAs per image");
+    }
+    for (const LoraRef& lora : *overrides.loras) {
+      if (lora.path.empty()) check("lora", "expected PATH or PATH:SCALE, got an empty path");
+      const std::string problem = check_lora_scale(lora.scale);
+      if (!problem.empty()) check("lora", lora.path + ": scale " + problem);
+    }
+  }
 }
 
 }  // namespace fluxbatch::job::detail

@@ -18,6 +18,13 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias, con
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) const {
+  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr && x.dim() >= 2) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = out_features_;
+    at::Tensor out = at::empty(shape, x.options());
+    forward_lora({x, {}}, out, /*gelu_tanh=*/false, *sets, /*plain_forward=*/true);
+    return out;
+  }
   if (takes_fp8() && x.dim() >= 2) return forward(ops::quantize_fp8_rows(x), x.scalar_type());
   if (nf4_) return ops::nf4_linear(x, *nf4_, bias, scratch_.get());
   return ops::per_image_linear(x, weight, bias);
@@ -25,11 +32,21 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) const {
 
 at::Tensor LinearImpl::forward(const ops::Fp8Rows& x, at::ScalarType out_dtype) const {
   FLUXBATCH_CHECK(takes_fp8(), std::invalid_argument, "Linear: fp8 rows given to a layer without fp8 compute");
+  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr && x.data.dim() >= 2) {
+    std::vector<int64_t> shape = x.data.sizes().vec();
+    shape.back() = out_features_;
+    at::Tensor out = at::empty(shape, x.data.options().dtype(out_dtype));
+    forward_lora({at::Tensor(), x}, out, /*gelu_tanh=*/false, *sets, /*plain_forward=*/true);
+    return out;
+  }
   return ops::fp8_linear(x, fp8_weight(), bias, out_dtype);
 }
 
 void LinearImpl::forward_out(const ops::Fp8Rows& x, at::Tensor out) const {
   FLUXBATCH_CHECK(takes_fp8(), std::invalid_argument, "Linear: fp8 rows given to a layer without fp8 compute");
+  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr) {
+    return forward_lora({at::Tensor(), x}, out, /*gelu_tanh=*/false, *sets, /*plain_forward=*/false);
+  }
   ops::fp8_linear_out(out, x, fp8_weight(), bias);
 }
 
@@ -39,6 +56,9 @@ at::Tensor LinearImpl::forward(const LinearInput& x, at::ScalarType out_dtype) c
 
 void LinearImpl::forward_out(const LinearInput& x, at::Tensor out, bool gelu_tanh) const {
   if (!x.is_fp8()) return forward_out(x.dense, std::move(out), gelu_tanh);
+  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr) {
+    return forward_lora(x, out, gelu_tanh, *sets, /*plain_forward=*/false);
+  }
   FLUXBATCH_CHECK(takes_fp8(), std::invalid_argument, "Linear: fp8 rows given to a layer without fp8 compute");
   ops::fp8_linear_out(out, x.fp8, fp8_weight(), bias, gelu_tanh);
 }
@@ -59,6 +79,9 @@ at::Tensor LinearImpl::forward_gelu_tanh(const at::Tensor& x) const {
 }
 
 void LinearImpl::forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh) const {
+  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr) {
+    return forward_lora({x, {}}, out, gelu_tanh, *sets, /*plain_forward=*/false);
+  }
   if (takes_fp8()) {
     ops::fp8_linear_out(out, ops::quantize_fp8_rows(x), fp8_weight(), bias, gelu_tanh);
     return;
@@ -69,14 +92,114 @@ void LinearImpl::forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh
   ops::per_image_linear_out(out, x, w, b, gelu_tanh);
 }
 
+const std::vector<LoraSet>* LinearImpl::lora_sets() const {
+  if (loras_.empty()) return nullptr;
+  const std::vector<LoraSet>* sets = LoraScope::active();
+  if (sets == nullptr) return nullptr;
+  for (const LoraSet& set : *sets) {
+    for (const LoraUse& use : set) {
+      if (loras_.count(use.adapter)) return sets;
+    }
+  }
+  return nullptr;
+}
+
+void LinearImpl::forward_lora(const LinearInput& x, at::Tensor& out, bool gelu_tanh,
+                              const std::vector<LoraSet>& sets, bool plain_forward) const {
+  const at::Tensor& shape = x.rows();
+  FLUXBATCH_CHECK(shape.dim() >= 2 && static_cast<size_t>(shape.size(0)) == sets.size(), std::invalid_argument,
+                  "Linear: the LoRA scope has " + std::to_string(sets.size()) + " image(s), the input " +
+                      std::to_string(shape.dim() >= 1 ? shape.size(0) : 0));
+  const at::ScalarType dtype = x.is_fp8() ? out.scalar_type() : x.dense.scalar_type();
+  const at::Tensor b = bias.defined() && bias.scalar_type() != dtype ? bias.to(dtype) : bias;
+  // fp8 compute: the weight as the fp8 GEMM takes it, made once for the batch (an NF4 layer's per call).
+  const quant::Fp8Tensor w8 = takes_fp8() ? fp8_weight() : quant::Fp8Tensor();
+  for (int64_t i = 0; i < shape.size(0); ++i) {
+    at::Tensor oi = out.narrow(0, i, 1);  // [1, ..., out]
+    std::vector<const LoraUse*> uses;
+    for (const LoraUse& use : sets[static_cast<size_t>(i)]) {
+      if (loras_.count(use.adapter) && use.scale != 0.0) uses.push_back(&use);
+    }
+    // The base product, as this image gets it alone or in any batch: fp8 rows are quantized per row, so
+    // one image's rows are the batch's rows. The GELU waits for the side paths.
+    const bool gelu_now = gelu_tanh && uses.empty();
+    if (takes_fp8()) {
+      const ops::Fp8Rows rows = x.is_fp8() ? ops::Fp8Rows{x.fp8.data.narrow(0, i, 1), x.fp8.scale.narrow(0, i, 1)}
+                                           : ops::quantize_fp8_rows(x.dense.narrow(0, i, 1));
+      ops::fp8_linear_out(oi, rows, w8, bias);
+      if (gelu_now) at::gelu_(oi, "tanh");
+    } else if (nf4_ && plain_forward && uses.empty()) {  // forward()'s NF4 path (the one-row GEMV on CUDA)
+      oi.copy_(ops::nf4_linear(x.dense.narrow(0, i, 1), *nf4_, bias, scratch_.get()));
+    } else {
+      const at::Tensor w = nf4_ ? ops::nf4_dense_weight(*nf4_, dtype, scratch_.get()) : weight;
+      ops::per_image_linear_out(oi, x.dense.narrow(0, i, 1), w, b, gelu_now);
+    }
+    if (uses.empty()) continue;
+    // rows: [tokens, in], the dense input (fp8 rows dequantized: the producer kept no dense copy, and the
+    // base GEMM read the same values); target: the image's [tokens, out] (unit column stride).
+    const at::Tensor rows = x.is_fp8() ? ops::dequantize_fp8_rows({x.fp8.data.narrow(0, i, 1), x.fp8.scale.narrow(0, i, 1)},
+                                                                  dtype).view({-1, in_features_})
+                                       : x.dense.narrow(0, i, 1).contiguous().view({-1, in_features_});
+    at::Tensor target = oi.view({-1, out_features_});
+    for (const LoraUse* use : uses) {
+      const LoraFactors& f = loras_.at(use->adapter);
+      // PEFT: result + lora_B(lora_A(x)) * scaling. [tokens, rank], then accumulated into the target by the
+      // GEMM itself (beta 1): the output is read and written once more, not three times. The target's
+      // layout is the same whatever the batch, so an image still sums alike alone and in a batch.
+      const at::Tensor down = at::mm(rows, f.down.t());
+      target.addmm_(down, f.up.t(), /*beta=*/1.0, /*alpha=*/use->scale * f.alpha_scale);
+    }
+    if (gelu_tanh) at::gelu_(target, "tanh");
+  }
+}
+
+void LinearImpl::set_lora(int id, LoraFactors factors, const std::string& what) {
+  FLUXBATCH_CHECK(factors.down.dim() == 2 && factors.up.dim() == 2 && factors.down.size(1) == in_features_ &&
+                      factors.up.size(0) == out_features_ && factors.up.size(1) == factors.down.size(0),
+                  ModelError,
+                  what + ": LoRA factors down " + std::to_string(factors.down.size(0)) + "x" +
+                      std::to_string(factors.down.dim() == 2 ? factors.down.size(1) : 0) + ", up " +
+                      std::to_string(factors.up.size(0)) + "x" +
+                      std::to_string(factors.up.dim() == 2 ? factors.up.size(1) : 0) + " do not fit the layer [" +
+                      std::to_string(out_features_) + ", " + std::to_string(in_features_) + "]");
+  loras_[id] = std::move(factors);
+}
+
+void LinearImpl::remove_lora(int id) { loras_.erase(id); }
+
+bool LinearImpl::merge_loras(const LoraSet& set, const c10::Device& keep_on) {
+  if (nf4_ || fp8_ || !weight.defined()) return false;
+  at::Tensor delta;  // [out, in], fp32
+  for (const LoraUse& use : set) {
+    const auto it = loras_.find(use.adapter);
+    if (it == loras_.end() || use.scale == 0.0) continue;
+    const at::Tensor product = at::mm(it->second.up.to(at::kFloat), it->second.down.to(at::kFloat));
+    const double s = use.scale * it->second.alpha_scale;
+    delta = delta.defined() ? delta.add_(product, s) : product.mul_(s);
+  }
+  if (!delta.defined()) return false;
+  unmerge_loras();
+  merged_original_ = weight.to(keep_on, /*non_blocking=*/false, /*copy=*/true);
+  weight.copy_(weight.to(at::kFloat).add_(delta));
+  return true;
+}
+
+void LinearImpl::unmerge_loras() {
+  if (!merged_original_.defined()) return;
+  weight.copy_(merged_original_);
+  merged_original_ = at::Tensor();
+}
+
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
   move_quantized(device);
+  for (auto& [id, f] : loras_) f = {f.down.to(device, dtype), f.up.to(device, dtype), f.alpha_scale};
 }
 
 void LinearImpl::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
   move_quantized(device);
+  for (auto& [id, f] : loras_) f = {f.down.to(device), f.up.to(device), f.alpha_scale};
 }
 
 void LinearImpl::move_quantized(const c10::Device& device) {

@@ -4,6 +4,7 @@
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
+#include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/sampling/postprocess.h"
 
@@ -24,7 +25,7 @@ namespace fluxbatch::runtime {
 
 // Least-recently-used prompt embeddings, keyed by (prompt, max_sequence_length).
 struct FluxGenerator::Cache {
-  using Key = std::pair<std::string, int>;
+  using Key = FluxGenerator::Key;
   struct Entry {
     at::Tensor prompt_embeds;  // [1, L, D]
     at::Tensor pooled;         // [1, P]
@@ -73,6 +74,8 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;
   out.cuda_graphs = options.cuda_graphs;
+  out.loras = options.loras;
+  out.merge_loras = options.merge_loras;
   out.compute_fp8 = options.compute_fp8;
   out.fp8_from_nf4 = options.fp8_from_nf4;
   if (out.dtype == c10::kHalf) {
@@ -104,7 +107,7 @@ void FluxGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
   prepared_ = std::make_unique<Prepared>();
   prepared_->limit = options_.prepared_embedding_bytes;
   for (const job::RenderItem* item : items) {
-    const Key key{item->prompt, item->params.max_sequence_length};
+    const Key key = key_of(*item, item->params.max_sequence_length);
     if (prepared_->uses[key]++ == 0) prepared_->pending.push_back(key);
   }
   if (prepared_->pending.empty()) return;
@@ -118,9 +121,16 @@ void FluxGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
   if (options_.on_stage) options_.on_stage("");
 }
 
-PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, int max_sequence_length) {
+FluxGenerator::Key FluxGenerator::key_of(const job::RenderItem& item, int max_sequence_length) const {
+  Key key{item.prompt, max_sequence_length, {}};
+  if (options_.loras) key.text_loras = options_.loras->set_for(item.params.loras, models::lora::LoraComponent::kTextEncoder);
+  return key;
+}
+
+PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, int max_sequence_length,
+                                       const nn::LoraSet& text_loras) {
   try {
-    PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length);
+    PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length, text_loras);
     stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
     return out;
   } catch (const std::exception& e) {
@@ -132,7 +142,7 @@ PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, 
   release_cached_memory();
   pipeline_->move_text_encoders_to_cpu();
   ++stats_.cpu_encode_fallbacks;
-  PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length);
+  PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length, text_loras);
   stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
   return out;
 }
@@ -179,7 +189,7 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
         pipeline_->hold_text_encoders(true);  // one trip to the device for the whole window (offload)
         loaded = true;
       }
-      const PromptEmbeddings e = encode({key.first}, key.second);
+      const PromptEmbeddings e = encode({key.prompt}, key.max_sequence_length, key.text_loras);
       entry = {e.prompt_embeds.to(c10::Device(c10::kCPU)), e.pooled.to(c10::Device(c10::kCPU)), 0};
       store_embedding(key, entry.prompt_embeds, entry.pooled);
       ++count;
@@ -208,8 +218,8 @@ void FluxGenerator::encode_window(const std::vector<Key>& needed) {
 }
 
 std::optional<std::pair<at::Tensor, at::Tensor>> FluxGenerator::cached_embedding(const Key& key) {
-  if (!options_.prompt_cache) return std::nullopt;
-  auto hit = options_.prompt_cache->find(key.first, key.second);
+  if (!options_.prompt_cache || !key.text_loras.empty()) return std::nullopt;
+  auto hit = options_.prompt_cache->find(key.prompt, key.max_sequence_length);
   // Only the run's own dtype: a cache shared with an fp32 run holds other entries anyway (the key
   // says so); this guards against a damaged but well-formed one.
   if (hit && hit->first.scalar_type() != pipeline_->options().dtype) return std::nullopt;
@@ -218,8 +228,8 @@ std::optional<std::pair<at::Tensor, at::Tensor>> FluxGenerator::cached_embedding
 
 void FluxGenerator::store_embedding(const Key& key, const at::Tensor& prompt_embeds, const at::Tensor& pooled) {
   // Encoded on the CPU after the device ran out of memory: not what the key (this device) promises.
-  if (!options_.prompt_cache || stats_.cpu_encode_fallbacks > 0) return;
-  options_.prompt_cache->store(key.first, key.second, prompt_embeds, pooled);
+  if (!options_.prompt_cache || stats_.cpu_encode_fallbacks > 0 || !key.text_loras.empty()) return;
+  options_.prompt_cache->store(key.prompt, key.max_sequence_length, prompt_embeds, pooled);
 }
 
 void FluxGenerator::rendered(const Key& key) {
@@ -238,7 +248,7 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
   if (prepared_) {
     std::vector<Key> needed;  // prepared keys that a later window was to encode
     for (const auto& item : batch) {
-      const Key key{item.prompt, max_sequence_length};
+      const Key key = key_of(item, max_sequence_length);
       if (prepared_->uses.count(key) && !prepared_->entries.count(key) &&
           std::find(needed.begin(), needed.end(), key) == needed.end()) {
         needed.push_back(key);
@@ -250,52 +260,49 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
     }
   }
   // Entries are copied out of the cache first: encoding the missing prompts may evict them.
-  std::map<std::string, Cache::Entry> rows;
-  std::vector<std::string> missing;
+  std::map<Key, Cache::Entry> rows;
+  std::vector<Key> missing;
   for (const auto& item : batch) {
-    if (rows.count(item.prompt)) continue;
+    const Key key = key_of(item, max_sequence_length);
+    if (rows.count(key)) continue;
     if (prepared_) {
-      if (const auto it = prepared_->entries.find({item.prompt, max_sequence_length}); it != prepared_->entries.end()) {
-        rows.emplace(item.prompt, Cache::Entry{it->second.prompt_embeds, it->second.pooled});
+      if (const auto it = prepared_->entries.find(key); it != prepared_->entries.end()) {
+        rows.emplace(key, Cache::Entry{it->second.prompt_embeds, it->second.pooled});
         continue;
       }
     }
-    if (const Cache::Entry* cached = cache_->find({item.prompt, max_sequence_length})) {
-      rows.emplace(item.prompt, *cached);
-    } else if (std::find(missing.begin(), missing.end(), item.prompt) == missing.end()) {
-      missing.push_back(item.prompt);
+    if (const Cache::Entry* cached = cache_->find(key)) {
+      rows.emplace(key, *cached);
+    } else if (std::find(missing.begin(), missing.end(), key) == missing.end()) {
+      missing.push_back(key);
     }
   }
   if (!missing.empty()) {
     if (options_.on_stage) options_.on_stage("encode");
-    std::vector<std::string> encode_now;
-    for (const std::string& prompt : missing) {
-      if (auto hit = cached_embedding({prompt, max_sequence_length})) {
+    std::vector<Key> encode_now;
+    for (const Key& key : missing) {
+      if (auto hit = cached_embedding(key)) {
         const Cache::Entry entry{hit->first, hit->second};
-        rows.emplace(prompt, entry);
-        cache_->put({prompt, max_sequence_length}, entry);
+        rows.emplace(key, entry);
+        cache_->put(key, entry);
         ++stats_.prompts_from_cache;
       } else {
-        encode_now.push_back(prompt);
+        encode_now.push_back(key);
       }
     }
-    if (!encode_now.empty()) {
-      load_text_encoders();
-      const PromptEmbeddings encoded = encode(encode_now, max_sequence_length);
-      for (size_t i = 0; i < encode_now.size(); ++i) {
-        const auto row = static_cast<int64_t>(i);
-        const Cache::Entry entry{encoded.prompt_embeds.narrow(0, row, 1).clone(),
-                                 encoded.pooled.narrow(0, row, 1).clone()};
-        rows.emplace(encode_now[i], entry);
-        cache_->put({encode_now[i], max_sequence_length}, entry);
-        store_embedding({encode_now[i], max_sequence_length}, entry.prompt_embeds, entry.pooled);
-      }
+    if (!encode_now.empty()) load_text_encoders();
+    for (const Key& key : encode_now) {  // each prompt is encoded alone anyway (FluxPipeline::encode_prompts)
+      const PromptEmbeddings encoded = encode({key.prompt}, max_sequence_length, key.text_loras);
+      const Cache::Entry entry{encoded.prompt_embeds.clone(), encoded.pooled.clone()};
+      rows.emplace(key, entry);
+      cache_->put(key, entry);
+      store_embedding(key, entry.prompt_embeds, entry.pooled);
     }
   }
   const c10::Device device = pipeline_->options().device;
   std::vector<at::Tensor> states, pooled;
   for (const auto& item : batch) {
-    const Cache::Entry& entry = rows.at(item.prompt);
+    const Cache::Entry& entry = rows.at(key_of(item, max_sequence_length));
     states.push_back(entry.prompt_embeds.to(device));
     pooled.push_back(entry.pooled.to(device));
   }
@@ -408,6 +415,9 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
   for (const auto& item : batch) {  // generate_each checked that they share the shape
     request.seeds.push_back(item.params.seed);
     request.guidance.push_back(item.params.guidance);
+    if (options_.loras) {
+      request.loras.push_back(options_.loras->set_for(item.params.loras, models::lora::LoraComponent::kTransformer));
+    }
   }
 
   const c10::Device device = pipeline_->options().device;
@@ -468,7 +478,7 @@ void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, cons
     image.width = static_cast<int>(pixels.size(2));
     image.rgb.resize(static_cast<size_t>(pixels.numel()));
     std::memcpy(image.rgb.data(), pixels.data_ptr<uint8_t>(), image.rgb.size());
-    rendered({batch[b].prompt, first.max_sequence_length});
+    rendered(key_of(batch[b], first.max_sequence_length));
     on_image(b, std::move(image));
   }
   pipeline_->finish_decode();

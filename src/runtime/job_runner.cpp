@@ -52,9 +52,22 @@ std::unordered_map<std::string, const io::ManifestEntry*> last_ok_lines(const io
   return out;
 }
 
+// The LoRAs recorded in a manifest line are the item's: same files (by content) at the same scales.
+bool same_loras(const std::vector<job::LoraRef>& loras, const std::vector<io::ManifestLora>& recorded) {
+  if (loras.size() != recorded.size()) return false;
+  for (size_t i = 0; i < loras.size(); ++i) {
+    job::LoraRef r;
+    r.path = recorded[i].path;
+    r.scale = recorded[i].scale;
+    r.sha256 = recorded[i].sha256;
+    if (!loras[i].same_as(r)) return false;
+  }
+  return true;
+}
+
 bool same_params(const job::RenderItem& item, const io::ManifestEntry& e, const std::optional<std::string>& model) {
   const job::RenderParams& p = item.params;
-  return e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
+  return same_loras(p.loras, e.loras) && e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
          e.steps == p.steps && e.guidance == p.guidance && e.max_sequence_length == p.max_sequence_length &&
          (!model || e.model == *model);
 }
@@ -77,6 +90,7 @@ std::vector<io::PngText> png_text(const job::RenderItem& item, const std::string
   p.width = item.params.width;
   p.height = item.params.height;
   p.model = model;
+  for (const job::LoraRef& lora : item.params.loras) p.loras.push_back({lora.name(), lora.scale, lora.short_hash});
   return {{"parameters", io::a1111_parameters(p)}, {"fluxbatch", job::item_to_json(item)}};
 }
 
@@ -134,7 +148,15 @@ void check_unique_files(const job::JobSpec& spec) {
   }
 }
 
-bool batchable(const job::RenderItem& a, const job::RenderItem& b) {
+bool same_loras(const job::RenderItem& a, const job::RenderItem& b) {
+  const auto& x = a.params.loras;
+  const auto& y = b.params.loras;
+  return x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin(),
+                                            [](const job::LoraRef& l, const job::LoraRef& r) { return l.same_as(r); });
+}
+
+bool batchable(const job::RenderItem& a, const job::RenderItem& b, bool group_by_loras) {
+  if (group_by_loras && !same_loras(a, b)) return false;
   return a.params.width == b.params.width && a.params.height == b.params.height &&
          a.params.steps == b.params.steps && a.params.max_sequence_length == b.params.max_sequence_length &&
          a.priority == b.priority;
@@ -147,7 +169,7 @@ int shape_batch(const job::RenderItem& item, int batch_size, const BatchFor& bat
 }
 
 std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<PlannedItem>& items, int batch_size,
-                                                              const BatchFor& batch_for) {
+                                                              const BatchFor& batch_for, bool group_by_loras) {
   std::vector<std::vector<const job::RenderItem*>> batches;
   std::vector<bool> taken(items.size(), false);
   for (size_t i = 0; i < items.size(); ++i) {
@@ -157,7 +179,7 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
     const int most = shape_batch(*items[i].item, batch_size, batch_for);
     for (size_t j = i + 1; j < items.size() && static_cast<int>(batch.size()) < most; ++j) {
       if (items[j].item->priority != items[i].item->priority) break;  // render order is by priority
-      if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item)) {
+      if (!taken[j] && items[j].state == ItemState::kRender && batchable(*items[i].item, *items[j].item, group_by_loras)) {
         batch.push_back(items[j].item);
         taken[j] = true;
       }
@@ -409,6 +431,7 @@ class Run {
     e.steps = item.params.steps;
     e.guidance = item.params.guidance;
     e.max_sequence_length = item.params.max_sequence_length;
+    for (const job::LoraRef& lora : item.params.loras) e.loras.push_back({lora.path, lora.scale, lora.sha256});
     e.model = model_;
     e.file = item.file;
     e.batch_size = static_cast<int>(batch_size);
@@ -638,7 +661,7 @@ void render_all(const JobPlan& plan, const RunnerOptions& options, ImageGenerato
   }
   if (!stop_requested(options)) prepare_generator(work, generator);
   // After prepare(): the generator may plan its memory (and so the batch per shape) there.
-  const auto batches = make_batches(work, options.batch_size, options.batch_for);
+  const auto batches = make_batches(work, options.batch_size, options.batch_for, options.group_by_loras);
   if (!batches.empty()) {
     int64_t images = 0;
     for (const auto& b : batches) images += static_cast<int64_t>(b.size());
@@ -666,7 +689,8 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 }
 
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
-                 bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for) {
+                 bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for,
+                 bool group_by_loras) {
   if (batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(batch_size));
   check_unique_files(spec);
   JobPlan plan;
@@ -678,7 +702,7 @@ JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const 
   for (const job::RenderItem& item : spec.items) {
     plan.items.push_back(plan_item(item, output_dir, overwrite, ok_lines, model));
   }
-  plan.batches = make_batches(plan.items, batch_size, batch_for);
+  plan.batches = make_batches(plan.items, batch_size, batch_for, group_by_loras);
   return plan;
 }
 
@@ -688,7 +712,8 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   const auto start = Clock::now();
   const std::string model = generator.model_description();
   if (options.dry_run) {
-    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
+    const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
+                                  options.group_by_loras);
     RunSummary summary;
     summary.total = static_cast<int64_t>(plan.items.size());
     summary.skipped = plan.count(ItemState::kSkip);
@@ -703,7 +728,8 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   // Lock the manifest before planning so no other run changes it between plan and render.
   io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
   remove_stale_temporaries(spec, output_dir);
-  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for);
+  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
+                                options.group_by_loras);
   for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
   for (const PlannedItem& planned : plan.items) {
     if (planned.state == ItemState::kSkip) log::debug(planned.item->file + ": " + planned.reason);

@@ -8,8 +8,10 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/runtime/model_io/consistency.h"
+#include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -24,10 +26,12 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 
 namespace fluxbatch::runtime {
 namespace {
@@ -293,7 +297,30 @@ struct FluxPipeline::State {
               seconds_text(seconds_since(start)));
   }
 
+  // The LoRA set merged into the transformer's dense weights (PipelineOptions::merge_loras); empty: none.
+  nn::LoraSet merged;
+
+  // Makes `set` the one merged into every Linear holding its adapters (the last one taken out first,
+  // exactly: each layer puts its kept original back); an empty set takes the merge out.
+  void merge_transformer_loras(const nn::LoraSet& set) {
+    if (set == merged) return;
+    std::vector<nn::LinearImpl*> linears;
+    for (const auto& m : transformer->modules()) {
+      if (auto* linear = dynamic_cast<nn::LinearImpl*>(m.get())) linears.push_back(linear);
+    }
+    for (nn::LinearImpl* linear : linears) linear->unmerge_loras();
+    merged.clear();
+    if (set.empty()) return;
+    const auto start = Clock::now();
+    int layers = 0;
+    for (nn::LinearImpl* linear : linears) layers += linear->merge_loras(set, c10::Device(c10::kCPU)) ? 1 : 0;
+    merged = set;
+    log::info("LoRAs merged into " + std::to_string(layers) + " transformer layer(s) in " +
+              seconds_text(seconds_since(start)) + " (originals kept in host memory)");
+  }
+
   void free_denoisers() {
+    merged.clear();
     if (!transformer && !vae) return;
     unpin(transformer.get());
     unpin(vae.get());
@@ -375,7 +402,8 @@ const sampling::SchedulerConfig& FluxPipeline::scheduler_config() const { return
 const PipelineOptions& FluxPipeline::options() const { return state_->options; }
 int64_t FluxPipeline::latent_channels() const { return state_->transformer_config.in_channels / 4; }
 
-PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length) {
+PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length,
+                                              const nn::LoraSet& text_loras) {
   FLUXBATCH_CHECK(!prompts.empty(), InputError, "encode_prompts: no prompts");
   FLUXBATCH_CHECK(max_sequence_length >= 1 && max_sequence_length <= 512, InputError,
                   "max_sequence_length must be within 1..512, got " + std::to_string(max_sequence_length));
@@ -384,6 +412,13 @@ PromptEmbeddings FluxPipeline::encode_prompts(const std::vector<std::string>& pr
   s.load_text_encoders();
   s.visit_text(*s.clip);
   s.visit_text(*s.t5);
+  const std::vector<nn::LoraSet> clip_loras{text_loras};  // one prompt at a time: a batch of one
+  if (s.options.loras) {
+    std::set<int> ids;
+    for (const nn::LoraUse& use : text_loras) ids.insert(use.adapter);
+    s.options.loras->attach(*s.clip, models::lora::LoraComponent::kTextEncoder, ids, s.options.dtype, s.text_device());
+  }
+  const nn::LoraScope lora_scope(&clip_loras);
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> encoded;
   std::vector<at::Tensor> pooled, states;
   for (const std::string& prompt : prompts) {
@@ -430,6 +465,25 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
 
   s.load_denoisers();
   s.visit(*s.transformer);
+  if (s.options.loras) {
+    std::set<int> ids;
+    for (const nn::LoraSet& set : request.loras) {
+      for (const nn::LoraUse& use : set) ids.insert(use.adapter);
+    }
+    s.options.loras->attach(*s.transformer, models::lora::LoraComponent::kTransformer, ids, s.options.dtype, device);
+  }
+  FLUXBATCH_CHECK(request.loras.empty() || static_cast<int64_t>(request.loras.size()) == batch, InputError,
+                  "denoise: need one LoRA set per image");
+  // Merged: one LoRA set for the whole batch (the runner groups batches so under merge_loras) on a
+  // dense transformer that stays on the device (offload copies it in afresh at every stage).
+  const bool uniform = !request.loras.empty() && !request.loras[0].empty() &&
+                       std::all_of(request.loras.begin(), request.loras.end(),
+                                   [&](const nn::LoraSet& set) { return set == request.loras[0]; });
+  // Merging needs bf16/fp32 weights: NF4 and fp8 (--compute fp8) layers keep side paths.
+  const bool dense = s.files.transformer.quantization.empty() && !s.options.quantize_nf4 && !s.options.compute_fp8;
+  const bool merge = s.options.merge_loras && uniform && dense && !s.offload();
+  if (s.options.loras) s.merge_transformer_loras(merge ? request.loras[0] : nn::LoraSet{});
+  const nn::LoraScope lora_scope(request.loras.empty() || merge ? nullptr : &request.loras);
   {
     // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
     // activations, given back below before the decode stage needs the room.

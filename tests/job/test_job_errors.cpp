@@ -140,7 +140,7 @@ TEST_CASE("unknown fields are errors with the closest known field suggested", "[
         Lines{"job.json:1:13 output.path: unknown field; known fields here: dir, name"});
   CHECK(problems(R"({"items": [{"prompt": "a", "my key": 1}]})") ==
         Lines{"job.json:1:28 items[0][\"my key\"]: unknown field; known fields here: prompt, name, "
-              "priority, width, height, steps, guidance, seed, count, max_sequence_length"});
+              "priority, width, height, steps, guidance, seed, count, max_sequence_length, loras"});
 }
 
 TEST_CASE("duplicate fields are errors", "[job]") {

@@ -18,6 +18,13 @@ struct ManifestTimings {
   double write_s = 0.0;     // PNG encode + atomic write
 };
 
+// A LoRA the image was rendered with (on disk: {"path", "scale", "sha256"}).
+struct ManifestLora {
+  std::string path;
+  double scale = 1.0;
+  std::string sha256;
+};
+
 // One line. Field names on disk are the member names (timings: {"generate_s", "write_s"}).
 struct ManifestEntry {
   int64_t index = 0;  // RenderItem::index
@@ -38,6 +45,7 @@ struct ManifestEntry {
   int batch_size = 1;
   std::string finished_at;  // UTC, ISO 8601 ("2025-01-31T12:00:00Z")
   bool cached = false;      // copied from the image cache; on disk only when true ("cached": true)
+  std::vector<ManifestLora> loras;  // in the order applied; on disk only when there are any
 };
 
 // Memory use of one pipeline stage over a run (runtime::MemoryMonitor's report).

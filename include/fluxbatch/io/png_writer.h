@@ -46,8 +46,16 @@ std::vector<PngText> read_png_text(std::string_view png);
 uint32_t crc32(std::string_view bytes);
 
 // What the A1111 / Forge "parameters" text needs for one FLUX image.
+// A LoRA in the parameters text: <lora:NAME:SCALE> after the prompt, NAME: HASH in "Lora hashes".
+struct InfotextLora {
+  std::string name;        // the file name without extension
+  double scale = 1.0;
+  std::string short_hash;  // A1111's (sha256 of the tensor data, 12 hex digits); empty: not listed
+};
+
 struct InfotextParams {
   std::string prompt;
+  std::vector<InfotextLora> loras;
   int steps = 0;
   double guidance = 0.0;  // FLUX.1-dev distilled guidance ("Distilled CFG Scale" in Forge)
   uint64_t seed = 0;
@@ -60,6 +68,8 @@ struct InfotextParams {
 // (WebUI, Civitai, ...) understand it:
 //   <prompt>\nSteps: 28, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5,
 //   Seed: 42, Size: 1024x1024, Model: FLUX.1-dev, Version: fluxbatch 0.1.0
+// With LoRAs the prompt line ends in " <lora:ink:0.8>" per LoRA (how A1111 prompts carry them) and a
+// `Lora hashes: "ink: 0123456789ab, ..."` entry comes before Version (what Civitai reads).
 // Values containing ',', ':' or a newline are JSON-quoted, as WebUI's infotext quote() does.
 std::string a1111_parameters(const InfotextParams& params);
 

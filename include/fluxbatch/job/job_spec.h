@@ -18,6 +18,29 @@ inline constexpr int kMaxCount = 10000;           // copies of one item
 inline constexpr int64_t kMaxRenderItems = 100000;  // whole expanded job
 inline constexpr int kMaxSequenceLength = 512;    // T5 tokens
 inline constexpr uint64_t kDefaultSeed = 0;
+// LoRA multipliers: 1 is the strength a LoRA was trained at; negative values push away from it
+// ("slider" LoRAs). Past +-10 images are noise in practice, so such a value is taken as a typo.
+inline constexpr double kMinLoraScale = -10.0;
+inline constexpr double kMaxLoraScale = 10.0;
+inline constexpr int kMaxLorasPerImage = 16;
+
+// One LoRA applied to an image: "loras": [{"path": "styles/ink.safetensors", "scale": 0.8}].
+struct LoraRef {
+  std::string path;        // resolved against the job file's directory (command line: as given)
+  double scale = 1.0;      // the LoRA's multiplier, kMinLoraScale .. kMaxLoraScale
+  bool strict = true;      // false: keys that match no module of the model are ignored, not errors
+  std::string location;    // "jobs/night.json:14:12" of the entry (empty for --lora), for messages
+  std::string field;       // "items[3].loras[0]", "defaults.loras[1]" or "--lora"
+  // Filled by the application after validation (runtime::LoraCatalog), recorded in PNGs and the
+  // manifest: the file's SHA-256, and A1111's short hash (sha256 of the tensor data, 12 hex digits).
+  std::string sha256;
+  std::string short_hash;
+
+  // The name in A1111's <lora:NAME:SCALE>: the file name without its extension.
+  std::string name() const;
+  // Same file (path and, when both are known, content) and scale: the same pixels.
+  bool same_as(const LoraRef& other) const;
+};
 
 // Per-image settings. Every field is resolved (defaults applied) after expansion.
 struct RenderParams {
@@ -28,6 +51,7 @@ struct RenderParams {
   uint64_t seed = kDefaultSeed;
   int count = 1;
   int max_sequence_length = 512;
+  std::vector<LoraRef> loras;  // applied in this order; empty: none
 };
 
 // Fields of RenderParams that are set explicitly somewhere (CLI, job defaults, item).
@@ -36,6 +60,8 @@ struct ParamOverrides {
   std::optional<double> guidance;
   std::optional<uint64_t> seed;
   bool random_seed = false;  // "seed": "random": drawn once at expansion and recorded
+  // "loras": replaces the lower layer's list as a whole ([] removes every LoRA).
+  std::optional<std::vector<LoraRef>> loras;
 };
 
 // One image to render.

@@ -5,6 +5,7 @@
 // --compute fp8 it runs fp8 GEMMs: with its weight held as e4m3 per output channel (set_fp8), or with its
 // NF4 weight turned into such an fp8 copy at each call (compute_in_fp8), its inputs quantized per row.
 #pragma once
+#include "fluxbatch/nn/lora.h"
 #include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/quant/fp8_format.h"
 #include "fluxbatch/quant/nf4_format.h"
@@ -15,6 +16,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +66,22 @@ class LinearImpl : public torch::nn::Module {
   void set_nf4(quant::Nf4Tensor w, std::shared_ptr<at::Tensor> scratch, const std::string& what);
   bool is_nf4() const { return nf4_ != nullptr; }
   const quant::Nf4Tensor& nf4() const { return *nf4_; }  // only when is_nf4()
+  // LoRA side paths (nn/lora.h): the factors of adapter `id` on this layer (replacing earlier ones of
+  // that id); they apply to the images whose LoraSet in the active LoraScope names the id. ModelError
+  // naming `what` when the shapes do not fit [out, in].
+  void set_lora(int id, LoraFactors factors, const std::string& what);
+  void remove_lora(int id);
+  void clear_loras() { loras_.clear(); }
+  bool has_lora(int id) const { return loras_.count(id) != 0; }
+  const std::map<int, LoraFactors>& loras() const { return loras_; }
+  // Merging instead (a dense weight only): weight += sum scale * alpha_scale * up @ down over `set`'s
+  // adapters held here, summed in fp32 and rounded once to the weight's dtype. The original is kept
+  // (a copy on `keep_on`, e.g. the host) and unmerge_loras() puts it back bit for bit. Returns false
+  // (and changes nothing) for an NF4 layer or when no adapter of `set` is held here.
+  bool merge_loras(const LoraSet& set, const c10::Device& keep_on);
+  void unmerge_loras();
+  bool merged() const { return merged_original_.defined(); }
+
   // Frees the shared dequantize scratch (the next NF4 forward allocates it again where it runs).
   void release_scratch();
 
@@ -93,12 +111,24 @@ class LinearImpl : public torch::nn::Module {
   // The weight as the fp8 GEMM takes it: the resident fp8 one, or this call's copy of the NF4 one.
   quant::Fp8Tensor fp8_weight() const;
   void drop_dense_weight();
+  // The active LoraScope's sets when any image uses one of this layer's adapters, else nullptr.
+  const std::vector<LoraSet>* lora_sets() const;
+  // forward_out with side paths, image by image: an image without one of this layer's adapters takes
+  // exactly the plain path (as it would alone), an image with some takes the GEMM without epilogue,
+  // then its side paths in order, then the GELU.
+  // plain_forward: called by forward(), whose NF4 path may differ from forward_out's (the GEMV).
+  // An fp8 input (a takes_fp8() layer's) goes through the fp8 GEMM as it would without side paths; the
+  // side paths then read its rows dequantized (the producer kept no dense copy), in the output dtype.
+  void forward_lora(const LinearInput& x, at::Tensor& out, bool gelu_tanh, const std::vector<LoraSet>& sets,
+                    bool plain_forward) const;
 
   int64_t in_features_, out_features_;
   std::shared_ptr<quant::Nf4Tensor> nf4_;
   std::shared_ptr<at::Tensor> scratch_;
   std::shared_ptr<quant::Fp8Tensor> fp8_;
   bool nf4_in_fp8_ = false;
+  std::map<int, LoraFactors> loras_;
+  at::Tensor merged_original_;  // the weight before merge_loras, while merged
 };
 TORCH_MODULE(Linear);
 

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -47,8 +48,12 @@ struct GeneratorOptions {
   // appended to the batch's log line, e.g. the predicted peak next to the measured one.
   std::function<void(const std::string& stage)> on_stage;
   std::function<std::string(const std::vector<job::RenderItem>& batch)> memory_note;
-  // Prompt embeddings on disk (--cache): read before encoding, written after. Null: none.
+  // Prompt embeddings on disk (--cache): read before encoding, written after. Null: none. (Prompts
+  // encoded with a CLIP LoRA are not stored there: its key does not name LoRAs.)
   std::shared_ptr<PromptCache> prompt_cache;
+  // The job's LoRAs (LoraCatalog::load), applied per item as side paths. Null: none.
+  std::shared_ptr<const LoraCatalog> loras;
+  bool merge_loras = false;  // PipelineOptions::merge_loras (--lora-merge)
 };
 
 // PipelineOptions from GeneratorOptions (resolves the default dtype).
@@ -88,11 +93,24 @@ class FluxGenerator : public ImageGenerator {
   const GeneratorStats& stats() const { return stats_; }
 
  private:
-  using Key = std::pair<std::string, int>;  // (prompt, max_sequence_length)
   // generate_each's work; `stage_name` follows the stage running, for the error that stops the job.
   void render_batch(const std::vector<job::RenderItem>& batch, const ImageSink& on_image, const char*& stage_name);
+  // A prompt embedding: the prompt, max_sequence_length and the CLIP LoRAs it was encoded with.
+  struct Key {
+    std::string prompt;
+    int max_sequence_length = 0;
+    nn::LoraSet text_loras;
+    bool operator<(const Key& o) const {
+      return std::tie(prompt, max_sequence_length, text_loras) < std::tie(o.prompt, o.max_sequence_length, o.text_loras);
+    }
+    bool operator==(const Key& o) const {
+      return prompt == o.prompt && max_sequence_length == o.max_sequence_length && text_loras == o.text_loras;
+    }
+  };
+  Key key_of(const job::RenderItem& item, int max_sequence_length) const;
   PromptEmbeddings embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length);
-  PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length);
+  PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length,
+                          const nn::LoraSet& text_loras = {});
   void encode_window(const std::vector<Key>& needed);
   void load_text_encoders();
   std::optional<std::pair<at::Tensor, at::Tensor>> cached_embedding(const Key& key);

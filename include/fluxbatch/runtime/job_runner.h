@@ -43,6 +43,9 @@ struct RunnerOptions {
   // Images rendered by any earlier job: an item found there is copied (with its own text chunks)
   // instead of rendered, and every image rendered is stored there. Null: no cache.
   ImageCache* image_cache = nullptr;
+  // Batches hold images of one LoRA set only (merged LoRAs: a batch runs with one set of weights). Off,
+  // images with different LoRAs share batches through per-image side paths.
+  bool group_by_loras = false;
 };
 
 enum class ItemState {
@@ -84,7 +87,7 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 // write the same file or batch_size < 1.
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
                  bool overwrite, int batch_size,
-                 const std::function<int(const job::RenderItem&)>& batch_for = {});
+                 const std::function<int(const job::RenderItem&)>& batch_for = {}, bool group_by_loras = false);
 
 struct RunSummary {
   int64_t total = 0;        // items in the job

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/nn/lora.h"
 #include "fluxbatch/runtime/memory_planner.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/sampling/euler.h"
@@ -23,6 +24,8 @@ class Module;
 }
 
 namespace fluxbatch::runtime {
+
+class LoraCatalog;
 
 // What the reference recommends per variant: dev 28 steps, guidance 3.5, 512 T5 tokens; schnell
 // 4 steps, no guidance (the model has no guidance input), 256 T5 tokens.
@@ -71,6 +74,13 @@ struct PipelineOptions {
   // Replay a CUDA graph of the transformer step from the second step of each denoise call on
   // (execution::GraphedDenoiser); false runs every step eagerly. Ignored on the CPU.
   bool cuda_graphs = true;
+  // The job's LoRAs (runtime/lora/lora_catalog.h): attached as side paths to the transformer and CLIP
+  // for the images whose DenoiseRequest::loras / encode_prompts' text_loras name them. Null: none.
+  std::shared_ptr<const LoraCatalog> loras;
+  // Merge a batch's LoRAs into the transformer's weights instead of side paths, when every image of the
+  // batch has the same LoRAs and the transformer is dense (not NF4, not --compute fp8) and not offloaded
+  // (else side paths). The originals are kept in host memory and put back exactly when the set changes.
+  bool merge_loras = false;
 };
 
 // Prompt embeddings, one row per prompt, in the pipeline dtype on its device.
@@ -86,6 +96,8 @@ struct DenoiseRequest {
   int steps = 28;
   std::vector<uint64_t> seeds;   // one per image (the batch size)
   std::vector<double> guidance;  // one per image; ignored by models without a guidance embedder
+  // The transformer LoRAs of each image (PipelineOptions::loras' adapters); empty or all-empty: none.
+  std::vector<nn::LoraSet> loras;
 };
 
 class FluxPipeline {
@@ -108,7 +120,9 @@ class FluxPipeline {
 
   // Stage 1. Each distinct prompt is encoded once, alone (so its embedding never depends on the
   // rest of the batch); truncation by either tokenizer is logged as a warning.
-  PromptEmbeddings encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length);
+  // `text_loras`: CLIP LoRAs (PipelineOptions::loras' adapters) for every prompt of the call.
+  PromptEmbeddings encode_prompts(const std::vector<std::string>& prompts, int max_sequence_length,
+                                  const nn::LoraSet& text_loras = {});
 
   // Stage 2: seeded noise -> flow-match Euler over the transformer. Returns packed latents
   // [B, S, 4 * latent_channels] on the device. `on_step` sees each step's latents.

@@ -24,10 +24,13 @@ class ImageCache {
   std::optional<std::string> find(const job::RenderItem& item);
   void store(const job::RenderItem& item, const std::string& plain_png);
   io::CacheStore& store() { return *store_; }
+  // How LoRAs are applied ("merged"; empty: side paths), part of the key of images with LoRAs.
+  void set_lora_mode(std::string mode) { lora_mode_ = std::move(mode); }
 
  private:
   std::shared_ptr<io::CacheStore> store_;
   std::string identity_;
+  std::string lora_mode_;
 };
 
 }  // namespace fluxbatch::runtime
