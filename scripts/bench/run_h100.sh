@@ -4,7 +4,8 @@
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
 # FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
-# fp8job job budget bf16render render". The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
+# fp8job job budget bf16render render". FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
+# job runs without diffusers (for a short call). The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -79,12 +80,12 @@ fi
 if ! skip forward; then
   step "fluxbatch transformer forward: reference kernels, fused, fused + CUDA graph; fidelity vs fp32"
   ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors --nf4 "$MODEL-nf4" --reps 10 \
-    --json "$OUTDIR/bench.json"
+    --json "$OUTDIR/bench.json" --fp8-only "${FB_FP8_ONLY:-0}"
 fi
 
 if ! skip fp8job; then
   step "a 16-image 1024x1024 28-step NF4 job with --compute fp8: fluxbatch vs diffusers + bitsandbytes"
-  FB_JOB_TAG=nf4_fp8 bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
+  FB_JOB_TAG=nf4_fp8 FB_JOB_SKIP_DIFFUSERS="${FB_FP8_ONLY:-0}" bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
 fi
 
 if ! skip job; then

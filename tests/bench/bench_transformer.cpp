@@ -1,7 +1,8 @@
 // Speed and fidelity of one FluxTransformer2DModel forward on the GPU, against diffusers on the same weights
 // and inputs. Not a test: scripts/bench/run_h100.sh runs it after scripts/bench/diffusers_reference.py
 // wrote REF (the inputs, diffusers' bf16 output and, with an NF4 folder, diffusers + bitsandbytes' NF4 output).
-//   fluxbatch_bench_transformer MODEL_DIR REF.safetensors [--nf4 NF4_DIR] [--reps N] [--json OUT.json]
+//   fluxbatch_bench_transformer MODEL_DIR REF.safetensors [--nf4 NF4_DIR] [--reps N] [--json OUT.json] [--fp8-only 1]
+// (--fp8-only 1: the fp8 figures and the fidelity of bf16 and fp8 only, for a short call.)
 // For 1024x1024 batch 1 (REF's inputs), 512x512 batch 4 (random inputs) and a 4-step schnell-shaped
 // denoise, it prints the median forward time in three configurations measured in the same process:
 // reference kernels (diffusers' ATen ops: the "before"), fused kernels, and fused kernels replayed as a CUDA
@@ -226,10 +227,11 @@ struct Timings {
 
 // The three configurations on the same model and inputs, and the profile of the first two.
 Timings time_configurations(const std::string& label, const std::string& key, const FluxTransformer2DModel& model,
-                            const Inputs& in, int reps, bool with_profile) {
+                            const Inputs& in, int reps, bool with_profile, bool with_reference = true) {
   Timings t;
   double peak_ref = 0, peak_fused = 0;
-  {
+  // fp8's "reference" is its fp32 CPU arithmetic run on the GPU (fp32 GEMMs): not a speed baseline.
+  if (with_reference) {
     const ops::KernelModeGuard mode(ops::KernelMode::kReference);
     t.reference = median_ms([&] { forward(model, in); }, reps, &peak_ref);
     if (with_profile) try_profile(label + " reference", key + "_reference", [&] { forward(model, in); });
@@ -242,13 +244,13 @@ Timings time_configurations(const std::string& label, const std::string& key, co
   std::printf("%s forward: reference kernels %.1f ms (peak +%.2f GiB), fused %.1f ms (peak +%.2f GiB), fused + CUDA "
               "graph %.1f ms (%d replays; capture %.1f ms); fused+graph is %.2fx the reference\n",
               label.c_str(), t.reference, peak_ref, t.fused, peak_fused, t.graph, graphed.replays(),
-              graphed.capture_ms(), t.reference / t.graph);
+              graphed.capture_ms(), with_reference ? t.reference / t.graph : 0.0);
   figure(key + "_graph_capture_ms", graphed.capture_ms());
   if (graphed.replays() == 0) std::printf("  WARNING: the CUDA graph was not used (capture failed; see the log)\n");
-  figure(key + "_reference_ms", t.reference);
+  if (with_reference) figure(key + "_reference_ms", t.reference);
   figure(key + "_eager_ms", t.fused);
   figure(key + "_ms", t.graph);
-  figure(key + "_reference_peak_extra_gib", peak_ref);
+  if (with_reference) figure(key + "_reference_peak_extra_gib", peak_ref);
   figure(key + "_peak_extra_gib", peak_fused);
   return t;
 }
@@ -305,11 +307,13 @@ int main(int argc, char** argv) {
   const std::string ref_path = argv[2];
   std::string nf4_dir, json_path;
   int reps = 10;
+  bool fp8_only = false;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--nf4") nf4_dir = argv[i + 1];
     else if (flag == "--reps") reps = std::stoi(argv[i + 1]);
     else if (flag == "--json") json_path = argv[i + 1];
+    else if (flag == "--fp8-only") fp8_only = std::string(argv[i + 1]) == "1";
   }
   try {
     c10::InferenceMode guard;
@@ -331,12 +335,12 @@ int main(int argc, char** argv) {
       std::printf("reference kernels vs diffusers bf16: relative L2 %.3e (0 = bit-identical)\n",
                   rel_l2(out_bf16_reference, diffusers_bf16));
       figure("rel_l2_reference_kernels_vs_diffusers_bf16", rel_l2(out_bf16_reference, diffusers_bf16));
-      time_configurations("1024x1024 batch 1 bf16", "forward_1024_b1_bf16", model, in, reps, true);
-      {
+      if (!fp8_only) time_configurations("1024x1024 batch 1 bf16", "forward_1024_b1_bf16", model, in, reps, true);
+      if (!fp8_only) {
         const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
         time_configurations("512x512 batch 4 bf16", "forward_512_b4_bf16", model, small, reps, true);
       }
-      {
+      if (!fp8_only) {
         const Inputs tiny = random_inputs(config, 256, 1, in.encoder.size(1), at::kBFloat16);
         time_configurations("256x256 batch 1 bf16", "forward_256_b1_bf16", model, tiny, reps, false);
       }
@@ -344,7 +348,7 @@ int main(int argc, char** argv) {
     c10::cuda::CUDACachingAllocator::emptyCache();
 
     // ---- the card's GEMM rate at a FLUX shape, in a short burst and sustained (clocks drop under load) ----
-    {
+    if (!fp8_only) {
       const auto opt = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
       const at::Tensor a = at::randn({4608, 3072}, opt), w = at::randn({12288, 3072}, opt);
       at::Tensor c = at::empty({4608, 12288}, opt);
@@ -395,25 +399,29 @@ int main(int argc, char** argv) {
                   gib(allocated_now()));
       figure("fp8_weights_gib", gib(allocated_now()));
       const at::Tensor out_fp8 = forward(fp8, in).to(at::kCPU).to(at::kFloat);
-      const Timings t = time_configurations("1024x1024 batch 1 fp8", "forward_1024_b1_fp8", fp8, in, reps, true);
-      figure("fp8_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
-      std::printf("fp8 / bf16 (fused + graph): %.3f\n", g_figures["fp8_over_bf16"]);
-      {
-        const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
-        time_configurations("512x512 batch 4 fp8", "forward_512_b4_fp8", fp8, small, reps, false);
+      const Timings t = time_configurations("1024x1024 batch 1 fp8", "forward_1024_b1_fp8", fp8, in, reps, true,
+                                          /*with_reference=*/false);
+      if (g_figures.count("forward_1024_b1_bf16_ms")) {
+        figure("fp8_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
+        std::printf("fp8 / bf16 (fused + graph): %.3f\n", g_figures["fp8_over_bf16"]);
       }
       const double err_fp8 = rel_l2(out_fp8, out_fp32);
       std::printf("relative L2 vs fp32 (same weights and inputs), fp8 compute: %.4e (bf16 fused %.4e, diffusers bf16 "
                   "%.4e): fp8 / diffusers bf16 = %.3f\n",
                   err_fp8, err_fused, err_diffusers, err_fp8 / err_diffusers);
       figure("rel_l2_vs_fp32_fp8", err_fp8);
+      {
+        const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
+        time_configurations("512x512 batch 4 fp8", "forward_512_b4_fp8", fp8, small, reps, false,
+                            /*with_reference=*/false);
+      }
     } else {
       std::printf("fp8 compute: this GPU has no fp8 tensor cores (compute capability < 8.9); not measured\n");
     }
     c10::cuda::CUDACachingAllocator::emptyCache();
 
     // ---- NF4 (diffusers' bitsandbytes file): speed, and fidelity against fp32 of the same (dequantized) weights ----
-    if (!nf4_dir.empty()) {
+    if (!nf4_dir.empty() && !fp8_only) {
       const auto t0 = std::chrono::steady_clock::now();
       FluxTransformer2DModel nf4(config, at::TensorOptions().dtype(at::kBFloat16).device(at::kCPU));
       nn::LoadOptions load;
@@ -491,7 +499,7 @@ int main(int argc, char** argv) {
     c10::cuda::CUDACachingAllocator::emptyCache();
 
     // ---- schnell's shape: no guidance embedder, 4 steps of 1024^2 with 256 tokens (random weights) ----
-    {
+    if (!fp8_only) {
       FluxConfig schnell = config;
       schnell.guidance_embeds = false;
       FluxTransformer2DModel model(schnell, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
