@@ -248,12 +248,6 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
     for (const job::RenderItem& item : spec.items) items.push_back(&item);
     runtime::check_guidance(files, files.variant, items);
   }
-  // A read-only or missing output directory fails now, not after the model has loaded.
-  io::check_writable_directory(spec.output_dir);
-  log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
-            model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
-            (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
-            (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
   runtime::StageClock clock;
   clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
@@ -266,6 +260,13 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   // The LoRAs: read and checked against the model's layers (configs only) before any weights load.
   if (auto loras = runtime::LoraCatalog::load(loaded.spec, files); !loras->empty()) options.loras = loras;
   options.merge_loras = command.lora_merge;
+  // A read-only or missing output directory fails now, not after the model has loaded (and after every
+  // input check, so an invalid job creates nothing).
+  io::check_writable_directory(spec.output_dir);
+  log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
+            model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
+            (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
+            (batch == kAutoBatch ? std::string("auto") : std::to_string(batch)) + ")");
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
                                     compute_mode_identity(command.speed));
   // Merged and side-path LoRAs round differently: their images are kept apart in the cache.

@@ -123,7 +123,7 @@ TEST_CASE("a LoRA that is missing or does not fit stops render before the model 
   CHECK_FALSE(fs::exists(dir / "out"));
 }
 
-TEST_CASE("--lora PATH:SCALE for prompt lists; the image cache keeps LoRA and plain images apart", "[cli]") {
+TEST_CASE("prompt lists take --lora PATH:SCALE; the image cache keeps LoRA and plain images apart", "[cli]") {
   TempDir dir;
   fluxbatch::test::write_file(dir / "prompts.txt", "a green field\n");
   const std::string common = "render " + quote(dir / "prompts.txt") + " --model " +
