@@ -121,6 +121,10 @@ std::string summary_line(const ManifestSummary& s) {
                     {"alloc_retries", s.alloc_retries},
                     {"stages", stages}}},
                   {"finished_at", s.finished_at}};
+  if (!s.worker.empty()) j["worker"] = s.worker;
+  if (s.done_elsewhere > 0) j["done_elsewhere"] = s.done_elsewhere;
+  if (s.other_shard > 0) j["other_shard"] = s.other_shard;
+  if (s.taken_over > 0) j["taken_over"] = s.taken_over;
   if (!s.cache.dir.empty()) {
     j["cache"] = {{"dir", s.cache.dir},       {"hits", s.cache.hits},       {"misses", s.cache.misses},
                   {"stored", s.cache.stored}, {"corrupt", s.cache.corrupt}, {"evicted", s.cache.evicted},
@@ -211,37 +215,77 @@ ManifestWriter::ManifestWriter(const std::string& path) : path_(path) {
   // Read access too: ends_torn() peeks at the last byte.
   fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path, "cannot open for appending");
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    errno = err;
-    if (err == EWOULDBLOCK) {
-      throw OutputError("manifest " + path + " is in use by another fluxbatch run on the same output directory");
-    }
-    fail(path, "cannot lock");
-  }
-  try {
-    if (ends_torn(fd_)) write_all(fd_, "\n", path_);
-  } catch (...) {
-    ::close(fd_);
-    fd_ = -1;
-    throw;
-  }
 }
 
 ManifestWriter::~ManifestWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void ManifestWriter::append(const ManifestEntry& entry) {
-  write_all(fd_, manifest_line(entry) + "\n", path_);
+std::unique_lock<std::mutex> ManifestWriter::hold() { return std::unique_lock<std::mutex>(mutex_); }
+
+void ManifestWriter::append_line(const std::string& line) {
+  std::lock_guard<std::mutex> in_process(mutex_);
+  while (::flock(fd_, LOCK_EX) != 0) {
+    if (errno != EINTR) fail(path_, "cannot lock");
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::flock(fd, LOCK_UN); }
+  } unlock{fd_};
+  // A writer killed mid-line left a torn line: end it, so this entry starts on its own line.
+  const std::string text = ends_torn(fd_) ? "\n" + line + "\n" : line + "\n";
+  write_all(fd_, text, path_);
   if (::fsync(fd_) != 0) fail(path_, "fsync failed");
 }
 
-void ManifestWriter::append_summary(const ManifestSummary& summary) {
-  write_all(fd_, summary_line(summary) + "\n", path_);
-  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+void ManifestWriter::append(const ManifestEntry& entry) { append_line(manifest_line(entry)); }
+
+void ManifestWriter::append_summary(const ManifestSummary& summary) { append_line(summary_line(summary)); }
+
+ManifestReader::ManifestReader(std::string path) : path_(std::move(path)) {}
+
+void ManifestReader::read(const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                          std::vector<std::string>* skipped) {
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return;  // no manifest yet
+    fail(path_, "cannot open for reading");
+  }
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+  std::string buffer;
+  std::vector<char> chunk(size_t{4} << 20);
+  int64_t pos = offset_;  // file offset of buffer[0]
+  for (;;) {
+    const ssize_t n = ::pread(fd, chunk.data(), chunk.size(), pos + static_cast<int64_t>(buffer.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(path_, "read failed");
+    if (n == 0) break;
+    buffer.append(chunk.data(), static_cast<size_t>(n));
+    size_t start = 0;
+    for (size_t end = buffer.find('\n'); end != std::string::npos; end = buffer.find('\n', start)) {
+      const std::string_view line(buffer.data() + start, end - start);
+      const int64_t line_offset = pos + static_cast<int64_t>(start);
+      ++line_number_;
+      start = end + 1;
+      if (line.empty()) continue;
+      try {
+        const json j = parse_object(line);
+        if (j.contains("event")) {
+          ++events_;
+          continue;
+        }
+        on_entry(entry_from_json(j), line_offset);
+      } catch (const InputError& e) {
+        if (skipped != nullptr) skipped->push_back(path_ + ":" + std::to_string(line_number_) + ": " + e.what());
+      }
+    }
+    buffer.erase(0, start);
+    pos += static_cast<int64_t>(start);
+  }
+  offset_ = pos;  // a last line without its newline is read again next time
 }
 
 }  // namespace fluxbatch::io

@@ -12,6 +12,12 @@ namespace fluxbatch::io {
 // touched (the final rename refuses to clobber it) and OutputError says it exists.
 void write_file_atomic(const std::string& path, std::string_view bytes, bool replace_existing = true);
 
+// Creates `path` holding `bytes` unless it exists: written to a temporary file, fsynced, then link()ed
+// to `path`, so of any number of processes (on one host or over NFS) exactly one creates it, and it is
+// never seen half-written. Returns what `path` holds afterwards (ours or the winner's). OutputError
+// naming `path` when it can be neither created nor read.
+std::string create_once(const std::string& path, std::string_view bytes);
+
 // Creates `dir` and its parents if needed; OutputError (naming `dir`) when that fails or when
 // `dir` exists and is not a directory.
 void ensure_directory(const std::string& dir);
