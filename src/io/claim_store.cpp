@@ -146,14 +146,25 @@ ClaimStore::ClaimStore(std::string dir, ClaimStoreOptions options) : dir_(std::m
   self_.worker = options_.worker;
   self_.token = self_.host + "-" + std::to_string(self_.pid) + "-" + random_hex(8);
   heartbeat_ = (fs::path(dir_) / (".heartbeat-" + self_.token)).string();
+  {
+    // Who we are, like a claim: a worker that finds it after we died judges it the same way.
+    std::ofstream heartbeat(heartbeat_);
+    ClaimOwner owner = self_;
+    owner.started_at = utc_now();
+    heartbeat << owner_line(owner);
+  }
   touch_heartbeat();
-  // Heartbeats of workers long gone (killed: nobody removed them); claims have their own rules.
-  const double now = server_now();
+  // Leftovers of workers gone (kill -9): their heartbeats, and claims moved aside by a takeover that
+  // was itself cut short.
   for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
+    std::string token;
+    const bool gone_heartbeat = name.rfind(".heartbeat-", 0) == 0 && it->path() != fs::path(heartbeat_) &&
+                                judge(it->path().string(), &token) == Verdict::kStale;
     struct stat st {};
-    const bool old = ::stat(it->path().c_str(), &st) == 0 && now - mtime_of(st) > 10.0 * options_.lease_s;
-    if (old && (name.rfind(".heartbeat-", 0) == 0 || name.find(".stale-") != std::string::npos)) {
+    const bool old_aside = name.find(".stale-") != std::string::npos && ::stat(it->path().c_str(), &st) == 0 &&
+                           server_now() - mtime_of(st) > options_.lease_s;
+    if (gone_heartbeat || old_aside) {
       std::error_code remove_ec;
       fs::remove(it->path(), remove_ec);
     }

@@ -825,7 +825,7 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
     summary.taken_over = claims.taken_over();
     summary.not_started = work.open_count() + work.taken() - summary.rendered - summary.failed - summary.lost_claims;
     if (summary.taken_over > 0) {
-      log::info("claims: took over " + std::to_string(summary.taken_over) + " image(s) from workers that died");
+      log::info("claims: " + std::to_string(summary.taken_over) + " image(s) taken over from workers that died");
     }
   }
   // The claims folder goes with its last worker (one still running keeps it); so does .fluxbatch when empty.
