@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fluxbatch/core/error.h"
+#include "io/manifest_scan.h"
 
 namespace fluxbatch::io {
 namespace {
@@ -188,26 +190,10 @@ std::string utc_timestamp() {
 
 ManifestContents read_manifest(const std::string& path) {
   ManifestContents out;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (::access(path.c_str(), F_OK) != 0) return out;  // no manifest yet
-    throw OutputError("cannot read manifest " + path);
-  }
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    if (line.empty()) continue;
-    try {
-      const json j = parse_object(line);
-      if (j.contains("event")) {
-        ++out.events;
-        continue;
-      }
-      out.entries.push_back(entry_from_json(j));
-    } catch (const InputError& e) {
-      out.skipped.push_back(path + ":" + std::to_string(number) + ": " + e.what());
-    }
-  }
-  if (in.bad()) throw OutputError("cannot read manifest " + path);
+  ManifestReader reader(path);
+  reader.read([&out](const ManifestEntry& e, int64_t) { out.entries.push_back(e); }, &out.skipped,
+              /*unterminated=*/true);
+  out.events = reader.events();
   return out;
 }
 
@@ -244,8 +230,42 @@ void ManifestWriter::append_summary(const ManifestSummary& summary) { append_lin
 
 ManifestReader::ManifestReader(std::string path) : path_(std::move(path)) {}
 
+size_t ManifestReader::take_lines(const std::string& buffer, int64_t pos,
+                                  const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                                  std::vector<std::string>* skipped) {
+  size_t start = 0;
+  for (size_t end = buffer.find('\n'); end != std::string::npos; end = buffer.find('\n', start)) {
+    const std::string_view line(buffer.data() + start, end - start);
+    const int64_t line_offset = pos + static_cast<int64_t>(start);
+    ++line_number_;
+    start = end + 1;
+    if (line.empty()) continue;
+    switch (detail::scan_manifest_line(line, entry_)) {  // the lines fluxbatch writes, fast
+      case detail::ScanResult::kEntry:
+        on_entry(entry_, line_offset);
+        continue;
+      case detail::ScanResult::kEvent:
+        ++events_;
+        continue;
+      case detail::ScanResult::kDeclined:
+        break;
+    }
+    try {  // anything else, or a problem: the full parser decides, and names the problem
+      const json j = parse_object(line);
+      if (j.contains("event")) {
+        ++events_;
+        continue;
+      }
+      on_entry(entry_from_json(j), line_offset);
+    } catch (const InputError& e) {
+      if (skipped != nullptr) skipped->push_back(path_ + ":" + std::to_string(line_number_) + ": " + e.what());
+    }
+  }
+  return start;
+}
+
 void ManifestReader::read(const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
-                          std::vector<std::string>* skipped) {
+                          std::vector<std::string>* skipped, bool unterminated) {
   const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return;  // no manifest yet
@@ -255,8 +275,12 @@ void ManifestReader::read(const std::function<void(const ManifestEntry&, int64_t
     int fd;
     ~Close() { ::close(fd); }
   } close_fd{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) fail(path_, "cannot stat");
+  if (static_cast<int64_t>(st.st_size) <= offset_) return;  // nothing new: the common case of a refresh
   std::string buffer;
-  std::vector<char> chunk(size_t{4} << 20);
+  // Big enough for a whole manifest of a large job in few reads, no bigger than what is new.
+  std::vector<char> chunk(static_cast<size_t>(std::min<int64_t>(int64_t{4} << 20, st.st_size - offset_ + 1)));
   int64_t pos = offset_;  // file offset of buffer[0]
   for (;;) {
     const ssize_t n = ::pread(fd, chunk.data(), chunk.size(), pos + static_cast<int64_t>(buffer.size()));
@@ -264,26 +288,13 @@ void ManifestReader::read(const std::function<void(const ManifestEntry&, int64_t
     if (n < 0) fail(path_, "read failed");
     if (n == 0) break;
     buffer.append(chunk.data(), static_cast<size_t>(n));
-    size_t start = 0;
-    for (size_t end = buffer.find('\n'); end != std::string::npos; end = buffer.find('\n', start)) {
-      const std::string_view line(buffer.data() + start, end - start);
-      const int64_t line_offset = pos + static_cast<int64_t>(start);
-      ++line_number_;
-      start = end + 1;
-      if (line.empty()) continue;
-      try {
-        const json j = parse_object(line);
-        if (j.contains("event")) {
-          ++events_;
-          continue;
-        }
-        on_entry(entry_from_json(j), line_offset);
-      } catch (const InputError& e) {
-        if (skipped != nullptr) skipped->push_back(path_ + ":" + std::to_string(line_number_) + ": " + e.what());
-      }
-    }
+    const size_t start = take_lines(buffer, pos, on_entry, skipped);
     buffer.erase(0, start);
     pos += static_cast<int64_t>(start);
+  }
+  if (unterminated && !buffer.empty()) {  // a last line without its newline: read as it is
+    buffer += '\n';
+    pos += static_cast<int64_t>(take_lines(buffer, pos, on_entry, skipped)) - 1;
   }
   offset_ = pos;  // a last line without its newline is read again next time
 }

@@ -70,6 +70,7 @@ class Expander {
     std::vector<RenderItem> items;
     // Reserved once: owners_ keeps views of the items' file names, which must not move while it lives.
     items.reserve(static_cast<size_t>(total));
+    owners_.reserve(static_cast<size_t>(total));  // no rehashing of a million names
     for (auto& item : resolved) expand(item, &items);
     owners_.clear();
     sort_by_priority(items);

@@ -163,17 +163,22 @@ class ManifestReader {
   explicit ManifestReader(std::string path);
   // Calls on_entry(entry, offset of the line) for each new item line, in file order; unreadable lines
   // go to *skipped ("manifest.jsonl:7: <why>") when given. A missing file reads as empty; OutputError
-  // when it exists but cannot be read.
+  // when it exists but cannot be read. unterminated: also take a last line without its newline (a
+  // one-time read of a file nobody writes).
   void read(const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
-            std::vector<std::string>* skipped = nullptr);
+            std::vector<std::string>* skipped = nullptr, bool unterminated = false);
   int64_t offset() const { return offset_; }  // bytes consumed so far (complete lines)
   int64_t events() const { return events_; }
 
  private:
+  size_t take_lines(const std::string& buffer, int64_t pos,
+                    const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                    std::vector<std::string>* skipped);
   std::string path_;
   int64_t offset_ = 0;
   int64_t line_number_ = 0;
   int64_t events_ = 0;
+  ManifestEntry entry_;  // reused: its strings keep their capacity from line to line
 };
 
 }  // namespace fluxbatch::io
