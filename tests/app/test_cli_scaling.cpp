@@ -187,7 +187,7 @@ std::vector<nlohmann::json> summaries(const fs::path& out) {
 
 }  // namespace
 
-TEST_CASE("--shard K/N renders one part; the shards together equal one process", "[cli][scaling]") {
+TEST_CASE("render --shard K/N renders one part; the shards together equal one process", "[cli][scaling]") {
   TempDir dir;
   const fs::path job = write_job(dir.path(), 10);
   const auto ref = reference(job, dir / "ref");
@@ -240,7 +240,7 @@ TEST_CASE("processes rendering one job into one directory at once split it", "[c
   check_same_as(ref, dir / "out");
 }
 
-TEST_CASE("--devices cpu,cpu: two workers, one progress, one summary, one exit code", "[cli][scaling]") {
+TEST_CASE("render --devices cpu,cpu: two workers, one progress, one summary, one exit code", "[cli][scaling]") {
   TempDir dir;
   const fs::path job = write_job(dir.path(), 10);
   const auto ref = reference(job, dir / "ref");
@@ -265,7 +265,8 @@ TEST_CASE("--devices cpu,cpu: two workers, one progress, one summary, one exit c
   CHECK_THAT(both.output, ContainsSubstring("--device and --devices"));
   CHECK(both.exit_code == 2);
   args = render_args(job, dir / "json", {"--devices", "cpu,cpu"}, false, "json");
-  const auto events = fluxbatch::test::run_command(shell(args) + " 2>/dev/null");
+  // In a subshell: run_command adds 2>&1 after it, which would undo the 2>/dev/null.
+  const auto events = fluxbatch::test::run_command("(" + shell(args) + " 2>/dev/null)");
   CHECK(events.exit_code == 0);
   int images = 0, done = 0;
   std::istringstream in(events.output);
@@ -332,7 +333,7 @@ TEST_CASE("past --grace the image in hand is abandoned at once, its claim releas
   check_same_as(ref, dir / "out");
 }
 
-TEST_CASE("--devices forwards Ctrl-C to its workers once and exits 130", "[cli][scaling]") {
+TEST_CASE("render --devices forwards Ctrl-C to its workers once and exits 130", "[cli][scaling]") {
   TempDir dir;
   const fs::path job = write_job(dir.path(), 16);
   const auto ref = reference(job, dir / "ref");

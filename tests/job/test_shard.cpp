@@ -38,7 +38,7 @@ std::string problem(const std::string& text, std::map<std::string, std::string> 
 
 }  // namespace
 
-TEST_CASE("--shard K/N takes positions K, K+N, ...", "[job][shard]") {
+TEST_CASE("shard K/N takes positions K, K+N, ...", "[job][shard]") {
   const Shard s = parse_shard("2/5", kNoEnv);
   CHECK(s.index == 2);
   CHECK(s.count == 5);
@@ -85,7 +85,7 @@ TEST_CASE("bad --shard values name the option and what is wrong", "[job][shard]"
   CHECK_THAT(problem("auto"), ContainsSubstring("none of SLURM_ARRAY_TASK_ID"));
 }
 
-TEST_CASE("--shard auto reads Slurm arrays, Slurm tasks and Kubernetes indexed jobs", "[job][shard]") {
+TEST_CASE("shard auto reads Slurm arrays, Slurm tasks and Kubernetes indexed jobs", "[job][shard]") {
   Shard s = parse_shard("auto", env_of({{"SLURM_ARRAY_TASK_ID", "3"}, {"SLURM_ARRAY_TASK_COUNT", "4"},
                                         {"SLURM_ARRAY_TASK_MIN", "0"}, {"SLURM_ARRAY_TASK_STEP", "1"},
                                         {"SLURM_PROCID", "0"}}));
@@ -112,7 +112,7 @@ TEST_CASE("--shard auto reads Slurm arrays, Slurm tasks and Kubernetes indexed j
   CHECK_THAT(s.source, ContainsSubstring("JOB_COMPLETION_INDEX=6"));
 }
 
-TEST_CASE("--shard auto refuses environments that do not make a shard", "[job][shard]") {
+TEST_CASE("shard auto refuses environments that do not make a shard", "[job][shard]") {
   CHECK_THAT(problem("auto", {{"JOB_COMPLETION_INDEX", "2"}}), ContainsSubstring("FLUXBATCH_SHARDS is not"));
   CHECK_THAT(problem("auto", {{"SLURM_ARRAY_TASK_ID", "7"}}), ContainsSubstring("SLURM_ARRAY_TASK_COUNT is not set"));
   // --array=1,3,7: ids that are not MIN + k * STEP
