@@ -66,7 +66,7 @@ fi
 
 # ---- 3. tiny models and goldens -----------------------------------------------------------------
 if [ -f scripts/make_tiny_models.py ]; then
-  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py 2>/dev/null) | sha256sum | cut -c1-16)"
+  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py scripts/make_fp8_fixtures.py 2>/dev/null) | sha256sum | cut -c1-16)"
   if [ "$(cat models/.fluxbatch-gen 2>/dev/null || true)" != "$gen_hash" ]; then
     say "building the tiny random-weight pipelines (models/) and golden outputs (tests/golden/)"
     rm -rf models tests/golden
@@ -76,6 +76,8 @@ if [ -f scripts/make_tiny_models.py ]; then
     .venv/bin/python3 scripts/make_nf4_models.py --models models
     # Forge-layout single files (flux1-dev-bnb-nf4 v1 / v2) of those NF4 weights, with the folders they must match.
     .venv/bin/python3 scripts/make_forge_nf4.py --models models
+    # ComfyUI / Kijai fp8 single files (plain cast and "scaled fp8") with the float32 folders they must match.
+    .venv/bin/python3 scripts/make_fp8_fixtures.py --models models
     echo "$gen_hash" > models/.fluxbatch-gen
   fi
 fi

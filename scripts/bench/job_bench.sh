@@ -4,6 +4,9 @@
 # Each side is timed as a user sees it: the whole process, loading included, until the last PNG is written.
 #   bash scripts/bench/job_bench.sh MODEL_NF4 OUTDIR [COUNT] [DIFFUSERS_BATCH] [EXTRA FLUXBATCH FLAGS...]
 # Prints both and writes OUTDIR/job<COUNT>.json (job<COUNT>_nf4_img_per_h, diffusers_job<COUNT>_nf4_img_per_h, ...).
+# FB_JOB_REUSE_DIFFUSERS=1 reuses OUTDIR/job_diffusers.json from an earlier run in the same call.
+# FB_JOB_TAG names fluxbatch's figures when EXTRA flags change what it measures (e.g. FB_JOB_TAG=nf4_fp8 with
+# --compute fp8: job<COUNT>_nf4_fp8_img_per_h, in OUTDIR/job<COUNT>_nf4_fp8.json).
 set -uo pipefail
 MODEL="$1"; OUTDIR="$2"; COUNT="${3:-16}"; DBATCH="${4:-4}"; shift 4 || shift $#
 EXTRA=("$@")
@@ -22,25 +25,30 @@ PY
 rm -rf /tmp/job_bench_out
 export FLUXBATCH_CACHE_DIR="${FLUXBATCH_CACHE_DIR:-/tmp/fluxbatch-job-bench-cache}"
 t0=$(date +%s%N)
-"$BIN" render "$JOB" --model "$MODEL" --device cuda --quantize nf4 --overwrite -v "${EXTRA[@]}" > "$OUTDIR/job_fluxbatch.log" 2>&1
+"$BIN" render "$JOB" --model "$MODEL" --device cuda --quantize nf4 --overwrite -v "${EXTRA[@]}" > "$OUTDIR/job_fluxbatch_${FB_JOB_TAG:-nf4}.log" 2>&1
 rc=$?
 t1=$(date +%s%N)
 fb_wall=$(python3 -c "print(($t1 - $t0) / 1e9)")
 pngs=$(ls /tmp/job_bench_out/*.png 2>/dev/null | wc -l)
 echo "fluxbatch job: exit $rc, $pngs PNGs, $COUNT images in $fb_wall s whole process"
-grep -E "batch of|plan for|loaded|done:|peak" "$OUTDIR/job_fluxbatch.log" | grep -v debug | cut -c1-200 | tail -8
-rm -rf /tmp/job_bench_diffusers
-PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_job.py --model "$MODEL" --count "$COUNT" --batch "$DBATCH" \
-  --out /tmp/job_bench_diffusers --json "$OUTDIR/job_diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]|Loading"
-python3 - "$OUTDIR" "$COUNT" "$fb_wall" "$pngs" <<'PY'
-import json, sys
-out, count, wall, pngs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+grep -E "batch of|plan for|loaded|fp8 compute|summary:|peak" "$OUTDIR/job_fluxbatch_${FB_JOB_TAG:-nf4}.log" | grep -v debug | cut -c1-400 | tail -8
+if [ "${FB_JOB_REUSE_DIFFUSERS:-0}" = 1 ] && [ -f "$OUTDIR/job_diffusers.json" ]; then
+  echo "diffusers: reusing $OUTDIR/job_diffusers.json from the earlier run of this call"
+else
+  rm -rf /tmp/job_bench_diffusers
+  PYTHONUNBUFFERED=1 python3 scripts/bench/diffusers_job.py --model "$MODEL" --count "$COUNT" --batch "$DBATCH" \
+    --out /tmp/job_bench_diffusers --json "$OUTDIR/job_diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]|Loading"
+fi
+python3 - "$OUTDIR" "$COUNT" "$fb_wall" "$pngs" "${FB_JOB_TAG:-nf4}" <<'PY'
+import json, re, sys
+out, count, wall, pngs, tag = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 d = json.load(open(f"{out}/job_diffusers.json"))
 fb = count * 3600 / wall if pngs == count else 0.0
-fig = {f"job{count}_nf4_wall_s": wall, f"job{count}_nf4_img_per_h": fb,
+fig = {f"job{count}_{tag}_wall_s": wall, f"job{count}_{tag}_img_per_h": fb,
        f"diffusers_job{count}_nf4_wall_s": d["wall_s"], f"diffusers_job{count}_nf4_img_per_h": d["img_per_h"],
        f"diffusers_job{count}_nf4_batch": d["batch"]}
-json.dump(fig, open(f"{out}/job{count}.json", "w"), indent=2)
-print(f"job of {count}: fluxbatch {fb:.0f} images/hour, diffusers + bitsandbytes NF4 (batch {d['batch']}) "
+name = f"job{count}" if tag == "nf4" else f"job{count}_{tag}"
+json.dump(fig, open(f"{out}/{name}.json", "w"), indent=2)
+print(f"job of {count} ({tag}): fluxbatch {fb:.0f} images/hour, diffusers + bitsandbytes NF4 (batch {d['batch']}) "
       f"{d['img_per_h']:.0f} images/hour: {fb / d['img_per_h']:.2f}x (target >= 1.5x)")
 PY

@@ -4,7 +4,7 @@
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
 # FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
-# job budget bf16render render". The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
+# fp8job job budget bf16render render". The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -82,14 +82,19 @@ if ! skip forward; then
     --json "$OUTDIR/bench.json"
 fi
 
+if ! skip fp8job; then
+  step "a 16-image 1024x1024 28-step NF4 job with --compute fp8: fluxbatch vs diffusers + bitsandbytes"
+  FB_JOB_TAG=nf4_fp8 bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
+fi
+
 if ! skip job; then
   step "a 16-image 1024x1024 28-step NF4 job: fluxbatch vs diffusers + bitsandbytes"
-  bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4
+  FB_JOB_REUSE_DIFFUSERS=1 bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4
 fi
 
 step "figures"
 python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
-  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json"
+  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json"
 
 if ! skip budget; then
   step "memory scheduler under real pressure: 32 x 1024^2, --batch 16, budgets 24/12/8 GiB (ballast), 4 steps"

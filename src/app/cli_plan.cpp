@@ -121,6 +121,7 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_option("--dtype", command.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)")
       ->type_name("T");
   add_quantize_option(*cmd, command.quantize);
+  add_speed_options(*cmd, command.speed, /*render=*/false);
   cmd->add_option("--max-batch", command.max_batch, "Largest batch considered (default 64)")->type_name("N");
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
   cmd->add_option("--config", command.config,
@@ -172,14 +173,15 @@ void run_plan(const PlanCommand& given) {
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
   const Budget budget = resolve_budget(device, command.memory);
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
+  const bool fp8 = command.speed.compute == "fp8";
   const std::vector<runtime::ComponentWeights> weights =
-      runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4");
+      runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
   const std::vector<runtime::MemoryModel> models = models_for_groups(
-      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, command.quantize == "nf4" ? "nf4" : ""));
+      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8)));
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
                             residency};

@@ -265,7 +265,9 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
   const runtime::ModelFiles files = runtime::locate_model(model);
-  RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4);
+  apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
+  RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
+                                    compute_mode_identity(command.speed));
   options.prompt_cache = caches.prompts;
   clock.enter("");
 
@@ -283,11 +285,9 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   };
   SessionSetup setup;
   setup.model = model;
-  setup.description = std::string("FLUX.1-") + runtime::variant_name(files.variant) + " (" +
-                      runtime::layout_name(files.layout) + ")";
+  setup.description = runtime::describe_model(files, options.compute_fp8);
   setup.headers = &headers;
   setup.memory = command.memory;
-  apply_speed_options(command.speed, options);
   setup.generator = options;
   setup.calibrate = batch == kAutoBatch;
   setup.max_batch = batch == kAutoBatch ? kMaxAutoBatch : batch;

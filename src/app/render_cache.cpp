@@ -32,14 +32,14 @@ void add_cache_options(CLI::App& command, CacheOptions& o) {
 
 RenderCaches open_caches(const CacheOptions& o, const std::optional<std::string>& job_cache,
                          const runtime::ModelFiles& model, c10::Device device, c10::ScalarType dtype,
-                         bool quantize_nf4) {
+                         bool quantize_nf4, const std::string& mode) {
   RenderCaches out;
   const int64_t max = runtime::parse_byte_size(o.max, "--cache-max");
   const std::string dir = o.off ? std::string() : !o.dir.empty() ? o.dir : job_cache.value_or("");
   if (dir.empty()) return out;
   const auto start = std::chrono::steady_clock::now();
   out.store = std::make_shared<io::CacheStore>(dir, max);
-  const std::string compute = runtime::compute_identity(device, dtype, quantize_nf4);
+  const std::string compute = runtime::compute_identity(device, dtype, quantize_nf4, mode);
   out.prompts = std::make_shared<runtime::PromptCache>(out.store, runtime::text_encoders_identity(model) + "\n" + compute);
   out.images = std::make_unique<runtime::ImageCache>(out.store, runtime::model_files_identity(model) + "\n" + compute);
   const io::CacheStats s = out.store->stats();

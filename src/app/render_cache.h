@@ -32,9 +32,10 @@ struct RenderCaches {
 };
 
 // The cache the options and the job ask for, keyed for this model (its files' fingerprints) and this
-// way of computing; nothing when none is asked for. InputError for a bad --cache-max.
+// way of computing (`mode`: kernels and compute mode, compute_mode_identity); nothing when none is asked
+// for. InputError for a bad --cache-max.
 RenderCaches open_caches(const CacheOptions& options, const std::optional<std::string>& job_cache,
                          const runtime::ModelFiles& model, c10::Device device, c10::ScalarType dtype,
-                         bool quantize_nf4);
+                         bool quantize_nf4, const std::string& mode);
 
 }  // namespace fluxbatch::app

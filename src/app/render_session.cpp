@@ -1,5 +1,7 @@
 #include "render_session.h"
 
+#include "speed_options.h"
+
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_planner.h"
@@ -21,6 +23,28 @@ runtime::Residency decide_residency(const std::string& mode, c10::Device device,
   return residency;
 }
 
+// --compute fp8 with NF4 weights at hand (an NF4 file, or --quantize nf4): fp8 weights resident (fastest)
+// unless the transformer and VAE would then take more than 3/4 of the budget (the rule --offload auto
+// uses), in which case the transformer stays NF4 and each layer is made fp8 at each call. Logged.
+void choose_fp8_weights(const runtime::ModelSummary& headers, c10::ScalarType dtype, int64_t budget,
+                        runtime::GeneratorOptions& options, std::vector<runtime::ComponentWeights>& weights) {
+  bool nf4_at_hand = options.quantize_nf4;
+  for (const auto& c : headers.components) nf4_at_hand |= c.name == "transformer" && c.quantization == "bnb-nf4";
+  const int64_t fp8_bytes = runtime::denoise_weight_bytes(weights);
+  if (nf4_at_hand && fp8_bytes > budget / 4 * 3) {
+    options.fp8_from_nf4 = true;
+    weights = runtime::model_component_weights(headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4,
+                                               /*fp8=*/false);
+    log::info("fp8 compute from NF4: the transformer stays NF4 and each layer is made fp8 at each call (transformer "
+              "+ VAE " + runtime::format_bytes(runtime::denoise_weight_bytes(weights)) + "; with fp8 weights they "
+              "would take " + runtime::format_bytes(fp8_bytes) + ", over 3/4 of the budget " +
+              runtime::format_bytes(budget) + ")");
+  } else {
+    log::info("fp8 compute: the transformer's Linears hold fp8 weights (transformer + VAE " +
+              runtime::format_bytes(fp8_bytes) + ", budget " + runtime::format_bytes(budget) + ")");
+  }
+}
+
 }  // namespace
 
 RenderSession::RenderSession(SessionSetup setup, runtime::StageClock& clock) : setup_(std::move(setup)), clock_(clock) {}
@@ -34,11 +58,12 @@ runtime::ImageGenerator& RenderSession::device() {
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
   memory_ = std::make_unique<RenderMemory>(
       setup_.memory, options.device, dtype,
-      runtime::model_identity(*setup_.headers, dtype, options.quantize_nf4 ? "nf4" : ""), clock_);
+      runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8)), clock_);
   shown_ = memory_.get();
   memory_->attach(options, setup_.on_stage);
   std::vector<runtime::ComponentWeights> weights = runtime::model_component_weights(
-      *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4);
+      *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4, options.compute_fp8);
+  if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);

@@ -164,6 +164,7 @@ namespace {
 struct LinearWeight {
   at::Tensor dense;
   quant::Nf4Tensor nf4;
+  at::Tensor scale_weight;  // scaled fp8: the per-tensor scale, which every row split from it shares
   bool is_nf4() const { return nf4.packed.defined(); }
 };
 
@@ -188,6 +189,13 @@ class BflSource {
     }
     for (const auto& [name, tensor] : all) {
       if (used.count(name) != 0) continue;
+      // Scaled fp8: scale_weight travels with its weight; scale_input is for fp8 matmuls with static
+      // activation scales, which fluxbatch does not use (see nn::is_fp8_scale_key).
+      if (ends_with(name, ".scale_weight")) {
+        scales_[name.substr(0, name.size() - 13) + ".weight"] = tensor;
+        continue;
+      }
+      if (ends_with(name, ".scale_input") || name == "scaled_fp8") continue;
       // NF4 statistics of a weight that has no quant state: refuse rather than load packed bytes as numbers.
       for (const char* stat : {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax", ".weight.nested_quant_map"}) {
         if (ends_with(name, stat)) {
@@ -215,7 +223,15 @@ class BflSource {
   }
   LinearWeight pop_weight(const std::string& key) {
     auto it = nf4_.find(key);
-    if (it == nf4_.end()) return LinearWeight{pop(key), {}};
+    if (it == nf4_.end()) {
+      LinearWeight w{pop(key), {}, {}};
+      auto scale = scales_.find(key);
+      if (scale != scales_.end()) {
+        w.scale_weight = scale->second;
+        scales_.erase(scale);
+      }
+      return w;
+    }
     LinearWeight w{at::Tensor(), it->second};
     nf4_.erase(it);
     return w;
@@ -229,11 +245,14 @@ class BflSource {
     }
     return false;
   }
-  size_t left_count() const { return map_.size() + nf4_.size(); }
-  std::string left_example() const { return map_.empty() ? nf4_.begin()->first : map_.begin()->first; }
+  size_t left_count() const { return map_.size() + nf4_.size() + scales_.size(); }
+  std::string left_example() const {
+    return !map_.empty() ? map_.begin()->first : !nf4_.empty() ? nf4_.begin()->first : scales_.begin()->first;
+  }
 
  private:
   nn::TensorMap map_;
+  nn::TensorMap scales_;  // "<p>.weight" -> its scale_weight
   std::map<std::string, quant::Nf4Tensor> nf4_;
 };
 
@@ -242,6 +261,7 @@ class BflSource {
 void put_weight(nn::TensorMap& out, const std::string& key, const LinearWeight& w) {
   if (!w.is_nf4()) {
     out[key] = w.dense;
+    if (w.scale_weight.defined()) out[key.substr(0, key.size() - 7) + ".scale_weight"] = w.scale_weight;
     return;
   }
   nn::write_bnb_nf4(out, key.substr(0, key.size() - 7), w.nf4);  // strip ".weight"
@@ -266,7 +286,7 @@ std::vector<LinearWeight> split_weight(const LinearWeight& fused, const std::vec
       out.push_back(LinearWeight{at::Tensor(), std::move(part)});
     }
   } else {
-    for (auto& part : split_rows(fused.dense, sizes, key)) out.push_back(LinearWeight{part, {}});
+    for (auto& part : split_rows(fused.dense, sizes, key)) out.push_back(LinearWeight{part, {}, fused.scale_weight});
   }
   return out;
 }
@@ -277,7 +297,7 @@ at::Tensor swap_scale_shift(const at::Tensor& weight) {
 }
 
 LinearWeight swap_scale_shift(const LinearWeight& weight, const std::string& key) {
-  if (!weight.is_nf4()) return LinearWeight{swap_scale_shift(weight.dense), {}};
+  if (!weight.is_nf4()) return LinearWeight{swap_scale_shift(weight.dense), {}, weight.scale_weight};
   const std::string what = "BFL FLUX checkpoint: '" + key + "'";
   FLUXBATCH_CHECK(weight.nf4.shape.size() == 2 && weight.nf4.shape[0] % 2 == 0, ModelError,
                   what + ": an odd number of rows cannot hold (shift, scale) halves");
@@ -481,29 +501,22 @@ nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm) {
 
 // ---- text encoders --------------------------------------------------------------------------------
 
-namespace {
-
-// ComfyUI "scaled fp8" text encoders store weight / scale in fp8 plus a per-tensor scale_weight (and
-// sometimes scale_input); loading them as plain fp8 would silently give wrong weights.
-void refuse_scaled_fp8(const nn::TensorMap& weights, const char* what) {
-  for (const auto& [name, tensor] : weights) {
-    if (name == "scaled_fp8" || ends_with(name, ".scale_weight") || ends_with(name, ".scale_input")) {
-      throw ModelError(std::string(what) + ": '" + name +
-                       "' marks a ComfyUI scaled-fp8 checkpoint, which is not supported; use an unscaled "
-                       "fp8 / fp16 / bf16 file");
-    }
+// ComfyUI "scaled fp8" text encoders: "<p>.weight" e4m3 with "<p>.scale_weight" beside it, which
+// nn::load_state applies; the `scaled_fp8` marker and the scale_input values are of no use here.
+void drop_scaled_fp8_extras(nn::TensorMap& weights) {
+  for (auto it = weights.begin(); it != weights.end();) {
+    it = it->first == "scaled_fp8" || ends_with(it->first, ".scale_input") ? weights.erase(it) : std::next(it);
   }
 }
 
-}  // namespace
 
 nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
-  refuse_scaled_fp8(weights, "T5 text encoder");
   nn::TensorMap out;
   for (const auto& [name, tensor] : weights) {
     // Full encoder-decoder checkpoints: FLUX uses the encoder only.
     if (!starts_with(name, "decoder.") && !starts_with(name, "lm_head.")) out.emplace(name, tensor);
   }
+  drop_scaled_fp8_extras(out);
   auto embed = out.find("encoder.embed_tokens.weight");
   if (embed != out.end()) {
     if (out.count("shared.weight") == 0) out["shared.weight"] = embed->second;
@@ -513,7 +526,6 @@ nn::TensorMap t5_to_transformers(const nn::TensorMap& weights) {
 }
 
 nn::TensorMap clip_to_transformers(const nn::TensorMap& weights) {
-  refuse_scaled_fp8(weights, "CLIP text encoder");
   nn::TensorMap out;
   for (const auto& [name, tensor] : weights) {
     if (starts_with(name, "text_projection") || name == "logit_scale" ||
@@ -522,6 +534,7 @@ nn::TensorMap clip_to_transformers(const nn::TensorMap& weights) {
     }
     out.emplace(name, tensor);
   }
+  drop_scaled_fp8_extras(out);
   return out;
 }
 

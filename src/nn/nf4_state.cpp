@@ -264,12 +264,15 @@ std::shared_ptr<at::Tensor> load_state_quantizing_nf4(torch::nn::Module& module,
     }
     // Quantized where it will live (a GPU quantizes in a blink), from bf16 as diffusers does with
     // torch_dtype=bfloat16; one tensor at a time, so host memory never holds a converted model.
+    // (Scaled fp8 checkpoints: the weight times its scale_weight.)
     const at::Tensor dense =
-        it->second.to(options.quantize_device.value_or(options.device)).to(at::kBFloat16).contiguous();
+        dense_weight(weights, key, options.quantize_device.value_or(options.device), at::kBFloat16);
     if (!scratch) scratch = std::make_shared<at::Tensor>();
     linear->set_nf4(quant::quantize_nf4(dense, /*double_quant=*/false, quant::BnbBackend::kCuda).to(options.device), scratch,
                     what + ": " + key);
     used.insert(key);
+    used.insert(name + ".scale_weight");
+    used.insert(name + ".scale_input");
   }
   load_state(module, remaining(weights, used), options);
   return scratch;

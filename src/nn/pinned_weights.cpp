@@ -36,9 +36,7 @@ std::vector<at::Tensor> module_tensors(torch::nn::Module& module) {
   for (const at::Tensor& p : module.parameters()) add(p);
   for (const at::Tensor& b : module.buffers()) add(b);
   for_each_linear(module, [&](const LinearImpl& linear) {
-    if (!linear.is_nf4()) return;
-    const quant::Nf4Tensor& w = linear.nf4();
-    for (const at::Tensor* t : {&w.packed, &w.absmax, &w.q8, &w.nested_absmax, &w.nested_quant_map}) add(*t);
+    for (const at::Tensor& t : linear.quantized_tensors()) add(t);
   });
   return out;
 }

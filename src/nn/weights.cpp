@@ -9,9 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <cmath>
 #include <sstream>
 
 namespace fluxbatch::nn {
@@ -200,6 +202,36 @@ void throw_mismatch(const Mismatch& m, const LoadOptions& options) {
 
 }  // namespace
 
+bool is_fp8_scale_key(const std::string& name) {
+  auto ends = [&](const std::string& suffix) {
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends(".scale_weight") || ends(".scale_input");
+}
+
+float fp8_weight_scale(const TensorMap& weights, const std::string& weight_key) {
+  const std::string key = weight_key.substr(0, weight_key.rfind('.')) + ".scale_weight";
+  const auto it = weights.find(key);
+  if (it == weights.end()) return 1.0f;
+  const at::Tensor& t = it->second;
+  FLUXBATCH_CHECK(t.numel() == 1 && at::isFloatingType(t.scalar_type()), ModelError,
+                  key + ": a scale_weight must be one floating value, got shape " + shape_string(t.sizes()));
+  const float scale = t.to(at::kFloat).item<float>();
+  FLUXBATCH_CHECK(std::isfinite(scale) && scale > 0.0f, ModelError,
+                  key + ": scale_weight " + std::to_string(scale) + " is not a positive finite number");
+  return scale;
+}
+
+at::Tensor dense_weight(const TensorMap& weights, const std::string& key, c10::Device device, c10::ScalarType dtype) {
+  const at::Tensor& stored = weights.at(key);
+  if (!c10::isFloat8Type(stored.scalar_type())) return stored.to(device).to(dtype).contiguous();
+  // Widened on the host (see load_state), scaled in float32, rounded once.
+  const float scale = fp8_weight_scale(weights, key);
+  at::Tensor wide = stored.to(at::kFloat);
+  if (scale != 1.0f) wide.mul_(scale);
+  return wide.to(device).to(dtype).contiguous();
+}
+
 void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options) {
   std::map<std::string, at::Tensor> targets;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace(item.key(), item.value());
@@ -218,7 +250,9 @@ void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadO
     }
   }
   for (const auto& [name, tensor] : weights) {
-    if (targets.count(name) == 0 && !ignored(name, options.ignore_prefixes)) {
+    // A scaled-fp8 weight's scales belong to the weight loaded under "<p>.weight".
+    const bool scale_of_target = is_fp8_scale_key(name) && targets.count(name.substr(0, name.rfind('.')) + ".weight");
+    if (targets.count(name) == 0 && !scale_of_target && !ignored(name, options.ignore_prefixes)) {
       m.lines.push_back("unexpected: " + name + " " + shape_string(tensor.sizes()));
       ++m.unexpected;
     }
@@ -231,7 +265,11 @@ void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadO
     const c10::ScalarType want = at::isFloatingType(stored) ? options.dtype : stored;
     // fp8 (Forge / ComfyUI T5 files) is widened on the host, one tensor at a time: copy_ and the device
     // kernels do not take every fp8 -> compute dtype pair, and the widening is exact for all of them.
-    const at::Tensor source = c10::isFloat8Type(stored) ? weights.at(name).to(want) : weights.at(name);
+    // A scaled-fp8 weight is multiplied by its scale_weight in float32 first.
+    const at::Tensor source = !c10::isFloat8Type(stored) ? weights.at(name)
+                              : fp8_weight_scale(weights, name) != 1.0f
+                                  ? dense_weight(weights, name, c10::Device(c10::kCPU), want)
+                                  : weights.at(name).to(want);
     if (target.defined() && !target.is_meta() && target.scalar_type() == want && target.device() == options.device) {
       target.copy_(source);  // the usual case: the module was allocated where it runs; no new memory
     } else {

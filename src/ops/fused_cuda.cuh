@@ -3,6 +3,8 @@
 #pragma once
 #include "cuda_types.cuh"
 
+#include <cuda_fp8.h>
+
 #include <cstdint>
 
 namespace fluxbatch::ops::cuda {
@@ -62,6 +64,47 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xFFFFFFFFu, total, offset);
   __syncthreads();  // scratch may be written again by the next call
   return total;
+}
+
+// Maximum of non-negative values over the thread block (absent warps count as 0), as block_sum.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = blockDim.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = lane < warps ? scratch[lane] : 0.0f;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) total = fmaxf(total, __shfl_xor_sync(0xFFFFFFFFu, total, offset));
+  __syncthreads();
+  return total;
+}
+
+// The per-row fp8 scale of a row whose largest magnitude is `absmax` (ops/fp8_linear.h): absmax / 448 by IEEE
+// division, as the CPU reference computes it, and 1 for a row of zeros.
+__device__ __forceinline__ float fp8_row_scale(float absmax) {
+  const float scale = __fdiv_rn(absmax, 448.0f);
+  return scale == 0.0f ? 1.0f : scale;
+}
+
+// N values / scale, clamped to e4m3's range and rounded to nearest even, stored as N bytes (8-byte
+// accesses when N is a multiple of 8 and p is aligned to them).
+template <int N, bool kVector>
+__device__ __forceinline__ void store_fp8(uint8_t* __restrict__ p, const float (&v)[N], float scale) {
+  alignas(8) uint8_t raw[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float q = fminf(fmaxf(__fdiv_rn(v[i], scale), -448.0f), 448.0f);
+    raw[i] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(q, __NV_SATFINITE, __NV_E4M3));
+  }
+  if constexpr (kVector && N % 8 == 0) {
+#pragma unroll
+    for (int i = 0; i < N / 8; ++i) reinterpret_cast<uint2*>(p)[i] = reinterpret_cast<const uint2*>(raw)[i];
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) p[i] = raw[i];
+  }
 }
 
 }  // namespace fluxbatch::ops::cuda

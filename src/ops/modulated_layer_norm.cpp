@@ -34,11 +34,25 @@ at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, co
 #ifdef FLUXBATCH_WITH_CUDA
   if (fused(x)) {
     at::Tensor out = at::empty(x.sizes(), x.options());
-    detail::modulated_layer_norm_cuda(x, nullptr, at::Tensor(), shift, scale, eps, out);
+    detail::modulated_layer_norm_cuda(x, nullptr, at::Tensor(), shift, scale, eps, &out, nullptr);
     return out;
   }
 #endif
   return reference(x, shift, scale, eps);
+}
+
+Fp8Rows modulated_layer_norm_fp8(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
+  check("modulated_layer_norm_fp8", x, shift, scale);
+#ifdef FLUXBATCH_WITH_CUDA
+  if (fused(x)) {
+    Fp8Rows out{at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn)),
+                at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kFloat))};
+    detail::modulated_layer_norm_cuda(x, nullptr, at::Tensor(), shift, scale, eps, nullptr, &out);
+    return out;
+  }
+#endif
+  // The reference: the rounded modulated LayerNorm, then the row quantization.
+  return quantize_fp8_rows(reference(x, shift, scale, eps));
 }
 
 at::Tensor gated_residual_layer_norm_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
@@ -54,7 +68,7 @@ at::Tensor gated_residual_layer_norm_(at::Tensor& y, const at::Tensor& x, const 
 #ifdef FLUXBATCH_WITH_CUDA
   if (fused(x)) {
     at::Tensor out = at::empty(x.sizes(), x.options());
-    detail::modulated_layer_norm_cuda(x, &y, gate, shift, scale, eps, out);
+    detail::modulated_layer_norm_cuda(x, &y, gate, shift, scale, eps, &out, nullptr);
     return out;
   }
 #endif

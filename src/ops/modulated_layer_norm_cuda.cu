@@ -25,11 +25,13 @@ struct RowArgs {
   const T* scale;
   int64_t scale_sb;
   T* out;  // contiguous [B, S, C]
+  uint8_t* out_fp8;  // or, with kFp8Out: e4m3 [B, S, C] ...
+  float* out_scale;  // ... and one fp32 scale per row [B, S]
   int64_t tokens, channels;
   float eps;
 };
 
-template <typename T, int kVec, bool kResidual>
+template <typename T, int kVec, bool kResidual, bool kFp8Out>
 __global__ void modulated_layer_norm_kernel(RowArgs<T> a) {
   extern __shared__ float row[];  // [C] fp32, then 32 floats of reduction scratch
   float* scratch = row + a.channels;
@@ -69,14 +71,35 @@ __global__ void modulated_layer_norm_kernel(RowArgs<T> a) {
     }
   }
   const float rstd = rsqrtf(cuda::block_sum(squares, scratch) / float(a.channels) + a.eps);
-  T* out = a.out + r * a.channels;
+  float absmax = 0.0f;
   for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
     float sh[kVec], sc[kVec], o[kVec];
     cuda::load<T, kVec, kVector>(a.shift + b * a.shift_sb + c, sh);
     cuda::load<T, kVec, kVector>(a.scale + b * a.scale_sb + c, sc);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) o[i] = fmaf((row[c + i] - mean) * rstd, 1.0f + sc[i], sh[i]);
-    cuda::store<T, kVec, kVector>(out + c, o);
+    if constexpr (kFp8Out) {
+      // Kept (in place of the input, this thread's own values) until the row's scale is known.
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        row[c + i] = o[i];
+        absmax = fmaxf(absmax, fabsf(o[i]));
+      }
+    } else {
+      cuda::store<T, kVec, kVector>(a.out + r * a.channels + c, o);
+    }
+  }
+  if constexpr (kFp8Out) {
+    // The GEMM input quantized per row here rather than in a pass of its own: the fp32 values are
+    // rounded once, to e4m3, never to T.
+    const float fp8_scale = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
+    if (threadIdx.x == 0) a.out_scale[r] = fp8_scale;
+    for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
+      float o[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) o[i] = row[c + i];
+      cuda::store_fp8<kVec, kVector>(a.out_fp8 + r * a.channels + c, o, fp8_scale);
+    }
   }
 }
 
@@ -89,7 +112,7 @@ const T* ptr(const at::Tensor& t) {
 
 template <typename T, typename Storage>
 void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, const at::Tensor& shift,
-            const at::Tensor& scale, double eps, at::Tensor& out) {
+            const at::Tensor& scale, double eps, at::Tensor* out, ops::Fp8Rows* out_fp8) {
   RowArgs<T> a{};
   a.x = ptr<T, Storage>(x);
   a.x_sb = x.stride(0);
@@ -101,14 +124,18 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
   a.shift_sb = shift.stride(0);
   a.scale = ptr<T, Storage>(scale);
   a.scale_sb = scale.stride(0);
-  a.out = reinterpret_cast<T*>(out.data_ptr<Storage>());
+  a.out = out ? reinterpret_cast<T*>(out->data_ptr<Storage>()) : nullptr;
+  a.out_fp8 = out_fp8 ? reinterpret_cast<uint8_t*>(out_fp8->data.data_ptr()) : nullptr;
+  a.out_scale = out_fp8 ? out_fp8->scale.data_ptr<float>() : nullptr;
   a.tokens = x.size(1);
   a.channels = x.size(2);
   a.eps = static_cast<float>(eps);
 
   // 16-byte accesses need every row start aligned: pointers and row strides in whole 8-value chunks.
   bool vector = a.channels % 8 == 0 && a.x_sb % 8 == 0 && a.x_ss % 8 == 0 && a.shift_sb % 8 == 0 &&
-                a.scale_sb % 8 == 0 && aligned16(a.x) && aligned16(a.shift) && aligned16(a.scale) && aligned16(a.out);
+                a.scale_sb % 8 == 0 && aligned16(a.x) && aligned16(a.shift) && aligned16(a.scale) &&
+                (a.out == nullptr || aligned16(a.out)) &&
+                (a.out_fp8 == nullptr || reinterpret_cast<uintptr_t>(a.out_fp8) % 8 == 0);
   if (residual) vector = vector && a.gate_sb % 8 == 0 && aligned16(a.gate) && aligned16(a.residual);
   const int vec = vector ? 8 : 1;
   const int64_t chunks = (a.channels + vec - 1) / vec;
@@ -123,28 +150,32 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
     kernel<<<rows, threads, shared, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (residual) {
-    vector ? go(modulated_layer_norm_kernel<T, 8, true>) : go(modulated_layer_norm_kernel<T, 1, true>);
+  if (out_fp8) {
+    TORCH_CHECK(!residual, "modulated_layer_norm_cuda: fp8 output without the residual form only");
+    vector ? go(modulated_layer_norm_kernel<T, 8, false, true>) : go(modulated_layer_norm_kernel<T, 1, false, true>);
+  } else if (residual) {
+    vector ? go(modulated_layer_norm_kernel<T, 8, true, false>) : go(modulated_layer_norm_kernel<T, 1, true, false>);
   } else {
-    vector ? go(modulated_layer_norm_kernel<T, 8, false>) : go(modulated_layer_norm_kernel<T, 1, false>);
+    vector ? go(modulated_layer_norm_kernel<T, 8, false, false>) : go(modulated_layer_norm_kernel<T, 1, false, false>);
   }
 }
 
 }  // namespace
 
 void modulated_layer_norm_cuda(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate,
-                               const at::Tensor& shift, const at::Tensor& scale, double eps, at::Tensor& out) {
+                               const at::Tensor& shift, const at::Tensor& scale, double eps, at::Tensor* out,
+                               ops::Fp8Rows* out_fp8) {
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   switch (x.scalar_type()) {
     case at::kBFloat16:
-      launch<__nv_bfloat16, at::BFloat16>(x, residual, gate, shift, scale, eps, out);
+      launch<__nv_bfloat16, at::BFloat16>(x, residual, gate, shift, scale, eps, out, out_fp8);
       break;
     case at::kHalf:
-      launch<__half, at::Half>(x, residual, gate, shift, scale, eps, out);
+      launch<__half, at::Half>(x, residual, gate, shift, scale, eps, out, out_fp8);
       break;
     case at::kFloat:
-      launch<float, float>(x, residual, gate, shift, scale, eps, out);
+      launch<float, float>(x, residual, gate, shift, scale, eps, out, out_fp8);
       break;
     default:
       TORCH_CHECK(false, "modulated_layer_norm_cuda: unsupported dtype ", x.scalar_type());

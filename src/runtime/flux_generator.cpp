@@ -72,6 +72,8 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;
   out.cuda_graphs = options.cuda_graphs;
+  out.compute_fp8 = options.compute_fp8;
+  out.fp8_from_nf4 = options.fp8_from_nf4;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");
   }

@@ -20,7 +20,8 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 
 // Tensors that describe a quantization rather than hold weights.
 bool is_quant_state(const std::string& name) {
-  for (const char* suffix : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
+  for (const char* suffix : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".scale_weight",
+                             ".scale_input", "scaled_fp8"}) {  // bnb NF4; ComfyUI scaled fp8
     if (ends_with(name, suffix)) return true;
   }
   return name.find(".quant_state.") != std::string::npos;
@@ -154,12 +155,15 @@ std::string human_bytes(uint64_t n) {
 }
 
 // "none (dense bf16)", "bnb-nf4 (nf4-dq: double-quantized absmax; 1.20 MiB packed weights + state, other
-// tensors bf16)", "fp8-e4m3 (3.00 MiB of float8 weights, other tensors bf16)".
+// tensors bf16)", "fp8-e4m3 (3.00 MiB of float8 weights, other tensors bf16)", "scaled-fp8 fp8-e4m3 (3.00 MiB of
+// float8 weights with per-tensor scales, other tensors bf16)".
 std::string describe_storage(const ComponentSummary& c) {
   if (c.format == "dense") return c.quantization + " (dense " + (c.dense_dtype.empty() ? "?" : c.dense_dtype) + ")";
   std::string out;
   if (c.format.rfind("fp8", 0) == 0) {
-    out = c.format + " (" + human_bytes(c.quantized_bytes) + " of float8 weights";
+    // "scaled-fp8": ComfyUI's per-tensor scale_weight beside each weight; plain: a cast.
+    out = (c.quantization == "scaled-fp8" ? "scaled-fp8 " : "") + c.format + " (" + human_bytes(c.quantized_bytes) +
+          " of float8 weights" + (c.quantization == "scaled-fp8" ? " with per-tensor scales" : "");
   } else {
     out = c.quantization + " (" + c.format + (c.format == "nf4-dq" ? ": double-quantized absmax" : "") + "; " +
           human_bytes(c.quantized_bytes) + " packed weights + state";
@@ -220,7 +224,13 @@ ModelSummary summarize_model(const std::string& path) {
 
 int64_t nf4_bytes(int64_t parameters) { return (parameters + 1) / 2 + (parameters + 63) / 64 * 4; }
 
-int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4) {
+int64_t loaded_bytes(const ComponentSummary& c, int dtype_size, bool quantize_nf4, bool fp8) {
+  // fp8 compute: the transformer's Linear weights at 1 byte (plus a scale per row, negligible) whatever they
+  // are stored as; the few outside the blocks (embedders, final projection: ~0.5%) are counted so too.
+  if (fp8 && c.name == "transformer") {
+    const int64_t linear = c.quantization == "none" ? c.nf4_candidate_parameters : c.parameters;
+    return (c.loaded_parameters - std::min(linear, c.loaded_parameters)) * dtype_size + linear;
+  }
   // bnb components load as stored; fp8 ones are counted converted (an upper bound).
   if (c.quantization != "none") return static_cast<int64_t>(c.bytes);
   if (!quantize_nf4) return c.loaded_parameters * dtype_size;

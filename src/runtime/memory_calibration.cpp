@@ -176,11 +176,8 @@ int64_t module_bytes(const torch::nn::Module& module) {
   for (const at::Tensor& b : module.buffers()) add_tensor(b, seen, total);
   for (const auto& child : module.modules(/*include_self=*/true)) {
     const auto* linear = dynamic_cast<const nn::LinearImpl*>(child.get());
-    if (linear == nullptr || !linear->is_nf4()) continue;
-    const quant::Nf4Tensor& w = linear->nf4();
-    for (const at::Tensor* t : {&w.packed, &w.absmax, &w.q8, &w.nested_absmax, &w.nested_quant_map}) {
-      add_tensor(*t, seen, total);
-    }
+    if (linear == nullptr) continue;
+    for (const at::Tensor& t : linear->quantized_tensors()) add_tensor(t, seen, total);
   }
   return total;
 }
@@ -197,10 +194,10 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
 }
 
 std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
-                                                      bool quantize_nf4) {
+                                                      bool quantize_nf4, bool fp8) {
   std::vector<ComponentWeights> out;
   for (const ComponentSummary& c : model.components) {
-    out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4)});
+    out.push_back({c.name, loaded_bytes(c, dtype_size, quantize_nf4, fp8)});
   }
   return out;
 }

@@ -360,8 +360,11 @@ nn::TensorMap renamed(const ComponentFiles& files, const nn::TensorMap& weights)
     case Component::kTransformer:
       if (files.dialect == KeyDialect::kBfl) {
         return models::flux_bfl_to_diffusers(weights, models::detect_flux_config(weights));
+      } else {
+        nn::TensorMap out = weights;
+        models::drop_scaled_fp8_extras(out);
+        return out;
       }
-      return weights;
     case Component::kVae:
       return files.dialect == KeyDialect::kLdm ? models::vae_ldm_to_diffusers(weights) : weights;
     case Component::kTextEncoder: return models::clip_to_transformers(weights);

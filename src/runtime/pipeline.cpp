@@ -8,6 +8,7 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -77,7 +78,8 @@ std::string describe(const ComponentFiles& files) {
 }
 
 void refuse_quantized(const ComponentFiles& files) {
-  FLUXBATCH_CHECK(files.quantization.empty(), ModelError,
+  // Scaled fp8 is a storage form nn::load_state dequantizes (or load_state_fp8 keeps); bnb ones need their loaders.
+  FLUXBATCH_CHECK(files.quantization.empty() || files.quantization == "scaled-fp8", ModelError,
                   describe(files) + ": " + models::component_name(files.component) + " is quantized (" +
                       files.quantization + "); this build renders only unquantized weights");
 }
@@ -100,8 +102,9 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
 // `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
 // components' home) is the host.
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
-                                                      bool quantize_nf4, c10::Device compute) {
+                                                      const PipelineOptions& pipeline, c10::Device compute) {
   const bool nf4_file = model.transformer.quantization == "bnb-nf4";
+  const bool quantize_nf4 = pipeline.quantize_nf4;
   if (nf4_file || quantize_nf4) {
     // Built on the CPU: at::empty's pages are only reserved, and NF4 layers drop their dense weight
     // before anything touches it, so neither host nor device ever holds the dense model. (Meta
@@ -115,9 +118,24 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     } else {
       nn::load_nf4_state(*transformer, weights, load);
     }
+    if (pipeline.compute_fp8) {
+      const int n = nn::nf4_layers_to_fp8(*transformer, models::flux::computes_in_fp8, pipeline.fp8_from_nf4);
+      log::info("fp8 compute: " + std::to_string(n) + " transformer Linears " +
+                (pipeline.fp8_from_nf4 ? "stay NF4 and are turned into fp8 at each call"
+                                       : "hold fp8 weights made from their NF4 weights"));
+    }
     return transformer;
   }
   refuse_quantized(model.transformer);
+  if (pipeline.compute_fp8) {
+    // Built on the CPU for the same reason as NF4: the fp8 layers never hold their dense weight.
+    models::flux::FluxTransformer2DModel transformer(transformer_config(model), options.device(at::kCPU));
+    nn::LoadOptions load = load_options(model.transformer, options, {});
+    load.quantize_device = compute;
+    const int n = nn::load_state_fp8(*transformer, read_component(model.transformer), load, models::flux::computes_in_fp8);
+    log::info("fp8 compute: " + std::to_string(n) + " transformer Linears hold per-channel fp8 weights");
+    return transformer;
+  }
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
   nn::load_state(*transformer, read_component(model.transformer), load_options(model.transformer, options, {}));
   return transformer;
@@ -266,7 +284,7 @@ struct FluxPipeline::State {
     if (staged()) free_text_encoders();
     const auto start = Clock::now();
     const c10::InferenceMode inference;
-    transformer = load_transformer(files, home_options(), options.quantize_nf4, options.device);
+    transformer = load_transformer(files, home_options(), options, options.device);
     vae = load_vae(files, home_options());
     pin(*transformer);
     pin(*vae);
@@ -340,9 +358,13 @@ FluxPipeline::~FluxPipeline() = default;
 
 FluxVariant FluxPipeline::variant() const { return state_->variant; }
 
-std::string FluxPipeline::description() const {
-  return std::string("FLUX.1-") + variant_name(state_->variant) + " (" + layout_name(state_->files.layout) + ")";
+std::string describe_model(const ModelFiles& files, bool compute_fp8) {
+  // The compute mode is part of what determines the pixels: resume compares it.
+  return std::string("FLUX.1-") + variant_name(files.variant) + " (" + layout_name(files.layout) + ")" +
+         (compute_fp8 ? ", fp8 compute" : "");
 }
+
+std::string FluxPipeline::description() const { return describe_model(state_->files, state_->options.compute_fp8); }
 
 const ModelFiles& FluxPipeline::files() const { return state_->files; }
 

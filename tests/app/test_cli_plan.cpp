@@ -91,6 +91,31 @@ TEST_CASE("plan rejects a bad size and a missing model", "[cli][planner]") {
   CHECK_THAT(none.output, ContainsSubstring("no model"));
 }
 
+TEST_CASE("plan --compute fp8 counts the transformer's Linear weights at one byte", "[cli][planner][fp8]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string() + " --model " + tiny_model().string() + " --vram-budget 8G --dtype bf16 --json";
+  const auto denoise_weights = [](const CommandResult& r) {
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    return nlohmann::json::parse(r.output)["groups"][0]["stages"][1]["weight_bytes"].get<int64_t>();
+  };
+  const int64_t bf16 = denoise_weights(plan_cmd(job));
+  const int64_t fp8 = denoise_weights(plan_cmd(job + " --compute fp8"));
+  CHECK(fp8 < bf16);
+  CHECK(fp8 > bf16 / 3);  // the VAE and the non-Linear weights stay bf16
+}
+
+TEST_CASE("render --compute fp8 without fp8 tensor cores stops before loading anything (exit 2)", "[cli][fp8]") {
+  TempDir dir;
+  const CommandResult r = fluxbatch_cmd("render " + write_job(dir).string() + " --model " + tiny_model().string() +
+                                        " --device cpu --compute fp8 --out " + quote((dir / "out").string()));
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, ContainsSubstring("--compute fp8 needs fp8 tensor cores"));
+  CHECK_THAT(r.output, !ContainsSubstring("loaded"));
+  CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
+}
+
 TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[cli][memory]") {
   const CommandResult r = fluxbatch_cmd("probe --json");
   INFO(r.output);

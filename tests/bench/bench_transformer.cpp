@@ -7,13 +7,16 @@
 // reference kernels (diffusers' ATen ops: the "before"), fused kernels, and fused kernels replayed as a CUDA
 // graph; the kernel time split into GEMM / attention / everything else (torch's profiler) with the largest
 // other kernels; and the relative L2 error against an fp32 forward of the same weights (TF32 off), for
-// fluxbatch and for diffusers. The figures also go to --json for docs/benchmarks/<card>.json.
+// fluxbatch and for diffusers. On fp8 cards the same for --compute fp8 (per-channel e4m3 weights from the bf16
+// file, and from the NF4 file both resident and converted at each call). The figures also go to --json for docs/benchmarks/<card>.json.
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/flux/transformer.h"
+#include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/kernel_mode.h"
 #include "fluxbatch/ops/nf4_dequantize.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
@@ -376,6 +379,39 @@ int main(int argc, char** argv) {
     figure("rel_l2_vs_fp32_bf16_reference_kernels", err_reference);
     figure("diffusers_rel_l2_vs_fp32_bf16", err_diffusers);
 
+    // ---- fp8 compute (--compute fp8): per-channel e4m3 weights made at load from the bf16 file ----
+    const bool fp8_card = ops::fp8_gemm_supported(c10::Device(c10::kCUDA, 0));
+    if (fp8_card) {
+      const auto t0 = std::chrono::steady_clock::now();
+      // Built on the CPU as the pipeline does: fp8 layers never hold their dense weight on the device.
+      FluxTransformer2DModel fp8(config, at::TensorOptions().dtype(at::kBFloat16).device(at::kCPU));
+      nn::LoadOptions load;
+      load.dtype = at::kBFloat16;
+      load.device = at::Device(at::kCUDA);
+      load.what = "transformer (fp8)";
+      const int n = nn::load_state_fp8(*fp8, nn::read_safetensors(files), load, models::flux::computes_in_fp8);
+      c10::cuda::device_synchronize();
+      std::printf("loaded the fp8 transformer (%d fp8 Linears) in %.1f s (%.2f GiB on the GPU)\n", n, seconds_since(t0),
+                  gib(allocated_now()));
+      figure("fp8_weights_gib", gib(allocated_now()));
+      const at::Tensor out_fp8 = forward(fp8, in).to(at::kCPU).to(at::kFloat);
+      const Timings t = time_configurations("1024x1024 batch 1 fp8", "forward_1024_b1_fp8", fp8, in, reps, true);
+      figure("fp8_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
+      std::printf("fp8 / bf16 (fused + graph): %.3f\n", g_figures["fp8_over_bf16"]);
+      {
+        const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
+        time_configurations("512x512 batch 4 fp8", "forward_512_b4_fp8", fp8, small, reps, false);
+      }
+      const double err_fp8 = rel_l2(out_fp8, out_fp32);
+      std::printf("relative L2 vs fp32 (same weights and inputs), fp8 compute: %.4e (bf16 fused %.4e, diffusers bf16 "
+                  "%.4e): fp8 / diffusers bf16 = %.3f\n",
+                  err_fp8, err_fused, err_diffusers, err_fp8 / err_diffusers);
+      figure("rel_l2_vs_fp32_fp8", err_fp8);
+    } else {
+      std::printf("fp8 compute: this GPU has no fp8 tensor cores (compute capability < 8.9); not measured\n");
+    }
+    c10::cuda::CUDACachingAllocator::emptyCache();
+
     // ---- NF4 (diffusers' bitsandbytes file): speed, and fidelity against fp32 of the same (dequantized) weights ----
     if (!nf4_dir.empty()) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -417,6 +453,40 @@ int main(int argc, char** argv) {
       }
       std::printf("\n");
       figure("rel_l2_nf4_vs_fp32_bf16_weights", rel_l2(out_nf4, out_fp32));
+
+      // NF4 storage, fp8 compute: NF4 kept and turned into fp8 at each call (a budget short of fp8 weights),
+      // then converted once at load (the default when fp8 weights fit).
+      if (fp8_card) {
+        wide_modules.clear();
+        wide = nullptr;
+        c10::cuda::CUDACachingAllocator::emptyCache();
+        nn::nf4_layers_to_fp8(*nf4, models::flux::computes_in_fp8, /*keep_nf4=*/true);
+        const double per_call = median_ms([&] { forward(nf4, in); }, reps);
+        Step step(nf4, in);
+        double per_call_graph = 0;
+        {
+          runtime::execution::GraphedDenoiser graphed(step, true, "nf4 fp8 per call", 1 << 20);
+          per_call_graph = median_ms([&] { graphed.predict(in.hidden, in.timestep); }, reps);
+        }
+        const auto t0 = std::chrono::steady_clock::now();
+        nn::nf4_layers_to_fp8(*nf4, models::flux::computes_in_fp8, /*keep_nf4=*/false);
+        c10::cuda::device_synchronize();
+        const double convert_s = seconds_since(t0);
+        const at::Tensor out_nf4_fp8 = forward(nf4, in).to(at::kCPU).to(at::kFloat);
+        double resident_graph = 0;
+        {
+          runtime::execution::GraphedDenoiser graphed(step, true, "nf4 -> fp8", 1 << 20);
+          resident_graph = median_ms([&] { graphed.predict(in.hidden, in.timestep); }, reps);
+        }
+        std::printf("1024x1024 batch 1, NF4 file with fp8 compute: NF4 kept, fp8 per call %.1f ms eager, %.1f ms graph; "
+                    "converted to fp8 at load (%.1f s, %.2f GiB on the GPU) %.1f ms graph; relative L2 vs the fp32 "
+                    "forward of the NF4 weights %.4e\n",
+                    per_call, per_call_graph, convert_s, gib(allocated_now()), resident_graph,
+                    rel_l2(out_nf4_fp8, out_nf4_fp32));
+        figure("forward_1024_b1_nf4_fp8_per_call_ms", per_call_graph);
+        figure("forward_1024_b1_nf4_fp8_ms", resident_graph);
+        figure("rel_l2_vs_fp32_nf4_fp8", rel_l2(out_nf4_fp8, out_nf4_fp32));
+      }
     }
     c10::cuda::CUDACachingAllocator::emptyCache();
 

@@ -70,8 +70,13 @@ nn::TensorMap vae_ldm_to_diffusers(const nn::TensorMap& ldm);
 // transformers naming for the text encoders: T5 "encoder.embed_tokens.weight" (a tied copy) becomes
 // "shared.weight" when that is absent, decoder.* / lm_head.* of full T5 checkpoints are dropped; CLIP checkpoints' text_projection / logit_scale /
 // position_ids extras are dropped.
+// Both accept ComfyUI "scaled fp8" files: scale_weight stays beside its weight (nn::load_state applies it).
 nn::TensorMap t5_to_transformers(const nn::TensorMap& weights);
 nn::TensorMap clip_to_transformers(const nn::TensorMap& weights);
+
+// ComfyUI "scaled fp8": drops the `scaled_fp8` marker and every "<p>.scale_input" (static activation scales
+// for fp8 matmuls; fluxbatch scales activations per token), keeping "<p>.scale_weight" beside its weight.
+void drop_scaled_fp8_extras(nn::TensorMap& weights);
 
 // Shapes only, for detection without tensors (e.g. from safetensors headers).
 using ShapeMap = std::map<std::string, std::vector<int64_t>>;

@@ -1,8 +1,12 @@
 // A Linear layer whose parameters are created uninitialised with the caller's dtype and device, so a
 // 12B-parameter model is allocated once, where it will run, and then filled by nn::load_state.
 // It can instead hold its weight as NF4 (bitsandbytes Linear4bit): the dense weight is then dropped
-// and only ever exists, per call, in a scratch buffer shared by every NF4 layer of the model.
+// and only ever exists, per call, in a scratch buffer shared by every NF4 layer of the model. For
+// --compute fp8 it runs fp8 GEMMs: with its weight held as e4m3 per output channel (set_fp8), or with its
+// NF4 weight turned into such an fp8 copy at each call (compute_in_fp8), its inputs quantized per row.
 #pragma once
+#include "fluxbatch/ops/fp8_linear.h"
+#include "fluxbatch/quant/fp8_format.h"
 #include "fluxbatch/quant/nf4_format.h"
 
 #include <ATen/core/Tensor.h>
@@ -12,8 +16,20 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace fluxbatch::nn {
+
+// What a Linear reads: dense rows, or rows its producer already quantized to fp8 (for takes_fp8() layers,
+// e.g. the modulated LayerNorm before the attention projections).
+struct LinearInput {
+  at::Tensor dense;  // [B, ..., in]; undefined when fp8
+  ops::Fp8Rows fp8;  // data undefined when dense
+
+  bool is_fp8() const { return fp8.data.defined(); }
+  const at::Tensor& rows() const { return is_fp8() ? fp8.data : dense; }  // for sizes
+};
 
 class LinearImpl : public torch::nn::Module {
  public:
@@ -31,6 +47,13 @@ class LinearImpl : public torch::nn::Module {
   // column slice of a wider buffer (ops::per_image_linear_out). NF4 weights always take the dequantize
   // + GEMM path here (token rows), never the one-row GEMV.
   void forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh = false) const;
+  // Inputs the kernel that produced them already quantized to fp8 rows (takes_fp8() layers only):
+  // x: [B, ..., in] -> [B, ..., out] in out_dtype; the _out form writes into `out` as forward_out does.
+  at::Tensor forward(const ops::Fp8Rows& x, at::ScalarType out_dtype) const;
+  void forward_out(const ops::Fp8Rows& x, at::Tensor out) const;
+  // Either input form (dense output in out_dtype for fp8 rows, the input's dtype otherwise).
+  at::Tensor forward(const LinearInput& x, at::ScalarType out_dtype) const;
+  void forward_out(const LinearInput& x, at::Tensor out, bool gelu_tanh = false) const;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
@@ -44,20 +67,38 @@ class LinearImpl : public torch::nn::Module {
   // Frees the shared dequantize scratch (the next NF4 forward allocates it again where it runs).
   void release_scratch();
 
+  // fp8 compute. set_fp8 replaces the dense or NF4 weight by `w` ([out, in], checked: ModelError naming
+  // `what`); compute_in_fp8 keeps an NF4 weight and quantizes its dequantized copy per channel at each
+  // call (for budgets that cannot hold fp8 weights). Either way forward() quantizes its input per row
+  // (ops::quantize_fp8_rows) unless given fp8 rows, and runs ops::fp8_linear.
+  void set_fp8(quant::Fp8Tensor w, const std::string& what);
+  void compute_in_fp8();
+  bool takes_fp8() const { return fp8_ != nullptr || nf4_in_fp8_; }
+  bool is_fp8() const { return fp8_ != nullptr; }
+  const quant::Fp8Tensor& fp8() const { return *fp8_; }  // only when is_fp8()
+  // The tensors that hold the weight when it is not the dense "weight" parameter (NF4 or fp8), for
+  // memory accounting and pinning; empty for a dense layer.
+  std::vector<at::Tensor> quantized_tensors() const;
+
   // Module::to also moves the NF4 tensors (offload); a dtype never converts them.
   using torch::nn::Module::to;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
 
-  at::Tensor weight;  // [out, in]; undefined when is_nf4()
+  at::Tensor weight;  // [out, in]; undefined when is_nf4() or is_fp8()
   at::Tensor bias;    // [out], undefined without bias
 
  private:
-  void move_nf4(const c10::Device& device);
+  void move_quantized(const c10::Device& device);
+  // The weight as the fp8 GEMM takes it: the resident fp8 one, or this call's copy of the NF4 one.
+  quant::Fp8Tensor fp8_weight() const;
+  void drop_dense_weight();
 
   int64_t in_features_, out_features_;
   std::shared_ptr<quant::Nf4Tensor> nf4_;
   std::shared_ptr<at::Tensor> scratch_;
+  std::shared_ptr<quant::Fp8Tensor> fp8_;
+  bool nf4_in_fp8_ = false;
 };
 TORCH_MODULE(Linear);
 

@@ -59,6 +59,18 @@ struct LoadOptions {
 // other one is replaced (set_data) by the converted checkpoint tensor.
 void load_state(torch::nn::Module& module, const TensorMap& weights, const LoadOptions& options);
 
+// ComfyUI "scaled fp8" checkpoints store a Linear as "<p>.weight" (float8_e4m3fn) times a per-tensor
+// "<p>.scale_weight" (one fp32 value), sometimes with a "<p>.scale_input" (a static activation scale for fp8
+// matmuls, which fluxbatch does not need: it scales activations per token). load_state accepts both beside a
+// weight it loads and dequantizes such weights itself, one tensor at a time (w * s in float32, then one
+// rounding to the load dtype), so no converted copy of the model is ever held.
+bool is_fp8_scale_key(const std::string& name);  // "<p>.scale_weight" or "<p>.scale_input"
+// The scale of `weight_key` ("<p>.weight"): "<p>.scale_weight" if present (ModelError naming the key unless
+// it is one positive finite floating value), else 1.
+float fp8_weight_scale(const TensorMap& weights, const std::string& weight_key);
+// weights[key] as a dense `dtype` tensor on `device`: fp8 times its scale (in float32), others converted.
+at::Tensor dense_weight(const TensorMap& weights, const std::string& key, c10::Device device, c10::ScalarType dtype);
+
 // "[3072, 64]": a shape as error messages print it.
 std::string shape_string(at::IntArrayRef shape);
 

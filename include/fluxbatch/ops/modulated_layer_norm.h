@@ -5,6 +5,8 @@
 // fp32 (two-pass mean / variance, the modulation's 1 + scale unrounded) and rounds each output once;
 // everywhere else it is the reference's ATen composition, rounding after every op as diffusers does.
 #pragma once
+#include "fluxbatch/ops/fp8_linear.h"
+
 #include <ATen/core/Tensor.h>
 
 namespace fluxbatch::ops {
@@ -13,6 +15,11 @@ namespace fluxbatch::ops {
 // sequence), shift, scale: [B, C] (any row stride, e.g. chunks of one modulation output)
 // -> [B, S, C] contiguous, x's dtype.
 at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
+
+// modulated_layer_norm quantized per row for an fp8 GEMM (ops/fp8_linear.h). On CUDA the same kernel
+// quantizes the fp32 result (no pass of its own, no rounding to x's dtype first); elsewhere the reference
+// result is quantized by ops::quantize_fp8_rows.
+Fp8Rows modulated_layer_norm_fp8(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps);
 
 // y <- x + gate[:, None] * y, in place (y becomes the new residual stream, rounded to its dtype), then
 // returns modulated_layer_norm(y, shift, scale, eps). y: [B, S, C] contiguous, x: [B, S, C] (as above),

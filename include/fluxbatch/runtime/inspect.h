@@ -50,7 +50,8 @@ int64_t nf4_bytes(int64_t parameters);
 // Bytes the component would hold on the device when loaded in a dtype of `dtype_size` bytes:
 // bnb-quantized components as stored (what the loader skips excluded), others' loaded_parameters
 // converted (fp8 widened too), and with `quantize_nf4` their nf4_candidate_parameters as NF4.
-int64_t loaded_bytes(const ComponentSummary& component, int dtype_size, bool quantize_nf4);
+// (fp8: the transformer computes in fp8 with fp8 weights resident, whatever they are stored as.)
+int64_t loaded_bytes(const ComponentSummary& component, int dtype_size, bool quantize_nf4, bool fp8 = false);
 
 // The summary as aligned text (json = false) or as a JSON document (json = true).
 std::string inspect_model(const std::string& path, bool json);

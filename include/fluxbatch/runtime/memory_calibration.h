@@ -91,7 +91,7 @@ std::vector<ComponentWeights> pipeline_component_weights(const FluxPipeline& pip
 // loading (tested); the plan uses it because under staged residency nothing is loaded when the plan
 // is made.
 std::vector<ComponentWeights> model_component_weights(const ModelSummary& model, int dtype_size,
-                                                      bool quantize_nf4);
+                                                      bool quantize_nf4, bool fp8 = false);
 
 // Resets and reads the peak of the memory that counts (the CUDA allocator's allocated bytes, or the
 // CPU counting allocator's live bytes).

@@ -33,6 +33,10 @@ struct VariantDefaults {
 };
 VariantDefaults variant_defaults(FluxVariant variant);
 
+// "FLUX.1-dev (diffusers)", with ", fp8 compute" under --compute fp8: the model as the manifest and the
+// PNGs record it (resume compares it, so images of the other compute mode are rendered again).
+std::string describe_model(const ModelFiles& files, bool compute_fp8);
+
 // The variant of the model at `model_path` from its configs / safetensors headers only (no weights
 // read), so defaults can be applied before loading. ModelError as locate_model.
 FluxVariant probe_variant(const std::string& model_path);
@@ -56,6 +60,14 @@ struct PipelineOptions {
   // The same for T5's Linear weights except the feed-forward `wo` (transformers' bnb quantizer keeps
   // them: models::t5::t5_linear_is_quantized). Separate so a transformer-only comparison stays possible.
   bool quantize_t5_nf4 = false;
+  // --compute fp8: the transformer blocks' projections (models::flux::computes_in_fp8) run fp8 GEMMs with
+  // per-token activation scales. Their weights become per-channel e4m3 at load (quantized from dense or
+  // NF4 weights on the device, tensor by tensor, or taken as stored from fp8 checkpoints); with
+  // fp8_from_nf4 an NF4 transformer stays NF4 and each layer is turned into fp8 at each call instead (for
+  // budgets that cannot hold ~11.9 GB of fp8 weights). The CLI allows it on compute capability 8.9+ only;
+  // elsewhere (the CPU) it runs the fp32 reference of the fp8 arithmetic, for tests.
+  bool compute_fp8 = false;
+  bool fp8_from_nf4 = false;
   // Replay a CUDA graph of the transformer step from the second step of each denoise call on
   // (execution::GraphedDenoiser); false runs every step eagerly. Ignored on the CPU.
   bool cuda_graphs = true;

@@ -14,23 +14,28 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
   return ops::modulated_layer_norm(x, shift, scale, kAdaNormEps);
 }
 
+nn::LinearInput modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, bool fp8) {
+  if (fp8) return {at::Tensor(), ops::modulated_layer_norm_fp8(x, shift, scale, kAdaNormEps)};
+  return {modulate(x, shift, scale), {}};
+}
+
 }  // namespace
 
 AdaLayerNormZeroImpl::AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options)
     : linear(register_module("linear", nn::Linear(dim, 6 * dim, true, options))) {}
 
-AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb) const {
+AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb, bool fp8) const {
   const auto e = linear->forward(nn::silu(temb)).chunk(6, 1);  // 6 x [B, dim]
-  return {modulate(x, e[0], e[1]), e[2], e[3], e[4], e[5]};
+  return {modulate(x, e[0], e[1], fp8), e[2], e[3], e[4], e[5]};
 }
 
 AdaLayerNormZeroSingleImpl::AdaLayerNormZeroSingleImpl(int64_t dim, const at::TensorOptions& options)
     : linear(register_module("linear", nn::Linear(dim, 3 * dim, true, options))) {}
 
-std::pair<at::Tensor, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x,
-                                                                      const at::Tensor& temb) const {
+std::pair<nn::LinearInput, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x, const at::Tensor& temb,
+                                                                           bool fp8) const {
   const auto e = linear->forward(nn::silu(temb)).chunk(3, 1);  // shift, scale, gate: [B, dim]
-  return {modulate(x, e[0], e[1]), e[2]};
+  return {modulate(x, e[0], e[1], fp8), e[2]};
 }
 
 AdaLayerNormContinuousImpl::AdaLayerNormContinuousImpl(int64_t dim, int64_t conditioning_dim,

@@ -30,16 +30,17 @@ FluxAttentionImpl::FluxAttentionImpl(int64_t dim, int64_t heads, int64_t head_di
   }
 }
 
-std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const at::Tensor& x, const at::Tensor& context,
-                                                                   const nn::RopeTables& rope) const {
+std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const nn::LinearInput& x,
+                                                                   const nn::LinearInput& context,
+                                                                   const nn::RopeTables& rope, at::ScalarType dtype) const {
   FLUXBATCH_CHECK(kind_ == AttentionKind::kJoint, InputError, "FluxAttention: forward_joint on a single-stream block");
-  const int64_t batch = x.size(0), text_len = context.size(1), image_len = x.size(1);
+  const int64_t batch = x.rows().size(0), text_len = context.rows().size(1), image_len = x.rows().size(1);
   const int64_t inner = to_q->out_features();
   // The joint sequence, text tokens first: each stream's projection is written straight into its token
   // range (no concatenation), then q and k get their per-stream RMSNorm and RoPE in place, in the
   // [B, L+S, H, Dh] layout attention reads.
   auto joint = [&](const nn::Linear& text_proj, const nn::Linear& image_proj) {
-    at::Tensor out = at::empty({batch, text_len + image_len, inner}, x.options());  // [B, L+S, inner]
+    at::Tensor out = at::empty({batch, text_len + image_len, inner}, rope.cos.options().dtype(dtype));  // [B, L+S, inner]
     text_proj->forward_out(context, out.narrow(1, 0, text_len));
     image_proj->forward_out(x, out.narrow(1, text_len, image_len));
     return out;
@@ -57,13 +58,14 @@ std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const at::Ten
   return {to_out_0->forward(out.narrow(1, text_len, image_len)), to_add_out->forward(out.narrow(1, 0, text_len))};
 }
 
-at::Tensor FluxAttentionImpl::forward_single(const at::Tensor& x, const nn::RopeTables& rope) const {
+at::Tensor FluxAttentionImpl::forward_single(const nn::LinearInput& x, const nn::RopeTables& rope,
+                                             at::ScalarType dtype) const {
   // x: [B, L+S, dim], the joint sequence: one norm weight for every token.
-  at::Tensor q = to_q->forward(x);  // [B, L+S, inner]
+  at::Tensor q = to_q->forward(x, dtype);  // [B, L+S, inner]
   ops::rms_norm_rope_(q, head_dim_, norm_q->weight, norm_q->weight, 0, rope.cos, rope.sin, norm_q->eps());
-  at::Tensor k = to_k->forward(x);
+  at::Tensor k = to_k->forward(x, dtype);
   ops::rms_norm_rope_(k, head_dim_, norm_k->weight, norm_k->weight, 0, rope.cos, rope.sin, norm_k->eps());
-  return nn::attention(split_heads(q), split_heads(k), split_heads(to_v->forward(x)));  // [B, S, inner]
+  return nn::attention(split_heads(q), split_heads(k), split_heads(to_v->forward(x, dtype)));  // [B, S, inner]
 }
 
 }  // namespace fluxbatch::models::flux

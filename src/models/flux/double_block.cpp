@@ -34,9 +34,10 @@ DoubleBlockImpl::DoubleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, c
 
 StreamPair DoubleBlockImpl::forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& temb,
                                     const nn::RopeTables& rope) const {
-  const AdaNormZeroOutput img = norm1->forward(x, temb);
-  const AdaNormZeroOutput txt = norm1_context->forward(context, temb);
-  auto [img_attn, txt_attn] = attn->forward_joint(img.x, txt.x, rope);
+  const bool fp8 = attn->takes_fp8();
+  const AdaNormZeroOutput img = norm1->forward(x, temb, fp8);
+  const AdaNormZeroOutput txt = norm1_context->forward(context, temb, fp8);
+  auto [img_attn, txt_attn] = attn->forward_joint(img.x, txt.x, rope, x.scalar_type());
   at::Tensor x_out = finish_stream(std::move(img_attn), x, img, ff);
   at::Tensor context_out = finish_stream(std::move(txt_attn), context, txt, ff_context);
   // Only the text stream is clipped here (diffusers FluxTransformerBlock); the image stream is not.

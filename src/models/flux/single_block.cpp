@@ -19,10 +19,10 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const at::Tensor& temb,
     // The output projection reads [attention | GELU(MLP)] ([B, L+S, dim + 4*dim]): both halves are
     // written into one buffer (the MLP's GEMM and GELU straight into its columns) instead of being
     // concatenated. Attention first, so its temporaries are not stacked on the MLP states.
-    auto [n, g] = norm->forward(h, temb);
+    auto [n, g] = norm->forward(h, temb, attn->takes_fp8() && proj_mlp->takes_fp8());
     gate = g;
     joined = at::empty({h.size(0), h.size(1), dim + hidden}, h.options());
-    joined.narrow(2, 0, dim).copy_(attn->forward_single(n, rope));
+    joined.narrow(2, 0, dim).copy_(attn->forward_single(n, rope, h.scalar_type()));
     proj_mlp->forward_out(n, joined.narrow(2, dim, hidden), /*gelu_tanh=*/true);
   }
   at::Tensor out = proj_out->forward(joined);

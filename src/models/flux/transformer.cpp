@@ -129,4 +129,9 @@ at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
   return proj_out->forward(x);  // [B, S, patch^2 * out_channels]
 }
 
+bool computes_in_fp8(const std::string& name) {
+  auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+  return starts("transformer_blocks.") || starts("single_transformer_blocks.");
+}
+
 }  // namespace fluxbatch::models::flux

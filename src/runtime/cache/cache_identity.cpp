@@ -71,7 +71,7 @@ std::string file_fingerprint(const std::string& path) {
   return to_hex(d.data(), d.size());
 }
 
-std::string compute_identity(c10::Device device, c10::ScalarType dtype, bool quantize_nf4) {
+std::string compute_identity(c10::Device device, c10::ScalarType dtype, bool quantize_nf4, const std::string& mode) {
   std::string out = device.is_cuda() ? "cuda" : "cpu";
 #ifdef FLUXBATCH_WITH_CUDA
   if (device.is_cuda()) {
@@ -81,7 +81,7 @@ std::string compute_identity(c10::Device device, c10::ScalarType dtype, bool qua
     }
   }
 #endif
-  return out + ", " + dtype_name(dtype) + (quantize_nf4 ? ", quantize nf4" : "");
+  return out + ", " + dtype_name(dtype) + (quantize_nf4 ? ", quantize nf4" : "") + (mode.empty() ? "" : ", " + mode);
 }
 
 std::string text_encoders_identity(const ModelFiles& model) {

@@ -17,7 +17,7 @@ constexpr double kAdaNormEps = 1e-6;
 
 // Modulated input plus the remaining chunks; every chunk is [B, dim].
 struct AdaNormZeroOutput {
-  at::Tensor x;  // [B, S, dim]
+  nn::LinearInput x;  // [B, S, dim]: dense, or fp8 rows for layers that compute in fp8
   at::Tensor gate_msa, shift_mlp, scale_mlp, gate_mlp;
 };
 
@@ -25,8 +25,9 @@ struct AdaNormZeroOutput {
 class AdaLayerNormZeroImpl : public torch::nn::Module {
  public:
   AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options);
-  // x: [B, S, dim], temb: [B, dim]
-  AdaNormZeroOutput forward(const at::Tensor& x, const at::Tensor& temb) const;
+  // x: [B, S, dim], temb: [B, dim]. fp8: the modulated x as fp8 rows (ops::modulated_layer_norm_fp8),
+  // for attention projections that compute in fp8.
+  AdaNormZeroOutput forward(const at::Tensor& x, const at::Tensor& temb, bool fp8 = false) const;
 
   nn::Linear linear{nullptr};
 };
@@ -36,8 +37,8 @@ TORCH_MODULE(AdaLayerNormZero);
 class AdaLayerNormZeroSingleImpl : public torch::nn::Module {
  public:
   AdaLayerNormZeroSingleImpl(int64_t dim, const at::TensorOptions& options);
-  // x: [B, S, dim], temb: [B, dim] -> {modulated x [B, S, dim], gate [B, dim]}
-  std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& temb) const;
+  // x: [B, S, dim], temb: [B, dim] -> {modulated x [B, S, dim] (fp8 rows with `fp8`), gate [B, dim]}
+  std::pair<nn::LinearInput, at::Tensor> forward(const at::Tensor& x, const at::Tensor& temb, bool fp8 = false) const;
 
   nn::Linear linear{nullptr};
 };

@@ -29,10 +29,13 @@ class FluxAttentionImpl : public torch::nn::Module {
 
   // Joint: x: [B, S, dim] (image), context: [B, L, dim] (text), rope over L + S tokens
   // -> {image out [B, S, dim], text out [B, L, dim]}.
-  std::pair<at::Tensor, at::Tensor> forward_joint(const at::Tensor& x, const at::Tensor& context,
-                                                  const nn::RopeTables& rope) const;
+  // Inputs dense or as fp8 rows (takes_fp8()); outputs in `dtype` (the model's).
+  std::pair<at::Tensor, at::Tensor> forward_joint(const nn::LinearInput& x, const nn::LinearInput& context,
+                                                  const nn::RopeTables& rope, at::ScalarType dtype) const;
   // Single: x: [B, S, dim] -> [B, S, heads * head_dim] (no output projection).
-  at::Tensor forward_single(const at::Tensor& x, const nn::RopeTables& rope) const;
+  at::Tensor forward_single(const nn::LinearInput& x, const nn::RopeTables& rope, at::ScalarType dtype) const;
+  // Whether the q/k/v projections compute in fp8, so their input may come as fp8 rows.
+  bool takes_fp8() const { return to_q->takes_fp8(); }
 
   int64_t head_dim() const { return head_dim_; }
 

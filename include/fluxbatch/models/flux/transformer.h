@@ -66,4 +66,10 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FluxTransformer2DModel);
 
+// The Linears that compute in fp8 under --compute fp8 (by module name): every Linear inside the double and
+// single blocks (attention q/k/v/out, feed-forwards, the single blocks' MLP and output, and the modulation
+// Linears, a quarter of the weights, whose one-row products read half the bytes in fp8), not the embedders,
+// the output norm or the final projection (together about 0.06 B weights).
+bool computes_in_fp8(const std::string& linear_name);
+
 }  // namespace fluxbatch::models::flux

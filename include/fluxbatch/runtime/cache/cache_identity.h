@@ -16,9 +16,10 @@ namespace fluxbatch::runtime {
 // SHA-256 (hex) of a file's size and sampled contents; ModelError when it cannot be read.
 std::string file_fingerprint(const std::string& path);
 
-// "cuda (NVIDIA H100 80GB HBM3), bf16, quantize nf4": what else decides the numbers. The GPU's
-// name comes from its properties (no CUDA context is created).
-std::string compute_identity(c10::Device device, c10::ScalarType dtype, bool quantize_nf4);
+// "cuda (NVIDIA H100 80GB HBM3), bf16, quantize nf4, fused": what else decides the numbers (`mode`: the
+// kernels and the compute mode, app::compute_mode_identity). The GPU's name comes from its properties
+// (no CUDA context is created).
+std::string compute_identity(c10::Device device, c10::ScalarType dtype, bool quantize_nf4, const std::string& mode = "");
 
 // The text encoders (CLIP + T5 weights, configs and both tokenizers), plus fluxbatch's version: the
 // prompt-embedding cache's key prefix (with compute_identity).

@@ -1,0 +1,35 @@
+// The fp8 GEMM of --compute fp8: activations quantized per row (each token divided by max|row| / 448 and
+// rounded to e4m3, so every token uses e4m3's whole range) times weights quantized per output channel
+// (quant::Fp8Tensor), accumulated in fp32 and written in bf16. On CUDA (KernelMode::kFused) a row-wise
+// scaled fp8 GEMM per image (at::_scaled_mm: fp8 tensor cores, Hopper and Ada); otherwise the reference:
+// both operands dequantized to fp32, an fp32 GEMM, one rounding.
+#pragma once
+#include "fluxbatch/quant/fp8_format.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace fluxbatch::ops {
+
+struct Fp8Rows {
+  at::Tensor data;   // [..., K] float8_e4m3fn, contiguous
+  at::Tensor scale;  // [...] float32: value = data * scale[..., None]
+};
+
+// x: [..., K] (bf16, fp16 or fp32; last dim contiguous) -> rows of x quantized as above (scale 1 for a
+// row of zeros). On CUDA one kernel per call (read once, write a quarter / half as many bytes).
+Fp8Rows quantize_fp8_rows(const at::Tensor& x);
+
+// rows.data * rows.scale[..., None] in `dtype`.
+at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype);
+
+// x: [B, ..., K] quantized rows, w: [N, K] -> [B, ..., N] in out_dtype (bf16 or fp32; the CUDA GEMM
+// writes bf16), bias [N] (cast to out_dtype) or undefined. Image b's rows go through their own GEMM, so
+// an image does not depend on its batch (as ops::per_image_linear).
+at::Tensor fp8_linear(const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias, at::ScalarType out_dtype);
+// The same into `out` [B, ..., N] whose rows of one image form a contiguous matrix.
+void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias);
+
+// Whether this device runs fp8 GEMMs (compute capability 8.9 or newer). False for the CPU.
+bool fp8_gemm_supported(const c10::Device& device);
+
+}  // namespace fluxbatch::ops

@@ -1,0 +1,111 @@
+#include "fluxbatch/ops/fp8_linear.h"
+
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/ops/kernel_mode.h"
+#include "fused_kernels.h"
+
+#include <ATen/ATen.h>
+#ifdef FLUXBATCH_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+#include <string>
+#include <vector>
+
+namespace fluxbatch::ops {
+namespace {
+
+bool fused(const at::Tensor& t) { return t.is_cuda() && kernel_mode() == KernelMode::kFused; }
+
+// The reference quantization, in ATen ops whose divisions are IEEE on every device (tensor / tensor).
+Fp8Rows quantize_reference(const at::Tensor& x) {
+  const at::Tensor wide = x.to(at::kFloat);
+  const at::Tensor absmax = wide.abs().amax(-1);  // [...]
+  at::Tensor scale = absmax / at::full_like(absmax, quant::kFp8E4m3Max);
+  scale.masked_fill_(scale == 0, 1.0);
+  at::Tensor data = (wide / scale.unsqueeze(-1)).clamp_(-quant::kFp8E4m3Max, quant::kFp8E4m3Max);
+  return {data.to(at::kFloat8_e4m3fn).contiguous(), scale};
+}
+
+}  // namespace
+
+Fp8Rows quantize_fp8_rows(const at::Tensor& x) {
+  FLUXBATCH_CHECK(x.dim() >= 1 && x.size(-1) > 0 &&
+                      (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf || x.scalar_type() == at::kFloat),
+                  std::invalid_argument, "quantize_fp8_rows: x must be bf16, fp16 or fp32 [..., K]");
+#ifdef FLUXBATCH_WITH_CUDA
+  if (fused(x)) {
+    const int64_t k = x.size(-1);
+    const at::Tensor rows = x.contiguous().view({-1, k});
+    Fp8Rows out{at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn)),
+                at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat))};
+    at::Tensor data = out.data.view({-1, k});
+    at::Tensor scale = out.scale.view({-1});
+    detail::quantize_fp8_rows_cuda(rows, data, scale);
+    return out;
+  }
+#endif
+  return quantize_reference(x);
+}
+
+at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype) {
+  return (rows.data.to(at::kFloat) * rows.scale.unsqueeze(-1)).to(dtype);
+}
+
+bool fp8_gemm_supported(const c10::Device& device) {
+#ifdef FLUXBATCH_WITH_CUDA
+  if (!device.is_cuda()) return false;
+  const cudaDeviceProp* p = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index());
+  return p->major * 10 + p->minor >= 89;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias) {
+  w.validate("fp8_linear");
+  const int64_t k = w.cols(), n = w.rows();
+  FLUXBATCH_CHECK(x.data.dim() >= 2 && x.data.size(-1) == k && x.data.scalar_type() == at::kFloat8_e4m3fn &&
+                      x.scale.sizes() == x.data.sizes().slice(0, x.data.dim() - 1),
+                  std::invalid_argument,
+                  "fp8_linear: x must be e4m3 rows [B, ..., " + std::to_string(k) + "] with one scale per row");
+  FLUXBATCH_CHECK(out.dim() == x.data.dim() && out.size(0) == x.data.size(0) && out.size(-1) == n, std::invalid_argument,
+                  "fp8_linear: out must be [B, ..., " + std::to_string(n) + "]");
+  FLUXBATCH_CHECK(x.data.device() == w.device() && out.device() == w.device(), std::invalid_argument,
+                  "fp8_linear: x, w and out must be on one device");
+  const at::Tensor b = bias.defined() ? bias.to(out.scalar_type()) : bias;
+  for (int64_t i = 0; i < x.data.size(0); ++i) {
+    const at::Tensor rows = x.data.narrow(0, i, 1).contiguous().view({-1, k});  // [M, K]
+    const at::Tensor scales = x.scale.narrow(0, i, 1).contiguous().view({-1, 1});  // [M, 1]
+    at::Tensor target = out.narrow(0, i, 1).view({-1, n});                       // [M, N]
+#ifdef FLUXBATCH_WITH_CUDA
+    if (fused(rows) && out.scalar_type() == at::kBFloat16) {
+      // Row-wise scaled fp8 GEMM: scale_a [M, 1] per token, scale_b [1, N] per channel; the weight goes in
+      // as the column-major [K, N] (w.t() of the row-major [N, K]) the kernel wants. A target with a row
+      // gap (a column slice) gets the product through a contiguous buffer.
+      at::Tensor product = target.is_contiguous() ? target : at::empty(target.sizes(), target.options());
+      at::_scaled_mm_out(product, rows, w.data.t(), scales, w.scale.view({1, -1}),
+                         b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, std::nullopt, at::kBFloat16,
+                         /*use_fast_accum=*/true);
+      if (!product.is_same(target)) target.copy_(product);
+      continue;
+    }
+#endif
+    // The reference: both operands dequantized to fp32, an fp32 GEMM, one rounding to the output type.
+    const at::Tensor a = rows.to(at::kFloat) * scales;
+    const at::Tensor wd = w.data.to(at::kFloat) * w.scale.unsqueeze(1);
+    target.copy_(at::linear(a, wd, b.defined() ? b.to(at::kFloat) : b));
+  }
+}
+
+at::Tensor fp8_linear(const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias, at::ScalarType out_dtype) {
+  std::vector<int64_t> shape = x.data.sizes().vec();
+  FLUXBATCH_CHECK(!shape.empty(), std::invalid_argument, "fp8_linear: x must be [B, ..., K]");
+  shape.back() = w.rows();
+  at::Tensor out = at::empty(shape, x.data.options().dtype(out_dtype));
+  fp8_linear_out(out, x, w, bias);
+  return out;
+}
+
+}  // namespace fluxbatch::ops

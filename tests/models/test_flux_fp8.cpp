@@ -1,0 +1,168 @@
+// --compute fp8 on the FLUX transformer, run here through the fp32 reference of the fp8 arithmetic (the
+// CPU has no fp8 GEMMs): which Linears compute in fp8, that the result stays close to the dense forward,
+// and that NF4 weights give the same fp8 model whether converted at load or at each call.
+#include "fluxbatch/models/flux/transformer.h"
+#include "fluxbatch/nn/fp8_state.h"
+#include "fluxbatch/nn/linear.h"
+#include "fluxbatch/nn/nf4_state.h"
+#include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/fp8_linear.h"
+#include "test_support.h"
+
+#include <ATen/ATen.h>
+#include <catch2/catch_test_macros.hpp>
+
+#include <filesystem>
+#include <set>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using fluxbatch::models::flux::computes_in_fp8;
+using fluxbatch::models::flux::FluxConfig;
+using fluxbatch::models::flux::FluxTransformer2DModel;
+using fluxbatch::nn::TensorMap;
+
+fs::path model_dir(const std::string& name) {
+  return fluxbatch::test::require_generated(fs::path(FLUXBATCH_MODELS_DIR) / name / "transformer");
+}
+
+TensorMap weights_of(const fs::path& dir) {
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".safetensors") files.push_back(e.path().string());
+  }
+  return fluxbatch::nn::read_safetensors(files);
+}
+
+FluxTransformer2DModel fresh(const fs::path& dir) {
+  return FluxTransformer2DModel(FluxConfig::from_json_file((dir / "config.json").string()),
+                                at::TensorOptions().dtype(at::kFloat));
+}
+
+fluxbatch::nn::LoadOptions load_options() {
+  fluxbatch::nn::LoadOptions options;
+  options.dtype = at::kFloat;
+  options.what = "transformer";
+  return options;
+}
+
+at::Tensor run(const FluxTransformer2DModel& model, const TensorMap& g) {
+  const auto guidance = g.count("guidance") ? g.at("guidance") : at::Tensor();
+  return model->forward(g.at("hidden_states").to(at::kFloat), g.at("encoder_hidden_states").to(at::kFloat),
+                        g.at("pooled_projections").to(at::kFloat), g.at("timestep"), g.at("img_ids"), g.at("txt_ids"),
+                        guidance);
+}
+
+TensorMap golden() {
+  return fluxbatch::nn::read_safetensors({fluxbatch::test::require_generated(
+                                              fs::path(FLUXBATCH_GOLDEN_DIR) / "dev" / "transformer.safetensors")
+                                              .string()});
+}
+
+double rel_l2(const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); }
+
+}  // namespace
+
+TEST_CASE("fp8 compute: every Linear of the blocks is fp8, the embedders and output stay dense", "[flux][fp8]") {
+  CHECK(computes_in_fp8("transformer_blocks.0.attn.to_q"));
+  CHECK(computes_in_fp8("transformer_blocks.3.ff_context.net.2"));
+  CHECK(computes_in_fp8("transformer_blocks.0.norm1.linear"));
+  CHECK(computes_in_fp8("single_transformer_blocks.7.proj_out"));
+  CHECK_FALSE(computes_in_fp8("proj_out"));
+  CHECK_FALSE(computes_in_fp8("context_embedder"));
+  CHECK_FALSE(computes_in_fp8("time_text_embed.timestep_embedder.linear_1"));
+  CHECK_FALSE(computes_in_fp8("norm_out.linear"));
+
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  FluxTransformer2DModel model = fresh(dir);
+  const int fp8 = fluxbatch::nn::load_state_fp8(*model, weights_of(dir), load_options(), computes_in_fp8);
+  std::set<std::string> fp8_linears;
+  for (const auto& item : model->named_modules("", false)) {
+    if (dynamic_cast<fluxbatch::nn::LinearImpl*>(item.value().get()) && computes_in_fp8(item.key())) {
+      fp8_linears.insert(item.key());
+    }
+  }
+  CHECK(fp8 == static_cast<int>(fp8_linears.size()));
+  CHECK(fp8 > 0);
+  CHECK(fluxbatch::nn::fp8_layer_count(*model) == fp8);
+  // Their dense weights are gone from the parameters (module_bytes counts the fp8 ones instead); biases stay.
+  int biases = 0;
+  for (const auto& p : model->named_parameters()) {
+    const std::string owner = p.key().substr(0, p.key().rfind('.'));
+    if (!fp8_linears.count(owner)) continue;
+    CHECK(p.key() == owner + ".bias");
+    ++biases;
+  }
+  CHECK(biases == fp8);
+}
+
+TEST_CASE("fp8 compute stays close to the dense forward and really quantizes", "[flux][fp8]") {
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  const TensorMap g = golden();
+  FluxTransformer2DModel dense = fresh(dir);
+  fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
+  FluxTransformer2DModel fp8 = fresh(dir);
+  fluxbatch::nn::load_state_fp8(*fp8, weights_of(dir), load_options(), computes_in_fp8);
+  const at::Tensor want = run(dense, g);
+  const at::Tensor got = run(fp8, g);
+  const double err = rel_l2(got, want);
+  CAPTURE(err);
+  CHECK(err > 1e-4);  // the fp8 arithmetic really ran
+  CHECK(err < 0.15);  // e4m3 weights and activations: a few percent through the tiny random model
+}
+
+TEST_CASE("NF4 weights give the same fp8 model converted at load or at each call", "[flux][fp8][nf4]") {
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev-nf4");
+  const TensorMap g = golden();
+  auto nf4_model = [&](bool keep_nf4) {
+    FluxTransformer2DModel model = fresh(dir);
+    fluxbatch::nn::load_nf4_state(*model, weights_of(dir), load_options());
+    CHECK(fluxbatch::nn::nf4_layers_to_fp8(*model, computes_in_fp8, keep_nf4) > 0);
+    return model;
+  };
+  const at::Tensor resident = run(nf4_model(false), g);
+  const at::Tensor per_call = run(nf4_model(true), g);
+  CHECK(at::equal(resident, per_call));
+}
+
+TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against the dense fp32 forward", "[flux][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  if (!fluxbatch::ops::fp8_gemm_supported(c10::Device(c10::kCUDA, 0))) SKIP("this GPU has no fp8 tensor cores");
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  const TensorMap g = golden();
+  FluxTransformer2DModel dense = fresh(dir);
+  fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
+  const at::Tensor want = run(dense, g);
+  FluxTransformer2DModel cpu_fp8 = fresh(dir);
+  fluxbatch::nn::load_state_fp8(*cpu_fp8, weights_of(dir), load_options(), computes_in_fp8);
+  const at::Tensor cpu_got = run(cpu_fp8, g);
+
+  fluxbatch::nn::LoadOptions options = load_options();
+  options.dtype = at::kBFloat16;
+  options.device = at::Device(at::kCUDA);
+  FluxTransformer2DModel gpu(FluxConfig::from_json_file((dir / "config.json").string()),
+                             at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  CHECK(fluxbatch::nn::load_state_fp8(*gpu, weights_of(dir), options, computes_in_fp8) > 0);
+  auto cuda = [](const at::Tensor& t) { return t.defined() ? t.to(at::kCUDA) : t; };
+  auto bf16 = [&](const char* name) { return cuda(g.at(name)).to(at::kBFloat16); };
+  const auto forward_gpu = [&] {
+    return gpu->forward(bf16("hidden_states"), bf16("encoder_hidden_states"), bf16("pooled_projections"),
+                        cuda(g.at("timestep")), cuda(g.at("img_ids")), cuda(g.at("txt_ids")),
+                        g.count("guidance") ? cuda(g.at("guidance")) : at::Tensor());
+  };
+  const at::Tensor got = forward_gpu().to(at::kCPU).to(at::kFloat);
+  REQUIRE(at::isfinite(got).all().item<bool>());
+  const double err = rel_l2(got, want), err_cpu = rel_l2(cpu_got, want);
+  CAPTURE(err, err_cpu);
+  CHECK(err < 0.15);
+  CHECK(err < err_cpu * 1.5 + 0.01);  // the GPU's bf16 activations add little to the fp8 error
+  CHECK(rel_l2(got, cpu_got) < 0.1);
+  // Same inputs, same result: an image does not depend on when it runs.
+  CHECK(at::equal(forward_gpu().to(at::kCPU).to(at::kFloat), got));
+}

@@ -1,0 +1,177 @@
+// quant::Fp8Tensor (per-channel e4m3 weights) and ops::quantize_fp8_rows / fp8_linear (per-token e4m3
+// activations and the fp8 GEMM): round trips against the definitions, the checkpoint forms, and on CUDA the
+// kernels against the CPU reference.
+#include "fluxbatch/core/error.h"
+#include "fluxbatch/ops/fp8_linear.h"
+#include "fluxbatch/ops/kernel_mode.h"
+#include "fluxbatch/ops/modulated_layer_norm.h"
+#include "fluxbatch/quant/fp8_format.h"
+
+#include <ATen/ATen.h>
+#include <catch2/catch_test_macros.hpp>
+
+#include <cmath>
+
+using namespace fluxbatch;
+
+namespace {
+
+double rel_l2(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kCPU).to(at::kDouble), y = b.to(at::kCPU).to(at::kDouble);
+  return ((x - y).norm() / y.norm()).item<double>();
+}
+
+// e4m3 keeps 3 mantissa bits: rounding to nearest moves a normal value by at most half a step, 2^-4 of it.
+constexpr double kE4m3Relative = 1.0 / 16;
+
+}  // namespace
+
+TEST_CASE("per-channel fp8 weights: each row's absmax lands on 448, values within e4m3 rounding", "[quant][fp8]") {
+  at::manual_seed(1);
+  at::Tensor w = at::randn({24, 40}) * at::rand({24, 1}) * 10;
+  w[3].zero_();  // a row of zeros gets scale 1
+  const quant::Fp8Tensor q = quant::quantize_fp8_per_channel(w.to(at::kBFloat16));
+  q.validate("test");
+  CHECK(q.data.scalar_type() == at::kFloat8_e4m3fn);
+  CHECK(q.scale.scalar_type() == at::kFloat);
+  CHECK(q.scale[3].item<float>() == 1.0f);
+  const at::Tensor wb = w.to(at::kBFloat16).to(at::kFloat);
+  const at::Tensor absmax = wb.abs().amax(1);
+  for (int64_t n = 0; n < 24; ++n) {
+    if (n == 3) continue;
+    INFO("row " << n);
+    CHECK(q.scale[n].item<float>() == absmax[n].item<float>() / 448.0f);
+    CHECK(q.data[n].to(at::kFloat).abs().max().item<float>() == 448.0f);  // the largest value uses the range
+  }
+  const at::Tensor back = quant::dequantize_fp8(q, at::kFloat);
+  const at::Tensor err = (back - wb).abs();
+  // Per value: within half an e4m3 step (normal values), or half the subnormal step 2^-9 (scaled).
+  const at::Tensor bound = wb.abs() * kE4m3Relative + q.scale.unsqueeze(1) * std::ldexp(1.0, -10);
+  CHECK((err <= bound * 1.0001).all().item<bool>());
+  CHECK(rel_l2(back, wb) < 0.03);
+  CHECK_THROWS_AS(quant::quantize_fp8_per_channel(at::randn({4})), std::invalid_argument);
+}
+
+TEST_CASE("an fp8 checkpoint's per-tensor scale becomes every row's scale, values kept", "[quant][fp8]") {
+  const at::Tensor stored = (at::randn({6, 8}) * 50).clamp(-448, 448).to(at::kFloat8_e4m3fn);
+  const quant::Fp8Tensor plain = quant::fp8_from_checkpoint(stored, 1.0f);
+  const quant::Fp8Tensor scaled = quant::fp8_from_checkpoint(stored, 0.0125f);
+  CHECK(at::equal(plain.data.view(at::kByte), stored.view(at::kByte)));
+  CHECK(at::equal(quant::dequantize_fp8(plain, at::kFloat), stored.to(at::kFloat)));
+  CHECK(at::equal(quant::dequantize_fp8(scaled, at::kFloat), stored.to(at::kFloat) * 0.0125f));
+  quant::Fp8Tensor broken = plain;
+  broken.scale = at::ones({5});
+  CHECK_THROWS_AS(broken.validate("w"), ModelError);
+}
+
+TEST_CASE("fp8 activation rows and the fp8 GEMM reference", "[ops][fp8]") {
+  at::manual_seed(2);
+  const at::Tensor x = at::randn({2, 5, 32}) * at::rand({2, 5, 1}) * 4;
+  x[1][2].zero_();
+  const ops::Fp8Rows rows = ops::quantize_fp8_rows(x.to(at::kBFloat16));
+  REQUIRE(rows.data.sizes() == x.sizes());
+  REQUIRE(rows.scale.sizes() == at::IntArrayRef({2, 5}));
+  CHECK(rows.scale[1][2].item<float>() == 1.0f);
+  CHECK(rows.data.to(at::kFloat).abs().amax(-1).max().item<float>() == 448.0f);
+  CHECK(rel_l2(ops::dequantize_fp8_rows(rows, at::kFloat), x.to(at::kBFloat16)) < 0.03);
+
+  const at::Tensor w = at::randn({12, 32}) / 6;
+  const at::Tensor bias = at::randn({12});
+  const quant::Fp8Tensor wq = quant::quantize_fp8_per_channel(w);
+  const at::Tensor y = ops::fp8_linear(rows, wq, bias, at::kFloat);
+  // Exactly the fp32 GEMM of the dequantized operands.
+  const at::Tensor want = at::linear(ops::dequantize_fp8_rows(rows, at::kFloat), quant::dequantize_fp8(wq, at::kFloat), bias);
+  CHECK(at::allclose(y, want, 1e-6, 1e-6));
+  // And close to the unquantized product (two e4m3 roundings).
+  CHECK(rel_l2(y, at::linear(x, w, bias)) < 0.05);
+  // Per image: an image alone gives what it gives in the batch.
+  const ops::Fp8Rows first{rows.data.narrow(0, 0, 1), rows.scale.narrow(0, 0, 1)};
+  CHECK(at::equal(ops::fp8_linear(first, wq, bias, at::kFloat), y.narrow(0, 0, 1)));
+  CHECK_FALSE(ops::fp8_gemm_supported(c10::Device(c10::kCPU)));
+}
+
+TEST_CASE("CUDA fp8 row quantization equals the CPU reference, bit for bit", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(3);
+  for (const int64_t k : {3072, 15360, 36}) {  // FLUX widths (vector path) and an odd one (scalar path)
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
+      INFO("K = " << k << " " << c10::toString(dtype));
+      at::Tensor x = (at::randn({3, 7, k}) * at::rand({3, 7, 1}) * 30).to(dtype);
+      x[0][1].zero_();
+      const ops::Fp8Rows cpu = ops::quantize_fp8_rows(x);
+      const ops::Fp8Rows gpu = ops::quantize_fp8_rows(x.to(at::kCUDA));
+      CHECK(at::equal(gpu.scale.cpu(), cpu.scale));
+      CHECK(at::equal(gpu.data.cpu().view(at::kByte), cpu.data.view(at::kByte)));
+    }
+  }
+}
+
+TEST_CASE("CUDA fp8 GEMM (row-wise scaled) against the fp32 GEMM of the dequantized operands", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  if (!ops::fp8_gemm_supported(c10::Device(c10::kCUDA, 0))) SKIP("this GPU has no fp8 tensor cores (needs 8.9+)");
+  at::manual_seed(4);
+  const auto opt = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor x = at::randn({2, 600, 3072}, opt);
+  const at::Tensor w = at::randn({3072, 3072}, opt) / 55;
+  const at::Tensor bias = at::randn({3072}, opt) * 0.1;
+  const ops::Fp8Rows rows = ops::quantize_fp8_rows(x);
+  const quant::Fp8Tensor wq = quant::quantize_fp8_per_channel(w);
+  const at::Tensor y = ops::fp8_linear(rows, wq, bias, at::kBFloat16);
+  at::Tensor reference;
+  {
+    const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+    reference = ops::fp8_linear(rows, wq, bias, at::kFloat);
+  }
+  CAPTURE(rel_l2(y, reference));
+  CHECK(rel_l2(y, reference) < 6e-3);  // bf16 output rounding and fast accumulation
+  // Into a column slice of a wider buffer, poisoned around it.
+  at::Tensor buffer = at::full({2, 600, 4000}, NAN, opt);
+  at::Tensor slice = buffer.narrow(2, 100, 3072);
+  ops::fp8_linear_out(slice, rows, wq, bias);
+  CHECK(at::equal(slice, y));
+  CHECK(at::isnan(buffer.narrow(2, 0, 100)).all().item<bool>());
+  // Per image.
+  const ops::Fp8Rows second{rows.data.narrow(0, 1, 1), rows.scale.narrow(0, 1, 1)};
+  CHECK(at::equal(ops::fp8_linear(second, wq, bias, at::kBFloat16), y.narrow(0, 1, 1)));
+}
+
+TEST_CASE("CUDA modulated LayerNorm writing fp8 rows against the reference (LayerNorm, then quantize)", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(5);
+  constexpr double kEps = 1e-6;
+  for (const int64_t c : {3072, 36}) {  // FLUX's width (vector path) and an odd one (scalar path)
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+      INFO("C = " << c << " " << c10::toString(dtype));
+      const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+      const at::Tensor h = (at::randn({2, 77, c}) * 3 + 0.5).to(opt);
+      const at::Tensor x = h.narrow(1, 13, 64);  // a token slice of a joint sequence
+      const at::Tensor shift = (at::randn({2, c}) * 0.3).to(opt), scale = (at::randn({2, c}) * 0.3).to(opt);
+      // float64 truth of the modulated LayerNorm.
+      const at::Tensor xd = x.cpu().to(at::kDouble);
+      const at::Tensor want = at::layer_norm(xd, {c}, {}, {}, kEps) * (1 + scale.cpu().to(at::kDouble).unsqueeze(1)) +
+                              shift.cpu().to(at::kDouble).unsqueeze(1);
+      ops::Fp8Rows fused, reference;
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kFused);
+        fused = ops::modulated_layer_norm_fp8(x, shift, scale, kEps);
+      }
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+        reference = ops::modulated_layer_norm_fp8(x, shift, scale, kEps);
+      }
+      REQUIRE(fused.data.scalar_type() == at::kFloat8_e4m3fn);
+      REQUIRE(fused.data.sizes() == x.sizes());
+      REQUIRE(fused.scale.sizes() == at::IntArrayRef({2, 64}));
+      const at::Tensor got = ops::dequantize_fp8_rows(fused, at::kFloat);
+      const at::Tensor ref = ops::dequantize_fp8_rows(reference, at::kFloat);
+      REQUIRE(at::isfinite(got).all().item<bool>());
+      // One rounding (fp32 straight to e4m3) is no worse than the reference's two (to dtype, then to e4m3).
+      const double err_fused = rel_l2(got, want), err_reference = rel_l2(ref, want);
+      CAPTURE(err_fused, err_reference);
+      CHECK(err_fused <= err_reference * 1.02 + 1e-6);
+      CHECK(err_fused < kE4m3Relative / 2);
+      // Each row's scale is its absmax / 448, up to the dtype rounding the reference made first.
+      CHECK(rel_l2(fused.scale, reference.scale) < 1e-2);
+    }
+  }
+}
