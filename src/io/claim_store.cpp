@@ -154,11 +154,21 @@ ClaimStore::ClaimStore(std::string dir, ClaimStoreOptions options) : dir_(std::m
     heartbeat << owner_line(owner);
   }
   touch_heartbeat();
-  // Leftovers of workers gone (kill -9): their heartbeats, and claims moved aside by a takeover that
-  // was itself cut short.
+  // Leftovers of workers gone (kill -9): their heartbeats, claims moved aside by a takeover that was
+  // itself cut short, and their claims (a worker killed after writing an image's manifest line but
+  // before releasing its claim leaves a claim no later run would take: the image is done). Claims of
+  // unfinished images removed here are simply claimed afresh.
   for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     std::string token;
+    if (name.size() > 6 && name.compare(name.size() - 6, 6, ".claim") == 0) {
+      std::optional<ClaimOwner> moved;
+      if (judge(it->path().string(), &token) == Verdict::kStale &&
+          remove_stale(it->path().string(), token, &moved) == Aside::kRemoved && moved) {
+        log::debug("claims: removed the claim of " + describe(*moved) + " for " + moved->file + " (dead or lease expired)");
+      }
+      continue;
+    }
     const bool gone_heartbeat = name.rfind(".heartbeat-", 0) == 0 && it->path() != fs::path(heartbeat_) &&
                                 judge(it->path().string(), &token) == Verdict::kStale;
     struct stat st {};
@@ -266,6 +276,29 @@ ClaimStore::Verdict ClaimStore::judge(const std::string& path, std::string* toke
   return server_now() - mtime_of(st) > options_.lease_s ? Verdict::kStale : Verdict::kLive;
 }
 
+ClaimStore::Aside ClaimStore::remove_stale(const std::string& path, const std::string& judged,
+                                          std::optional<ClaimOwner>* moved) {
+  // Moved aside under a name of our own first: of several workers doing this, one succeeds.
+  const std::string aside = path + ".stale-" + self_.token;
+  if (::rename(path.c_str(), aside.c_str()) != 0) {
+    if (errno == ENOENT) return Aside::kGone;
+    fail("cannot take over", path, errno);
+  }
+  *moved = parse_owner(read_small(aside));
+  const std::string moved_token = *moved ? (*moved)->token : "";
+  if (moved_token != judged) {
+    // Between judging and renaming, another worker took the stale claim over and made it anew:
+    // that claim is live. Put it back (unless yet another claim appeared there since).
+    if (::link(aside.c_str(), path.c_str()) != 0 && errno != EEXIST) {
+      log::warn("claims: could not put back the claim " + path + ": " + std::strerror(errno));
+    }
+    ::unlink(aside.c_str());
+    return Aside::kPutBack;
+  }
+  ::unlink(aside.c_str());
+  return Aside::kRemoved;
+}
+
 ClaimResult ClaimStore::claim(const std::string& key, const std::string& label) {
   const std::string path = path_for(key);
   bool took_over = false;
@@ -275,24 +308,10 @@ ClaimResult ClaimStore::claim(const std::string& key, const std::string& label) 
     const Verdict verdict = judge(path, &judged);
     if (verdict == Verdict::kGone) continue;  // released in between: try again
     if (verdict == Verdict::kLive) return ClaimResult::kHeld;
-    // Stale: move it aside under a name of our own; of several workers doing this, one succeeds.
-    const std::string aside = path + ".stale-" + self_.token;
-    if (::rename(path.c_str(), aside.c_str()) != 0) {
-      if (errno == ENOENT) continue;
-      fail("cannot take over", path, errno);
-    }
-    const std::optional<ClaimOwner> moved = parse_owner(read_small(aside));
-    const std::string moved_token = moved ? moved->token : "";
-    if (moved_token != judged) {
-      // Between judging and renaming, another worker took the stale claim over and made it anew:
-      // that claim is live. Put it back (unless yet another claim appeared there since).
-      if (::link(aside.c_str(), path.c_str()) != 0 && errno != EEXIST) {
-        log::warn("claims: could not put back the claim " + path + ": " + std::strerror(errno));
-      }
-      ::unlink(aside.c_str());
-      return ClaimResult::kHeld;
-    }
-    ::unlink(aside.c_str());
+    std::optional<ClaimOwner> moved;
+    const Aside aside = remove_stale(path, judged, &moved);
+    if (aside == Aside::kGone) continue;
+    if (aside == Aside::kPutBack) return ClaimResult::kHeld;
     if (moved) log::info("claims: took over " + label + " from " + describe(*moved) + " (dead or lease expired)");
     took_over = true;
     std::lock_guard<std::mutex> lock(mutex_);

@@ -139,8 +139,8 @@ TEST_CASE("renewing keeps a claim's lease; a claim taken over is no longer held"
   CHECK(mtime(path) > static_cast<double>(std::time(nullptr)) - 5.0);
 
   // A stalled owner (here: a claim rewritten as if it came from another host and expired) loses it.
+  ClaimStore b((dir / "claims").string(), quiet(30.0));  // started first: it would remove the stale claim
   plant_claim(a, "y.png", "node-3", 1, 1, 100.0);
-  ClaimStore b((dir / "claims").string(), quiet(30.0));
   CHECK(b.claim("y.png", "y.png") == ClaimResult::kTakenOver);
   REQUIRE(a.claim("z.png", "z.png") == ClaimResult::kClaimed);
   fs::remove(a.path_for("z.png"));
@@ -173,6 +173,35 @@ TEST_CASE("claims leave the directory empty, and remove it, when the last worker
     REQUIRE(b.claim("y.png", "y.png") == ClaimResult::kClaimed);
   }
   CHECK_FALSE(fs::exists(claims));
+}
+
+TEST_CASE("a worker starting removes the claims dead workers left, and only those", "[io][claims]") {
+  // A worker killed after writing an image's manifest line, before releasing its claim, leaves a claim
+  // no later run takes (the image is done): the next worker to start removes it, so the claims folder
+  // (and .fluxbatch) can go with the last worker.
+  fluxbatch::test::TempDir dir;
+  const std::string claims = (dir / "claims").string();
+  const fluxbatch::io::ClaimOwner me = fluxbatch::io::this_process();
+  std::string dead_path, live_path, remote_path;
+  {
+    ClaimStore first(claims, quiet(30.0));
+    plant_claim(first, "done.png", me.host, dead_pid(), 12345, 0.0);
+    plant_claim(first, "mine.png", me.host, ::getpid(), me.start_ticks, 0.0);  // a live worker's
+    plant_claim(first, "remote.png", "node-17", 4242, 1, 5.0);                 // lease still running
+    dead_path = first.path_for("done.png");
+    live_path = first.path_for("mine.png");
+    remote_path = first.path_for("remote.png");
+  }
+  ClaimStore next(claims, quiet(30.0));
+  CHECK_FALSE(fs::exists(dead_path));
+  CHECK(fs::exists(live_path));
+  CHECK(fs::exists(remote_path));
+  CHECK(next.taken_over() == 0);  // removed, not taken: nobody renders done.png again for it
+  CHECK(next.claim("done.png", "done.png") == ClaimResult::kClaimed);
+  CHECK(next.claim("mine.png", "mine.png") == ClaimResult::kHeld);
+  for (const auto& entry : fs::directory_iterator(claims)) {
+    CHECK(entry.path().filename().string().find(".stale-") == std::string::npos);
+  }
 }
 
 TEST_CASE("threads of many workers claim every key exactly once", "[io][claims]") {

@@ -92,6 +92,9 @@ class ClaimStore {
  private:
   enum class Verdict { kLive, kStale, kGone };
   Verdict judge(const std::string& path, std::string* token) const;
+  // Removes the stale claim at `path` whose owner's token was `judged`; *moved: the owner removed.
+  enum class Aside { kRemoved, kPutBack, kGone };
+  Aside remove_stale(const std::string& path, const std::string& judged, std::optional<ClaimOwner>* moved);
   bool create(const std::string& path, const std::string& key, const std::string& label);
   double server_now() const;  // seconds since the epoch on the file server's clock (estimated)
   void touch_heartbeat();
