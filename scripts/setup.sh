@@ -4,8 +4,8 @@
 #   1. Debian packages (CLI11, nlohmann-json, stb, sentencepiece, Catch2 v3 from bookworm-backports; Slurm and
 #      munge for the Slurm test)
 #   2. a project-local Python venv (.venv) with torch==2.11.0 (libtorch) and the reference stack
-#   3. the tiny random-weight FLUX pipelines under models/ (plus bitsandbytes-NF4 copies) and the golden
-#      outputs under tests/golden/
+#   3. the tiny random-weight FLUX pipelines under models/ (plus bitsandbytes-NF4 copies, a transformers 5
+#      save_pretrained copy) and the golden outputs under tests/golden/
 #   4. CMake configure + build into build/
 # Environment: FLUXBATCH_BUILD_DIR (default build), FLUXBATCH_JOBS (default nproc).
 set -euo pipefail
@@ -66,7 +66,7 @@ fi
 
 # ---- 3. tiny models and goldens -----------------------------------------------------------------
 if [ -f scripts/make_tiny_models.py ]; then
-  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py scripts/make_fp8_fixtures.py 2>/dev/null) | sha256sum | cut -c1-16)"
+  gen_hash="$( (cat scripts/requirements.txt scripts/requirements-nodeps.txt; cat scripts/make_tiny_models.py scripts/dump_reference.py scripts/make_nf4_models.py scripts/make_forge_nf4.py scripts/make_layout_fixtures.py scripts/make_fp8_fixtures.py 2>/dev/null) | sha256sum | cut -c1-16)"
   if [ "$(cat models/.fluxbatch-gen 2>/dev/null || true)" != "$gen_hash" ]; then
     say "building the tiny random-weight pipelines (models/) and golden outputs (tests/golden/)"
     rm -rf models tests/golden
@@ -76,6 +76,8 @@ if [ -f scripts/make_tiny_models.py ]; then
     .venv/bin/python3 scripts/make_nf4_models.py --models models
     # Forge-layout single files (flux1-dev-bnb-nf4 v1 / v2) of those NF4 weights, with the folders they must match.
     .venv/bin/python3 scripts/make_forge_nf4.py --models models
+    # The layouts current tools write (transformers 5: tokenizer.json only) and T5 tokenizer.json variants.
+    .venv/bin/python3 scripts/make_layout_fixtures.py --models models --golden tests/golden
     # ComfyUI / Kijai fp8 single files (plain cast and "scaled fp8") with the float32 folders they must match.
     .venv/bin/python3 scripts/make_fp8_fixtures.py --models models
     echo "$gen_hash" > models/.fluxbatch-gen

@@ -11,6 +11,10 @@
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/consistency.h"
+#include "fluxbatch/tokenizers/clip_tokenizer.h"
+#include "fluxbatch/tokenizers/t5_tokenizer.h"
 #include "render_settings.h"
 
 namespace fluxbatch::app {
@@ -132,8 +136,9 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   command.cli = cmd;
   add_job_options(*cmd, command.job);
   cmd->footer(
-      "Only file headers are read. Activation sizes come from the calibration cache (written by\n"
-      "render --batch auto on this GPU model, model and size), else from built-in first guesses\n"
+      "Only file headers (and the tokenizers, to check that the components belong together) are\n"
+      "read. Activation sizes come from the calibration cache (written by render --batch auto on\n"
+      "this GPU model, model and size), else from built-in first guesses\n"
       "(ComfyUI's estimates); the render's out-of-memory halving is the backstop. Without\n"
       "--vram-budget the budget is what the device has free minus --vram-reserve.\n"
       "Examples:\n"
@@ -172,6 +177,15 @@ void run_plan(const PlanCommand& given) {
   const int dtype_size = static_cast<int>(c10::elementSize(dtype));
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
   const Budget budget = resolve_budget(device, command.memory);
+  {
+    // The same refusals as render, before planning memory for a model that could not run.
+    const runtime::ModelFiles files = runtime::locate_model(model);
+    runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
+                              tokenizers::T5Tokenizer(files.tokenizer_2_dir));
+    std::vector<const job::RenderItem*> items;
+    for (const job::RenderItem& item : spec.items) items.push_back(&item);
+    runtime::check_guidance(files, files.variant, items);
+  }
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
   const bool fp8 = command.speed.compute == "fp8";
   const std::vector<runtime::ComponentWeights> weights =

@@ -9,12 +9,16 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/io/atomic_file.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/tokenizers/clip_tokenizer.h"
+#include "fluxbatch/tokenizers/t5_tokenizer.h"
 #include "exit_codes.h"
 #include "interrupt.h"
 #include "plan_report.h"
@@ -185,7 +189,7 @@ void log_summary(const runtime::RunSummary& s) {
 CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
   CLI::App* sub = app.add_subcommand("render", "Render every image of a job file or prompt list to PNG");
   sub->add_option("JOB", command.file, "Job file (.json) or prompt list (.txt, one prompt per line)")->required();
-  sub->add_option("-m,--model", command.model, "FLUX.1 model: diffusers folder (dense or bitsandbytes NF4), BFL/ComfyUI single files, or an all-in-one file (incl. Forge's flux1-dev-bnb-nf4); overrides the job's \"model\"")
+  sub->add_option("-m,--model", command.model, "FLUX.1 model: diffusers folder (dense or bitsandbytes NF4; tokenizers as vocab.json/merges.txt/spiece.model or tokenizer.json), BFL/ComfyUI single files, or an all-in-one file (incl. Forge's flux1-dev-bnb-nf4); overrides the job's \"model\"")
       ->type_name("PATH");
   sub->add_option("--device", command.device, "cuda, cuda:N or cpu (default: cuda if available, else cpu)")
       ->type_name("DEV");
@@ -256,6 +260,17 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   if (model.empty()) {
     throw InputError(command.file + ": no model: pass --model PATH or set \"model\" in the job file");
   }
+  {
+    // Headers only: a job asking a guidance-less model for guidance stops before anything loads.
+    runtime::LocateOptions headers_only;
+    headers_only.require_tokenizers = false;
+    const runtime::ModelFiles files = runtime::locate_model(model, headers_only);
+    std::vector<const job::RenderItem*> items;
+    for (const job::RenderItem& item : spec.items) items.push_back(&item);
+    runtime::check_guidance(files, files.variant, items);
+  }
+  // A read-only or missing output directory fails now, not after the model has loaded.
+  io::check_writable_directory(spec.output_dir);
   if (!command.scale.devices.empty()) return run_workers(command, spec, runner.shard);
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
             model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
@@ -265,6 +280,10 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   clock.enter("load");  // the model's files: headers, fingerprints for the cache
   const runtime::ModelSummary headers = runtime::summarize_model(model);  // read once
   const runtime::ModelFiles files = runtime::locate_model(model);
+  // Components mixed from different models fail here, in one line, before the job starts (the model
+  // itself loads lazily inside the job, where any error stops the job instead).
+  runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
+                            tokenizers::T5Tokenizer(files.tokenizer_2_dir));
   apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
   RenderCaches caches = open_caches(command.cache, spec.cache, files, options.device, dtype, options.quantize_nf4,
                                     compute_mode_identity(command.speed));

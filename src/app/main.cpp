@@ -16,6 +16,7 @@
 #include "render_progress.h"
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/memory_allocator.h"
 
 namespace {
@@ -33,8 +34,11 @@ constexpr const char* kFooter =
     "  fluxbatch quantize models/FLUX.1-dev models/FLUX.1-dev-nf4   bitsandbytes NF4 copy\n"
     "  fluxbatch render --help                       all render options\n";
 
+bool g_verbose = false;  // -v: errors keep libtorch's C++ backtrace
+
+// One line per error, "fluxbatch: <kind><message>"; the C++ backtrace of a libtorch error only with -v.
 int report(const char* kind, const std::exception& e, int code) {
-  std::fprintf(stderr, "fluxbatch: %s%s\n", kind, e.what());
+  std::fprintf(stderr, "fluxbatch: %s%s\n", kind, runtime::user_message(e, g_verbose).c_str());
   return code;
 }
 
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
     return code == 0 ? app::kExitOk : app::kExitInvalidInput;
   }
   app::apply_log_level(global);
+  g_verbose = global.verbose;
   log::set_color(app::use_color());  // a terminal, and no NO_COLOR
   log::debug("allocator: " + allocator.describe());
 

@@ -10,6 +10,7 @@
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_allocator.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/runtime/pipeline.h"
@@ -155,7 +156,10 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
   }
   const runtime::PeakMeter meter{[this] { reset_peak(); }, [this] { return measured_peak(); }};
   const auto out_of_memory = [&](const runtime::ResolutionGroup& g, const std::exception& e) {
-    if (!runtime::is_out_of_memory(e)) throw;
+    // Not memory: the model cannot run at all; stop now with the stage named, not a libtorch trace.
+    if (!runtime::is_out_of_memory(e)) {
+      runtime::throw_stage_error(e, "calibration for " + shape_text(g.width, g.height, g.max_sequence_length));
+    }
     runtime::release_cached_memory();
     log::warn("calibration for " + shape_text(g.width, g.height, g.max_sequence_length) +
               " ran out of memory at batch 2: batch 1 for this size");
@@ -179,7 +183,11 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
         }
       }
     } catch (const std::exception& e) {
-      if (!runtime::is_out_of_memory(e)) throw;
+      if (!runtime::is_out_of_memory(e)) {
+        // A stage error from the measurements above (it names the shape), or a model that cannot load.
+        if (dynamic_cast<const Error*>(&e) != nullptr) throw;
+        runtime::throw_stage_error(e, "calibration, loading the text encoders");
+      }
       runtime::release_cached_memory();  // the text encoders do not fit: the encode stage falls back to the CPU
       log::warn("calibration: the text encoders do not fit on the device (" + runtime::exception_message(e) +
                 "); sizes not calibrated render at batch 1");

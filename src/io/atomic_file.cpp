@@ -2,6 +2,7 @@
 #include "fluxbatch/io/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>  // renameat2, RENAME_NOREPLACE (glibc >= 2.28)
 #include <unistd.h>
 
@@ -14,6 +15,8 @@
 #include <system_error>
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/io/output_fault.h"
+#include "io/write_faults.h"
 
 namespace fluxbatch::io {
 namespace {
@@ -23,7 +26,7 @@ namespace fs = std::filesystem;
 std::string errno_text(int err) { return std::strerror(err); }
 
 [[noreturn]] void fail(const std::string& path, const std::string& what, int err) {
-  throw OutputError("cannot write " + path + ": " + what + ": " + errno_text(err));
+  throw_output_error("cannot write " + path + ": " + what + ": " + errno_text(err), err);
 }
 
 // Unique within the process (counter) and across processes (pid); hidden so that a crash
@@ -38,7 +41,7 @@ std::string temp_path_for(const fs::path& target) {
 void write_all(int fd, std::string_view bytes, const std::string& path) {
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    const ssize_t n = detail::write_some(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(path, "write failed", errno);
@@ -66,9 +69,19 @@ void fsync_directory(const fs::path& dir, const std::string& path) {
 int rename_no_replace(const char* from, const char* to) {
   if (::renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) return 0;
   if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) return -1;
-  if (::link(from, to) != 0) return -1;
-  ::unlink(from);
-  return 0;
+  if (::link(from, to) == 0) {
+    ::unlink(from);
+    return 0;
+  }
+  // Filesystems without hard links (SMB/CIFS, FAT, some FUSE mounts): look, then rename. Only a writer
+  // racing us between the two could be clobbered, and the manifest lock keeps other runs out.
+  if (errno != EPERM && errno != ENOTSUP && errno != EOPNOTSUPP && errno != ENOSYS) return -1;
+  struct stat st {};
+  if (::lstat(to, &st) == 0) {
+    errno = EEXIST;
+    return -1;
+  }
+  return ::rename(from, to);
 }
 
 }  // namespace
@@ -76,7 +89,7 @@ int rename_no_replace(const char* from, const char* to) {
 void write_file_atomic(const std::string& path, std::string_view bytes, bool replace_existing) {
   const fs::path target(path);
   const std::string temp = temp_path_for(target);
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  const int fd = detail::open_for_writing(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "cannot create temporary file " + temp, errno);
   bool closed = false;
   try {
@@ -103,7 +116,7 @@ void write_file_atomic(const std::string& path, std::string_view bytes, bool rep
 std::string create_once(const std::string& path, std::string_view bytes) {
   const fs::path target(path);
   const std::string temp = temp_path_for(target);
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  const int fd = detail::open_for_writing(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "cannot create temporary file " + temp, errno);
   try {
     write_all(fd, bytes, path);
@@ -123,6 +136,20 @@ std::string create_once(const std::string& path, std::string_view bytes) {
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
+}
+
+void check_writable_directory(const std::string& dir) {
+  ensure_directory(dir);
+  const std::string probe = temp_path_for(fs::path(dir) / "fluxbatch-write-check");
+  const int fd = detail::open_for_writing(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    throw_output_error("cannot write to the output directory " + dir + ": " + errno_text(err) +
+                           " (choose a writable one with --out or the job's output.dir)",
+                       err);
+  }
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 void ensure_directory(const std::string& dir) {

@@ -14,7 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
+#include "fluxbatch/io/output_fault.h"
 #include "io/manifest_scan.h"
+#include "io/write_faults.h"
 
 namespace fluxbatch::io {
 namespace {
@@ -35,7 +38,8 @@ T field(const json& j, const char* key) {
 }
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-  throw OutputError("manifest " + path + ": " + what + ": " + std::strerror(errno));
+  const int err = errno;
+  throw_output_error("manifest " + path + ": " + what + ": " + std::strerror(err), err);
 }
 
 // True when the file is non-empty and its last byte is not '\n' (a torn line after a crash).
@@ -46,10 +50,13 @@ bool ends_torn(int fd) {
   return ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
 }
 
+// flock's answers on a filesystem that cannot lock at all (network mounts without a lock service).
+bool lock_unsupported(int err) { return err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL; }
+
 void write_all(int fd, const std::string& bytes, const std::string& path) {
   size_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    const ssize_t n = detail::write_some(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) fail(path, "write failed");
     done += static_cast<size_t>(n);
@@ -197,10 +204,37 @@ ManifestContents read_manifest(const std::string& path) {
   return out;
 }
 
-ManifestWriter::ManifestWriter(const std::string& path) : path_(path) {
+ManifestWriter::ManifestWriter(const std::string& path) : path_(path) { open(); }
+
+void ManifestWriter::open() {
   // Read access too: ends_torn() peeks at the last byte.
-  fd_ = ::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail(path, "cannot open for appending");
+  fd_ = detail::open_for_writing(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(path_, "cannot open for appending (the output directory must be writable)");
+  if (!can_lock_) return;
+  // Find out now, before any image is rendered, whether this filesystem can lock files at all. Another
+  // writer holding the lock (EWOULDBLOCK) is normal: appends wait their turn.
+  if (detail::lock_file(fd_, LOCK_SH | LOCK_NB) == 0) {
+    ::flock(fd_, LOCK_UN);
+    return;
+  }
+  const int err = errno;
+  if (err == EWOULDBLOCK || err == EINTR) return;
+  if (lock_unsupported(err)) {
+    warn_unlocked(err);
+    return;
+  }
+  ::close(fd_);
+  fd_ = -1;
+  errno = err;
+  fail(path_, "cannot lock");
+}
+
+// Network filesystems without a lock service: the run works, but lines of several writers appending at
+// the same moment are no longer kept apart.
+void ManifestWriter::warn_unlocked(int err) {
+  can_lock_ = false;
+  log::warn("manifest " + path_ + ": this filesystem cannot lock files (" + std::strerror(err) +
+            "); run only one fluxbatch worker on this output directory at a time");
 }
 
 ManifestWriter::~ManifestWriter() {
@@ -209,19 +243,58 @@ ManifestWriter::~ManifestWriter() {
 
 std::unique_lock<std::mutex> ManifestWriter::hold() { return std::unique_lock<std::mutex>(mutex_); }
 
+// Appends to the file we hold would vanish with it if someone deleted or replaced the manifest while
+// the job runs: start a new one at the path instead (a re-run restores the lines of images already
+// written from their own metadata).
+void ManifestWriter::reopen_if_replaced() {
+  struct stat held {}, now {};
+  if (::fstat(fd_, &held) != 0) return;
+  if (::stat(path_.c_str(), &now) == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino) return;
+  log::warn("manifest " + path_ + " was deleted or replaced while the job ran: starting a new one; a re-run "
+            "restores the lines of the images written before from their metadata");
+  ::close(fd_);
+  fd_ = -1;
+  open();
+}
+
 void ManifestWriter::append_line(const std::string& line) {
   std::lock_guard<std::mutex> in_process(mutex_);
-  while (::flock(fd_, LOCK_EX) != 0) {
-    if (errno != EINTR) fail(path_, "cannot lock");
+  reopen_if_replaced();
+  bool locked = false;
+  while (can_lock_ && !locked) {
+    if (detail::lock_file(fd_, LOCK_EX) == 0) {
+      locked = true;
+    } else if (errno != EINTR) {
+      const int err = errno;
+      if (!lock_unsupported(err)) {
+        errno = err;
+        fail(path_, "cannot lock");
+      }
+      warn_unlocked(err);
+    }
   }
   struct Unlock {
     int fd;
-    ~Unlock() { ::flock(fd, LOCK_UN); }
-  } unlock{fd_};
+    bool locked;
+    ~Unlock() {
+      if (locked) ::flock(fd, LOCK_UN);
+    }
+  } unlock{fd_, locked};
+  // Measured under the lock: where this line begins, whatever other writers appended before.
+  struct stat st {};
+  const bool sized = ::fstat(fd_, &st) == 0;
   // A writer killed mid-line left a torn line: end it, so this entry starts on its own line.
   const std::string text = ends_torn(fd_) ? "\n" + line + "\n" : line + "\n";
-  write_all(fd_, text, path_);
-  if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+  try {
+    write_all(fd_, text, path_);
+    if (::fsync(fd_) != 0) fail(path_, "fsync failed");
+  } catch (...) {
+    // No torn line stays behind (disk full mid-line): cut the file back to where this line began.
+    if (sized && ::ftruncate(fd_, st.st_size) != 0) {
+      // The reader skips a torn line and the next writer starts on a fresh one: nothing more to do.
+    }
+    throw;
+  }
 }
 
 void ManifestWriter::append(const ManifestEntry& entry) { append_line(manifest_line(entry)); }

@@ -70,6 +70,10 @@ class HeaderParser {
   }
 
   TensorEntry parse_tensor(const std::string& name, const json& value) const {
+    // No checkpoint names a tensor with control characters; a NUL would also cut every message short.
+    for (unsigned char c : name) {
+      if (c < 0x20) fail("tensor name " + json(name).dump() + " holds a control character");
+    }
     if (!value.is_object()) fail_tensor(name, "entry is not an object (got " + describe(value) + ")");
     TensorEntry entry;
     entry.name = name;
@@ -148,7 +152,8 @@ class HeaderParser {
     }
     if (entry->end > data_size_) {
       fail_tensor(name, "data_offsets [" + std::to_string(entry->begin) + ", " + std::to_string(entry->end) +
-                            "] run past the end of the data section (" + std::to_string(data_size_) + " bytes)");
+                            "] run past the end of the data section (" + std::to_string(data_size_) +
+                            " bytes): truncated file? download it again");
     }
   }
 

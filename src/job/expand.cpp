@@ -21,6 +21,7 @@ struct ResolvedItem {
   int64_t item_index = 0;  // position in RawJob::items
   RenderParams params;
   bool random_seed = false;
+  const char* guidance_set_by = "";
   const std::string* name_template = nullptr;
 };
 
@@ -119,6 +120,9 @@ class Expander {
       apply(options_.cli_defaults, &item.params, &item.random_seed);
       apply(raw_.defaults, &item.params, &item.random_seed);
       apply(raw_item.overrides, &item.params, &item.random_seed);
+      if (options_.cli_defaults.guidance) item.guidance_set_by = "--guidance";
+      if (raw_.defaults.guidance) item.guidance_set_by = "\"defaults\"";
+      if (raw_item.overrides.guidance) item.guidance_set_by = "the item";
       item.name_template = raw_item.name ? &*raw_item.name : &global_template;
       resolved.push_back(item);
     }
@@ -142,6 +146,7 @@ class Expander {
     render.prompt = raw_item.prompt;
     render.location = sink_.location(raw_item.offset);
     render.seed_drawn = item.random_seed;
+    render.guidance_set_by = item.guidance_set_by;
     const uint64_t base_seed = item.params.seed;
     for (int copy = 0; copy < item.params.count; ++copy) {
       render.index = next_index_++;

@@ -1,13 +1,16 @@
 // Hyper-parameters from tensor shapes, for checkpoints that ship without a config.json
-// (BFL / ComfyUI / Forge single files). Declared in weight_map.h.
+// (BFL / ComfyUI / Forge single files). Torch-free; declared in checkpoint_keys.h.
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/nn/weights.h"
-#include "fluxbatch/models/weight_map.h"
+#include "fluxbatch/models/checkpoint_keys.h"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace fluxbatch::models {
 namespace {
+
+// Far above any FLUX.1 component (38 single blocks, 24 T5 layers), far below what would exhaust memory.
+constexpr int64_t kMaxBlocks = 1024;
 
 class Shapes {
  public:
@@ -31,7 +34,7 @@ class Shapes {
   int64_t dim(const std::string& key, size_t axis) const {
     const auto& shape = shapes_.at(key);
     if (axis >= shape.size()) {
-      throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected at least " +
+      throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected at least " +
                        std::to_string(axis + 1) + " dimensions");
     }
     return shape[axis];
@@ -41,11 +44,15 @@ class Shapes {
   int64_t in_features(const std::string& key, int64_t out) const {
     const auto& shape = shapes_.at(key);
     if (shape.size() == 2 && shape[0] == out) return shape[1];
-    if (shape.size() == 2 && shape[1] == 1 && out > 0 && (shape[0] * 2) % out == 0) return shape[0] * 2 / out;
-    throw ModelError(what_ + ": tensor '" + key + "' has shape " + nn::shape_string(shape) + ", expected [" +
+    // shape[0] * 2 must not overflow: a header can claim any dimension up to 2^63 - 1 (with another one 0).
+    if (shape.size() == 2 && shape[1] == 1 && out > 0 && shape[0] <= INT64_MAX / 2 && (shape[0] * 2) % out == 0) {
+      return shape[0] * 2 / out;
+    }
+    throw ModelError(what_ + ": tensor '" + key + "' has shape " + shape_text(shape) + ", expected [" +
                      std::to_string(out) + ", in] or a packed 4-bit weight");
   }
-  // 1 + the largest N among keys "<head>N.".
+  // 1 + the largest N among keys "<head>N."; ModelError past kMaxBlocks (a block index no model has would
+  // size the configuration's lists, and the model built from it, by that number).
   int64_t count(const std::string& head) const {
     int64_t n = 0;
     for (auto it = shapes_.lower_bound(head); it != shapes_.end() && it->first.compare(0, head.size(), head) == 0;
@@ -55,6 +62,10 @@ class Shapes {
       while (end < it->first.size() && std::isdigit(static_cast<unsigned char>(it->first[end]))) ++end;
       if (end > pos && end < it->first.size() && it->first[end] == '.' && end - pos < 10) {
         n = std::max<int64_t>(n, std::stoll(it->first.substr(pos, end - pos)) + 1);
+        if (n > kMaxBlocks) {
+          throw ModelError(what_ + ": tensor '" + it->first + "' numbers block " + std::to_string(n - 1) +
+                           ", more than any FLUX component has (a corrupt or hostile file?)");
+        }
       }
     }
     return n;
@@ -80,12 +91,6 @@ Config validated(Config config, const std::string& what) {
 }
 
 }  // namespace
-
-ShapeMap shapes_of(const nn::TensorMap& weights) {
-  ShapeMap shapes;
-  for (const auto& [name, tensor] : weights) shapes.emplace(name, tensor.sizes().vec());
-  return shapes;
-}
 
 flux::FluxConfig detect_flux_config(const ShapeMap& shapes) {
   const Shapes s(shapes, "FLUX transformer");
@@ -186,13 +191,6 @@ clip::ClipTextConfig detect_clip_config(const ShapeMap& shapes) {
   }
   c.num_attention_heads = c.hidden_size % head_dim == 0 ? c.hidden_size / head_dim : 1;
   return validated(c, "CLIP text encoder");
-}
-
-flux::FluxConfig detect_flux_config(const nn::TensorMap& weights) { return detect_flux_config(shapes_of(weights)); }
-vae::VaeConfig detect_vae_config(const nn::TensorMap& weights) { return detect_vae_config(shapes_of(weights)); }
-t5::T5Config detect_t5_config(const nn::TensorMap& weights) { return detect_t5_config(shapes_of(weights)); }
-clip::ClipTextConfig detect_clip_config(const nn::TensorMap& weights) {
-  return detect_clip_config(shapes_of(weights));
 }
 
 }  // namespace fluxbatch::models

@@ -39,8 +39,8 @@ at::Tensor LinearImpl::forward(const LinearInput& x, at::ScalarType out_dtype) c
 
 void LinearImpl::forward_out(const LinearInput& x, at::Tensor out, bool gelu_tanh) const {
   if (!x.is_fp8()) return forward_out(x.dense, std::move(out), gelu_tanh);
-  forward_out(x.fp8, out);
-  if (gelu_tanh) at::gelu_(out, "tanh");
+  FLUXBATCH_CHECK(takes_fp8(), std::invalid_argument, "Linear: fp8 rows given to a layer without fp8 compute");
+  ops::fp8_linear_out(out, x.fp8, fp8_weight(), bias, gelu_tanh);
 }
 
 quant::Fp8Tensor LinearImpl::fp8_weight() const {
@@ -60,8 +60,7 @@ at::Tensor LinearImpl::forward_gelu_tanh(const at::Tensor& x) const {
 
 void LinearImpl::forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh) const {
   if (takes_fp8()) {
-    forward_out(ops::quantize_fp8_rows(x), out);
-    if (gelu_tanh) at::gelu_(out, "tanh");
+    ops::fp8_linear_out(out, ops::quantize_fp8_rows(x), fp8_weight(), bias, gelu_tanh);
     return;
   }
   const at::Tensor w = nf4_ ? ops::nf4_dense_weight(*nf4_, x.scalar_type(), scratch_.get()) : weight;

@@ -1,6 +1,7 @@
 #include "fluxbatch/nn/nf4_state.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/io/bnb_quant_state.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/quant/nf4_format.h"
 
@@ -25,84 +26,17 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-// The non-tensor fields of a QuantState, as bnb writes them with json.dumps.
-struct QuantJson {
-  int64_t blocksize = 0;
-  c10::ScalarType dtype = c10::kBFloat16;
-  std::vector<int64_t> shape;
-  bool nested = false;
-  int64_t nested_blocksize = 0;
-  float nested_offset = 0.0f;
-};
-
-c10::ScalarType parse_dtype(const std::string& key, const std::string& name) {
+c10::ScalarType scalar_type_of(const std::string& name) {
   if (name == "bfloat16") return c10::kBFloat16;
   if (name == "float16") return c10::kHalf;
-  if (name == "float32") return c10::kFloat;
-  throw ModelError(key + ": unsupported dtype \"" + name + "\" (bfloat16, float16 or float32)");
+  return c10::kFloat;  // io::parse_bnb_quant_state allows no other
 }
 
-QuantJson parse_quant_state(const std::string& key, const at::Tensor& bytes) {
+io::BnbQuantState parse_quant_state(const std::string& key, const at::Tensor& bytes) {
   FLUXBATCH_CHECK(bytes.scalar_type() == at::kByte, ModelError, key + ": must be a uint8 tensor of UTF-8 JSON");
   const at::Tensor b = bytes.contiguous();
-  const std::string text(reinterpret_cast<const char*>(b.data_ptr<uint8_t>()), static_cast<size_t>(b.numel()));
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(key + ": the quant state is not valid JSON (" + e.what() + ")");
-  }
-  FLUXBATCH_CHECK(j.is_object(), ModelError, key + ": the quant state must be a JSON object");
-  static const std::set<std::string> kKnown = {"quant_type", "blocksize",        "dtype",       "shape",
-                                               "nested_blocksize", "nested_dtype", "nested_offset"};
-  for (const auto& item : j.items()) {
-    FLUXBATCH_CHECK(kKnown.count(item.key()) != 0, ModelError, key + ": unexpected quant state field \"" + item.key() + "\"");
-  }
-  auto field = [&](const char* name) -> const nlohmann::json& {
-    FLUXBATCH_CHECK(j.contains(name), ModelError, key + ": the quant state lacks \"" + std::string(name) + "\"");
-    return j.at(name);
-  };
-  QuantJson q;
-  try {
-    const auto& type = field("quant_type");
-    FLUXBATCH_CHECK(type.is_string() && type.get<std::string>() == "nf4", ModelError,
-                    key + ": quant_type " + type.dump() + " is not \"nf4\"");
-    const auto& block = field("blocksize");
-    FLUXBATCH_CHECK(block.is_number_integer() && block.get<int64_t>() == quant::kNf4BlockSize, ModelError,
-                    key + ": blocksize " + block.dump() + " is not 64 (the only one supported)");
-    q.blocksize = quant::kNf4BlockSize;
-    const auto& dtype = field("dtype");
-    FLUXBATCH_CHECK(dtype.is_string(), ModelError, key + ": dtype must be a string");
-    q.dtype = parse_dtype(key, dtype.get<std::string>());
-    const auto& shape = field("shape");
-    FLUXBATCH_CHECK(shape.is_array() && shape.size() == 2, ModelError,
-                    key + ": shape " + shape.dump() + " is not [out_features, in_features]");
-    for (const auto& d : shape) {
-      FLUXBATCH_CHECK(d.is_number_integer() && d.get<int64_t>() > 0, ModelError,
-                      key + ": shape " + shape.dump() + " has a dimension that is not a positive integer");
-      q.shape.push_back(d.get<int64_t>());
-    }
-    const int present = static_cast<int>(j.contains("nested_blocksize")) + static_cast<int>(j.contains("nested_dtype")) +
-                        static_cast<int>(j.contains("nested_offset"));
-    FLUXBATCH_CHECK(present == 0 || present == 3, ModelError,
-                    key + ": nested_blocksize, nested_dtype and nested_offset must come together");
-    if (present == 3) {
-      q.nested = true;
-      const auto& nb = j.at("nested_blocksize");
-      FLUXBATCH_CHECK(nb.is_number_integer() && nb.get<int64_t>() == quant::kNf4NestedBlockSize, ModelError,
-                      key + ": nested_blocksize " + nb.dump() + " is not 256");
-      q.nested_blocksize = quant::kNf4NestedBlockSize;
-      const auto& nd = j.at("nested_dtype");
-      FLUXBATCH_CHECK(nd.is_string() && nd.get<std::string>() == "float32", ModelError,
-                      key + ": nested_dtype " + nd.dump() + " is not \"float32\"");
-      const auto& off = j.at("nested_offset");
-      FLUXBATCH_CHECK(off.is_number(), ModelError, key + ": nested_offset must be a number");
-      q.nested_offset = static_cast<float>(off.get<double>());
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(key + ": malformed quant state (" + std::string(e.what()) + ")");
-  }
-  return q;
+  return io::parse_bnb_quant_state(
+      std::string_view(reinterpret_cast<const char*>(b.data_ptr<uint8_t>()), static_cast<size_t>(b.numel())), key);
 }
 
 // The tensor `key` as a 1-D CPU tensor of `dtype` and `count` values (ModelError otherwise), marked used.
@@ -137,12 +71,12 @@ quant::Nf4Tensor read_bnb_nf4(const TensorMap& weights, const std::string& p, st
   const std::string state_key = p + kStateSuffix;
   auto state = weights.find(state_key);
   FLUXBATCH_CHECK(state != weights.end(), ModelError, state_key + ": missing (needed by the NF4 weight " + p + ".weight)");
-  const QuantJson q = parse_quant_state(state_key, state->second);
+  const io::BnbQuantState q = parse_quant_state(state_key, state->second);
   used->insert(state_key);
   quant::Nf4Tensor w;
   w.shape = q.shape;
   w.blocksize = q.blocksize;
-  w.dtype = q.dtype;
+  w.dtype = scalar_type_of(q.dtype);
   const int64_t numel = w.numel();
   const int64_t blocks = w.n_blocks();
   w.packed = take(weights, *used, p + ".weight", at::kByte, (numel + 1) / 2).contiguous();

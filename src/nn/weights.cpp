@@ -3,6 +3,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/io/safetensors_writer.h"
+#include "fluxbatch/io/shard_index.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -44,40 +45,6 @@ bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// A sharded component: "<name>.safetensors.index.json" with {"weight_map": {tensor: shard file}}.
-struct ShardIndex {
-  std::vector<std::string> shards;                 // unique, in first-mention order, full paths
-  std::map<std::string, std::string> weight_map;  // tensor -> full shard path
-};
-
-ShardIndex read_shard_index(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ModelError(path + ": cannot open");
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(path + ": not valid JSON (" + e.what() + ")");
-  }
-  if (!root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
-    throw ModelError(path + ": no \"weight_map\" object (expected a safetensors shard index)");
-  }
-  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  ShardIndex index;
-  std::set<std::string> seen;
-  for (const auto& [tensor, file] : root["weight_map"].items()) {
-    if (!file.is_string()) throw ModelError(path + ": weight_map entry '" + tensor + "' is not a file name");
-    const std::string name = file.get<std::string>();
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-      throw ModelError(path + ": weight_map entry '" + tensor + "' names '" + name + "', not a file beside the index");
-    }
-    const std::string shard = (dir / name).string();
-    index.weight_map[tensor] = shard;
-    if (seen.insert(shard).second) index.shards.push_back(shard);
-  }
-  return index;
-}
-
 void add_file(const std::string& path, const std::string& strip_prefix, TensorMap* out,
               std::map<std::string, std::string>* origin) {
   auto file = io::SafetensorsFile::open(path);
@@ -94,7 +61,7 @@ void add_file(const std::string& path, const std::string& strip_prefix, TensorMa
 
 }  // namespace
 
-std::vector<std::string> shard_files(const std::string& index_path) { return read_shard_index(index_path).shards; }
+std::vector<std::string> shard_files(const std::string& index_path) { return io::read_shard_index(index_path).shards; }
 
 at::Tensor to_tensor(const std::shared_ptr<io::SafetensorsFile>& file, const std::string& name) {
   const io::TensorView& view = file->at(name);
@@ -120,7 +87,7 @@ TensorMap read_safetensors(const std::vector<std::string>& paths, const std::str
       add_file(path, strip_prefix, &out, &origin);
       continue;
     }
-    const ShardIndex index = read_shard_index(path);
+    const io::ShardIndex index = io::read_shard_index(path);
     std::map<std::string, std::string> shard_origin;
     TensorMap shard_tensors;
     for (const auto& shard : index.shards) add_file(shard, strip_prefix, &shard_tensors, &shard_origin);

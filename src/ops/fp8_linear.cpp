@@ -5,6 +5,8 @@
 #include "fused_kernels.h"
 
 #include <ATen/ATen.h>
+
+#include <cstdint>
 #ifdef FLUXBATCH_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #endif
@@ -63,7 +65,8 @@ bool fp8_gemm_supported(const c10::Device& device) {
 #endif
 }
 
-void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias) {
+void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias,
+                    bool gelu_tanh) {
   w.validate("fp8_linear");
   const int64_t k = w.cols(), n = w.rows();
   FLUXBATCH_CHECK(x.data.dim() >= 2 && x.data.size(-1) == k && x.data.scalar_type() == at::kFloat8_e4m3fn &&
@@ -77,7 +80,7 @@ void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w
   const at::Tensor b = bias.defined() ? bias.to(out.scalar_type()) : bias;
   for (int64_t i = 0; i < x.data.size(0); ++i) {
     const at::Tensor rows = x.data.narrow(0, i, 1).contiguous().view({-1, k});  // [M, K]
-    const at::Tensor scales = x.scale.narrow(0, i, 1).contiguous().view({-1, 1});  // [M, 1]
+    at::Tensor scales = x.scale.narrow(0, i, 1).contiguous().view({-1, 1});  // [M, 1]
     at::Tensor target = out.narrow(0, i, 1).view({-1, n});                       // [M, N]
 #ifdef FLUXBATCH_WITH_CUDA
     if (fused(rows) && out.scalar_type() == at::kBFloat16) {
@@ -85,9 +88,14 @@ void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w
       // as the column-major [K, N] (w.t() of the row-major [N, K]) the kernel wants. A target with a row
       // gap (a column slice) gets the product through a contiguous buffer.
       at::Tensor product = target.is_contiguous() ? target : at::empty(target.sizes(), target.options());
+      // cuBLASLt wants the row-wise scale vectors 16-byte aligned: image i's slice of the scales starts
+      // 4 * M * i bytes in, so an image with few rows (the modulation's one) gets an aligned copy.
+      if (reinterpret_cast<uintptr_t>(scales.data_ptr()) % 16 != 0) scales = scales.clone();
       at::_scaled_mm_out(product, rows, w.data.t(), scales, w.scale.view({1, -1}),
                          b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, std::nullopt, at::kBFloat16,
                          /*use_fast_accum=*/true);
+      // GELU on the contiguous product: a vectorized pass, where the strided column slice is not.
+      if (gelu_tanh) at::gelu_(product, "tanh");
       if (!product.is_same(target)) target.copy_(product);
       continue;
     }
@@ -96,6 +104,7 @@ void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w
     const at::Tensor a = rows.to(at::kFloat) * scales;
     const at::Tensor wd = w.data.to(at::kFloat) * w.scale.unsqueeze(1);
     target.copy_(at::linear(a, wd, b.defined() ? b.to(at::kFloat) : b));
+    if (gelu_tanh) at::gelu_(target, "tanh");  // on the rounded output, as the CUDA path
   }
 }
 

@@ -3,6 +3,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/sampling/postprocess.h"
 
@@ -108,7 +109,12 @@ void FluxGenerator::prepare(const std::vector<const job::RenderItem*>& items) {
   }
   if (prepared_->pending.empty()) return;
   if (options_.on_stage) options_.on_stage("encode");
-  encode_window({});
+  try {
+    encode_window({});
+  } catch (const std::exception& e) {
+    if (is_out_of_memory(e)) throw;
+    throw_stage_error(e, "encode stage (" + std::to_string(prepared_->pending.size()) + " prompt(s) to encode)");
+  }
   if (options_.on_stage) options_.on_stage("");
 }
 
@@ -351,21 +357,57 @@ std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& b
   return images;
 }
 
+namespace {
+
+std::string weights_of(const ComponentFiles& files) {
+  std::string out = files.files.empty() ? std::string("?") : files.files.front();
+  if (!files.prefix.empty()) out += " [" + files.prefix + "]";
+  return out;
+}
+
+// "batch of 3 (a.png, b.png, c.png)", at most three names.
+std::string batch_text(const std::vector<job::RenderItem>& batch) {
+  std::string files;
+  for (size_t i = 0; i < batch.size() && i < 3; ++i) files += (i ? ", " : "") + batch[i].file;
+  if (batch.size() > 3) files += ", +" + std::to_string(batch.size() - 3) + " more";
+  return "batch of " + std::to_string(batch.size()) + " (" + files + ")";
+}
+
+}  // namespace
+
 void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, const ImageSink& on_image) {
   if (batch.empty()) return;
   const job::RenderParams& first = batch.front().params;
-  DenoiseRequest request;
-  request.width = first.width;
-  request.height = first.height;
-  request.steps = first.steps;
-  for (const auto& item : batch) {
+  for (const auto& item : batch) {  // the caller's contract, not a stage error
     const job::RenderParams& p = item.params;
     FLUXBATCH_CHECK(p.width == first.width && p.height == first.height && p.steps == first.steps &&
                         p.max_sequence_length == first.max_sequence_length,
                     InputError,
                     "a batch must share width, height, steps and max_sequence_length (" + item.location + ")");
-    request.seeds.push_back(p.seed);
-    request.guidance.push_back(p.guidance);
+  }
+  // Out of memory goes to the runner as it is (it halves the batch); anything else is a model or
+  // device error naming the stage and the batch, and stops the job.
+  const char* stage_name = "encode";
+  try {
+    render_batch(batch, on_image, stage_name);
+  } catch (const OutputError&) {
+    throw;  // writing an image (the runner's sink) failed: not a stage error
+  } catch (const std::exception& e) {
+    if (is_out_of_memory(e)) throw;
+    throw_stage_error(e, std::string(stage_name) + " stage, " + batch_text(batch));
+  }
+}
+
+void FluxGenerator::render_batch(const std::vector<job::RenderItem>& batch, const ImageSink& on_image,
+                                 const char*& stage_name) {
+  const job::RenderParams& first = batch.front().params;
+  DenoiseRequest request;
+  request.width = first.width;
+  request.height = first.height;
+  request.steps = first.steps;
+  for (const auto& item : batch) {  // generate_each checked that they share the shape
+    request.seeds.push_back(item.params.seed);
+    request.guidance.push_back(item.params.guidance);
   }
 
   const c10::Device device = pipeline_->options().device;
@@ -396,18 +438,29 @@ void FluxGenerator::generate_each(const std::vector<job::RenderItem>& batch, con
     pipeline_->load_denoisers();
   }
   stage("denoise");
+  stage_name = "denoise";
   t0 = Clock::now();
   const at::Tensor latents = pipeline_->denoise(embeddings, request, on_step);  // empties the cache after
+  // NaN / Inf would decode to a black or noise image written as if it were fine.
+  FLUXBATCH_CHECK(at::isfinite(latents).all().item<bool>(), ModelError,
+                  "the transformer's output is not finite (NaN or Inf): " + weights_of(pipeline_->files().transformer) +
+                      " holds NaN or Inf values (NaN scales in a quantized file?) or float16 overflowed; check that "
+                      "file, or render with --dtype bf16");
   const double denoise_s = seconds_since(t0);
   const c10::InferenceMode inference;
   stage("decode");
+  stage_name = "decode";
   t0 = Clock::now();
   const int64_t tiled_before = stats_.tiled_decodes;
   for (size_t b = 0; b < batch.size(); ++b) {
     const int64_t tiled = stats_.tiled_decodes;
     // pixels: [1, H, W, 3] uint8 on the CPU, contiguous
-    const at::Tensor pixels = sampling::postprocess_uint8(
-        decode_image(latents, static_cast<int64_t>(b), request.width, request.height, batch.size() == 1));
+    const at::Tensor decoded =
+        decode_image(latents, static_cast<int64_t>(b), request.width, request.height, batch.size() == 1);
+    FLUXBATCH_CHECK(at::isfinite(decoded).all().item<bool>(), ModelError,
+                    "the VAE's output is not finite (NaN or Inf): " + weights_of(pipeline_->files().vae) +
+                        " holds NaN or Inf values or float16 overflowed; check that file, or render with --dtype bf16");
+    const at::Tensor pixels = sampling::postprocess_uint8(decoded);
     Image image;
     // A tiled decode, or embeddings from the CPU fallback, is not what a normal render gives.
     image.cacheable = stats_.tiled_decodes == tiled && stats_.cpu_encode_fallbacks == 0;

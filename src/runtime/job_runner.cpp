@@ -23,9 +23,11 @@
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/atomic_file.h"
 #include "fluxbatch/io/claim_store.h"
+#include "fluxbatch/io/output_fault.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/execution/claimed_work.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/execution/ordered_queue.h"
 #include "fluxbatch/runtime/execution/resume_index.h"
 #include "fluxbatch/runtime/oom.h"
@@ -155,6 +157,16 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
     batches.push_back(std::move(batch));
   }
   return batches;
+}
+
+// A non-memory error from the generator as the error that stops the job: fluxbatch's model, device and
+// output errors as they are (they name what failed), anything else (libtorch, std) named with `context`.
+[[noreturn]] void stop_job(const std::exception& e, const std::string& context) {
+  if (dynamic_cast<const ModelError*>(&e) != nullptr) throw ModelError(e.what());
+  if (dynamic_cast<const DeviceError*>(&e) != nullptr) throw DeviceError(e.what());
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&e)) throw io::OutputFault(e.what(), fault->error_code());
+  if (dynamic_cast<const OutputError*>(&e) != nullptr) throw OutputError(e.what());
+  throw_stage_error(e, context);
 }
 
 // One execution of a plan: owns the manifest writer, the running summary and the output queue.
@@ -337,18 +349,19 @@ class Run {
     bool out_of_memory = false;
     try {
       generator_.generate_each(items, on_image);
-    } catch (const ModelError&) {
-      // The model cannot load (staged residency loads it at the first batch): no item can render, so
-      // the job stops here, with every unrendered item left to a re-run.
-      if (fatal) std::rethrow_exception(fatal);
-      throw;
     } catch (const std::exception& e) {
       if (fatal) std::rethrow_exception(fatal);
+      if (!is_out_of_memory(e)) {
+        // Not memory: the model or the device cannot do this work (a model that cannot load, components
+        // that do not fit together, a CUDA fault), for this item or any other. The job stops here, every
+        // unrendered item left to a re-run, rather than failing them all one by one.
+        stop_job(e, "rendering " + files);
+      }
       error = exception_message(e);
-      out_of_memory = is_out_of_memory(e);
+      out_of_memory = true;
     } catch (...) {
       if (fatal) std::rethrow_exception(fatal);
-      error = "unknown error from the image generator";
+      throw ModelError("rendering " + files + ": unknown error from the image generator");
     }
     event.seconds = seconds_since(start);
     if (observer_ != nullptr) observer_->batch_finished(event);
@@ -515,6 +528,8 @@ class Run {
       io::ensure_directory(fs::path(path).parent_path().string());
       // Without --overwrite the plan saw no file here; never clobber one that appeared since.
       io::write_file_atomic(path, png, overwrite_);
+    } catch (const io::OutputFault&) {
+      throw;  // the filesystem takes no more writes (full, read-only, failing): the queue stops, so does the job
     } catch (const std::exception& e) {
       w.error = e.what();
     }
@@ -530,9 +545,9 @@ class Run {
     io::ManifestEntry e = entry_for(item, w.batch_size);
     e.timings = {w.generate_s, w.write_s};
     e.cached = cached;
-    record(item, e);
-    ++summary_.rendered;
+    ++summary_.rendered;  // the image is on disk; should its line fail, a re-run restores it from the PNG
     if (cached) ++summary_.cached;
+    record(item, e);
     log::info(progress() + output_path(output_dir_, item.file) +
               (cached ? std::string(" (from the image cache)") : " (" + format_seconds(w.generate_s) + ")"));
     notify(item, true, "", e.timings, cached);
@@ -581,6 +596,13 @@ void remove_stale_temporaries(const job::JobSpec& spec, const std::string& outpu
       if (fs::remove(it->path(), remove_ec)) log::debug("removed " + it->path().string() + " (interrupted write)");
     }
   }
+  // io::check_writable_directory's probes: created and removed at once, so any left belong to a killed run.
+  std::error_code ec;
+  for (fs::directory_iterator it(output_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename().string().rfind(".fluxbatch-write-check.tmp-", 0) != 0) continue;
+    std::error_code remove_ec;
+    fs::remove(it->path(), remove_ec);
+  }
 }
 
 void prepare_generator(const std::vector<const job::RenderItem*>& items, ImageGenerator& generator) {
@@ -592,12 +614,24 @@ void prepare_generator(const std::vector<const job::RenderItem*>& items, ImageGe
   } catch (const DeviceError&) {
     throw;
   } catch (const std::exception& e) {
-    // generate() still has to cope with every item; a real problem resurfaces per item there.
-    log::warn("preparing the generator failed (each batch will do that work itself): " + exception_message(e));
+    if (!is_out_of_memory(e)) stop_job(e, "preparing the job");
+    // generate() still has to cope with every item: each batch encodes what it needs itself.
+    log::warn("preparing the generator ran out of memory (each batch will do that work itself): " +
+              exception_message(e));
   }
 }
 
 bool stop_requested(const RunnerOptions& options) { return options.stop != nullptr && options.stop->load(); }
+
+// `error` again, of the same kind, with `note` appended to its message.
+[[noreturn]] void rethrow_with_note(const Error& error, const std::string& note) {
+  const std::string message = error.what() + note;
+  if (const auto* fault = dynamic_cast<const io::OutputFault*>(&error)) throw io::OutputFault(message, fault->error_code());
+  if (dynamic_cast<const OutputError*>(&error) != nullptr) throw OutputError(message);
+  if (dynamic_cast<const DeviceError*>(&error) != nullptr) throw DeviceError(message);
+  if (dynamic_cast<const InputError*>(&error) != nullptr) throw InputError(message);
+  throw ModelError(message);
+}
 
 // Sleeps `seconds`, waking early when a stop is requested.
 void nap(const RunnerOptions& options, double seconds) {
@@ -706,6 +740,11 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   io::ManifestWriter manifest(manifest_path);
   const fs::path state_dir = fs::path(output_dir) / io::kStateDirName;
   RunSummary summary;
+  // The claims folder goes with its last worker (one still running keeps it); so does .fluxbatch when empty.
+  struct RemoveStateDir {
+    const fs::path& dir;
+    ~RemoveStateDir() { ::rmdir(dir.c_str()); }
+  } remove_state_dir{state_dir};
   {
     io::ClaimStoreOptions claim_options;
     claim_options.lease_s = options.lease_s;
@@ -758,78 +797,94 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
       return Claimed::kSettled;
     };
     ClaimedWork work(spec, candidates, claims, index, decide, options.poll_s);
-    // Blocked images and lines to restore first, as a single run always did.
-    for (size_t c = 0; c < candidates.size(); ++c) {
-      if (plan.items[candidates[c]].state != ItemState::kRender) work.take(c);
-    }
-    if (options.observer != nullptr) {
-      options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
-    }
-    // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
-    if (options.image_cache != nullptr) {
-      int64_t hits = 0;
-      for (size_t c = 0; c < candidates.size() && !stop_requested(options); ++c) {
-        if (!work.open(c)) continue;
-        const job::RenderItem& item = spec.items[candidates[c]];
-        std::optional<std::string> png = options.image_cache->find(item);
-        if (!png || work.take(c) != Claimed::kRender) continue;
-        run.copy_cached(item, std::move(*png));
-        ++hits;
+    // This worker's images not finished (by it or by others); every one is still open or was taken by it.
+    const auto left = [&] {
+      return work.open_count() + work.taken() - summary.rendered - summary.failed - summary.lost_claims;
+    };
+    try {
+      // Blocked images and lines to restore first, as a single run always did.
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        if (plan.items[candidates[c]].state != ItemState::kRender) work.take(c);
       }
-      log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
-                " image(s) found, copied instead of rendered");
-    }
-    std::vector<PlannedItem> open;  // what is left, as the plan saw it: for prepare() and the batch count
-    for (size_t c = 0; c < candidates.size(); ++c) {
-      if (work.open(c)) open.push_back(plan.items[candidates[c]]);
-    }
-    if (!stop_requested(options)) {
-      std::vector<const job::RenderItem*> items;
-      for (const PlannedItem& planned : open) {
-        if (planned.state == ItemState::kRender) items.push_back(planned.item);
+      if (options.observer != nullptr) {
+        options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
       }
-      prepare_generator(items, generator);
-    }
-    // After prepare(): the generator may plan its memory (and so the batch per shape) there.
-    const auto cap = [&](const job::RenderItem& item) { return shape_batch(item, options.batch_size, options.batch_for); };
-    const auto planned_batches = static_cast<int64_t>(make_batches(open, options.batch_size, options.batch_for).size());
-    if (!open.empty()) {
-      log::info("rendering " + std::to_string(open.size()) + " image(s) in " + std::to_string(planned_batches) +
-                " batch(es)");
-    }
-    int64_t number = 0;
-    int64_t told_elsewhere = 0;
-    bool told_waiting = false;
-    while (!stop_requested(options)) {
-      const std::vector<const job::RenderItem*> batch = work.next_batch(cap);
-      if (options.observer != nullptr && work.done_elsewhere() != told_elsewhere) {
-        told_elsewhere = work.done_elsewhere();
-        options.observer->done_elsewhere(told_elsewhere);
-      }
-      if (batch.empty()) {
-        if (!work.others_hold_some()) break;
-        if (!told_waiting) {
-          log::info("waiting for " + std::to_string(work.held()) +
-                    " image(s) that other workers hold (taken over if their worker dies)");
-          told_waiting = true;
+      // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
+      if (options.image_cache != nullptr) {
+        int64_t hits = 0;
+        for (size_t c = 0; c < candidates.size() && !stop_requested(options); ++c) {
+          if (!work.open(c)) continue;
+          const job::RenderItem& item = spec.items[candidates[c]];
+          std::optional<std::string> png = options.image_cache->find(item);
+          if (!png || work.take(c) != Claimed::kRender) continue;
+          run.copy_cached(item, std::move(*png));
+          ++hits;
         }
-        nap(options, options.poll_s);
-        continue;
+        log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
+                  " image(s) found, copied instead of rendered");
       }
-      told_waiting = false;
-      ++number;
-      run.render_batch(batch, number, std::max(number, planned_batches));
+      std::vector<PlannedItem> open;  // what is left, as the plan saw it: for prepare() and the batch count
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        if (work.open(c)) open.push_back(plan.items[candidates[c]]);
+      }
+      if (!stop_requested(options)) {
+        std::vector<const job::RenderItem*> items;
+        for (const PlannedItem& planned : open) {
+          if (planned.state == ItemState::kRender) items.push_back(planned.item);
+        }
+        prepare_generator(items, generator);
+      }
+      // After prepare(): the generator may plan its memory (and so the batch per shape) there.
+      const auto cap = [&](const job::RenderItem& item) { return shape_batch(item, options.batch_size, options.batch_for); };
+      const auto planned_batches = static_cast<int64_t>(make_batches(open, options.batch_size, options.batch_for).size());
+      if (!open.empty()) {
+        log::info("rendering " + std::to_string(open.size()) + " image(s) in " + std::to_string(planned_batches) +
+                  " batch(es)");
+      }
+      int64_t number = 0;
+      int64_t told_elsewhere = 0;
+      bool told_waiting = false;
+      while (!stop_requested(options)) {
+        const std::vector<const job::RenderItem*> batch = work.next_batch(cap);
+        if (options.observer != nullptr && work.done_elsewhere() != told_elsewhere) {
+          told_elsewhere = work.done_elsewhere();
+          options.observer->done_elsewhere(told_elsewhere);
+        }
+        if (batch.empty()) {
+          if (!work.others_hold_some()) break;
+          if (!told_waiting) {
+            log::info("waiting for " + std::to_string(work.held()) +
+                      " image(s) that other workers hold (taken over if their worker dies)");
+            told_waiting = true;
+          }
+          nap(options, options.poll_s);
+          continue;
+        }
+        told_waiting = false;
+        ++number;
+        run.render_batch(batch, number, std::max(number, planned_batches));
+      }
+      run.finish_writes();
+    } catch (const Error& e) {
+      // The job stops. The images already handed to the output queue are written and recorded first
+      // (unless the queue itself failed: then this rethrows that same error, already in hand); the claims
+      // of the rest go with the claim store. Then say in the same line what the job leaves behind: the
+      // images written are kept (and in the manifest), the rest wait for a re-run (or another worker).
+      try {
+        run.finish_writes();
+      } catch (...) {
+      }
+      rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
+                               std::to_string(left()) +
+                               " left: fix the cause and run the same command again to resume");
     }
-    run.finish_writes();
     summary.done_elsewhere = work.done_elsewhere() + summary.lost_claims;
     summary.taken_over = claims.taken_over();
-    summary.not_started = work.open_count() + work.taken() - summary.rendered - summary.failed - summary.lost_claims;
+    summary.not_started = left();
     if (summary.taken_over > 0) {
       log::info("claims: " + std::to_string(summary.taken_over) + " image(s) taken over from workers that died");
     }
   }
-  // The claims folder goes with its last worker (one still running keeps it); so does .fluxbatch when empty.
-  ::rmdir(state_dir.c_str());
   summary.interrupted = summary.not_started > 0;
   summary.seconds = seconds_since(start);
   return summary;

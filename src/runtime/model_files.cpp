@@ -116,18 +116,20 @@ void finish(ModelFiles* model) {
 void find_tokenizers(const fs::path& dir, const LocateOptions& options, ModelFiles* model) {
   const fs::path clip = dir / "tokenizer";
   const fs::path t5 = dir / "tokenizer_2";
-  const bool clip_ok = is_file(clip / "vocab.json") && is_file(clip / "merges.txt");
-  const bool t5_ok = is_file(t5 / "spiece.model");
+  // The classic files, or the tokenizer.json that transformers >= 5 saves instead of them.
+  const bool clip_ok = (is_file(clip / "vocab.json") && is_file(clip / "merges.txt")) || is_file(clip / "tokenizer.json");
+  const bool t5_ok = is_file(t5 / "spiece.model") || is_file(t5 / "tokenizer.json");
   if (clip_ok) model->tokenizer_dir = clip.string();
   if (t5_ok) model->tokenizer_2_dir = t5.string();
   if (!options.require_tokenizers) return;
   if (!clip_ok) {
     throw ModelError(model->root + ": no CLIP tokenizer: expected " + clip.string() +
-                     "/ with vocab.json and merges.txt (the tokenizer/ folder of the FLUX.1 diffusers repo)");
+                     "/ with vocab.json and merges.txt, or tokenizer.json (the tokenizer/ folder of the FLUX.1 "
+                     "diffusers repo)");
   }
   if (!t5_ok) {
     throw ModelError(model->root + ": no T5 tokenizer: expected " + t5.string() +
-                     "/ with spiece.model (the tokenizer_2/ folder of the FLUX.1 diffusers repo)");
+                     "/ with spiece.model or tokenizer.json (the tokenizer_2/ folder of the FLUX.1 diffusers repo)");
   }
 }
 
@@ -149,6 +151,17 @@ void check_model_index(const fs::path& index) {
   }
 }
 
+// A link whose target is missing or loops would otherwise read as "no weights", hiding the real problem.
+void refuse_dangling_link(const fs::path& path, const fs::path& root, Component c) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(path, ec))) return;
+  (void)fs::status(path, ec);
+  if (!ec) return;
+  throw ModelError(root.string() + ": the " + describe(c) + " weights " + path.string() +
+                   " are a symbolic link that does not resolve (" + ec.message() +
+                   "): point it at the real file (a download interrupted, or a link to itself?)");
+}
+
 ComponentFiles diffusers_component(const fs::path& root, Component c) {
   const bool diffusers_model = c == Component::kTransformer || c == Component::kVae;
   const std::string stem = diffusers_model ? "diffusion_pytorch_model" : "model";
@@ -159,6 +172,9 @@ ComponentFiles diffusers_component(const fs::path& root, Component c) {
   const std::string expected = dir.string() + "/" + stem + ".safetensors (or " + stem + ".safetensors.index.json)";
   if (!is_dir(dir)) {
     throw ModelError(root.string() + ": no " + describe(c) + ": expected " + expected);
+  }
+  for (const fs::path& expected_file : {dir / (stem + ".safetensors"), dir / (stem + ".safetensors.index.json")}) {
+    refuse_dangling_link(expected_file, root, c);
   }
   if (is_file(dir / (stem + ".safetensors"))) {
     files.files = {(dir / (stem + ".safetensors")).string()};

@@ -9,6 +9,7 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
 #include "fluxbatch/nn/fp8_state.h"
+#include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
@@ -342,6 +343,8 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   }
   s.clip_tokenizer.emplace(s.files.tokenizer_dir);
   s.t5_tokenizer.emplace(s.files.tokenizer_2_dir);
+  // Mixed components fail here, before any stage, rather than in every item.
+  check_components(s.files, *s.clip_tokenizer, *s.t5_tokenizer);
   if (s.staged()) {
     log::info(description() + " at " + s.files.root + " on " + c10::str(options.device) + " (" +
               dtype_name(options.dtype) + "): each stage loads its components when it starts");

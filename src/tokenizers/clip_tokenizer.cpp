@@ -1,5 +1,6 @@
 #include "fluxbatch/tokenizers/clip_tokenizer.h"
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -7,6 +8,7 @@
 #include <string_view>
 
 #include "fluxbatch/core/error.h"
+#include "tokenizers/tokenizer_json.h"
 #include "tokenizers/unicode.h"
 
 namespace fluxbatch::tokenizers {
@@ -117,33 +119,150 @@ std::u32string normalize(const std::u32string& text) {
   return unicode::to_lower(collapsed);
 }
 
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+// What transformers writes for CLIP (tokenization_clip.py, and convert_slow_tokenizer's CLIPConverter).
+constexpr std::string_view kClipSplitRegex =
+    "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
+
+[[noreturn]] void refuse_json(const std::string& where, const std::string& what) {
+  throw ModelError("CLIP tokenizer: " + where + ": " + what +
+                   "; fluxbatch reads CLIP's byte-level BPE (NFC, whitespace runs -> \" \", lowercase; CLIP's split "
+                   "regex + ByteLevel; end-of-word suffix </w>), or put CLIP's vocab.json and merges.txt in the folder");
+}
+
+// The normalizer and pre-tokenizer must be CLIP's: the C++ code implements exactly those.
+void check_clip_pipeline(const nlohmann::json& root, const std::string& where) {
+  const auto normalizers = detail::flatten_sequence(root.value("normalizer", nlohmann::json()), "normalizers");
+  const bool normalizer_ok =
+      normalizers.size() == 3 && normalizers[0].value("type", "") == "NFC" &&
+      normalizers[1].value("type", "") == "Replace" && normalizers[1].contains("pattern") &&
+      normalizers[1]["pattern"].is_object() && normalizers[1]["pattern"].value("Regex", "") == "\\s+" &&
+      normalizers[1].value("content", "") == " " && normalizers[2].value("type", "") == "Lowercase";
+  if (!normalizer_ok) {
+    refuse_json(where, "it declares the normalizer " + detail::describe_component(root.value("normalizer", nlohmann::json())));
+  }
+  const auto pre = detail::flatten_sequence(root.value("pre_tokenizer", nlohmann::json()), "pretokenizers");
+  const bool pre_ok = pre.size() == 2 && pre[0].value("type", "") == "Split" && pre[0].contains("pattern") &&
+                      pre[0]["pattern"].is_object() && pre[0]["pattern"].value("Regex", "") == kClipSplitRegex &&
+                      pre[0].value("behavior", "") == "Removed" && pre[0].value("invert", false) &&
+                      pre[1].value("type", "") == "ByteLevel" && !pre[1].value("add_prefix_space", false);
+  if (!pre_ok) {
+    refuse_json(where, "it declares the pre-tokenizer " +
+                           detail::describe_component(root.value("pre_tokenizer", nlohmann::json())));
+  }
+}
+
+// token -> id pairs of a vocabulary object, checked.
+std::vector<std::pair<std::string, std::int64_t>> vocab_entries(const nlohmann::json& json, const std::string& where) {
+  if (!json.is_object() || json.empty()) {
+    throw ModelError("CLIP tokenizer: " + where + " must be a JSON object of token -> id");
+  }
+  std::vector<std::pair<std::string, std::int64_t>> entries;
+  entries.reserve(json.size());
+  for (const auto& [token, id] : json.items()) {
+    if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() >= (std::int64_t{1} << 31)) {
+      throw ModelError("CLIP tokenizer: " + where + ": id of token '" + token + "' is not an integer from 0 to 2^31-1");
+    }
+    entries.emplace_back(token, id.get<std::int64_t>());
+  }
+  return entries;
+}
+
 }  // namespace
 
 ClipTokenizer::ClipTokenizer(const fs::path& folder) {
-  load_vocab(folder / "vocab.json");
-  load_merges(folder / "merges.txt");
-}
-
-void ClipTokenizer::load_vocab(const fs::path& path) {
-  const std::string text = read_text_file(path, "vocabulary");
+  // The classic files win when both are there (the FLUX.1 repositories ship only those).
+  if (!is_file(folder / "vocab.json") && !is_file(folder / "merges.txt") && is_file(folder / "tokenizer.json")) {
+    load_tokenizer_json(folder / "tokenizer.json");
+    return;
+  }
+  source_ = folder / "vocab.json";
+  const fs::path vocab_path = folder / "vocab.json";
+  const std::string text = read_text_file(vocab_path, "vocabulary");
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw ModelError("CLIP tokenizer: " + path.string() + " is not valid JSON: " + e.what());
+    throw ModelError("CLIP tokenizer: " + vocab_path.string() + " is not valid JSON: " + e.what());
   }
-  if (!json.is_object() || json.empty()) {
-    throw ModelError("CLIP tokenizer: " + path.string() + " must be a JSON object of token -> id");
-  }
-  for (const auto& [token, id] : json.items()) {
-    if (!id.is_number_integer() || id.get<std::int64_t>() < 0) {
-      throw ModelError("CLIP tokenizer: " + path.string() + ": id of token '" + token + "' is not a non-negative integer");
+  load_vocab(vocab_entries(json, vocab_path.string()), vocab_path.string());
+  const fs::path merges_path = folder / "merges.txt";
+  std::istringstream in(read_text_file(merges_path, "merges file"));
+  std::string line;
+  std::size_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
+    const std::size_t space = line.find(' ');
+    const std::string where = merges_path.string() + " line " + std::to_string(line_no);
+    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string::npos) {
+      throw ModelError("CLIP tokenizer: " + where + " is not a merge of two tokens: '" + line + "'");
     }
-    vocab_.emplace(token, id.get<std::int64_t>());
+    add_merge(line.substr(0, space), line.substr(space + 1), where, "vocab.json");
+  }
+  if (merges_.empty()) throw ModelError("CLIP tokenizer: " + merges_path.string() + " holds no merges");
+}
+
+void ClipTokenizer::load_tokenizer_json(const fs::path& path) {
+  source_ = path;
+  const std::string where = path.string();
+  const nlohmann::json root = detail::read_tokenizer_json(path, "CLIP tokenizer");
+  const nlohmann::json& model = root["model"];
+  if (model.value("type", "") != "BPE") refuse_json(where, "its model is " + detail::describe_component(model) + ", not BPE");
+  const auto string_or_empty = [&](const char* key) {
+    return model.contains(key) && model[key].is_string() ? model[key].get<std::string>() : std::string();
+  };
+  if (string_or_empty("end_of_word_suffix") != kEndOfWord || !string_or_empty("continuing_subword_prefix").empty() ||
+      model.value("byte_fallback", false)) {
+    refuse_json(where, "its BPE model is not CLIP's (end_of_word_suffix \"" + string_or_empty("end_of_word_suffix") +
+                           "\", continuing_subword_prefix \"" + string_or_empty("continuing_subword_prefix") + "\")");
+  }
+  check_clip_pipeline(root, where);
+  if (!model.contains("vocab")) refuse_json(where, "its BPE model has no \"vocab\"");
+  load_vocab(vocab_entries(model["vocab"], where), where);
+  for (const detail::AddedToken& token : detail::added_tokens(root, where)) {
+    const auto it = vocab_.find(token.content);
+    if (it == vocab_.end() || it->second != token.id) {
+      refuse_json(where, "added token '" + token.content + "' (id " + std::to_string(token.id) +
+                             ") is not the vocabulary's entry");
+    }
+  }
+  if (!model.contains("merges") || !model["merges"].is_array() || model["merges"].empty()) {
+    throw ModelError("CLIP tokenizer: " + where + ": the BPE model has no \"merges\"");
+  }
+  std::size_t index = 0;
+  for (const auto& merge : model["merges"]) {
+    const std::string at = where + " merge " + std::to_string(index++);
+    // tokenizers >= 0.20 writes [left, right]; older files "left right".
+    if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+      add_merge(merge[0].get<std::string>(), merge[1].get<std::string>(), at, "its vocab");
+      continue;
+    }
+    const std::string line = merge.is_string() ? merge.get<std::string>() : std::string();
+    const std::size_t space = line.find(' ');
+    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+        line.find(' ', space + 1) != std::string::npos) {
+      throw ModelError("CLIP tokenizer: " + at + " is not a merge of two tokens: " + merge.dump().substr(0, 60));
+    }
+    add_merge(line.substr(0, space), line.substr(space + 1), at, "its vocab");
+  }
+}
+
+void ClipTokenizer::load_vocab(const std::vector<std::pair<std::string, std::int64_t>>& entries,
+                               const std::string& where) {
+  for (const auto& [token, id] : entries) {
+    vocab_.emplace(token, id);
+    max_id_ = std::max(max_id_, id);
   }
   auto require = [&](const std::string& token) {
     const auto it = vocab_.find(token);
-    if (it == vocab_.end()) throw ModelError("CLIP tokenizer: " + path.string() + " lacks token '" + token + "'");
+    if (it == vocab_.end()) throw ModelError("CLIP tokenizer: " + where + " lacks token '" + token + "'");
     return it->second;
   };
   bos_id_ = require(std::string(kBosToken));
@@ -157,29 +276,14 @@ void ClipTokenizer::load_vocab(const fs::path& path) {
   }
 }
 
-void ClipTokenizer::load_merges(const fs::path& path) {
-  std::istringstream in(read_text_file(path, "merges file"));
-  std::string line;
-  std::int32_t rank = 0;
-  std::size_t line_no = 0;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
-    const std::size_t space = line.find(' ');
-    const std::string where = path.string() + " line " + std::to_string(line_no);
-    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
-        line.find(' ', space + 1) != std::string::npos) {
-      throw ModelError("CLIP tokenizer: " + where + " is not a merge of two tokens: '" + line + "'");
-    }
-    const std::string left = line.substr(0, space), right = line.substr(space + 1);
-    const auto l = vocab_.find(left), r = vocab_.find(right), m = vocab_.find(left + right);
-    if (l == vocab_.end() || r == vocab_.end() || m == vocab_.end()) {
-      throw ModelError("CLIP tokenizer: " + where + " merges tokens missing from vocab.json: '" + line + "'");
-    }
-    merges_.emplace((std::uint64_t(l->second) << 32) | std::uint64_t(r->second), Merge{rank++, m->second});
+void ClipTokenizer::add_merge(const std::string& left, const std::string& right, const std::string& where,
+                              const char* vocab_name) {
+  const auto l = vocab_.find(left), r = vocab_.find(right), m = vocab_.find(left + right);
+  if (l == vocab_.end() || r == vocab_.end() || m == vocab_.end()) {
+    throw ModelError("CLIP tokenizer: " + where + " merges tokens missing from " + vocab_name + ": '" + left + " " +
+                     right + "'");
   }
-  if (merges_.empty()) throw ModelError("CLIP tokenizer: " + path.string() + " holds no merges");
+  merges_.emplace((std::uint64_t(l->second) << 32) | std::uint64_t(r->second), Merge{next_rank_++, m->second});
 }
 
 const ClipTokenizer::Merge* ClipTokenizer::find_merge(std::int64_t left, std::int64_t right) const {

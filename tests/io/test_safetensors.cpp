@@ -132,6 +132,10 @@ TEST_CASE("hostile files give a ModelError naming the file and tensor", "[safete
     CHECK_THAT(open_error(dir, "{}", "", int64_t{1} << 40), ContainsSubstring("absurd"));
     CHECK_THAT(open_error(dir, "{}", "", -2), ContainsSubstring("absurd"));  // 2^64 - 2
   }
+  SECTION("a tensor name with a control character (a NUL would cut every message short)") {
+    CHECK_THAT(open_error(dir, R"({"a\u0000b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", data8),
+               ContainsSubstring(path + ": tensor name \"a\\u0000b\" holds a control character"));
+  }
   SECTION("bad JSON") {
     CHECK_THAT(open_error(dir, "{\"a\": ", ""), ContainsSubstring(path) && ContainsSubstring("not valid JSON"));
     CHECK_THAT(open_error(dir, "", ""), ContainsSubstring("not valid JSON"));

@@ -242,3 +242,26 @@ TEST_CASE("detection understands bnb-NF4 packed Linear weights and reports missi
   CHECK_THROWS_WITH(detect_vae_config(ShapeMap{}), ContainsSubstring("VAE") &&
                                                         ContainsSubstring("'decoder.conv_in.weight'"));
 }
+
+TEST_CASE("detection refuses block numbers and packed shapes no model has, before sizing anything by them",
+          "[weight_map]") {
+  // An ae.safetensors-like header whose up block says 999999999: the level list would take 8 GB.
+  const ShapeMap vae = {{"decoder.conv_in.weight", {512, 16, 3, 3}},
+                        {"decoder.conv_out.weight", {3, 128, 3, 3}},
+                        {"decoder.up.0.block.0.conv1.weight", {128, 128, 3, 3}},
+                        {"decoder.up.999999999.block.0.conv1.weight", {512, 512, 3, 3}}};
+  CHECK_THROWS_WITH(detect_vae_config(vae), ContainsSubstring("tensor 'decoder.up.999999999.block.0.conv1.weight' "
+                                                              "numbers block 999999999, more than any FLUX component"));
+  ShapeMap t5 = {{"shared.weight", {1100, 32}},
+                 {"encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", {32, 4}},
+                 {"encoder.block.0.layer.0.SelfAttention.o.weight", {32, 32}},
+                 {"encoder.block.0.layer.1.DenseReluDense.wo.weight", {32, 64}},
+                 {"encoder.block.5000.layer.0.layer_norm.weight", {32}}};
+  CHECK_THROWS_WITH(detect_t5_config(t5), ContainsSubstring("numbers block 5000"));
+  // A "packed 4-bit" Linear of 2^62 bytes: rows * 2 would overflow.
+  const ShapeMap flux = {{"img_in.weight", {int64_t{1} << 62, 1}},
+                         {"img_in.bias", {3072}},
+                         {"double_blocks.0.img_attn.norm.query_norm.scale", {128}}};
+  CHECK_THROWS_WITH(detect_flux_config(flux), ContainsSubstring("tensor 'img_in.weight' has shape [4611686018427387904, "
+                                                                "1], expected [3072, in] or a packed 4-bit weight"));
+}

@@ -133,6 +133,18 @@ TEST_CASE("CUDA fp8 GEMM (row-wise scaled) against the fp32 GEMM of the dequanti
   // Per image.
   const ops::Fp8Rows second{rows.data.narrow(0, 1, 1), rows.scale.narrow(0, 1, 1)};
   CHECK(at::equal(ops::fp8_linear(second, wq, bias, at::kBFloat16), y.narrow(0, 1, 1)));
+  // GELU folded into the call: the same as GELU on the output, also into a column slice.
+  at::Tensor gelu_slice = at::full({2, 600, 4000}, NAN, opt).narrow(2, 100, 3072);
+  ops::fp8_linear_out(gelu_slice, rows, wq, bias, /*gelu_tanh=*/true);
+  CHECK(at::equal(gelu_slice, at::gelu(y, "tanh")));
+  // One row per image (the modulation Linears): image i's scales start 4 * i bytes in, which cuBLASLt
+  // does not take as they are.
+  const ops::Fp8Rows single = ops::quantize_fp8_rows(at::randn({4, 1, 3072}, opt));
+  const at::Tensor y1 = ops::fp8_linear(single, wq, bias, at::kBFloat16);
+  for (int64_t i = 0; i < 4; ++i) {
+    const ops::Fp8Rows one{single.data.narrow(0, i, 1).clone(), single.scale.narrow(0, i, 1).clone()};
+    CHECK(at::equal(ops::fp8_linear(one, wq, bias, at::kBFloat16), y1.narrow(0, i, 1)));
+  }
 }
 
 TEST_CASE("CUDA modulated LayerNorm writing fp8 rows against the reference (LayerNorm, then quantize)", "[ops][fp8][cuda]") {

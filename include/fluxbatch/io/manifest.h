@@ -131,7 +131,8 @@ ManifestContents read_manifest(const std::string& path);
 // NFSv3), and taking it makes the client re-read the file's size, so the append lands at the true end;
 // a mount with `nolock` loses that guarantee), then fsynced before the lock goes. So lines never
 // interleave or overwrite each other. If the file ends in a torn line (a writer killed mid-write), a
-// newline is added first, under the same lock, so the next entry starts on its own line.
+// newline is added first, under the same lock, so the next entry starts on its own line. On a
+// filesystem that cannot lock files at all it warns once and appends unlocked (one worker at a time).
 class ManifestWriter {
  public:
   explicit ManifestWriter(const std::string& path);
@@ -139,7 +140,10 @@ class ManifestWriter {
   ManifestWriter(const ManifestWriter&) = delete;
   ManifestWriter& operator=(const ManifestWriter&) = delete;
 
-  // One locked write() of the line + '\n', then fsync. OutputError naming the path on failure.
+  // One locked write() of the line + '\n', then fsync. On failure the file is cut back to where the line
+  // began (no torn line left by a full disk) and OutputError names the path: io::OutputFault when the
+  // filesystem refuses writes (full, read-only, I/O error). A manifest deleted or replaced since the last
+  // append is started anew at the path, with a warning.
   void append(const ManifestEntry& entry);
   void append_summary(const ManifestSummary& summary);
   const std::string& path() const { return path_; }
@@ -148,9 +152,14 @@ class ManifestWriter {
   std::unique_lock<std::mutex> hold();
 
  private:
+  void open();
+  void reopen_if_replaced();
   void append_line(const std::string& line);
+  void warn_unlocked(int err);
+
   std::string path_;
   int fd_ = -1;
+  bool can_lock_ = true;  // false once the filesystem said it cannot lock files
   std::mutex mutex_;
 };
 

@@ -50,6 +50,9 @@ struct RenderItem {
   std::string file;         // output file name relative to JobSpec::output_dir
   std::string location;     // "jobs/night.json:14:12" of the item, for messages
   bool seed_drawn = false;  // the seed was "random": drawn once at load time, recorded here
+  // Who set params.guidance: "--guidance", "\"defaults\"" (the job's) or "the item"; empty when the
+  // built-in default applies (a model without guidance input may ignore that one silently).
+  std::string guidance_set_by;
 };
 
 struct JobSpec {

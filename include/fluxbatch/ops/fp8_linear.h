@@ -26,8 +26,11 @@ at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype);
 // writes bf16), bias [N] (cast to out_dtype) or undefined. Image b's rows go through their own GEMM, so
 // an image does not depend on its batch (as ops::per_image_linear).
 at::Tensor fp8_linear(const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias, at::ScalarType out_dtype);
-// The same into `out` [B, ..., N] whose rows of one image form a contiguous matrix.
-void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias);
+// The same into `out` [B, ..., N] whose rows of one image form a contiguous matrix; with gelu_tanh, GELU
+// (tanh) applied to the rounded output (as a separate at::gelu_ on `out` would, bit for bit, but in the
+// contiguous product before it is copied into a column slice).
+void fp8_linear_out(at::Tensor& out, const Fp8Rows& x, const quant::Fp8Tensor& w, const at::Tensor& bias,
+                    bool gelu_tanh = false);
 
 // Whether this device runs fp8 GEMMs (compute capability 8.9 or newer). False for the CPU.
 bool fp8_gemm_supported(const c10::Device& device);

@@ -67,7 +67,8 @@ struct GeneratorStats {
 // prepared_embedding_bytes), keeps the embeddings in host memory and frees the text encoders;
 // generate_each() then denoises a batch and decodes its images one by one, handing each over as
 // soon as it is decoded. The device cache is emptied between stages, not per step or per image.
-// Out-of-memory fallbacks (each logged and counted): a full VAE decode that does not fit even at
+// Errors other than out of memory become model / device errors naming the stage and the batch
+// (runtime::throw_stage_error), which stop the job. Out-of-memory fallbacks (each logged and counted): a full VAE decode that does not fit even at
 // batch 1 is redone in overlapping tiles (at larger batches the out-of-memory error goes to the
 // runner, which halves the batch first); an encode that does not fit on the device runs the text
 // encoders on the CPU.
@@ -88,6 +89,8 @@ class FluxGenerator : public ImageGenerator {
 
  private:
   using Key = std::pair<std::string, int>;  // (prompt, max_sequence_length)
+  // generate_each's work; `stage_name` follows the stage running, for the error that stops the job.
+  void render_batch(const std::vector<job::RenderItem>& batch, const ImageSink& on_image, const char*& stage_name);
   PromptEmbeddings embeddings_for(const std::vector<job::RenderItem>& batch, int max_sequence_length);
   PromptEmbeddings encode(const std::vector<std::string>& prompts, int max_sequence_length);
   void encode_window(const std::vector<Key>& needed);

@@ -110,7 +110,7 @@ struct RunSummary {
   int64_t total = 0;        // items in the job
   int64_t rendered = 0;     // PNG written this run
   int64_t skipped = 0;      // finished earlier
-  int64_t failed = 0;       // generate() threw, returned a bad image, or the PNG write failed
+  int64_t failed = 0;       // out of memory even alone, a bad image, or its PNG could not be created
   int64_t blocked = 0;      // kBlocked items (counted as failures for the exit code)
   int64_t not_started = 0;  // left when interrupted (or, in a dry run, the ones that would render)
   int64_t oom_retries = 0;  // chunks halved after running out of memory
@@ -133,7 +133,7 @@ struct RunSummary {
 
 // Plans `spec` (model = generator.model_description()), creates output_dir, removes temporary
 // files left by a killed run's PNG writes, calls generator.prepare() once with every item to
-// render (a ModelError or DeviceError there stops the job; other errors are logged), then renders
+// render (an out-of-memory error there is logged, each batch then encodes for itself), then renders
 // batch by batch through generate_each(), writing <output_dir>/<item.file> (PNG with
 // "parameters" and "fluxbatch" text chunks, on the output queue's threads) and appending to
 // <output_dir>/manifest.jsonl as soon as each image is written, in the order images arrived.
@@ -144,12 +144,17 @@ struct RunSummary {
 // image no other worker holds and takes the later ones of the same shape and priority. Images other
 // live workers hold are waited for; those of dead workers are taken over. Alone, the batches are
 // exactly those of plan_job (batch_for consulted after prepare()).
-// An exception from the generator fails the items of that call not yet delivered and the job goes
-// on, except out-of-memory (runtime::is_out_of_memory): then those items alone are halved and
-// retried after runtime::release_cached_memory(); an item that runs out of memory even alone is
-// recorded failed with the reason ("<error> (out of memory even alone, ...)").
+// Out of memory (runtime::is_out_of_memory) in a call: the items of that call not yet delivered are
+// halved and retried after runtime::release_cached_memory(); an item that runs out of memory even
+// alone is recorded failed with the reason ("<error> (out of memory even alone, ...)") and the job
+// goes on. Any other exception from the generator (or from prepare()) means the model or the device
+// cannot do the work: the job stops with a ModelError / DeviceError (see runtime::throw_stage_error;
+// fluxbatch errors keep their kind), the images already handed to the output queue written, every
+// image written kept and in the manifest, the rest left for a re-run (their claims released); the
+// message ends with how many were rendered and left. So does an io::OutputFault (disk full, read-only,
+// I/O error) writing a PNG or the manifest; another OutputError writing one PNG fails only that item.
 // Finished images are never redone, and since an image depends only on its own item, retries never
-// change a result. OutputError (exit 3) when the output directory or the manifest cannot be written.
+// change a result.
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator);
 

@@ -41,8 +41,8 @@ struct ModelFiles {
   ModelLayout layout = ModelLayout::kDiffusers;
   FluxVariant variant = FluxVariant::kDev;  // dev when the transformer has a guidance embedder
   ComponentFiles transformer, text_encoder, text_encoder_2, vae;
-  std::string tokenizer_dir;     // CLIP BPE: vocab.json + merges.txt; empty if absent and not required
-  std::string tokenizer_2_dir;   // T5 sentencepiece: spiece.model; empty if absent and not required
+  std::string tokenizer_dir;     // CLIP BPE: vocab.json + merges.txt or tokenizer.json; empty if absent and not required
+  std::string tokenizer_2_dir;   // T5: spiece.model or tokenizer.json; empty if absent and not required
   std::string scheduler_config;  // diffusers scheduler/scheduler_config.json; empty in other layouts
 
   const ComponentFiles& component(models::Component which) const;
