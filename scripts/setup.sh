@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Takes a fresh Debian 12 machine to a built fluxbatch tree, and is idempotent: with everything in
 # place it only re-runs the (incremental) build and finishes in seconds.
-#   1. Debian packages (CLI11, nlohmann-json, stb, sentencepiece, Catch2 v3 from bookworm-backports)
+#   1. Debian packages (CLI11, nlohmann-json, stb, sentencepiece, Catch2 v3 from bookworm-backports; Slurm and
+#      munge for the Slurm test)
 #   2. a project-local Python venv (.venv) with torch==2.11.0 (libtorch) and the reference stack
 #   3. the tiny random-weight FLUX pipelines under models/ (plus bitsandbytes-NF4 copies, a transformers 5
 #      save_pretrained copy, fp8 single files and LoRA fixtures) and the golden outputs under tests/golden/
@@ -39,6 +40,16 @@ SRC
   as_root apt-get update -qq
   [ ${#missing[@]} -gt 0 ] && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   [ $need_catch2 = 1 ] && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports libcatch2-dev
+fi
+
+# Slurm and munge for the Slurm test (tests/slurm): only that test starts their daemons, in a folder of its own.
+SLURM_PKGS=(slurmctld slurmd slurm-client munge)
+missing=()
+for p in "${SLURM_PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages for the Slurm test: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # ---- 2. Python venv ---------------------------------------------------------------------------

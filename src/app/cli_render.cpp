@@ -1,8 +1,10 @@
 // render: everything is checked before the model loads; then the runner does the work.
 #include "cli_render.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "fluxbatch/core/error.h"
@@ -22,6 +24,7 @@
 #include "interrupt.h"
 #include "plan_report.h"
 #include "render_cache.h"
+#include "render_workers.h"
 #include "render_session.h"
 #include "render_settings.h"
 #include "run_report.h"
@@ -46,11 +49,19 @@ constexpr const char* kFooter =
     "      prompts encoded and images rendered by earlier jobs are reused, not computed again\n"
     "  fluxbatch render jobs/night.json --progress json > events.jsonl\n"
     "      one JSON event per line (start, stage, batch, step, image, done) for a wrapper\n"
+    "  fluxbatch render jobs/night.json --devices all --vram-budget 70G\n"
+    "      one worker process per GPU, each with its own budget, sharing the job; one progress and summary\n"
+    "  sbatch --array=0-7 --gres=gpu:1 --wrap 'fluxbatch render jobs/night.json --shard auto'\n"
+    "      a Slurm job array: task K renders shard K of 8 (scripts/slurm/ has a full example)\n"
     "\n"
     "Resuming: run the same command again. An image is skipped when its PNG exists and manifest.jsonl\n"
     "records it with the same prompt, seed, size, steps, guidance, max_sequence_length, LoRAs and model.\n"
-    "Existing images are never replaced unless --overwrite is given. Ctrl-C finishes the images in\n"
-    "hand and stops (exit 130); a second Ctrl-C aborts at once.\n"
+    "Existing images are never replaced unless --overwrite is given. Ctrl-C or SIGTERM finishes the\n"
+    "images in hand (at most --grace seconds) and stops (exit 130 / 143); a second Ctrl-C aborts at once.\n"
+    "\n"
+    "Sharing: any number of fluxbatch processes (on one host or many, over a shared filesystem) may render\n"
+    "the same job into the same output directory at once; they split the images between them through\n"
+    "claim files in OUT/.fluxbatch/claims, higher priorities first, each image once.\n"
     "\n"
     "Each PNG carries a \"parameters\" text chunk in the A1111/Forge format and a \"fluxbatch\" chunk\n"
     "with the item as JSON.\n"
@@ -100,11 +111,22 @@ struct LoadedJob {
 // built-in (dev) defaults.
 LoadedJob load_job_for_model(const RenderCommand& command, const job::RenderSettings* preset) {
   job::LoadOptions options = to_load_options(command.job);
+  const auto load = [&options, &command]() {
+    job::JobSpec spec = job::load_job(command.file, options);
+    if (!options.seed_source && std::any_of(spec.items.begin(), spec.items.end(),
+                                             [](const job::RenderItem& item) { return item.seed_drawn; })) {
+      // "random" seeds come from the output directory's seed base, so every worker and every later run
+      // there draws the same ones (a dry run only reads it).
+      options.seed_source = shared_seed_source(spec.output_dir, !command.dry_run && !command.print_config);
+      if (options.seed_source) spec = job::load_job(command.file, options);
+    }
+    return spec;
+  };
   LoadedJob out;
   out.command_line = options.cli_defaults;
   job::ParamOverrides& d = options.cli_defaults;
   if (preset != nullptr) merge_preset_defaults(d, *preset);
-  out.spec = job::load_job(command.file, options);
+  out.spec = load();
   const std::string model = model_for(command, out.spec);
   if (model.empty()) return out;
   runtime::VariantDefaults recommended;
@@ -130,19 +152,22 @@ LoadedJob load_job_for_model(const RenderCommand& command, const job::RenderSett
       changed = true;
     }
   }
-  if (changed) out.spec = job::load_job(command.file, options);
+  if (changed) {
+    options.seed_source = nullptr;
+    out.spec = load();
+  }
   return out;
 }
 
 void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const std::string& model_path,
-                   const runtime::GeneratorOptions& options, int batch) {
+                   const runtime::GeneratorOptions& options, int batch, const job::Shard& shard) {
   std::string model = model_path.empty() ? "(none given: pass --model to render)" : model_path;
   std::error_code ec;
   if (!model_path.empty() && !std::filesystem::exists(model_path, ec)) model += " (does not exist)";
   // The model is not loaded, so its description (recorded in the manifest) is not compared here.
   // --batch auto is decided after loading (calibration); `fluxbatch plan` shows its prediction.
   const runtime::JobPlan plan =
-      runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch == kAutoBatch ? 1 : batch);
+      runtime::plan_job(spec, spec.output_dir, std::nullopt, command.overwrite, batch == kAutoBatch ? 1 : batch, {}, false, shard);
   const std::string batch_text = batch == kAutoBatch ? "auto (chosen per size after loading; see fluxbatch plan)"
                                                      : std::to_string(batch);
   std::printf("model: %s\ndevice: %s, dtype %s%s, batch %s\n%s", model.c_str(), options.device.str().c_str(),
@@ -152,8 +177,11 @@ void print_dry_run(const RenderCommand& command, const job::JobSpec& spec, const
 }
 
 void log_summary(const runtime::RunSummary& s) {
+  std::string shared;
+  if (s.done_elsewhere > 0) shared += ", " + std::to_string(s.done_elsewhere) + " by other workers";
+  if (s.other_shard > 0) shared += ", " + std::to_string(s.other_shard) + " in other shards";
   log::info("done: " + std::to_string(s.rendered) + " rendered, " + std::to_string(s.skipped) + " skipped, " +
-            std::to_string(s.failed) + " failed, " + std::to_string(s.blocked) + " blocked, of " +
+            std::to_string(s.failed) + " failed, " + std::to_string(s.blocked) + " blocked" + shared + ", of " +
             std::to_string(s.total) + " (" + std::to_string(static_cast<int64_t>(s.seconds)) + " s)");
   if (s.failed + s.blocked > 0) log::warn(std::to_string(s.failed + s.blocked) + " image(s) not rendered; see manifest.jsonl");
   if (s.interrupted) {
@@ -192,6 +220,7 @@ CLI::App* add_render_command(CLI::App& app, RenderCommand& command) {
       ->check(CLI::Range(0, 64));
   add_progress_options(*sub, command.progress);
   add_cache_options(*sub, command.cache);
+  add_scale_options(*sub, command.scale);
   sub->add_flag("-n,--dry-run", command.dry_run, "Validate and show what would be rendered or skipped; write nothing");
   sub->add_option("--config", command.config,
                   "A settings preset: a name (configs/NAME.json: low-vram-8g, throughput-h100, schnell-fast, ...) or a "
@@ -232,8 +261,10 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   const int batch = parse_batch(command.batch);
   if (!command.memory.budget.empty()) runtime::parse_byte_size(command.memory.budget, "--vram-budget");
   runtime::parse_byte_size(command.memory.reserve, "--vram-reserve");
+  runtime::RunnerOptions runner;
+  apply_scale_options(command.scale, runner);  // --shard is checked here, before anything runs
   if (command.dry_run) {
-    print_dry_run(command, spec, model, options, batch);
+    print_dry_run(command, spec, model, options, batch, runner.shard);
     return std::nullopt;
   }
   if (model.empty()) {
@@ -263,6 +294,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   // A read-only or missing output directory fails now, not after the model has loaded (and after every
   // input check, so an invalid job creates nothing).
   io::check_writable_directory(spec.output_dir);
+  if (!command.scale.devices.empty()) return run_workers(command, spec, runner.shard);
   log::info(spec.path + ": " + std::to_string(spec.items.size()) + " image(s) -> " + spec.output_dir + " (model " +
             model + ", " + options.device.str() + ", " + runtime::dtype_name(dtype) +
             (options.quantize_nf4 ? ", quantize nf4" : "") + ", batch " +
@@ -310,7 +342,6 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   } stop_display{shown};
 
   InterruptGuard interrupt;
-  runtime::RunnerOptions runner;
   runner.overwrite = command.overwrite;
   runner.batch_size = batch == kAutoBatch ? kMaxAutoBatch : batch;
   if (batch == kAutoBatch) runner.batch_for = [&session](const job::RenderItem& item) { return session.batch_of(item); };
@@ -319,6 +350,11 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   runner.observer = shown;
   runner.image_cache = caches.images.get();
   runner.group_by_loras = command.lora_merge;
+  runner.on_abandon = [shown] {
+    if (shown != nullptr) shown->stop();
+    std::fflush(stdout);
+    std::_Exit(exit_code_for_stop());
+  };
   const runtime::RunSummary summary = runtime::run_job(spec, spec.output_dir, runner, session);
   if (shown != nullptr) {
     // First: the "done" event, and the live line gone (no redraw after it) before the summary lines.
@@ -337,7 +373,8 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
     shown->finish(done);
   }
   log_summary(summary);
-  report_run(summary, clock, session.stop(), options.device.str(), caches.store.get(), spec.output_dir);
+  report_run(summary, clock, session.stop(), options.device.str(), caches.store.get(), spec.output_dir,
+             command.scale.worker);
   return summary;
 }
 

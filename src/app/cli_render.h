@@ -4,11 +4,13 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cli_common.h"
 #include "memory_options.h"
 #include "render_cache.h"
 #include "render_progress.h"
+#include "scale_options.h"
 #include "speed_options.h"
 #include "fluxbatch/runtime/job_runner.h"
 
@@ -31,7 +33,9 @@ struct RenderCommand {
   CacheOptions cache;       // --cache, --cache-max, --no-cache
   std::string config;       // --config NAME|FILE
   bool print_config = false;  // --print-config
+  ScaleOptions scale;       // --devices, --shard, --grace, --lease
   JobOptions job;
+  std::vector<std::string> argv;  // the whole command line (a --devices parent runs it again per worker)
   CLI::App* cli = nullptr;  // the parsed subcommand: which flags were given (presets fill the others)
 };
 

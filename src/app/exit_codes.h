@@ -1,7 +1,10 @@
 // The documented exit codes of the fluxbatch command (README "Exit codes"). Only main() turns
 // outcomes into these.
 #pragma once
+#include <csignal>
+
 #include "fluxbatch/runtime/job_runner.h"
+#include "interrupt.h"
 
 namespace fluxbatch::app {
 
@@ -10,10 +13,14 @@ inline constexpr int kExitSomeFailed = 1;    // some items failed, the others we
 inline constexpr int kExitInvalidInput = 2;  // bad command line or job file; nothing was written
 inline constexpr int kExitModelOrDevice = 3; // model, device or output error
 inline constexpr int kExitInterrupted = 130; // Ctrl-C: the images in hand were finished, then it stopped
+inline constexpr int kExitTerminated = 143;  // SIGTERM (scancel, preemption, pod stop): as 130; requeue resumes
+
+// The code of a run a signal stopped early.
+inline int exit_code_for_stop() { return stop_signal() == SIGTERM ? kExitTerminated : kExitInterrupted; }
 
 // Exit code of a completed run.
 inline int exit_code_for(const runtime::RunSummary& summary) {
-  if (summary.interrupted) return kExitInterrupted;
+  if (summary.interrupted) return exit_code_for_stop();
   return summary.failed + summary.blocked > 0 ? kExitSomeFailed : kExitOk;
 }
 
@@ -23,6 +30,8 @@ inline constexpr const char* kExitCodesHelp =
     "  1    some items failed; the others were rendered (see manifest.jsonl)\n"
     "  2    invalid input: command line or job file; nothing was written\n"
     "  3    model, device or output error (missing weights, no CUDA, disk full, ...)\n"
-    "  130  interrupted (Ctrl-C): finished images are kept, a rerun resumes\n";
+    "  130  interrupted (Ctrl-C): finished images are kept, a rerun resumes\n"
+    "  143  terminated (SIGTERM: scancel, time limit, preemption, a pod's stop): as 130; a requeued task\n"
+    "       resumes where this one stopped\n";
 
 }  // namespace fluxbatch::app

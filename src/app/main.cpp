@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   app::ValidateCommand validate;
   CLI::App* validate_cmd = app::add_validate_command(cli, validate);
   app::RenderCommand render;
+  render.argv.assign(argv, argv + argc);  // a --devices parent starts this command again per worker
   CLI::App* render_cmd = app::add_render_command(cli, render);
   app::InspectCommand inspect;
   CLI::App* inspect_cmd = app::add_inspect_command(cli, inspect);

@@ -11,6 +11,7 @@ const char* state_word(runtime::ItemState state) {
     case runtime::ItemState::kRender: return "render ";
     case runtime::ItemState::kSkip: return "skip   ";
     case runtime::ItemState::kBlocked: return "blocked";
+    case runtime::ItemState::kOtherShard: return "shard  ";
   }
   return "?";
 }
@@ -34,7 +35,7 @@ std::string item_line(const runtime::PlannedItem& planned) {
                 static_cast<unsigned long long>(item.params.seed));
   std::string line = std::string("  ") + state_word(planned.state) + "  " + item.file + "  (" + params + ")  \"" +
                      shorten(item.prompt, 60) + "\"";
-  if (!planned.reason.empty()) line += "\n           " + planned.reason;
+  if (*planned.reason != '\0') line += std::string("\n           ") + planned.reason;
   return line + "\n";
 }
 
@@ -43,11 +44,17 @@ std::string item_line(const runtime::PlannedItem& planned) {
 std::string format_plan(const job::JobSpec& spec, const std::string& output_dir, const runtime::JobPlan& plan) {
   std::string out = "dry run: " + spec.path + " -> " + output_dir + " (nothing is written)\n";
   for (const std::string& w : plan.manifest_warnings) out += "  warning: unreadable manifest line " + w + "\n";
-  for (const runtime::PlannedItem& planned : plan.items) out += item_line(planned);
+  for (const runtime::PlannedItem& planned : plan.items) {
+    if (planned.state != runtime::ItemState::kOtherShard) out += item_line(planned);  // not this shard's business
+  }
   out += "would render " + std::to_string(plan.count(runtime::ItemState::kRender)) + " image(s) in " +
          std::to_string(plan.batches.size()) + " batch(es); " +
          std::to_string(plan.count(runtime::ItemState::kSkip)) + " finished earlier (skipped); " +
-         std::to_string(plan.count(runtime::ItemState::kBlocked)) + " blocked by existing files\n";
+         std::to_string(plan.count(runtime::ItemState::kBlocked)) + " blocked by existing files";
+  if (const int64_t others = plan.count(runtime::ItemState::kOtherShard); others > 0) {
+    out += "; " + std::to_string(others) + " other shards' image(s) not listed";
+  }
+  out += "\n";
   return out;
 }
 

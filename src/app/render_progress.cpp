@@ -40,7 +40,8 @@ bool use_color() {
   return stderr_is_terminal() && (no_color == nullptr || *no_color == '\0');
 }
 
-std::unique_ptr<runtime::Progress> make_progress(const ProgressOptions& o, std::function<int64_t()> device_bytes) {
+std::unique_ptr<runtime::Progress> make_progress(const ProgressOptions& o, std::function<int64_t()> device_bytes,
+                                                 std::function<std::string()> detail) {
   std::string mode = o.mode;
   if (mode == "auto") mode = stderr_is_terminal() ? "bar" : "log";
   const bool quiet = log::level() >= log::Level::kWarn;
@@ -48,6 +49,7 @@ std::unique_ptr<runtime::Progress> make_progress(const ProgressOptions& o, std::
   runtime::ProgressOptions p;
   p.interval_s = o.interval_s;
   p.device_bytes = std::move(device_bytes);
+  p.detail = std::move(detail);
   if (mode == "bar") {
     p.style = runtime::ProgressStyle::kLive;
     p.live = [](const std::string& text) { log::set_status(text); };

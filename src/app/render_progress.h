@@ -26,8 +26,10 @@ bool use_color();
 
 // The display the options ask for: auto = bar on a terminal, log otherwise; none under -q (quiet
 // log level) unless json was asked for explicitly. json events go to stdout, one per line, flushed.
-// `device_bytes`: memory in use now (shown on the bar and the log lines). Null for none.
+// `device_bytes`: memory in use now (shown on the bar and the log lines). Null for none. `detail`: more
+// text for the line (a --devices parent's workers). Null for none.
 std::unique_ptr<runtime::Progress> make_progress(const ProgressOptions& options,
-                                                 std::function<int64_t()> device_bytes);
+                                                 std::function<int64_t()> device_bytes,
+                                                 std::function<std::string()> detail = nullptr);
 
 }  // namespace fluxbatch::app

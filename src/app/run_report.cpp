@@ -29,7 +29,7 @@ void log_lines(const std::string& text) {
 
 void report_run(const runtime::RunSummary& summary, const runtime::StageClock& clock,
                 const std::optional<RenderMemory::Facts>& device, const std::string& device_name,
-                const io::CacheStore* cache, const std::string& output_dir) {
+                const io::CacheStore* cache, const std::string& output_dir, const std::string& worker) {
   const std::vector<runtime::StageTime> times = clock.totals();
   const double wall = clock.since_start();
   const double per_hour = wall > 0.0 ? 3600.0 * static_cast<double>(summary.rendered) / wall : 0.0;
@@ -70,6 +70,10 @@ void report_run(const runtime::RunSummary& summary, const runtime::StageClock& c
   s.blocked = summary.blocked;
   s.not_started = summary.not_started;
   s.oom_retries = summary.oom_retries;
+  s.worker = worker;
+  s.done_elsewhere = summary.done_elsewhere;
+  s.other_shard = summary.other_shard;
+  s.taken_over = summary.taken_over;
   s.interrupted = summary.interrupted;
   s.seconds = summary.seconds;
   s.wall_s = wall;

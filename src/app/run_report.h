@@ -14,8 +14,9 @@ namespace fluxbatch::app {
 
 // `device`: what the device side measured; none when nothing needed it (every image finished
 // earlier or came from the image cache). `cache`: the cache's directory and counts, when one was used.
+// `worker`: this worker's name when a --devices parent started it ("" otherwise).
 void report_run(const runtime::RunSummary& summary, const runtime::StageClock& clock,
                 const std::optional<RenderMemory::Facts>& device, const std::string& device_name,
-                const io::CacheStore* cache, const std::string& output_dir);
+                const io::CacheStore* cache, const std::string& output_dir, const std::string& worker = "");
 
 }  // namespace fluxbatch::app

@@ -65,6 +65,15 @@ void info(const std::string& m) { emit(Level::kInfo, "info ", m); }
 void warn(const std::string& m) { emit(Level::kWarn, "warn ", m); }
 void error(const std::string& m) { emit(Level::kError, "error", m); }
 
+void passthrough(const std::string& line) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!g_status.empty()) std::fputs(kEraseLine, stderr);
+  std::fputs(line.c_str(), stderr);
+  std::fputc('\n', stderr);
+  if (!g_status.empty()) std::fputs(g_status.c_str(), stderr);
+  std::fflush(stderr);
+}
+
 void set_color(bool on) { g_color.store(on); }
 bool color() { return g_color.load(); }
 

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <system_error>
 
 #include "fluxbatch/core/error.h"
@@ -109,6 +111,31 @@ void write_file_atomic(const std::string& path, std::string_view bytes, bool rep
     fail(path, "rename from " + temp + " failed", err);
   }
   fsync_directory(target.parent_path(), path);
+}
+
+std::string create_once(const std::string& path, std::string_view bytes) {
+  const fs::path target(path);
+  const std::string temp = temp_path_for(target);
+  const int fd = detail::open_for_writing(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path, "cannot create temporary file " + temp, errno);
+  try {
+    write_all(fd, bytes, path);
+    if (::fsync(fd) != 0) fail(path, "fsync failed", errno);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(temp.c_str());
+    throw;
+  }
+  ::close(fd);
+  const int linked = ::link(temp.c_str(), path.c_str());
+  const int err = errno;
+  ::unlink(temp.c_str());
+  if (linked != 0 && err != EEXIST) fail(path, "link from " + temp + " failed", err);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw OutputError("cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 void check_writable_directory(const std::string& dir) {

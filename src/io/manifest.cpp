@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -15,6 +16,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/output_fault.h"
+#include "io/manifest_scan.h"
 #include "io/write_faults.h"
 
 namespace fluxbatch::io {
@@ -47,6 +49,9 @@ bool ends_torn(int fd) {
   char last = '\n';
   return ::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n';
 }
+
+// flock's answers on a filesystem that cannot lock at all (network mounts without a lock service).
+bool lock_unsupported(int err) { return err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL; }
 
 void write_all(int fd, const std::string& bytes, const std::string& path) {
   size_t done = 0;
@@ -130,6 +135,10 @@ std::string summary_line(const ManifestSummary& s) {
                     {"alloc_retries", s.alloc_retries},
                     {"stages", stages}}},
                   {"finished_at", s.finished_at}};
+  if (!s.worker.empty()) j["worker"] = s.worker;
+  if (s.done_elsewhere > 0) j["done_elsewhere"] = s.done_elsewhere;
+  if (s.other_shard > 0) j["other_shard"] = s.other_shard;
+  if (s.taken_over > 0) j["taken_over"] = s.taken_over;
   if (!s.cache.dir.empty()) {
     j["cache"] = {{"dir", s.cache.dir},       {"hits", s.cache.hits},       {"misses", s.cache.misses},
                   {"stored", s.cache.stored}, {"corrupt", s.cache.corrupt}, {"evicted", s.cache.evicted},
@@ -204,26 +213,10 @@ std::string utc_timestamp() {
 
 ManifestContents read_manifest(const std::string& path) {
   ManifestContents out;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (::access(path.c_str(), F_OK) != 0) return out;  // no manifest yet
-    throw OutputError("cannot read manifest " + path);
-  }
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    if (line.empty()) continue;
-    try {
-      const json j = parse_object(line);
-      if (j.contains("event")) {
-        ++out.events;
-        continue;
-      }
-      out.entries.push_back(entry_from_json(j));
-    } catch (const InputError& e) {
-      out.skipped.push_back(path + ":" + std::to_string(number) + ": " + e.what());
-    }
-  }
-  if (in.bad()) throw OutputError("cannot read manifest " + path);
+  ManifestReader reader(path);
+  reader.read([&out](const ManifestEntry& e, int64_t) { out.entries.push_back(e); }, &out.skipped,
+              /*unterminated=*/true);
+  out.events = reader.events();
   return out;
 }
 
@@ -233,34 +226,38 @@ void ManifestWriter::open() {
   // Read access too: ends_torn() peeks at the last byte.
   fd_ = detail::open_for_writing(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path_, "cannot open for appending (the output directory must be writable)");
-  if (detail::lock_file(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) {
-      // Network filesystems without a lock service: the run works, only its guard against a second run is gone.
-      log::warn("manifest " + path_ + ": this filesystem cannot lock files (" + std::strerror(err) +
-                "); do not start a second run on this output directory while this one runs");
-    } else {
-      ::close(fd_);
-      fd_ = -1;
-      errno = err;
-      if (err == EWOULDBLOCK) {
-        throw OutputError("manifest " + path_ + " is in use by another fluxbatch run on the same output directory");
-      }
-      fail(path_, "cannot lock");
-    }
+  if (!can_lock_) return;
+  // Find out now, before any image is rendered, whether this filesystem can lock files at all. Another
+  // writer holding the lock (EWOULDBLOCK) is normal: appends wait their turn.
+  if (detail::lock_file(fd_, LOCK_SH | LOCK_NB) == 0) {
+    ::flock(fd_, LOCK_UN);
+    return;
   }
-  try {
-    if (ends_torn(fd_)) write_all(fd_, "\n", path_);
-  } catch (...) {
-    ::close(fd_);
-    fd_ = -1;
-    throw;
+  const int err = errno;
+  if (err == EWOULDBLOCK || err == EINTR) return;
+  if (lock_unsupported(err)) {
+    warn_unlocked(err);
+    return;
   }
+  ::close(fd_);
+  fd_ = -1;
+  errno = err;
+  fail(path_, "cannot lock");
+}
+
+// Network filesystems without a lock service: the run works, but lines of several writers appending at
+// the same moment are no longer kept apart.
+void ManifestWriter::warn_unlocked(int err) {
+  can_lock_ = false;
+  log::warn("manifest " + path_ + ": this filesystem cannot lock files (" + std::strerror(err) +
+            "); run only one fluxbatch worker on this output directory at a time");
 }
 
 ManifestWriter::~ManifestWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
+
+std::unique_lock<std::mutex> ManifestWriter::hold() { return std::unique_lock<std::mutex>(mutex_); }
 
 // Appends to the file we hold would vanish with it if someone deleted or replaced the manifest while
 // the job runs: start a new one at the path instead (a re-run restores the lines of images already
@@ -277,11 +274,35 @@ void ManifestWriter::reopen_if_replaced() {
 }
 
 void ManifestWriter::append_line(const std::string& line) {
+  std::lock_guard<std::mutex> in_process(mutex_);
   reopen_if_replaced();
+  bool locked = false;
+  while (can_lock_ && !locked) {
+    if (detail::lock_file(fd_, LOCK_EX) == 0) {
+      locked = true;
+    } else if (errno != EINTR) {
+      const int err = errno;
+      if (!lock_unsupported(err)) {
+        errno = err;
+        fail(path_, "cannot lock");
+      }
+      warn_unlocked(err);
+    }
+  }
+  struct Unlock {
+    int fd;
+    bool locked;
+    ~Unlock() {
+      if (locked) ::flock(fd, LOCK_UN);
+    }
+  } unlock{fd_, locked};
+  // Measured under the lock: where this line begins, whatever other writers appended before.
   struct stat st {};
   const bool sized = ::fstat(fd_, &st) == 0;
+  // A writer killed mid-line left a torn line: end it, so this entry starts on its own line.
+  const std::string text = ends_torn(fd_) ? "\n" + line + "\n" : line + "\n";
   try {
-    write_all(fd_, line + "\n", path_);
+    write_all(fd_, text, path_);
     if (::fsync(fd_) != 0) fail(path_, "fsync failed");
   } catch (...) {
     // No torn line stays behind (disk full mid-line): cut the file back to where this line began.
@@ -295,5 +316,76 @@ void ManifestWriter::append_line(const std::string& line) {
 void ManifestWriter::append(const ManifestEntry& entry) { append_line(manifest_line(entry)); }
 
 void ManifestWriter::append_summary(const ManifestSummary& summary) { append_line(summary_line(summary)); }
+
+ManifestReader::ManifestReader(std::string path) : path_(std::move(path)) {}
+
+size_t ManifestReader::take_lines(const std::string& buffer, int64_t pos,
+                                  const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                                  std::vector<std::string>* skipped) {
+  size_t start = 0;
+  for (size_t end = buffer.find('\n'); end != std::string::npos; end = buffer.find('\n', start)) {
+    const std::string_view line(buffer.data() + start, end - start);
+    const int64_t line_offset = pos + static_cast<int64_t>(start);
+    ++line_number_;
+    start = end + 1;
+    if (line.empty()) continue;
+    switch (detail::scan_manifest_line(line, entry_)) {  // the lines fluxbatch writes, fast
+      case detail::ScanResult::kEntry:
+        on_entry(entry_, line_offset);
+        continue;
+      case detail::ScanResult::kEvent:
+        ++events_;
+        continue;
+      case detail::ScanResult::kDeclined:
+        break;
+    }
+    try {  // anything else, or a problem: the full parser decides, and names the problem
+      const json j = parse_object(line);
+      if (j.contains("event")) {
+        ++events_;
+        continue;
+      }
+      on_entry(entry_from_json(j), line_offset);
+    } catch (const InputError& e) {
+      if (skipped != nullptr) skipped->push_back(path_ + ":" + std::to_string(line_number_) + ": " + e.what());
+    }
+  }
+  return start;
+}
+
+void ManifestReader::read(const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                          std::vector<std::string>* skipped, bool unterminated) {
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return;  // no manifest yet
+    fail(path_, "cannot open for reading");
+  }
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) fail(path_, "cannot stat");
+  if (static_cast<int64_t>(st.st_size) <= offset_) return;  // nothing new: the common case of a refresh
+  std::string buffer;
+  // Big enough for a whole manifest of a large job in few reads, no bigger than what is new.
+  std::vector<char> chunk(static_cast<size_t>(std::min<int64_t>(int64_t{4} << 20, st.st_size - offset_ + 1)));
+  int64_t pos = offset_;  // file offset of buffer[0]
+  for (;;) {
+    const ssize_t n = ::pread(fd, chunk.data(), chunk.size(), pos + static_cast<int64_t>(buffer.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(path_, "read failed");
+    if (n == 0) break;
+    buffer.append(chunk.data(), static_cast<size_t>(n));
+    const size_t start = take_lines(buffer, pos, on_entry, skipped);
+    buffer.erase(0, start);
+    pos += static_cast<int64_t>(start);
+  }
+  if (unterminated && !buffer.empty()) {  // a last line without its newline: read as it is
+    buffer += '\n';
+    pos += static_cast<int64_t>(take_lines(buffer, pos, on_entry, skipped)) - 1;
+  }
+  offset_ = pos;  // a last line without its newline is read again next time
+}
 
 }  // namespace fluxbatch::io

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <string_view>
 #include <unordered_map>
 
 #include "fluxbatch/job/job_loader.h"
@@ -78,12 +79,41 @@ class Expander {
       return {};
     }
     std::vector<RenderItem> items;
+    // Reserved once: owners_ keeps views of the items' file names, which must not move while it lives.
     items.reserve(static_cast<size_t>(total));
+    owners_.reserve(static_cast<size_t>(total));  // no rehashing of a million names
     for (auto& item : resolved) expand(item, &items);
-    std::stable_sort(items.begin(), items.end(), [](const RenderItem& a, const RenderItem& b) {
-      return a.priority > b.priority;
-    });
+    owners_.clear();
+    sort_by_priority(items);
     return items;
+  }
+
+  // Render order: a stable sort by priority, descending. Done on indices and applied in place, so a job
+  // of a million images needs no second copy of its items; nothing to do when all share one priority.
+  static void sort_by_priority(std::vector<RenderItem>& items) {
+    const auto higher = [](const RenderItem& a, const RenderItem& b) { return a.priority > b.priority; };
+    if (std::is_sorted(items.begin(), items.end(), higher)) return;
+    std::vector<size_t> order(items.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&items](size_t a, size_t b) { return items[a].priority > items[b].priority; });
+    // items[j] must become the item now at order[j]: follow each cycle of the permutation once.
+    std::vector<bool> placed(items.size(), false);
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (placed[i] || order[i] == i) continue;
+      RenderItem first = std::move(items[i]);
+      size_t j = i;
+      for (;;) {
+        placed[j] = true;
+        const size_t from = order[j];
+        if (from == i) {
+          items[j] = std::move(first);
+          break;
+        }
+        items[j] = std::move(items[from]);
+        j = from;
+      }
+    }
   }
 
  private:
@@ -134,14 +164,17 @@ class Expander {
       render.params = item.params;
       render.params.seed = base_seed + static_cast<uint64_t>(copy);
       render.file = format_name(*item.name_template, render);
-      if (!claim_file(render, raw_item)) return;
       out->push_back(render);
+      if (!claim_file(out->back(), raw_item)) {
+        out->pop_back();
+        return;
+      }
     }
   }
 
   // Records render.file as taken; reports the first collision of an item and stops its copies.
   bool claim_file(const RenderItem& render, const RawItem& raw_item) {
-    const auto [owner, inserted] = owners_.emplace(render.file, Owner{&raw_item, render.copy});
+    const auto [owner, inserted] = owners_.emplace(std::string_view(render.file), Owner{&raw_item, render.copy});
     if (inserted) return true;
     std::string other = owner->second.item == &raw_item ? "copy " : owner->second.item->label;
     if (owner->second.item == &raw_item) {
@@ -167,7 +200,7 @@ class Expander {
   const LoadOptions& options_;
   DiagnosticSink& sink_;
   int64_t next_index_ = 0;
-  std::unordered_map<std::string, Owner> owners_;
+  std::unordered_map<std::string_view, Owner> owners_;  // views of the expanded items' own names
 };
 
 }  // namespace

@@ -11,16 +11,25 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <thread>
+#include <condition_variable>
+#include <mutex>
+#include <string_view>
 #include <unordered_map>
+
+#include <unistd.h>
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/atomic_file.h"
+#include "fluxbatch/io/claim_store.h"
 #include "fluxbatch/io/output_fault.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
+#include "fluxbatch/runtime/execution/claimed_work.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/execution/ordered_queue.h"
+#include "fluxbatch/runtime/execution/resume_index.h"
 #include "fluxbatch/runtime/oom.h"
 
 namespace fluxbatch::runtime {
@@ -52,33 +61,9 @@ std::unordered_map<std::string, const io::ManifestEntry*> last_ok_lines(const io
   return out;
 }
 
-// The LoRAs recorded in a manifest line are the item's: same files (by content) at the same scales.
-bool same_loras(const std::vector<job::LoraRef>& loras, const std::vector<io::ManifestLora>& recorded) {
-  if (loras.size() != recorded.size()) return false;
-  for (size_t i = 0; i < loras.size(); ++i) {
-    job::LoraRef r;
-    r.path = recorded[i].path;
-    r.scale = recorded[i].scale;
-    r.sha256 = recorded[i].sha256;
-    if (!loras[i].same_as(r)) return false;
-  }
-  return true;
-}
-
-bool same_params(const job::RenderItem& item, const io::ManifestEntry& e, const std::optional<std::string>& model) {
-  const job::RenderParams& p = item.params;
-  return same_loras(p.loras, e.loras) && e.prompt == item.prompt && e.seed == p.seed && e.width == p.width && e.height == p.height &&
-         e.steps == p.steps && e.guidance == p.guidance && e.max_sequence_length == p.max_sequence_length &&
-         (!model || e.model == *model);
-}
-
-bool finished(const job::RenderItem& item, const std::string& output_dir,
-              const std::unordered_map<std::string, const io::ManifestEntry*>& ok_lines,
-              const std::optional<std::string>& model) {
-  const auto it = ok_lines.find(item.file);
-  if (it == ok_lines.end() || !same_params(item, *it->second, model)) return false;
+bool is_file(const std::string& path) {
   std::error_code ec;
-  return fs::is_regular_file(output_path(output_dir, item.file), ec);
+  return fs::is_regular_file(path, ec);
 }
 
 std::vector<io::PngText> png_text(const job::RenderItem& item, const std::string& model) {
@@ -116,15 +101,14 @@ bool png_written_for(const job::RenderItem& item, const std::string& path, const
   return json && parameters;
 }
 
-PlannedItem plan_item(const job::RenderItem& item, const std::string& output_dir, bool overwrite,
-                      const std::unordered_map<std::string, const io::ManifestEntry*>& ok_lines,
-                      const std::optional<std::string>& model) {
+PlannedItem plan_item(const job::RenderItem& item, size_t position, const std::string& output_dir, bool overwrite,
+                      const ResumeIndex& index, const std::optional<std::string>& model) {
   if (overwrite) return {&item, ItemState::kRender, ""};
-  if (finished(item, output_dir, ok_lines, model)) {
+  const std::string path = output_path(output_dir, item.file);
+  if (index.ok_line_matches(position) && is_file(path)) {
     return {&item, ItemState::kSkip, "finished earlier (image and manifest line match)"};
   }
   std::error_code ec;
-  const std::string path = output_path(output_dir, item.file);
   if (fs::exists(path, ec)) {
     if (png_written_for(item, path, model)) {
       return {&item, ItemState::kSkip,
@@ -138,28 +122,15 @@ PlannedItem plan_item(const job::RenderItem& item, const std::string& output_dir
 }
 
 void check_unique_files(const job::JobSpec& spec) {
-  std::map<std::string, const job::RenderItem*> seen;
+  std::unordered_map<std::string_view, const job::RenderItem*> seen;  // views of the spec's own strings
+  seen.reserve(spec.items.size());
   for (const job::RenderItem& item : spec.items) {
-    const auto [it, inserted] = seen.emplace(item.file, &item);
+    const auto [it, inserted] = seen.emplace(std::string_view(item.file), &item);
     if (!inserted) {
       throw InputError(item.location + ": output file " + item.file + " is also written by the item at " +
                        it->second->location);
     }
   }
-}
-
-bool same_loras(const job::RenderItem& a, const job::RenderItem& b) {
-  const auto& x = a.params.loras;
-  const auto& y = b.params.loras;
-  return x.size() == y.size() && std::equal(x.begin(), x.end(), y.begin(),
-                                            [](const job::LoraRef& l, const job::LoraRef& r) { return l.same_as(r); });
-}
-
-bool batchable(const job::RenderItem& a, const job::RenderItem& b, bool group_by_loras) {
-  if (group_by_loras && !same_loras(a, b)) return false;
-  return a.params.width == b.params.width && a.params.height == b.params.height &&
-         a.params.steps == b.params.steps && a.params.max_sequence_length == b.params.max_sequence_length &&
-         a.priority == b.priority;
 }
 
 using BatchFor = std::function<int(const job::RenderItem&)>;
@@ -206,12 +177,13 @@ std::vector<std::vector<const job::RenderItem*>> make_batches(const std::vector<
 class Run {
  public:
   Run(const std::string& output_dir, const RunnerOptions& options, ImageGenerator& generator,
-      io::ManifestWriter& manifest, RunSummary& summary, int64_t to_render)
+      io::ManifestWriter& manifest, io::ClaimStore& claims, RunSummary& summary, int64_t to_render)
       : output_dir_(output_dir),
         overwrite_(options.overwrite),
         generator_(generator),
         model_(generator.model_description()),
         manifest_(manifest),
+        claims_(claims),
         summary_(summary),
         to_render_(to_render),
         batch_size_(options.batch_size),
@@ -222,9 +194,8 @@ class Run {
         image_cache_(options.image_cache),
         queue_(std::max(0, options.write_threads), std::max<int64_t>(1, options.write_queue_bytes)) {}
 
-  void record_blocked(const PlannedItem& planned) {
-    const job::RenderItem* item = planned.item;
-    const std::string reason = planned.reason;
+  // The item's claim is held; the commit writes its failed line and releases it.
+  void record_blocked(const job::RenderItem* item, const std::string& reason) {
     queue_.submit(0, [] {}, [this, item, reason] {
       ++summary_.blocked;
       summary_.failures.push_back(item->file + ": " + reason);
@@ -232,17 +203,16 @@ class Run {
       io::ManifestEntry e = entry_for(*item, 0);
       e.status = io::ManifestStatus::kFailed;
       e.error = reason;
-      manifest_.append(e);
+      record(*item, e);
     });
   }
 
-  void restore_line(const PlannedItem& planned) {
-    const job::RenderItem* item = planned.item;
-    const std::string reason = planned.reason;
+  // As record_blocked, for a PNG whose line a kill prevented.
+  void restore_line(const job::RenderItem* item, const std::string& reason) {
     queue_.submit(0, [] {}, [this, item, reason] {
       ++summary_.restored;
       log::info(item->file + ": " + reason);
-      manifest_.append(entry_for(*item, 0));  // batch size 0: not known any more
+      record(*item, entry_for(*item, 0));  // batch size 0: not known any more
     });
   }
 
@@ -439,6 +409,22 @@ class Run {
     return e;
   }
 
+  // Only inside commits: the item's line, then its claim released. A worker stalled past its lease may
+  // find its claim taken over: the new owner decides the image's line, so this one writes none (its
+  // PNG, written atomically, has the same bytes).
+  void record(const job::RenderItem& item, const io::ManifestEntry& e) {
+    if (!claims_.holds(item.file)) {
+      ++summary_.lost_claims;
+      const std::optional<io::ClaimOwner> owner = claims_.owner_of(item.file);
+      log::warn(item.file + ": its claim was taken over" + (owner ? " by " + io::describe(*owner) : std::string()) +
+                " while this worker had it (stalled past the lease?); its manifest line is left to that worker");
+      claims_.release(item.file);
+      return;
+    }
+    manifest_.append(e);
+    claims_.release(item.file);
+  }
+
   // Only inside commits (they are serialised).
   std::string progress() const {
     return "[" + std::to_string(summary_.rendered + summary_.failed) + "/" + std::to_string(to_render_) + "] ";
@@ -470,7 +456,7 @@ class Run {
     e.status = io::ManifestStatus::kFailed;
     e.error = reason;
     e.timings = timings;
-    manifest_.append(e);
+    record(item, e);
     notify(item, false, reason, timings);
   }
 
@@ -563,7 +549,7 @@ class Run {
     e.cached = cached;
     ++summary_.rendered;  // the image is on disk; should its line fail, a re-run restores it from the PNG
     if (cached) ++summary_.cached;
-    manifest_.append(e);
+    record(item, e);
     log::info(progress() + output_path(output_dir_, item.file) +
               (cached ? std::string(" (from the image cache)") : " (" + format_seconds(w.generate_s) + ")"));
     notify(item, true, "", e.timings, cached);
@@ -574,6 +560,7 @@ class Run {
   ImageGenerator& generator_;
   std::string model_;
   io::ManifestWriter& manifest_;
+  io::ClaimStore& claims_;
   RunSummary& summary_;
   int64_t to_render_ = 0;
   int batch_size_ = 1;
@@ -587,34 +574,40 @@ class Run {
   OrderedQueue queue_;
 };
 
-// io::write_file_atomic's temporaries (".<name>.tmp-<pid>-...") that a killed run left next to
-// the job's outputs. Only called while holding the manifest lock, so no live run owns them.
-void remove_stale_temporaries(const job::JobSpec& spec, const std::string& output_dir) {
-  std::map<fs::path, std::vector<std::string>> prefixes;  // directory -> ".<name>.tmp-"
+// io::write_file_atomic's temporaries (".<name>.tmp-<pid>-...") that a killed run left next to the job's
+// outputs. A temporary is written only by the worker holding its image's claim, so one whose image no
+// live worker holds has no writer any more.
+void remove_stale_temporaries(const job::JobSpec& spec, const std::string& output_dir, const io::ClaimStore& claims) {
+  // directory -> file name -> item (views of the spec's strings: a million images stay cheap)
+  std::unordered_map<std::string, std::unordered_map<std::string_view, const job::RenderItem*>> by_dir;
   for (const job::RenderItem& item : spec.items) {
-    const fs::path path = output_path(output_dir, item.file);
-    prefixes[path.parent_path()].push_back("." + path.filename().string() + ".tmp-");
+    const std::string_view file(item.file);
+    const size_t slash = file.rfind('/');
+    const std::string dir = slash == std::string_view::npos ? std::string() : std::string(file.substr(0, slash));
+    by_dir[dir].emplace(slash == std::string_view::npos ? file : file.substr(slash + 1), &item);
   }
-  prefixes[fs::path(output_dir)].push_back(".fluxbatch-write-check.tmp-");  // io::check_writable_directory
-  for (const auto& [dir, names] : prefixes) {
+  for (const auto& [dir, names] : by_dir) {
     std::error_code ec;
-    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    for (fs::directory_iterator it(fs::path(output_dir) / dir, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string name = it->path().filename().string();
-      for (const std::string& prefix : names) {
-        if (name.rfind(prefix, 0) != 0) continue;
-        std::error_code remove_ec;
-        if (fs::remove(it->path(), remove_ec)) log::debug("removed " + it->path().string() + " (interrupted write)");
-        break;
-      }
+      const size_t tmp = name.rfind(".tmp-");
+      if (name.empty() || name[0] != '.' || tmp == std::string::npos || tmp < 1) continue;
+      const auto found = names.find(std::string_view(name).substr(1, tmp - 1));
+      if (found == names.end() || claims.live_claim(found->second->file)) continue;
+      std::error_code remove_ec;
+      if (fs::remove(it->path(), remove_ec)) log::debug("removed " + it->path().string() + " (interrupted write)");
     }
+  }
+  // io::check_writable_directory's probes: created and removed at once, so any left belong to a killed run.
+  std::error_code ec;
+  for (fs::directory_iterator it(output_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename().string().rfind(".fluxbatch-write-check.tmp-", 0) != 0) continue;
+    std::error_code remove_ec;
+    fs::remove(it->path(), remove_ec);
   }
 }
 
-void prepare_generator(const std::vector<PlannedItem>& plan, ImageGenerator& generator) {
-  std::vector<const job::RenderItem*> items;
-  for (const PlannedItem& planned : plan) {
-    if (planned.state == ItemState::kRender) items.push_back(planned.item);
-  }
+void prepare_generator(const std::vector<const job::RenderItem*>& items, ImageGenerator& generator) {
   if (items.empty()) return;
   try {
     generator.prepare(items);
@@ -642,37 +635,63 @@ bool stop_requested(const RunnerOptions& options) { return options.stop != nullp
   throw ModelError(message);
 }
 
-void render_all(const JobPlan& plan, const RunnerOptions& options, ImageGenerator& generator, Run& run,
-                int64_t to_render) {
-  // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
-  std::vector<PlannedItem> work = plan.items;
-  if (options.image_cache != nullptr) {
-    int64_t hits = 0;
-    for (PlannedItem& planned : work) {
-      if (planned.state != ItemState::kRender || stop_requested(options)) continue;
-      std::optional<std::string> png = options.image_cache->find(*planned.item);
-      if (!png) continue;
-      run.copy_cached(*planned.item, std::move(*png));
-      planned.state = ItemState::kSkip;
-      ++hits;
+// Sleeps `seconds`, waking early when a stop is requested.
+void nap(const RunnerOptions& options, double seconds) {
+  const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < until && !stop_requested(options)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+// Once a stop is requested, gives the run grace_s seconds; past that it holds the manifest (no append
+// is under way or starts), releases every claim and calls on_abandon, which ends the process.
+class GraceWatchdog {
+ public:
+  GraceWatchdog(const RunnerOptions& options, io::ManifestWriter& manifest, io::ClaimStore& claims) {
+    if (options.stop == nullptr || options.grace_s < 0.0 || !options.on_abandon) return;
+    thread_ = std::thread([this, &options, &manifest, &claims] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      while (!done_ && !options.stop->load()) wake_.wait_for(lock, std::chrono::milliseconds(50));
+      if (done_) return;
+      if (wake_.wait_for(lock, std::chrono::duration<double>(options.grace_s), [this] { return done_; })) return;
+      log::warn("grace time of " + format_seconds(options.grace_s) +
+                " is over: abandoning the images in hand (their claims are released; a re-run renders them)");
+      const auto held = manifest.hold();
+      claims.release_all();
+      options.on_abandon();
+    });
+  }
+  ~GraceWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
     }
-    log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
-              " image(s) found, copied instead of rendered");
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
   }
-  if (!stop_requested(options)) prepare_generator(work, generator);
-  // After prepare(): the generator may plan its memory (and so the batch per shape) there.
-  const auto batches = make_batches(work, options.batch_size, options.batch_for, options.group_by_loras);
-  if (!batches.empty()) {
-    int64_t images = 0;
-    for (const auto& b : batches) images += static_cast<int64_t>(b.size());
-    log::info("rendering " + std::to_string(images) + " image(s) in " + std::to_string(batches.size()) +
-              " batch(es)");
+  GraceWatchdog(const GraceWatchdog&) = delete;
+  GraceWatchdog& operator=(const GraceWatchdog&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+JobPlan plan_with(const job::JobSpec& spec, const std::string& output_dir, const ResumeIndex& index,
+                  const std::optional<std::string>& model, bool overwrite, int batch_size, const BatchFor& batch_for,
+                  bool group_by_loras, const job::Shard& shard) {
+  JobPlan plan;
+  plan.manifest_warnings = index.warnings();
+  plan.items.reserve(spec.items.size());
+  for (size_t i = 0; i < spec.items.size(); ++i) {
+    if (!shard.contains(static_cast<int64_t>(i))) {
+      plan.items.push_back({&spec.items[i], ItemState::kOtherShard, "another shard's image"});
+      continue;
+    }
+    plan.items.push_back(plan_item(spec.items[i], i, output_dir, overwrite, index, model));
   }
-  for (size_t b = 0; b < batches.size(); ++b) {
-    if (stop_requested(options)) break;
-    run.render_batch(batches[b], static_cast<int64_t>(b) + 1, static_cast<int64_t>(batches.size()));
-  }
-  run.finish_writes();
+  plan.batches = make_batches(plan.items, batch_size, batch_for, group_by_loras);
+  return plan;
 }
 
 }  // namespace
@@ -685,27 +704,20 @@ int64_t JobPlan::count(ItemState state) const {
 
 bool is_finished(const job::RenderItem& item, const std::string& output_dir, const io::ManifestContents& manifest,
                  const std::optional<std::string>& model) {
-  return finished(item, output_dir, last_ok_lines(manifest), model);
+  const auto ok_lines = last_ok_lines(manifest);
+  const auto it = ok_lines.find(item.file);
+  return it != ok_lines.end() && records(*it->second, item, model) && is_file(output_path(output_dir, item.file));
 }
 
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
                  bool overwrite, int batch_size, const std::function<int(const job::RenderItem&)>& batch_for,
-                 bool group_by_loras) {
+                 bool group_by_loras, const job::Shard& shard) {
   if (batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(batch_size));
   check_unique_files(spec);
-  JobPlan plan;
-  const io::ManifestContents manifest =
-      io::read_manifest(output_path(output_dir, io::kManifestFileName));
-  plan.manifest_warnings = manifest.skipped;
-  const auto ok_lines = last_ok_lines(manifest);
-  plan.items.reserve(spec.items.size());
-  for (const job::RenderItem& item : spec.items) {
-    plan.items.push_back(plan_item(item, output_dir, overwrite, ok_lines, model));
-  }
-  plan.batches = make_batches(plan.items, batch_size, batch_for, group_by_loras);
-  return plan;
+  ResumeIndex index(spec, output_path(output_dir, io::kManifestFileName), model);
+  index.refresh();
+  return plan_with(spec, output_dir, index, model, overwrite, batch_size, batch_for, group_by_loras, shard);
 }
-
 
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator) {
@@ -713,11 +725,12 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   const std::string model = generator.model_description();
   if (options.dry_run) {
     const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
-                                  options.group_by_loras);
+                                  options.group_by_loras, options.shard);
     RunSummary summary;
     summary.total = static_cast<int64_t>(plan.items.size());
     summary.skipped = plan.count(ItemState::kSkip);
     summary.blocked = plan.count(ItemState::kBlocked);
+    summary.other_shard = plan.count(ItemState::kOtherShard);
     summary.not_started = plan.count(ItemState::kRender);
     return summary;
   }
@@ -725,45 +738,156 @@ RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, cons
   if (options.batch_size < 1) throw InputError("--batch: must be at least 1, got " + std::to_string(options.batch_size));
   check_unique_files(spec);
   io::ensure_directory(output_dir);
-  // Lock the manifest before planning so no other run changes it between plan and render.
-  io::ManifestWriter manifest(output_path(output_dir, io::kManifestFileName));
-  remove_stale_temporaries(spec, output_dir);
-  const JobPlan plan = plan_job(spec, output_dir, model, options.overwrite, options.batch_size, options.batch_for,
-                                options.group_by_loras);
-  for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
-  for (const PlannedItem& planned : plan.items) {
-    if (planned.state == ItemState::kSkip) log::debug(planned.item->file + ": " + planned.reason);
-  }
+  const std::string manifest_path = output_path(output_dir, io::kManifestFileName);
+  io::ManifestWriter manifest(manifest_path);
+  const fs::path state_dir = fs::path(output_dir) / io::kStateDirName;
   RunSummary summary;
-  summary.total = static_cast<int64_t>(plan.items.size());
-  summary.skipped = plan.count(ItemState::kSkip);
-  const int64_t to_render = plan.count(ItemState::kRender);
-  log::info(std::to_string(to_render) + " image(s) to render, " + std::to_string(summary.skipped) +
-            " finished earlier, " + std::to_string(plan.count(ItemState::kBlocked)) + " blocked");
-  Run run(output_dir, options, generator, manifest, summary, to_render);
-  for (const PlannedItem& planned : plan.items) {
-    if (planned.state == ItemState::kBlocked) run.record_blocked(planned);
-    if (planned.restore_manifest_line) run.restore_line(planned);
-  }
-  if (options.observer != nullptr) {
-    options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
-  }
-  try {
-    render_all(plan, options, generator, run, to_render);
-  } catch (const Error& e) {
-    // The job stops. The images already handed to the output queue are written and recorded first (unless
-    // the queue itself failed: then this rethrows that same error, already in hand). Then say in the same
-    // line what the job leaves behind: the images written are kept (and in the manifest), the rest wait for
-    // a re-run.
-    try {
-      run.finish_writes();
-    } catch (...) {
+  // The claims folder goes with its last worker (one still running keeps it); so does .fluxbatch when empty.
+  struct RemoveStateDir {
+    const fs::path& dir;
+    ~RemoveStateDir() { ::rmdir(dir.c_str()); }
+  } remove_state_dir{state_dir};
+  {
+    io::ClaimStoreOptions claim_options;
+    claim_options.lease_s = options.lease_s;
+    claim_options.worker = options.worker;
+    io::ClaimStore claims((state_dir / "claims").string(), claim_options);
+    ResumeIndex index(spec, manifest_path, model, options.session_offset);
+    index.refresh();
+    remove_stale_temporaries(spec, output_dir, claims);
+    const JobPlan plan = plan_with(spec, output_dir, index, model, options.overwrite, options.batch_size,
+                                   options.batch_for, options.group_by_loras, options.shard);
+    for (const std::string& warning : plan.manifest_warnings) log::warn("skipped unreadable manifest line " + warning);
+    summary.total = static_cast<int64_t>(plan.items.size());
+    summary.skipped = plan.count(ItemState::kSkip);
+    summary.other_shard = plan.count(ItemState::kOtherShard);
+    // This run's share: what is left to render, blocked images and PNGs whose line a kill prevented.
+    std::vector<size_t> candidates;
+    int64_t to_render = 0;
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const PlannedItem& planned = plan.items[i];
+      if (planned.state == ItemState::kSkip && !planned.restore_manifest_line) {
+        log::debug(planned.item->file + ": " + planned.reason);
+        continue;
+      }
+      if (planned.state == ItemState::kOtherShard) continue;
+      candidates.push_back(i);
+      to_render += planned.state == ItemState::kRender ? 1 : 0;
     }
-    rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
-                             std::to_string(to_render - summary.rendered - summary.failed) +
-                             " left: fix the cause and run the same command again to resume");
+    log::info(std::to_string(to_render) + " image(s) to render, " + std::to_string(summary.skipped) +
+              " finished earlier, " + std::to_string(plan.count(ItemState::kBlocked)) + " blocked" +
+              (options.shard.whole() ? std::string()
+                                     : "; shard " + std::to_string(options.shard.index) + "/" +
+                                           std::to_string(options.shard.count) + " (" + options.shard.source +
+                                           "): " + std::to_string(summary.other_shard) + " image(s) are other shards'"));
+    Run run(output_dir, options, generator, manifest, claims, summary, to_render);
+    GraceWatchdog watchdog(options, manifest, claims);
+    // Decides an image just claimed, with the manifest read up to now: restore or block it, or render it.
+    const auto decide = [&](size_t position) -> Claimed {
+      const job::RenderItem& item = spec.items[position];
+      if (options.overwrite) return Claimed::kRender;
+      const std::string path = output_path(output_dir, item.file);
+      std::error_code ec;
+      if (!fs::exists(path, ec)) return Claimed::kRender;
+      const PlannedItem now = plan_item(item, position, output_dir, false, index, model);
+      if (now.state == ItemState::kSkip && !now.restore_manifest_line) return Claimed::kDoneElsewhere;
+      if (now.restore_manifest_line) {
+        run.restore_line(&item, now.reason);
+      } else {
+        run.record_blocked(&item, now.reason);
+      }
+      return Claimed::kSettled;
+    };
+    ClaimedWork work(spec, candidates, claims, index, decide, options.poll_s);
+    work.set_group_by_loras(options.group_by_loras);
+    // This worker's images not finished (by it or by others); every one is still open or was taken by it.
+    const auto left = [&] {
+      return work.open_count() + work.taken() - summary.rendered - summary.failed - summary.lost_claims;
+    };
+    try {
+      // Blocked images and lines to restore first, as a single run always did.
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        if (plan.items[candidates[c]].state != ItemState::kRender) work.take(c);
+      }
+      if (options.observer != nullptr) {
+        options.observer->job_started({summary.total, to_render, summary.skipped, plan.count(ItemState::kBlocked), 0});
+      }
+      // Images an earlier job rendered are copied from the image cache; the rest are this run's work.
+      if (options.image_cache != nullptr) {
+        int64_t hits = 0;
+        for (size_t c = 0; c < candidates.size() && !stop_requested(options); ++c) {
+          if (!work.open(c)) continue;
+          const job::RenderItem& item = spec.items[candidates[c]];
+          std::optional<std::string> png = options.image_cache->find(item);
+          if (!png || work.take(c) != Claimed::kRender) continue;
+          run.copy_cached(item, std::move(*png));
+          ++hits;
+        }
+        log::info("image cache: " + std::to_string(hits) + " of " + std::to_string(to_render) +
+                  " image(s) found, copied instead of rendered");
+      }
+      std::vector<PlannedItem> open;  // what is left, as the plan saw it: for prepare() and the batch count
+      for (size_t c = 0; c < candidates.size(); ++c) {
+        if (work.open(c)) open.push_back(plan.items[candidates[c]]);
+      }
+      if (!stop_requested(options)) {
+        std::vector<const job::RenderItem*> items;
+        for (const PlannedItem& planned : open) {
+          if (planned.state == ItemState::kRender) items.push_back(planned.item);
+        }
+        prepare_generator(items, generator);
+      }
+      // After prepare(): the generator may plan its memory (and so the batch per shape) there.
+      const auto cap = [&](const job::RenderItem& item) { return shape_batch(item, options.batch_size, options.batch_for); };
+      const auto planned_batches = static_cast<int64_t>(make_batches(open, options.batch_size, options.batch_for, options.group_by_loras).size());
+      if (!open.empty()) {
+        log::info("rendering " + std::to_string(open.size()) + " image(s) in " + std::to_string(planned_batches) +
+                  " batch(es)");
+      }
+      int64_t number = 0;
+      int64_t told_elsewhere = 0;
+      bool told_waiting = false;
+      while (!stop_requested(options)) {
+        const std::vector<const job::RenderItem*> batch = work.next_batch(cap);
+        if (options.observer != nullptr && work.done_elsewhere() != told_elsewhere) {
+          told_elsewhere = work.done_elsewhere();
+          options.observer->done_elsewhere(told_elsewhere);
+        }
+        if (batch.empty()) {
+          if (!work.others_hold_some()) break;
+          if (!told_waiting) {
+            log::info("waiting for " + std::to_string(work.held()) +
+                      " image(s) that other workers hold (taken over if their worker dies)");
+            told_waiting = true;
+          }
+          nap(options, options.poll_s);
+          continue;
+        }
+        told_waiting = false;
+        ++number;
+        run.render_batch(batch, number, std::max(number, planned_batches));
+      }
+      run.finish_writes();
+    } catch (const Error& e) {
+      // The job stops. The images already handed to the output queue are written and recorded first
+      // (unless the queue itself failed: then this rethrows that same error, already in hand); the claims
+      // of the rest go with the claim store. Then say in the same line what the job leaves behind: the
+      // images written are kept (and in the manifest), the rest wait for a re-run (or another worker).
+      try {
+        run.finish_writes();
+      } catch (...) {
+      }
+      rethrow_with_note(e, "; the job stopped with " + std::to_string(summary.rendered) + " image(s) rendered and " +
+                               std::to_string(left()) +
+                               " left: fix the cause and run the same command again to resume");
+    }
+    summary.done_elsewhere = work.done_elsewhere() + summary.lost_claims;
+    summary.taken_over = claims.taken_over();
+    summary.not_started = left();
+    if (summary.taken_over > 0) {
+      log::info("claims: " + std::to_string(summary.taken_over) + " image(s) taken over from workers that died");
+    }
   }
-  summary.not_started = to_render - summary.rendered - summary.failed;
   summary.interrupted = summary.not_started > 0;
   summary.seconds = seconds_since(start);
   return summary;

@@ -137,7 +137,8 @@ TEST_CASE("a filesystem without locks renders with a warning", "[cli][faults]") 
   CHECK(fluxbatch::io::read_manifest((dir / "out" / "manifest.jsonl").string()).entries.size() == 3);
 }
 
-// The same on a real filesystem: a 28 KiB tmpfs (room for one 64x64 PNG and the manifest, not two) in a
+// The same on a real filesystem: a 36 KiB tmpfs (room for one 64x64 PNG, the manifest and the worker's two
+// claim-store files, its heartbeat and the claim of the image in hand, one page each; not for two PNGs) in a
 // private mount namespace, grown for the re-run, then remounted read-only. Needs root (CAP_SYS_ADMIN);
 // elsewhere the test says it is skipped (the injected faults above cover the same code).
 TEST_CASE("on a real tmpfs: disk full mid-job, resume after growing it, read-only remount", "[cli][faults][tmpfs]") {
@@ -155,7 +156,7 @@ TEST_CASE("on a real tmpfs: disk full mid-job, resume after growing it, read-onl
                                  quote(fluxbatch::test::tiny_model()) + " --device cpu --batch 1 --out ";
   const std::string m = quote(mnt), r = quote(res);
   const std::string script =
-      "mount -t tmpfs -o size=28k tmpfs " + m + " || exit 99\n" +
+      "mount -t tmpfs -o size=36k tmpfs " + m + " || exit 99\n" +
       render_cmd + m + "/out > " + r + "/full.log 2>&1; echo $? > " + r + "/full.rc\n" +
       "ls -a " + m + "/out > " + r + "/full.ls\n" +
       "mount -o remount,size=4m " + m + "\n" +

@@ -1,9 +1,15 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/io/manifest.h"
@@ -121,11 +127,79 @@ TEST_CASE("a torn last line is skipped and the next append starts a fresh line",
   CHECK(fluxbatch::test::read_file(path) == whole + torn + "\n" + fluxbatch::io::manifest_line(sample(2)) + "\n");
 }
 
-TEST_CASE("a second writer on the same manifest is refused", "[io]") {
+TEST_CASE("writers in several processes and threads append whole lines, never interleaved", "[io][claims]") {
   fluxbatch::test::TempDir dir;
   const auto path = (dir / fluxbatch::io::kManifestFileName).string();
-  fluxbatch::io::ManifestWriter first(path);
-  CHECK_THROWS_WITH(fluxbatch::io::ManifestWriter(path), ContainsSubstring("in use"));
+  constexpr int kProcesses = 4;
+  constexpr int kLines = 150;
+  std::vector<pid_t> children;
+  for (int p = 0; p < kProcesses; ++p) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int code = 0;
+      try {
+        fluxbatch::io::ManifestWriter writer(path);
+        // Two threads on one writer as well: the runner's commits and the summary.
+        std::thread other([&] {
+          for (int i = 0; i < kLines / 2; ++i) writer.append(sample(p * 1000 + 500 + i));
+        });
+        for (int i = 0; i < kLines / 2; ++i) writer.append(sample(p * 1000 + i));
+        other.join();
+      } catch (...) {
+        code = 1;
+      }
+      ::_exit(code);
+    }
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  }
+  const auto contents = fluxbatch::io::read_manifest(path);
+  CHECK(contents.skipped.empty());
+  REQUIRE(contents.entries.size() == static_cast<size_t>(kProcesses * kLines));
+  std::set<int64_t> seen;
+  for (const auto& e : contents.entries) seen.insert(e.index);
+  CHECK(seen.size() == static_cast<size_t>(kProcesses * kLines));
+}
+
+TEST_CASE("ManifestReader reads only what was appended since, and waits for a line's end", "[io][claims]") {
+  fluxbatch::test::TempDir dir;
+  const auto path = dir / fluxbatch::io::kManifestFileName;
+  fluxbatch::io::ManifestReader reader(path.string());
+  std::vector<int64_t> got;
+  std::vector<int64_t> offsets;
+  const auto collect = [&](const ManifestEntry& e, int64_t offset) {
+    got.push_back(e.index);
+    offsets.push_back(offset);
+  };
+  reader.read(collect);  // no file yet
+  CHECK(got.empty());
+  const std::string line0 = fluxbatch::io::manifest_line(sample(0)) + "\n";
+  const std::string line1 = fluxbatch::io::manifest_line(sample(1)) + "\n";
+  const std::string event = "{\"event\": \"summary\"}\n";
+  fluxbatch::test::write_file(path, line0 + event + line1.substr(0, 30));
+  reader.read(collect);
+  CHECK(got == std::vector<int64_t>{0});
+  CHECK(reader.events() == 1);
+  const int64_t before = reader.offset();
+  CHECK(before == static_cast<int64_t>(line0.size() + event.size()));  // the half line is not consumed
+  fluxbatch::test::write_file(path, line0 + event + line1);
+  reader.read(collect);
+  CHECK(got == std::vector<int64_t>{0, 1});
+  CHECK(offsets == std::vector<int64_t>{0, before});
+  reader.read(collect);
+  CHECK(got.size() == 2);
+  // A line the next writer had to end (torn by a kill) is reported, not parsed.
+  fluxbatch::test::write_file(path, line0 + event + line1 + "{\"index\": 9\n");
+  std::vector<std::string> skipped;
+  reader.read(collect, &skipped);
+  CHECK(got.size() == 2);
+  REQUIRE(skipped.size() == 1);
+  CHECK_THAT(skipped[0], ContainsSubstring(":4:"));
 }
 
 TEST_CASE("ManifestWriter reports an unwritable location as OutputError", "[io]") {

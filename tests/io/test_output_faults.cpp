@@ -111,8 +111,15 @@ TEST_CASE("a manifest deleted under a running writer is started again at its pat
   const auto contents = fluxbatch::io::read_manifest(path);
   REQUIRE(contents.entries.size() == 1);
   CHECK(contents.entries[0].index == 1);
-  // The new file is locked like the first: a second writer is still refused.
-  CHECK_THROWS_WITH(fluxbatch::io::ManifestWriter(path), ContainsSubstring("in use by another fluxbatch run"));
+  // Both writers append to the new file from now on (the path, not the deleted file, is shared).
+  fluxbatch::io::ManifestWriter second(path);
+  second.append(entry(2));
+  writer.append(entry(3));
+  const auto after = fluxbatch::io::read_manifest(path);
+  CHECK(after.skipped.empty());
+  REQUIRE(after.entries.size() == 3);
+  CHECK(after.entries[1].index == 2);
+  CHECK(after.entries[2].index == 3);
 }
 
 TEST_CASE("a filesystem without locks (network mounts) works unlocked", "[io][faults]") {

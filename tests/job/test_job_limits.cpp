@@ -43,7 +43,7 @@ TEST_CASE("absurd counts are rejected before expansion", "[job]") {
   for (int i = 0; i < 1000; ++i) text += std::string(i ? "," : "") + "\"p" + std::to_string(i) + "\"";
   text += "]}";
   CHECK(problems(text) == Lines{"job.json:1:41 items: the job expands to 10000000 images (count "
-                                "copies per item); the limit is 100000"});
+                                "copies per item); the limit is 1000000"});
   CHECK(problems(R"({"items": [{"prompt": "a", "count": 100000000000}]})") ==
         Lines{"job.json:1:37 items[0].count: expected an integer from 1 to 10000, got 100000000000"});
   CHECK(seconds_since(start) < 2.0);
@@ -54,7 +54,7 @@ TEST_CASE("too many items or values give one error", "[job]") {
   std::string many = "{\"items\": [";
   for (int64_t i = 0; i <= kMaxRenderItems; ++i) many += i ? ",\"a\"" : "\"a\"";
   many += "]}";
-  CHECK(problems(many) == Lines{"job.json:1:11 items: has 100001 entries; the limit is 100000"});
+  CHECK(problems(many) == Lines{"job.json:1:11 items: has 1000001 entries; the limit is 1000000"});
   std::string values = "{\"items\": [\"a\"], \"model\": [";
   for (size_t i = 0; i < kMaxJsonValues; ++i) values += "1,";
   values += "1]}";
@@ -65,13 +65,13 @@ TEST_CASE("too many items or values give one error", "[job]") {
   std::string lines;
   for (int64_t i = 0; i <= kMaxRenderItems; ++i) lines += "p\n";
   CHECK(problems(lines, "p.txt") ==
-        Lines{"p.txt:100001: more than 100000 prompts; the limit is 100000"});
-  CHECK(seconds_since(start) < 10.0);
+        Lines{"p.txt:1000001: more than 1000000 prompts; the limit is 1000000"});
+  CHECK(seconds_since(start) < 20.0);
 }
 
 TEST_CASE("the largest allowed job expands fully and quickly", "[job]") {
   const auto start = std::chrono::steady_clock::now();
-  std::string text = "{\"defaults\": {\"count\": 10}, \"items\": [";
+  std::string text = "{\"defaults\": {\"count\": 100}, \"items\": [";
   for (int i = 0; i < 10000; ++i) {
     text += std::string(i ? "," : "") + "{\"prompt\": \"prompt number " + std::to_string(i) +
             "\", \"priority\": " + std::to_string(i % 3) + "}";

@@ -16,6 +16,10 @@ void info(const std::string& message);
 void warn(const std::string& message);
 void error(const std::string& message);
 
+// Writes `line` as it is (no time, no level; shown whatever the level): another process's log line,
+// e.g. a --devices worker's, kept above the live status line like any other.
+void passthrough(const std::string& line);
+
 // Colours the level tags (warn yellow, error red, debug dim) with ANSI escapes. Off by default; the
 // CLI turns it on for a terminal unless NO_COLOR is set (https://no-color.org) or TERM is "dumb".
 void set_color(bool on);

@@ -13,6 +13,12 @@ namespace fluxbatch::io {
 // touched (the final rename refuses to clobber it) and OutputError says it exists.
 void write_file_atomic(const std::string& path, std::string_view bytes, bool replace_existing = true);
 
+// Creates `path` holding `bytes` unless it exists: written to a temporary file, fsynced, then link()ed
+// to `path`, so of any number of processes (on one host or over NFS) exactly one creates it, and it is
+// never seen half-written. Returns what `path` holds afterwards (ours or the winner's). OutputError
+// naming `path` when it can be neither created nor read.
+std::string create_once(const std::string& path, std::string_view bytes);
+
 // ensure_directory, then creates and removes a temporary file in `dir`: OutputError (OutputFault for a
 // read-only filesystem) saying the directory is not writable, before any work is done.
 void check_writable_directory(const std::string& dir);

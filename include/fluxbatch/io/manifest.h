@@ -3,6 +3,8 @@
 // torn line; resume decisions are built on top of it (runtime/job_runner.h).
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,6 +12,9 @@
 namespace fluxbatch::io {
 
 inline constexpr const char* kManifestFileName = "manifest.jsonl";
+// Bookkeeping of the workers sharing an output directory: claims/ (io::ClaimStore) while images are
+// being rendered, and random-seeds (the base of a job's "random" seeds in this directory).
+inline constexpr const char* kStateDirName = ".fluxbatch";
 
 enum class ManifestStatus { kOk, kFailed };  // "ok" | "failed" on disk
 
@@ -92,6 +97,10 @@ struct ManifestSummary {
   ManifestWriteStats write;
   ManifestCache cache;
   int64_t oom_retries = 0;    // chunks halved after running out of memory
+  // Sharing (written only when set): the worker's name from a --devices parent, images of this run's
+  // work other workers finished, other shards' images, claims taken over from dead workers.
+  std::string worker;
+  int64_t done_elsewhere = 0, other_shard = 0, taken_over = 0;
   bool interrupted = false;
   double seconds = 0.0;
   std::string device;         // "cuda:0", "cpu"
@@ -123,10 +132,15 @@ struct ManifestContents {
 // exists but cannot be read.
 ManifestContents read_manifest(const std::string& path);
 
-// Appends lines to a manifest, creating it. Holds an exclusive lock (flock) so two runs cannot
-// interleave in one output directory (on a filesystem without locks, e.g. some network mounts, it warns
-// and goes on unlocked). If the file ends in a torn line, a newline is added first so the next entry
-// starts on its own line.
+// Appends lines to a manifest, creating it. Any number of writers (threads of one process, processes
+// on one host or on several hosts of a shared filesystem) may append to one manifest at once: every
+// line is one write() of the whole line + '\n' to a file opened O_APPEND, made while holding an
+// exclusive lock on the file (flock: on Linux NFS clients it becomes an NFS lock (NFSv4, or NLM for
+// NFSv3), and taking it makes the client re-read the file's size, so the append lands at the true end;
+// a mount with `nolock` loses that guarantee), then fsynced before the lock goes. So lines never
+// interleave or overwrite each other. If the file ends in a torn line (a writer killed mid-write), a
+// newline is added first, under the same lock, so the next entry starts on its own line. On a
+// filesystem that cannot lock files at all it warns once and appends unlocked (one worker at a time).
 class ManifestWriter {
  public:
   explicit ManifestWriter(const std::string& path);
@@ -134,21 +148,54 @@ class ManifestWriter {
   ManifestWriter(const ManifestWriter&) = delete;
   ManifestWriter& operator=(const ManifestWriter&) = delete;
 
-  // One write() of the line + '\n', then fsync. On failure the file is cut back to its previous end (no
-  // torn line left by a full disk) and OutputError names the path: io::OutputFault when the filesystem
-  // refuses writes (full, read-only, I/O error). A manifest deleted or replaced since the last append is
-  // started anew at the path, with a warning.
+  // One locked write() of the line + '\n', then fsync. On failure the file is cut back to where the line
+  // began (no torn line left by a full disk) and OutputError names the path: io::OutputFault when the
+  // filesystem refuses writes (full, read-only, I/O error). A manifest deleted or replaced since the last
+  // append is started anew at the path, with a warning.
   void append(const ManifestEntry& entry);
   void append_summary(const ManifestSummary& summary);
   const std::string& path() const { return path_; }
+  // Blocks until no append of this writer is under way and keeps further appends from starting, for
+  // as long as the returned lock lives (a process about to exit at once must not leave a torn line).
+  std::unique_lock<std::mutex> hold();
 
  private:
   void open();
   void reopen_if_replaced();
   void append_line(const std::string& line);
+  void warn_unlocked(int err);
 
   std::string path_;
   int fd_ = -1;
+  bool can_lock_ = true;  // false once the filesystem said it cannot lock files
+  std::mutex mutex_;
+};
+
+// Reads a manifest incrementally: the first read() returns every complete line, later ones only the
+// lines appended since (by this process or any other). A last line without its newline is left for
+// a later read (it is still being written), unless a newline was added after it (a torn line: then
+// it is reported unreadable). Lines with an "event" key are skipped.
+class ManifestReader {
+ public:
+  explicit ManifestReader(std::string path);
+  // Calls on_entry(entry, offset of the line) for each new item line, in file order; unreadable lines
+  // go to *skipped ("manifest.jsonl:7: <why>") when given. A missing file reads as empty; OutputError
+  // when it exists but cannot be read. unterminated: also take a last line without its newline (a
+  // one-time read of a file nobody writes).
+  void read(const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+            std::vector<std::string>* skipped = nullptr, bool unterminated = false);
+  int64_t offset() const { return offset_; }  // bytes consumed so far (complete lines)
+  int64_t events() const { return events_; }
+
+ private:
+  size_t take_lines(const std::string& buffer, int64_t pos,
+                    const std::function<void(const ManifestEntry&, int64_t offset)>& on_entry,
+                    std::vector<std::string>* skipped);
+  std::string path_;
+  int64_t offset_ = 0;
+  int64_t line_number_ = 0;
+  int64_t events_ = 0;
+  ManifestEntry entry_;  // reused: its strings keep their capacity from line to line
 };
 
 }  // namespace fluxbatch::io

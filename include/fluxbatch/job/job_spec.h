@@ -15,7 +15,7 @@ inline constexpr int kMaxSide = 4096;
 inline constexpr int kMaxSteps = 200;
 inline constexpr double kMaxGuidance = 100.0;
 inline constexpr int kMaxCount = 10000;           // copies of one item
-inline constexpr int64_t kMaxRenderItems = 100000;  // whole expanded job
+inline constexpr int64_t kMaxRenderItems = 1000000;  // whole expanded job (a farm's night)
 inline constexpr int kMaxSequenceLength = 512;    // T5 tokens
 inline constexpr uint64_t kDefaultSeed = 0;
 // LoRA multipliers: 1 is the strength a LoRA was trained at; negative values push away from it

@@ -11,6 +11,7 @@
 
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/job/shard.h"
 #include "fluxbatch/runtime/cache/image_cache.h"
 #include "fluxbatch/runtime/execution/job_observer.h"
 #include "fluxbatch/runtime/image_generator.h"
@@ -46,18 +47,35 @@ struct RunnerOptions {
   // Batches hold images of one LoRA set only (merged LoRAs: a batch runs with one set of weights). Off,
   // images with different LoRAs share batches through per-image side paths.
   bool group_by_loras = false;
+
+  // Work sharing (README "Scaling out"): every image is claimed in <output_dir>/.fluxbatch/claims before
+  // it is rendered (io::ClaimStore), so any number of runs on one output directory split the job.
+  double lease_s = 60.0;   // a claim its owner stopped renewing this long ago is taken over
+  double poll_s = 1.0;     // how often images other live workers hold are looked at again
+  std::string worker;      // this worker's name in its claims and log lines ("cuda:1", "slurm 812_3")
+  job::Shard shard;        // only the images of this shard (render-order position % count == index)
+  // Manifest lines from this byte offset on were written during this session, by any worker: an image
+  // with such a line (ok or failed) is not attempted again, also with --overwrite. -1: the manifest's
+  // size when this run planned. (A --devices parent passes its own, so its workers agree.)
+  int64_t session_offset = -1;
+  // After *stop turns true the images in hand get grace_s seconds; past that the runner gives up: it
+  // waits for any manifest append under way, releases its claims and calls on_abandon, which must not
+  // return (the CLI exits). grace_s < 0 or no on_abandon: no limit.
+  double grace_s = -1.0;
+  std::function<void()> on_abandon;
 };
 
 enum class ItemState {
   kRender,   // will be rendered
   kSkip,     // finished earlier: PNG present and its manifest line matches the item
   kBlocked,  // a file is in the way that this item did not produce; needs --overwrite
+  kOtherShard,  // another shard's image (RunnerOptions::shard)
 };
 
 struct PlannedItem {
   const job::RenderItem* item = nullptr;  // points into the JobSpec given to plan_job
   ItemState state = ItemState::kRender;
-  std::string reason;  // why skipped or blocked (for --dry-run and logs)
+  const char* reason = "";  // why skipped or blocked (for --dry-run and logs)
   // kSkip only: the PNG was written by a run killed before its manifest line (the PNG's own
   // metadata matches the item and model); run_job appends the missing line instead of rendering.
   bool restore_manifest_line = false;
@@ -85,9 +103,11 @@ bool is_finished(const job::RenderItem& item, const std::string& output_dir, con
 // to [1, batch_size]) (so batching never moves an
 // image ahead of a higher-priority one). `model` as for is_finished. InputError when two items
 // write the same file or batch_size < 1.
+// With `shard`, the other shards' images are kOtherShard.
 JobPlan plan_job(const job::JobSpec& spec, const std::string& output_dir, const std::optional<std::string>& model,
                  bool overwrite, int batch_size,
-                 const std::function<int(const job::RenderItem&)>& batch_for = {}, bool group_by_loras = false);
+                 const std::function<int(const job::RenderItem&)>& batch_for = {}, bool group_by_loras = false,
+                 const job::Shard& shard = {});
 
 struct RunSummary {
   int64_t total = 0;        // items in the job
@@ -99,6 +119,10 @@ struct RunSummary {
   int64_t oom_retries = 0;  // chunks halved after running out of memory
   int64_t restored = 0;     // of `skipped`: manifest lines restored for PNGs of a killed run
   int64_t cached = 0;       // of `rendered`: copied from the image cache instead of rendered
+  int64_t other_shard = 0;  // other shards' images (not this run's work)
+  int64_t done_elsewhere = 0;  // of this run's work: finished by other workers sharing the directory
+  int64_t taken_over = 0;   // claims taken over from dead or expired workers
+  int64_t lost_claims = 0;  // images whose claim another worker took over while this one rendered them
   bool interrupted = false;
   std::vector<std::string> failures;  // "<file>: <reason>" for failed and blocked items
   double seconds = 0.0;
@@ -112,21 +136,28 @@ struct RunSummary {
 
 // Plans `spec` (model = generator.model_description()), creates output_dir, removes temporary
 // files left by a killed run's PNG writes, calls generator.prepare() once with every item to
-// render (an out-of-memory error there is logged, each batch then encodes for itself), groups the
-// items into batches (after prepare, so options.batch_for may depend on what prepare measured), then
-// renders batch by batch through generate_each(), writing <output_dir>/<item.file> (PNG with
+// render (an out-of-memory error there is logged, each batch then encodes for itself), then renders
+// batch by batch through generate_each(), writing <output_dir>/<item.file> (PNG with
 // "parameters" and "fluxbatch" text chunks, on the output queue's threads) and appending to
 // <output_dir>/manifest.jsonl as soon as each image is written, in the order images arrived.
+// Each batch is taken just before it renders (ClaimedWork): an image is claimed in
+// <output_dir>/.fluxbatch/claims, and the manifest's new lines are read, before it is rendered, and
+// its claim is released after its line is written, so any number of runs on one output directory
+// (this process's threads excepted: one run per process) share the job: a batch starts at the first
+// image no other worker holds and takes the later ones of the same shape and priority. Images other
+// live workers hold are waited for; those of dead workers are taken over. Alone, the batches are
+// exactly those of plan_job (batch_for consulted after prepare()).
 // Out of memory (runtime::is_out_of_memory) in a call: the items of that call not yet delivered are
 // halved and retried after runtime::release_cached_memory(); an item that runs out of memory even
 // alone is recorded failed with the reason ("<error> (out of memory even alone, ...)") and the job
 // goes on. Any other exception from the generator (or from prepare()) means the model or the device
 // cannot do the work: the job stops with a ModelError / DeviceError (see runtime::throw_stage_error;
 // fluxbatch errors keep their kind), the images already handed to the output queue written, every
-// image written kept and in the manifest, the rest left for a re-run; the message ends with how many
-// were rendered and left. So does an io::OutputFault (disk full, read-only, I/O error) writing a PNG
-// or the manifest; another OutputError writing one PNG fails only that item. Finished images are
-// never redone, and since an image depends only on its own item, retries never change a result.
+// image written kept and in the manifest, the rest left for a re-run (their claims released); the
+// message ends with how many were rendered and left. So does an io::OutputFault (disk full, read-only,
+// I/O error) writing a PNG or the manifest; another OutputError writing one PNG fails only that item.
+// Finished images are never redone, and since an image depends only on its own item, retries never
+// change a result.
 RunSummary run_job(const job::JobSpec& spec, const std::string& output_dir, const RunnerOptions& options,
                    ImageGenerator& generator);
 

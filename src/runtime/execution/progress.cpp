@@ -96,7 +96,7 @@ std::string Progress::status_text() const {
 std::string Progress::status_locked(double t) const {
   char buf[96];
   std::string out;
-  const int64_t finished = done_;
+  const int64_t finished = done_ + elsewhere_;
   std::snprintf(buf, sizeof buf, "%lld/%lld images", static_cast<long long>(finished),
                 static_cast<long long>(to_render_));
   out += buf;
@@ -104,6 +104,7 @@ std::string Progress::status_locked(double t) const {
     std::snprintf(buf, sizeof buf, " (%d%%)", static_cast<int>(100 * finished / to_render_));
     out += buf;
   }
+  if (elsewhere_ > 0) out += ", " + std::to_string(elsewhere_) + " by other workers";
   if (failed_ > 0) out += ", " + std::to_string(failed_) + " failed";
   if (cached_ > 0) out += ", " + std::to_string(cached_) + " from cache";
   if (in_batch_) {
@@ -119,9 +120,15 @@ std::string Progress::status_locked(double t) const {
   } else if (const char* doing = stage_doing(stage_); *doing != '\0') {
     out += std::string(" | ") + doing;
   }
-  // Rate: rendered images (not those served from the cache) since the first batch began.
+  if (options_.detail) {
+    const std::string detail = options_.detail();
+    if (!detail.empty()) out += " | " + detail;
+  }
+  // Rate: rendered images (not those served from the cache) since the first batch began; with other
+  // workers, theirs too (the ETA is the job's).
   const int64_t rendered = finished - cached_;
-  const double rendering = render_start_ >= 0.0 ? t - render_start_ : 0.0;
+  // (No batch of its own, as for a --devices parent: since the start.)
+  const double rendering = t - (render_start_ >= 0.0 ? render_start_ : start_);
   double per_image = -1.0;
   if (rendered > 0 && rendering > 0.0) {
     per_image = rendering / static_cast<double>(rendered);
@@ -244,6 +251,14 @@ void Progress::image_finished(const ImageEvent& e) {
   if (!e.ok) event.add("error", e.error);
   event.add("done", e.done).add("to_render", e.to_render);
   emit_json(event.str());
+  draw_locked(false);
+}
+
+void Progress::done_elsewhere(int64_t images) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (images == elsewhere_) return;
+  elsewhere_ = images;
+  emit_json(io::JsonLine().add("event", "shared").add("time", now() - start_).add("done_elsewhere", images).str());
   draw_locked(false);
 }
 

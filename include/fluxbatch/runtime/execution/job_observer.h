@@ -46,6 +46,8 @@ class JobObserver {
   virtual void batch_started(const BatchEvent& /*event*/) {}
   virtual void batch_finished(const BatchEvent& /*event*/) {}
   virtual void image_finished(const ImageEvent& /*event*/) {}
+  // Images of this run's work that other workers sharing the output directory finished so far.
+  virtual void done_elsewhere(int64_t /*images*/) {}
 };
 
 }  // namespace fluxbatch::runtime

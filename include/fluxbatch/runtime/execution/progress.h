@@ -27,6 +27,7 @@ struct ProgressOptions {
   // redraw at once, at most ten times a second).
   double interval_s = 30.0;
   std::function<int64_t()> device_bytes;                 // memory in use now; null or < 0: not shown
+  std::function<std::string()> detail;                   // more text for the line (e.g. the workers); "" none
   std::function<void(const std::string&)> live;          // kLive: draw the status line ("" removes it)
   std::function<void(const std::string&)> line;          // kLines: one progress line for the log
   std::function<void(const std::string&)> json;          // kJson: one event, a JSON object without newline
@@ -55,6 +56,7 @@ class Progress : public JobObserver {
   void batch_started(const BatchEvent& event) override;
   void batch_finished(const BatchEvent& event) override;
   void image_finished(const ImageEvent& event) override;
+  void done_elsewhere(int64_t images) override;
   void step(int step, int steps);             // the current batch finished denoising step `step` (1-based)
   void stage(const std::string& stage);       // "load", "encode", ... ("" between stages)
   void finish(const ProgressDone& done);      // the "done" event; the live line goes; no output after it
@@ -83,6 +85,7 @@ class Progress : public JobObserver {
   double render_start_ = -1.0;  // first batch started; -1: not yet
   double last_draw_ = -1.0;
   int64_t to_render_ = 0, skipped_ = 0, done_ = 0, failed_ = 0, cached_ = 0;
+  int64_t elsewhere_ = 0;  // of to_render_: finished by other workers sharing the output directory
   int64_t batch_ = 0, batches_ = 0;
   size_t batch_images_ = 0;
   double batch_start_ = 0.0;
