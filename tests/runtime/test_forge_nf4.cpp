@@ -21,6 +21,7 @@
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "test_support.h"
+#include "tiny_render.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::ContainsSubstring;
@@ -45,15 +46,7 @@ fs::path reference_dir(const ForgeCase& c) { return test::require_generated(kMod
 at::Tensor render(const std::string& model) {
   runtime::PipelineOptions options;
   options.dtype = at::kFloat;
-  runtime::FluxPipeline pipeline(model, options);
-  const std::vector<std::string> prompts = {"a photo of a cat", "A painting of a red house at night, oil on canvas"};
-  runtime::DenoiseRequest request;
-  request.width = 64;
-  request.height = 64;
-  request.steps = 4;
-  request.seeds = {0, 1};
-  request.guidance = {3.5, 3.5};
-  return pipeline.decode(pipeline.denoise(pipeline.encode_prompts(prompts, 512), request), 64, 64);
+  return test::render_tiny(model, options);
 }
 
 // Linears of a renamed (diffusers-named) transformer map that are NF4.

@@ -13,6 +13,7 @@
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/pipeline.h"
 #include "test_support.h"
+#include "tiny_render.h"
 
 #include <ATen/ATen.h>
 #include <catch2/catch_test_macros.hpp>
@@ -43,15 +44,7 @@ at::Tensor render(const std::string& model, bool quantize_nf4) {
   runtime::PipelineOptions options;
   options.dtype = at::kFloat;
   options.quantize_nf4 = quantize_nf4;
-  runtime::FluxPipeline pipeline(model, options);
-  const std::vector<std::string> prompts = {"a photo of a cat", "A painting of a red house at night, oil on canvas"};
-  runtime::DenoiseRequest request;
-  request.width = 64;
-  request.height = 64;
-  request.steps = 4;
-  request.seeds = {0, 1};
-  request.guidance = {3.5, 3.5};
-  return pipeline.decode(pipeline.denoise(pipeline.encode_prompts(prompts, 512), request), 64, 64);
+  return test::render_tiny(model, options);
 }
 
 }  // namespace
