@@ -42,14 +42,6 @@ at::Tensor LinearImpl::forward(const ops::Fp8Rows& x, at::ScalarType out_dtype) 
   return ops::fp8_linear(x, fp8_weight(), bias, out_dtype);
 }
 
-void LinearImpl::forward_out(const ops::Fp8Rows& x, at::Tensor out) const {
-  FLUXBATCH_CHECK(takes_fp8(), std::invalid_argument, "Linear: fp8 rows given to a layer without fp8 compute");
-  if (const std::vector<LoraSet>* sets = lora_sets(); sets != nullptr) {
-    return forward_lora({at::Tensor(), x}, out, /*gelu_tanh=*/false, *sets, /*plain_forward=*/false);
-  }
-  ops::fp8_linear_out(out, x, fp8_weight(), bias);
-}
-
 at::Tensor LinearImpl::forward(const LinearInput& x, at::ScalarType out_dtype) const {
   return x.is_fp8() ? forward(x.fp8, out_dtype) : forward(x.dense);
 }

@@ -50,10 +50,10 @@ class LinearImpl : public torch::nn::Module {
   // + GEMM path here (token rows), never the one-row GEMV.
   void forward_out(const at::Tensor& x, at::Tensor out, bool gelu_tanh = false) const;
   // Inputs the kernel that produced them already quantized to fp8 rows (takes_fp8() layers only):
-  // x: [B, ..., in] -> [B, ..., out] in out_dtype; the _out form writes into `out` as forward_out does.
+  // x: [B, ..., in] -> [B, ..., out] in out_dtype.
   at::Tensor forward(const ops::Fp8Rows& x, at::ScalarType out_dtype) const;
-  void forward_out(const ops::Fp8Rows& x, at::Tensor out) const;
-  // Either input form (dense output in out_dtype for fp8 rows, the input's dtype otherwise).
+  // Either input form (dense output in out_dtype for fp8 rows, the input's dtype otherwise); the _out
+  // form writes into `out` as forward_out does.
   at::Tensor forward(const LinearInput& x, at::ScalarType out_dtype) const;
   void forward_out(const LinearInput& x, at::Tensor out, bool gelu_tanh = false) const;
 
