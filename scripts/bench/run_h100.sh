@@ -5,7 +5,7 @@
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
 # FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
 # fp8job job budget bf16render render". FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
-# job runs without diffusers (for a short call). The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
+# job runs without diffusers (for a short call) unless FB_FP8JOB_SKIP_DIFFUSERS=0. The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -85,7 +85,7 @@ fi
 
 if ! skip fp8job; then
   step "a 16-image 1024x1024 28-step NF4 job with --compute fp8: fluxbatch vs diffusers + bitsandbytes"
-  FB_JOB_TAG=nf4_fp8 FB_JOB_SKIP_DIFFUSERS="${FB_FP8_ONLY:-0}" bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
+  FB_JOB_TAG=nf4_fp8 FB_JOB_SKIP_DIFFUSERS="${FB_FP8JOB_SKIP_DIFFUSERS:-${FB_FP8_ONLY:-0}}" bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
 fi
 
 if ! skip job; then
