@@ -31,23 +31,34 @@ Fp8Rows quantize_reference(const at::Tensor& x) {
 
 }  // namespace
 
-Fp8Rows quantize_fp8_rows(const at::Tensor& x) {
-  FLUXBATCH_CHECK(x.dim() >= 1 && x.size(-1) > 0 &&
-                      (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf || x.scalar_type() == at::kFloat),
-                  std::invalid_argument, "quantize_fp8_rows: x must be bf16, fp16 or fp32 [..., K]");
+Fp8Rows quantize_fp8_rows(const at::Tensor& x) { return quantize_fp8_rows_joined(at::Tensor(), x, false); }
+
+Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool gelu_b) {
+  auto usable = [](const at::Tensor& t) {
+    return t.dim() >= 1 && t.size(-1) > 0 &&
+           (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf || t.scalar_type() == at::kFloat);
+  };
+  FLUXBATCH_CHECK(usable(b) && (!a.defined() || usable(a)), std::invalid_argument,
+                  "quantize_fp8_rows: inputs must be bf16, fp16 or fp32 [..., K]");
+  FLUXBATCH_CHECK(!a.defined() || (a.scalar_type() == b.scalar_type() && a.device() == b.device() &&
+                                   a.sizes().slice(0, a.dim() - 1) == b.sizes().slice(0, b.dim() - 1)),
+                  std::invalid_argument, "quantize_fp8_rows_joined: a and b must share dtype, device and rows");
 #ifdef FLUXBATCH_WITH_CUDA
-  if (fused(x)) {
-    const int64_t k = x.size(-1);
-    const at::Tensor rows = x.contiguous().view({-1, k});
-    Fp8Rows out{at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn)),
-                at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat))};
-    at::Tensor data = out.data.view({-1, k});
+  if (fused(b)) {
+    const int64_t ka = a.defined() ? a.size(-1) : 0, kb = b.size(-1);
+    std::vector<int64_t> shape = b.sizes().vec();
+    shape.back() = ka + kb;
+    Fp8Rows out{at::empty(shape, b.options().dtype(at::kFloat8_e4m3fn)),
+                at::empty(b.sizes().slice(0, b.dim() - 1), b.options().dtype(at::kFloat))};
+    at::Tensor data = out.data.view({-1, ka + kb});
     at::Tensor scale = out.scale.view({-1});
-    detail::quantize_fp8_rows_cuda(rows, data, scale);
+    const at::Tensor rows_a = a.defined() ? a.contiguous().view({-1, ka}) : at::Tensor();
+    detail::quantize_fp8_rows_cuda(rows_a, b.contiguous().view({-1, kb}), gelu_b, data, scale);
     return out;
   }
 #endif
-  return quantize_reference(x);
+  const at::Tensor second = gelu_b ? at::gelu(b, "tanh") : b;
+  return quantize_reference(a.defined() ? at::cat({a, second}, -1) : second);
 }
 
 at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype) {

@@ -1,6 +1,9 @@
 // Per-row fp8 quantization of activations, one thread block per row: the row is read once into shared
 // memory as fp32 (16-byte loads), its absmax reduced over the block, and every value divided by the row's
 // scale and stored as one e4m3 byte (8-byte stores). Reads 2 bytes and writes 1 per bf16 value.
+// A row may be joined from two sources, [a | b], with GELU (tanh) applied to b on the way in: the single
+// blocks' output projection reads [attention | GELU(MLP)] and the feed-forwards' second GEMM reads GELU of
+// the first one's product, so neither the GELU pass nor the copy into a joined buffer is ever made.
 #include "fused_cuda.cuh"
 #include "fused_kernels.h"
 
@@ -8,34 +11,61 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cmath>
+
 namespace fluxbatch::ops::detail {
 namespace {
 
-template <typename T, int kVec>
-__global__ void quantize_fp8_rows_kernel(const T* __restrict__ x, int64_t k, uint8_t* __restrict__ data,
-                                         float* __restrict__ scales) {
-  extern __shared__ float row[];  // [K], then 32 floats of reduction scratch
-  float* scratch = row + k;
+// at::gelu(x, "tanh") on CUDA (ActivationGeluKernel.cu), term by term in the same fp32 operations, then
+// rounded to T as its output is, so the fp8 rows equal those quantized from at::gelu's tensor.
+template <typename T>
+__device__ __forceinline__ float gelu_tanh_rounded(float x) {
+  constexpr float kBeta = M_SQRT2 * M_2_SQRTPI * 0.5;
+  constexpr float kKappa = 0.044715;
+  const float x_cube = x * x * x;
+  const float inner = kBeta * (x + kKappa * x_cube);
+  return cuda::to_float(cuda::from_float<T>(0.5f * x * (1.0f + tanhf(inner))));
+}
+
+// One segment of a joined row into shared memory; returns this thread's running absmax.
+template <typename T, int kVec, bool kGelu>
+__device__ __forceinline__ float load_segment(const T* __restrict__ in, int64_t k, float* __restrict__ row,
+                                              float local) {
   constexpr bool kVector = kVec > 1;
-  const int64_t r = blockIdx.x;
-  const T* in = x + r * k;
   const int64_t step = int64_t(blockDim.x) * kVec;
-  float local = 0.0f;
   for (int64_t c = int64_t(threadIdx.x) * kVec; c < k; c += step) {
     float v[kVec];
     cuda::load<T, kVec, kVector>(in + c, v);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
+      if constexpr (kGelu) v[i] = gelu_tanh_rounded<T>(v[i]);
       row[c + i] = v[i];
       local = fmaxf(local, fabsf(v[i]));
     }
   }
+  return local;
+}
+
+// Row r of [a | b] (a: [R, ka], b: [R, kb], either width may be 0) -> data [R, ka + kb], scales [R].
+template <typename T, int kVec, bool kGeluB>
+__global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, const T* __restrict__ b, int64_t kb,
+                                         uint8_t* __restrict__ data, float* __restrict__ scales) {
+  extern __shared__ float row[];  // [ka + kb], then 32 floats of reduction scratch
+  const int64_t k = ka + kb;
+  float* scratch = row + k;
+  constexpr bool kVector = kVec > 1;
+  const int64_t r = blockIdx.x;
+  float local = 0.0f;
+  if (ka > 0) local = load_segment<T, kVec, false>(a + r * ka, ka, row, local);
+  if (kb > 0) local = load_segment<T, kVec, kGeluB>(b + r * kb, kb, row + ka, local);
+  // block_max synchronises the block, so every thread then reads values other threads wrote.
   const float scale = cuda::fp8_row_scale(cuda::block_max(local, scratch));
   if (threadIdx.x == 0) scales[r] = scale;
+  const int64_t step = int64_t(blockDim.x) * kVec;
   for (int64_t c = int64_t(threadIdx.x) * kVec; c < k; c += step) {
     float v[kVec];
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) v[i] = row[c + i];  // this thread's own values
+    for (int i = 0; i < kVec; ++i) v[i] = row[c + i];
     cuda::store_fp8<kVec, kVector>(data + r * k + c, v, scale);
   }
 }
@@ -43,13 +73,16 @@ __global__ void quantize_fp8_rows_kernel(const T* __restrict__ x, int64_t k, uin
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, typename Storage>
-void launch(const at::Tensor& rows, at::Tensor& data, at::Tensor& scale) {
-  const int64_t n = rows.size(0), k = rows.size(1);
-  const T* x = reinterpret_cast<const T*>(rows.data_ptr<Storage>());
+void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data, at::Tensor& scale) {
+  const int64_t ka = a.defined() ? a.size(1) : 0, kb = b.defined() ? b.size(1) : 0, k = ka + kb;
+  const int64_t n = data.size(0);
+  const T* pa = ka > 0 ? reinterpret_cast<const T*>(a.data_ptr<Storage>()) : nullptr;
+  const T* pb = kb > 0 ? reinterpret_cast<const T*>(b.data_ptr<Storage>()) : nullptr;
   uint8_t* out = reinterpret_cast<uint8_t*>(data.data_ptr());
-  const bool vector = k % 8 == 0 && aligned(x, 16) && aligned(out, 8);
+  const bool vector = ka % 8 == 0 && kb % 8 == 0 && (pa == nullptr || aligned(pa, 16)) &&
+                      (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
   const int vec = vector ? 8 : 1;
-  const int64_t chunks = (k + vec - 1) / vec;
+  const int64_t chunks = (std::max(ka, kb) + vec - 1) / vec;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (chunks + 31) / 32 * 32)));
   const size_t shared = (k + 32) * sizeof(float);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -57,29 +90,34 @@ void launch(const at::Tensor& rows, at::Tensor& data, at::Tensor& scale) {
     if (shared > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
     }
-    kernel<<<n, threads, shared, stream>>>(x, k, out, scale.data_ptr<float>());
+    kernel<<<n, threads, shared, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  vector ? go(quantize_fp8_rows_kernel<T, 8>) : go(quantize_fp8_rows_kernel<T, 1>);
+  if (gelu_b) {
+    vector ? go(quantize_fp8_rows_kernel<T, 8, true>) : go(quantize_fp8_rows_kernel<T, 1, true>);
+  } else {
+    vector ? go(quantize_fp8_rows_kernel<T, 8, false>) : go(quantize_fp8_rows_kernel<T, 1, false>);
+  }
 }
 
 }  // namespace
 
-void quantize_fp8_rows_cuda(const at::Tensor& rows, at::Tensor& data, at::Tensor& scale) {
-  if (rows.numel() == 0) return;
-  const c10::cuda::CUDAGuard guard(rows.device());
-  switch (rows.scalar_type()) {
+void quantize_fp8_rows_cuda(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data,
+                            at::Tensor& scale) {
+  if (data.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(data.device());
+  switch ((a.defined() ? a : b).scalar_type()) {
     case at::kBFloat16:
-      launch<__nv_bfloat16, at::BFloat16>(rows, data, scale);
+      launch<__nv_bfloat16, at::BFloat16>(a, b, gelu_b, data, scale);
       break;
     case at::kHalf:
-      launch<__half, at::Half>(rows, data, scale);
+      launch<__half, at::Half>(a, b, gelu_b, data, scale);
       break;
     case at::kFloat:
-      launch<float, float>(rows, data, scale);
+      launch<float, float>(a, b, gelu_b, data, scale);
       break;
     default:
-      TORCH_CHECK(false, "quantize_fp8_rows_cuda: unsupported dtype ", rows.scalar_type());
+      TORCH_CHECK(false, "quantize_fp8_rows_cuda: unsupported dtype ", (a.defined() ? a : b).scalar_type());
   }
 }
 

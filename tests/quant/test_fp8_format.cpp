@@ -11,6 +11,8 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 using namespace fluxbatch;
 
@@ -102,6 +104,47 @@ TEST_CASE("CUDA fp8 row quantization equals the CPU reference, bit for bit", "[o
       const ops::Fp8Rows gpu = ops::quantize_fp8_rows(x.to(at::kCUDA));
       CHECK(at::equal(gpu.scale.cpu(), cpu.scale));
       CHECK(at::equal(gpu.data.cpu().view(at::kByte), cpu.data.view(at::kByte)));
+    }
+  }
+}
+
+TEST_CASE("joined fp8 rows: [a | GELU(b)] quantized as one row", "[ops][fp8]") {
+  at::manual_seed(5);
+  const at::Tensor a = (at::randn({2, 3, 8}) * 3).to(at::kBFloat16);
+  const at::Tensor b = (at::randn({2, 3, 24}) * 2).to(at::kBFloat16);
+  b[1][2].fill_(40.0);  // the row whose absmax comes from b's side
+  const ops::Fp8Rows joined = ops::quantize_fp8_rows_joined(a, b, /*gelu_b=*/true);
+  REQUIRE(joined.data.sizes() == at::IntArrayRef({2, 3, 32}));
+  // One scale per joined row: GELU(40) = 40 sets row [1, 2]'s scale, so a's values there shrink with it.
+  CHECK(joined.scale[1][2].item<float>() == 40.0f / 448.0f);
+  const at::Tensor want = at::cat({a, at::gelu(b, "tanh")}, -1);
+  CHECK(rel_l2(ops::dequantize_fp8_rows(joined, at::kFloat), want) < 0.03);
+  // Without GELU, and without a: the plain quantization of b.
+  const ops::Fp8Rows plain = ops::quantize_fp8_rows_joined(at::Tensor(), b, false);
+  CHECK(at::equal(plain.data.view(at::kByte), ops::quantize_fp8_rows(b).data.view(at::kByte)));
+  CHECK_THROWS_AS(ops::quantize_fp8_rows_joined(a.to(at::kFloat), b, true), std::invalid_argument);
+  CHECK_THROWS_AS(ops::quantize_fp8_rows_joined(a.narrow(1, 0, 2), b, true), std::invalid_argument);
+}
+
+TEST_CASE("CUDA joined fp8 rows equal at::gelu + at::cat + the row quantization, bit for bit", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(6);
+  // FLUX's single blocks ([3072 | 12288]), the feed-forward's hidden states (b alone), and odd widths.
+  for (const auto& [ka, kb] : std::vector<std::pair<int64_t, int64_t>>{{3072, 12288}, {0, 12288}, {5, 31}}) {
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
+      INFO("Ka = " << ka << ", Kb = " << kb << " " << c10::toString(dtype));
+      const at::Tensor b = (at::randn({2, 9, kb}) * at::rand({2, 9, 1}) * 8).to(dtype).to(at::kCUDA);
+      const at::Tensor a = ka > 0 ? (at::randn({2, 9, ka}) * 3).to(dtype).to(at::kCUDA) : at::Tensor();
+      const ops::Fp8Rows fused = ops::quantize_fp8_rows_joined(a, b, /*gelu_b=*/true);
+      // The composition on the GPU: ATen's GELU kernel, then the plain row quantization.
+      const at::Tensor gelu = at::gelu(b, "tanh");
+      const ops::Fp8Rows want = ops::quantize_fp8_rows(a.defined() ? at::cat({a, gelu}, -1) : gelu);
+      CHECK(at::equal(fused.scale, want.scale));
+      CHECK(at::equal(fused.data.view(at::kByte), want.data.view(at::kByte)));
+      // And against the CPU reference: ATen's CPU GELU may round a value the other way, so the rows agree
+      // to within one e4m3 step rather than bit for bit.
+      const ops::Fp8Rows cpu = ops::quantize_fp8_rows_joined(a.defined() ? a.cpu() : a, b.cpu(), true);
+      CHECK(rel_l2(ops::dequantize_fp8_rows(fused, at::kFloat), ops::dequantize_fp8_rows(cpu, at::kFloat)) < 1e-2);
     }
   }
 }

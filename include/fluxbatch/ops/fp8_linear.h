@@ -19,6 +19,13 @@ struct Fp8Rows {
 // row of zeros). On CUDA one kernel per call (read once, write a quarter / half as many bytes).
 Fp8Rows quantize_fp8_rows(const at::Tensor& x);
 
+// Rows joined from two tensors and quantized as one: [a | GELU_tanh(b)] along the last dim (GELU only with
+// gelu_b, its output rounded to b's dtype as at::gelu's is), equal to quantize_fp8_rows(at::cat({a, b'}, -1)).
+// a: [..., Ka] or undefined, b: [..., Kb], one dtype and leading shape -> rows [..., Ka + Kb]. On CUDA one
+// kernel reads each source once, so the joined bf16 tensor and the GELU pass are never made (the single
+// blocks' [attention | MLP] and the feed-forwards' hidden states).
+Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool gelu_b);
+
 // rows.data * rows.scale[..., None] in `dtype`.
 at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype);
 

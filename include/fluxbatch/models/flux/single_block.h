@@ -26,6 +26,10 @@ class SingleBlockImpl : public torch::nn::Module {
   nn::Linear proj_mlp{nullptr};  // [4*dim, dim]
   nn::Linear proj_out{nullptr};  // [dim, dim + 4*dim]
   FluxAttention attn{nullptr};
+
+ private:
+  // Whether the output projection's fp8 input rows are made from the attention and MLP products directly.
+  bool fp8_joined_rows() const;
 };
 TORCH_MODULE(SingleBlock);
 
