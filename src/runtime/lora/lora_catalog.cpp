@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 
 namespace fluxbatch::runtime {
 namespace {
@@ -117,8 +118,10 @@ std::shared_ptr<LoraCatalog> LoraCatalog::load(job::JobSpec& spec, const ModelFi
     LoraAdapter adapter;
     adapter.path = path;
     try {
+      // The two hashes read the whole file again: on their own thread, beside the parse.
+      std::future<LoraHashes> hashes = std::async(std::launch::async, lora_hashes, path);
       adapter.file = models::lora::read_lora_file(path);
-      adapter.hashes = lora_hashes(path);
+      adapter.hashes = hashes.get();
     } catch (const std::exception& e) {
       std::string message = e.what();
       if (message.rfind(path + ": ", 0) == 0) message.erase(0, path.size() + 2);
