@@ -44,6 +44,7 @@ std::string json_string(const std::string& s) {
 struct ReportHeader {
   std::string job, model, device, dtype, quantize, budget_how, cache;
   runtime::Residency residency = runtime::Residency::kStaged;
+  std::optional<runtime::BlockStreamPlan> stream;  // residency kStream
 };
 
 bool all_calibrated(const runtime::Plan& plan) {
@@ -60,6 +61,11 @@ std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
   out += all_calibrated(plan) ? "activations: calibrated (" + h.cache + ")\n"
                               : "activations: built-in first guesses where marked uncalibrated (no calibration in " +
                                     h.cache + "; render --batch auto measures and stores one)\n";
+  if (h.stream) {
+    out += "streaming: " + runtime::describe_stream(*h.stream) + "; the denoise stage holds " +
+           format_bytes(h.stream->resident_bytes) + " of transformer weights (" + std::to_string(h.stream->slots) +
+           " slot(s) of " + format_bytes(h.stream->slot_bytes) + ")\n";
+  }
   for (const runtime::GroupPlan& g : plan.groups) {
     out += "\n" + std::to_string(g.group.width) + "x" + std::to_string(g.group.height) + ", sequence " +
            std::to_string(g.group.max_sequence_length) + ": " + std::to_string(g.group.images) +
@@ -82,13 +88,26 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
   std::string out = "{\"job\": " + json_string(h.job) + ", \"model\": " + json_string(h.model) +
                     ", \"device\": " + json_string(h.device) + ", \"dtype\": " + json_string(h.dtype) +
                     ", \"quantize\": " + json_string(h.quantize) +
-                    ", \"offload\": " + (h.residency == runtime::Residency::kOffload ? "true" : "false") +
+                    ", \"offload\": " +
+                    (h.residency == runtime::Residency::kOffload || h.residency == runtime::Residency::kStream
+                         ? "true"
+                         : "false") +
                     ", \"residency\": " + json_string(runtime::residency_name(h.residency)) + ", \"calibrated\": " +
                     (all_calibrated(plan) ? "true" : "false") + ", \"calibration_cache\": " + json_string(h.cache) +
                     ", \"budget\": " + json_string(h.budget_how) +
                     ", \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
                     ", \"peak_bytes\": " + std::to_string(plan.peak_bytes) +
-                    ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"groups\": [";
+                    ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"stream\": ";
+  if (h.stream) {
+    const runtime::BlockStreamPlan& p = *h.stream;
+    out += "{\"blocks\": " + std::to_string(p.blocks) + ", \"resident_blocks\": " + std::to_string(p.resident_blocks) +
+           ", \"streamed_blocks\": " + std::to_string(p.streamed_blocks()) + ", \"slots\": " + std::to_string(p.slots) +
+           ", \"slot_bytes\": " + std::to_string(p.slot_bytes) + ", \"resident_bytes\": " +
+           std::to_string(p.resident_bytes) + ", \"streamed_bytes_per_step\": " + std::to_string(p.streamed_bytes) + "}";
+  } else {
+    out += "null";
+  }
+  out += ", \"groups\": [";
   for (size_t i = 0; i < plan.groups.size(); ++i) {
     const runtime::GroupPlan& g = plan.groups[i];
     out += std::string(i ? ", " : "") + "{\"width\": " + std::to_string(g.group.width) +
@@ -188,17 +207,23 @@ void run_plan(const PlanCommand& given) {
   }
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
   const bool fp8 = command.speed.compute == "fp8";
-  const std::vector<runtime::ComponentWeights> weights =
+  std::vector<runtime::ComponentWeights> weights =
       runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
-  const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
+  std::optional<runtime::BlockStreamPlan> stream;
+  if (residency == runtime::Residency::kStream) {
+    stream = plan_streaming(runtime::transformer_config(runtime::locate_model(model)), weights, dtype_size, groups,
+                            command.max_batch, budget.bytes);
+    weights = runtime::streamed_components(weights, *stream);
+  }
+  const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
   const std::vector<runtime::MemoryModel> models = models_for_groups(
       base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8)));
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
-                            residency};
+                            residency, stream};
   const std::string report = command.json ? json_report(header, plan) : text_report(header, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }

@@ -27,12 +27,16 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
       ->group(group);
   command
       .add_option("--offload", o.offload,
-                  "auto, on or off. off: each stage loads its own components from disk when it starts (text "
-                  "encoders, then transformer + VAE), so they never share the device; on: every component waits in "
-                  "pinned host memory and is copied to the device for its stage only; auto = on when the "
-                  "transformer + VAE take over 3/4 of the budget (default auto)")
+                  "auto, on, off or stream. off: each stage loads its own components from disk when it starts "
+                  "(text encoders, then transformer + VAE), so they never share the device; on: every component "
+                  "waits in pinned host memory and is copied to the device for its stage only; stream: as on, but "
+                  "the transformer is never on the device whole: as many of its 57 blocks as the budget allows stay "
+                  "resident for the denoise stage and the rest are copied in one by one while the previous one "
+                  "computes (for cards that cannot hold the transformer, e.g. 4 GiB; same images, slower); "
+                  "auto = stream when the transformer takes over 7/8 of the budget, else on when the transformer "
+                  "+ VAE take over 3/4 of it, else off (default auto)")
       ->type_name("MODE")
-      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->check(CLI::IsMember({"auto", "on", "off", "stream"}))
       ->group(group);
   if (!monitor) return;
   command
@@ -104,9 +108,43 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec
 runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
                                      const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
   if (offload == "on") return runtime::Residency::kOffload;
+  if (offload == "stream") return runtime::Residency::kStream;
   if (offload == "off" || !device.is_cuda()) return runtime::Residency::kStaged;
-  if (offload != "auto") throw InputError("--offload: expected auto, on or off, got '" + offload + "'");
+  if (offload != "auto") throw InputError("--offload: expected auto, on, off or stream, got '" + offload + "'");
   return runtime::choose_residency(weights, budget_bytes);
+}
+
+runtime::BlockStreamPlan plan_streaming(const models::flux::FluxConfig& config,
+                                        const std::vector<runtime::ComponentWeights>& weights, int dtype_size,
+                                        const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
+                                        int64_t budget_bytes) {
+  int64_t transformer = 0;
+  for (const runtime::ComponentWeights& c : weights) {
+    if (c.name == "transformer") transformer = c.weight_bytes;
+  }
+  const runtime::TransformerSplit split = runtime::flux_transformer_split(config, transformer);
+  const runtime::MemoryModel model = runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream);
+  // The denoise stage's activations, the most over the groups at their batches.
+  const auto activations = [&](const std::vector<int>& batches) {
+    int64_t most = 0;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      const runtime::ResolutionGroup& g = groups[i];
+      most = std::max(most, model.stages[1].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size, batches[i]));
+    }
+    return most;
+  };
+  std::vector<int> wanted;
+  for (const runtime::ResolutionGroup& g : groups) {
+    wanted.push_back(static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.images, max_batch))));
+  }
+  runtime::BlockStreamPlan plan = runtime::plan_block_stream(split, budget_bytes - activations(wanted));
+  if (plan.resident_blocks > 0 || groups.empty()) return plan;
+  const runtime::MemoryModel streamed =
+      runtime::flux_memory_model(runtime::streamed_components(weights, plan), dtype_size, runtime::Residency::kStream);
+  const runtime::Plan batches = runtime::plan_batches(streamed, groups, budget_bytes, std::max(1, max_batch));
+  std::vector<int> planned;
+  for (const runtime::GroupPlan& g : batches.groups) planned.push_back(g.batch_size);
+  return runtime::plan_block_stream(split, budget_bytes - activations(planned));
 }
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,

@@ -4,7 +4,9 @@
 
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/memory_calibration.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/model_files.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -16,10 +18,15 @@ runtime::Residency decide_residency(const std::string& mode, c10::Device device,
   const std::string why = " (--offload " + mode + "; transformer + VAE " +
                           runtime::format_bytes(runtime::denoise_weight_bytes(weights)) + ", budget " +
                           runtime::format_bytes(budget_bytes) + ")";
-  log::info(residency == runtime::Residency::kOffload
-                ? "offload: components wait in pinned host memory and visit the device for their stage" + why
-                : "staged: each stage loads its components from disk; the text encoders never share the device "
-                  "with the transformer and VAE" + why);
+  if (residency == runtime::Residency::kStream) {
+    log::info("stream: components wait in host memory and visit the device for their stage; the transformer's "
+              "blocks are streamed through the denoise stage" + why);
+  } else {
+    log::info(residency == runtime::Residency::kOffload
+                  ? "offload: components wait in pinned host memory and visit the device for their stage" + why
+                  : "staged: each stage loads its components from disk; the text encoders never share the device "
+                    "with the transformer and VAE" + why);
+  }
   return residency;
 }
 
@@ -51,7 +58,7 @@ RenderSession::RenderSession(SessionSetup setup, runtime::StageClock& clock) : s
 
 RenderSession::~RenderSession() = default;
 
-runtime::ImageGenerator& RenderSession::device() {
+runtime::ImageGenerator& RenderSession::device(const std::vector<const job::RenderItem*>& items) {
   if (generator_) return *generator_;
   runtime::GeneratorOptions options = setup_.generator;
   const c10::ScalarType dtype = *options.dtype;
@@ -65,19 +72,36 @@ runtime::ImageGenerator& RenderSession::device() {
       *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4, options.compute_fp8);
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
+  if (options.residency == runtime::Residency::kStream) {
+    const runtime::BlockStreamPlan plan = plan_streaming(
+        runtime::transformer_config(runtime::locate_model(setup_.model)), weights,
+        static_cast<int>(c10::elementSize(dtype)), resolution_groups(items), setup_.max_batch, memory_->budget().bytes);
+    options.resident_blocks = plan.resident_blocks;
+    weights = runtime::streamed_components(weights, plan);  // what the denoise stage holds, for the plan
+    log::info("streaming plan: " + runtime::describe_stream(plan) + "; the denoise stage holds " +
+              runtime::format_bytes(plan.resident_bytes) + " of transformer weights");
+  }
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);
   return *generator_;
 }
 
-void RenderSession::prepare(const std::vector<const job::RenderItem*>& items) { device().prepare(items); }
+void RenderSession::prepare(const std::vector<const job::RenderItem*>& items) { device(items).prepare(items); }
+
+namespace {
+std::vector<const job::RenderItem*> pointers(const std::vector<job::RenderItem>& batch) {
+  std::vector<const job::RenderItem*> out;
+  for (const job::RenderItem& item : batch) out.push_back(&item);
+  return out;
+}
+}  // namespace
 
 std::vector<runtime::Image> RenderSession::generate(const std::vector<job::RenderItem>& batch) {
-  return device().generate(batch);
+  return device(pointers(batch)).generate(batch);
 }
 
 void RenderSession::generate_each(const std::vector<job::RenderItem>& batch, const runtime::ImageSink& on_image) {
-  device().generate_each(batch, on_image);
+  device(pointers(batch)).generate_each(batch, on_image);
 }
 
 int RenderSession::batch_of(const job::RenderItem& item) const { return memory_ ? memory_->batch_of(item) : 1; }

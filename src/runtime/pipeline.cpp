@@ -8,11 +8,13 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
+#include "fluxbatch/nn/block_streamer.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/sampling/latents.h"
@@ -212,11 +214,15 @@ struct FluxPipeline::State {
 
   // kOffload: each loaded component's host copy, by module.
   std::map<const torch::nn::Module*, std::unique_ptr<nn::PinnedWeights>> pinned;
+  // kStream: the transformer's host copy, streamed block by block (the other components are pinned).
+  std::unique_ptr<nn::BlockStreamer> streamer;
 
   bool text_held = false;    // hold_text_encoders: no trip home between encode_prompts calls
   bool text_on_cpu = false;  // the encode stage's out-of-memory fallback: CLIP and T5 run on the CPU
 
-  bool offload() const { return options.residency == Residency::kOffload; }
+  bool stream() const { return options.residency == Residency::kStream; }
+  // Streaming offloads every component; the transformer goes through `streamer` instead of `pinned`.
+  bool offload() const { return options.residency == Residency::kOffload || stream(); }
   bool staged() const { return options.residency == Residency::kStaged; }
   // Where weights live between stages: the device, or the CPU when offloading.
   c10::Device home() const { return offload() ? c10::Device(c10::kCPU) : options.device; }
@@ -241,10 +247,17 @@ struct FluxPipeline::State {
 
   // Copies a component to the device for its stage and lets the copy go afterwards (offload only).
   void visit(torch::nn::Module& module) const {
-    if (offload()) pinned.at(&module)->to_device();
+    if (streamer && &module == transformer.get()) {
+      streamer->to_device(options.resident_blocks);
+    } else if (offload()) {
+      pinned.at(&module)->to_device();
+    }
   }
   void leave(torch::nn::Module& module) const {
-    if (offload()) {
+    if (streamer && &module == transformer.get()) {
+      streamer->to_host();
+      empty_cache();
+    } else if (offload()) {
       pinned.at(&module)->to_host();
       empty_cache();
     }
@@ -255,6 +268,34 @@ struct FluxPipeline::State {
   }
   void unpin(const torch::nn::Module* module) {
     if (module != nullptr) pinned.erase(module);
+  }
+  // Stream: the transformer's blocks wait in host memory and run through a ring of device slots.
+  void stream_transformer() {
+    streamer = std::make_unique<nn::BlockStreamer>(*transformer, transformer->blocks(), options.device,
+                                                   std::max(1, options.stream_slots));
+    nn::BlockStreamer* st = streamer.get();
+    transformer->set_block_hook({[st](int64_t i) { st->before_block(i); }, [st](int64_t i) { st->after_block(i); }});
+    const int resident = std::clamp(options.resident_blocks, 0, st->blocks());
+    int64_t streamed = 0, slot = 0;
+    for (int b = resident; b < st->blocks(); ++b) {
+      streamed += st->block_bytes(b);
+      slot = std::max(slot, st->block_bytes(b));
+    }
+    int64_t held = st->other_bytes();
+    for (int b = 0; b < resident; ++b) held += st->block_bytes(b);
+    const int slots = std::min(std::max(1, options.stream_slots), st->blocks() - resident);
+    log::info("streaming: " + std::to_string(resident) + " of " + std::to_string(st->blocks()) +
+              " transformer blocks resident, " + std::to_string(st->blocks() - resident) + " streamed (" +
+              format_bytes(streamed) + " per step over the bus; the denoise stage holds " +
+              format_bytes(held + slots * slot) + " of transformer weights with " + std::to_string(slots) +
+              " slot(s)" +
+              (options.device.is_cuda() && options.cuda_graphs ? "; CUDA graphs off, the slots change each step" : "") +
+              ")");
+  }
+  void unstream() {
+    if (!streamer) return;
+    if (transformer) transformer->set_block_hook({});
+    streamer.reset();
   }
 
   void load_text_encoders() {
@@ -291,7 +332,11 @@ struct FluxPipeline::State {
     const c10::InferenceMode inference;
     transformer = load_transformer(files, home_options(), options, options.device);
     vae = load_vae(files, home_options());
-    pin(*transformer);
+    if (stream()) {
+      stream_transformer();
+    } else {
+      pin(*transformer);
+    }
     pin(*vae);
     log::info("loaded transformer and VAE (" + describe(files.transformer) + ", " + describe(files.vae) + ") in " +
               seconds_text(seconds_since(start)));
@@ -322,6 +367,7 @@ struct FluxPipeline::State {
   void free_denoisers() {
     merged.clear();
     if (!transformer && !vae) return;
+    unstream();
     unpin(transformer.get());
     unpin(vae.get());
     transformer = models::flux::FluxTransformer2DModel(nullptr);
@@ -488,7 +534,8 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
     // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
     // activations, given back below before the decode stage needs the room.
     TransformerDenoiser eager(s.transformer, on_device, img_ids, txt_ids, guidance);
-    execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs,
+    // Streaming: a graph would capture one step's slot assignment and copies; steps run eagerly.
+    execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs && !s.stream(),
                                         "batch " + std::to_string(batch) + " at " + std::to_string(request.width) +
                                             "x" + std::to_string(request.height) + ", " +
                                             std::to_string(embeddings.prompt_embeds.size(1)) + " tokens",

@@ -25,6 +25,15 @@ namespace fluxbatch::models::flux {
 // stream, "transformer_blocks.3.context" with the text stream). Unset costs one branch per block.
 using TraceFn = std::function<void(const std::string& name, const at::Tensor& value)>;
 
+// Block streaming (nn::BlockStreamer): `before(i)` runs before block i is launched and `after(i)` once
+// it is, with i counting the double blocks, then the single blocks (0 .. num_layers + num_single_layers
+// - 1). Both run on the host while the device may still be busy with earlier work. Unset costs one
+// branch per block.
+struct BlockHook {
+  std::function<void(int64_t block)> before;
+  std::function<void(int64_t block)> after;
+};
+
 class FluxTransformer2DModelImpl : public torch::nn::Module {
  public:
   // Parameters are allocated uninitialised with `options` (dtype, device); fill them with nn::load_state.
@@ -44,6 +53,9 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
 
   const FluxConfig& config() const { return config_; }
   void set_trace(TraceFn trace) { trace_ = std::move(trace); }
+  void set_block_hook(BlockHook hook) { hook_ = std::move(hook); }
+  // The double blocks, then the single blocks: the order forward() runs them and BlockHook counts them.
+  std::vector<torch::nn::Module*> blocks();
 
   nn::Linear x_embedder{nullptr};        // [inner, in_channels]
   nn::Linear context_embedder{nullptr};  // [inner, joint_attention_dim]
@@ -63,6 +75,7 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
 
   FluxConfig config_;
   TraceFn trace_;
+  BlockHook hook_;
 };
 TORCH_MODULE(FluxTransformer2DModel);
 
