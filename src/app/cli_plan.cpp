@@ -44,7 +44,7 @@ std::string json_string(const std::string& s) {
 struct ReportHeader {
   std::string job, model, device, dtype, quantize, budget_how, cache;
   runtime::Residency residency = runtime::Residency::kStaged;
-  std::optional<runtime::BlockStreamPlan> stream;  // residency kStream
+  std::optional<StreamingPlan> stream;  // residency kStream
 };
 
 bool all_calibrated(const runtime::Plan& plan) {
@@ -62,9 +62,12 @@ std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
                               : "activations: built-in first guesses where marked uncalibrated (no calibration in " +
                                     h.cache + "; render --batch auto measures and stores one)\n";
   if (h.stream) {
-    out += "streaming: " + runtime::describe_stream(*h.stream) + "; the denoise stage holds " +
-           format_bytes(h.stream->resident_bytes) + " of transformer weights (" + std::to_string(h.stream->slots) +
-           " slot(s) of " + format_bytes(h.stream->slot_bytes) + ")\n";
+    for (const auto& [p, what, stage] : {std::tuple(&h.stream->transformer, "transformer", "denoise"),
+                                         std::tuple(&h.stream->t5, "T5", "encode")}) {
+      out += "streaming: " + runtime::describe_stream(*p, what) + "; the " + stage + " stage holds " +
+             format_bytes(p->resident_bytes) + " of " + what + " weights (" + std::to_string(p->slots) +
+             " slot(s) of " + format_bytes(p->slot_bytes) + ")\n";
+    }
   }
   for (const runtime::GroupPlan& g : plan.groups) {
     out += "\n" + std::to_string(g.group.width) + "x" + std::to_string(g.group.height) + ", sequence " +
@@ -99,11 +102,15 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
                     ", \"peak_bytes\": " + std::to_string(plan.peak_bytes) +
                     ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"stream\": ";
   if (h.stream) {
-    const runtime::BlockStreamPlan& p = *h.stream;
-    out += "{\"blocks\": " + std::to_string(p.blocks) + ", \"resident_blocks\": " + std::to_string(p.resident_blocks) +
-           ", \"streamed_blocks\": " + std::to_string(p.streamed_blocks()) + ", \"slots\": " + std::to_string(p.slots) +
-           ", \"slot_bytes\": " + std::to_string(p.slot_bytes) + ", \"resident_bytes\": " +
-           std::to_string(p.resident_bytes) + ", \"streamed_bytes_per_step\": " + std::to_string(p.streamed_bytes) + "}";
+    // The transformer's plan at the top level; T5's (per prompt encoded) under "t5".
+    const auto fields = [](const runtime::BlockStreamPlan& p, const char* per) {
+      return "\"blocks\": " + std::to_string(p.blocks) + ", \"resident_blocks\": " + std::to_string(p.resident_blocks) +
+             ", \"streamed_blocks\": " + std::to_string(p.streamed_blocks()) + ", \"slots\": " +
+             std::to_string(p.slots) + ", \"slot_bytes\": " + std::to_string(p.slot_bytes) +
+             ", \"resident_bytes\": " + std::to_string(p.resident_bytes) + ", \"streamed_bytes_per_" + per +
+             "\": " + std::to_string(p.streamed_bytes);
+    };
+    out += "{" + fields(h.stream->transformer, "step") + ", \"t5\": {" + fields(h.stream->t5, "prompt") + "}}";
   } else {
     out += "null";
   }
@@ -211,11 +218,10 @@ void run_plan(const PlanCommand& given) {
       runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
-  std::optional<runtime::BlockStreamPlan> stream;
+  std::optional<StreamingPlan> stream;
   if (residency == runtime::Residency::kStream) {
-    stream = plan_streaming(runtime::transformer_config(runtime::locate_model(model)), weights, dtype_size, groups,
-                            command.max_batch, budget.bytes);
-    weights = runtime::streamed_components(weights, *stream);
+    stream = plan_streaming(runtime::locate_model(model), weights, dtype_size, groups, command.max_batch, budget.bytes);
+    weights = stream->weights;
   }
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());

@@ -114,22 +114,22 @@ runtime::Residency resolve_residency(const std::string& offload, c10::Device dev
   return runtime::choose_residency(weights, budget_bytes);
 }
 
-runtime::BlockStreamPlan plan_streaming(const models::flux::FluxConfig& config,
-                                        const std::vector<runtime::ComponentWeights>& weights, int dtype_size,
-                                        const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
-                                        int64_t budget_bytes) {
-  int64_t transformer = 0;
-  for (const runtime::ComponentWeights& c : weights) {
-    if (c.name == "transformer") transformer = c.weight_bytes;
-  }
-  const runtime::TransformerSplit split = runtime::flux_transformer_split(config, transformer);
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
+                             int64_t budget_bytes) {
+  const auto bytes_of = [&](const std::string& name) {
+    for (const runtime::ComponentWeights& c : weights) {
+      if (c.name == name) return c.weight_bytes;
+    }
+    return int64_t{0};
+  };
   const runtime::MemoryModel model = runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream);
-  // The denoise stage's activations, the most over the groups at their batches.
-  const auto activations = [&](const std::vector<int>& batches) {
+  // A stage's activations, the most over the groups at their batches.
+  const auto activations = [&](const runtime::MemoryModel& m, size_t stage, const std::vector<int>& batches) {
     int64_t most = 0;
     for (size_t i = 0; i < groups.size(); ++i) {
       const runtime::ResolutionGroup& g = groups[i];
-      most = std::max(most, model.stages[1].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size, batches[i]));
+      most = std::max(most, m.stages[stage].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size, batches[i]));
     }
     return most;
   };
@@ -137,14 +137,24 @@ runtime::BlockStreamPlan plan_streaming(const models::flux::FluxConfig& config,
   for (const runtime::ResolutionGroup& g : groups) {
     wanted.push_back(static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.images, max_batch))));
   }
-  runtime::BlockStreamPlan plan = runtime::plan_block_stream(split, budget_bytes - activations(wanted));
-  if (plan.resident_blocks > 0 || groups.empty()) return plan;
-  const runtime::MemoryModel streamed =
-      runtime::flux_memory_model(runtime::streamed_components(weights, plan), dtype_size, runtime::Residency::kStream);
-  const runtime::Plan batches = runtime::plan_batches(streamed, groups, budget_bytes, std::max(1, max_batch));
-  std::vector<int> planned;
-  for (const runtime::GroupPlan& g : batches.groups) planned.push_back(g.batch_size);
-  return runtime::plan_block_stream(split, budget_bytes - activations(planned));
+  StreamingPlan out;
+  const runtime::TransformerSplit t5 =
+      runtime::t5_encoder_split(runtime::text_encoder_2_config(files), bytes_of("text_encoder_2"), dtype_size);
+  out.t5 = runtime::plan_block_stream(t5, budget_bytes - bytes_of("text_encoder") - activations(model, 0, wanted));
+  const runtime::TransformerSplit split =
+      runtime::flux_transformer_split(runtime::transformer_config(files), bytes_of("transformer"));
+  out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(model, 1, wanted));
+  if (out.transformer.resident_blocks == 0 && !groups.empty()) {
+    const runtime::MemoryModel streamed = runtime::flux_memory_model(
+        runtime::streamed_components(weights, out.transformer), dtype_size, runtime::Residency::kStream);
+    const runtime::Plan batches = runtime::plan_batches(streamed, groups, budget_bytes, std::max(1, max_batch));
+    std::vector<int> planned;
+    for (const runtime::GroupPlan& g : batches.groups) planned.push_back(g.batch_size);
+    out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(model, 1, planned));
+  }
+  out.weights = runtime::streamed_components(runtime::streamed_components(weights, out.transformer), out.t5,
+                                             "text_encoder_2");
+  return out;
 }
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,

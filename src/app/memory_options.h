@@ -14,6 +14,7 @@
 #include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory/block_stream_plan.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/model_files.h"
 
 namespace fluxbatch::app {
 
@@ -53,14 +54,19 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec
 runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
                                      const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes);
 
-// Streaming: how many transformer blocks stay resident. Leaves room in the denoise stage for the
-// activations of each group at min(its images, max_batch) by the built-in estimate; when even no
-// resident block leaves that room, for the batches the planner then picks (a larger batch amortises
-// the bytes streamed per step, so the batch comes first). `weights`: as for resolve_residency.
-runtime::BlockStreamPlan plan_streaming(const models::flux::FluxConfig& config,
-                                        const std::vector<runtime::ComponentWeights>& weights, int dtype_size,
-                                        const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
-                                        int64_t budget_bytes);
+// Streaming: how many transformer blocks stay resident for the denoise stage, and T5 blocks for the
+// encode stage. Leaves room for the stage's activations of each group at min(its images, max_batch)
+// by the built-in estimate (and for CLIP in the encode stage); when even no resident transformer block
+// leaves that room, for the batches the planner then picks (a larger batch amortises the bytes
+// streamed per step, so the batch comes first). `weights`: as for resolve_residency.
+struct StreamingPlan {
+  runtime::BlockStreamPlan transformer;
+  runtime::BlockStreamPlan t5;
+  std::vector<runtime::ComponentWeights> weights;  // `weights` with both as their stages hold them
+};
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
+                             int64_t budget_bytes);
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
                                         const runtime::ResolutionGroup& group);

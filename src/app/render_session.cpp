@@ -73,13 +73,16 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
   if (options.residency == runtime::Residency::kStream) {
-    const runtime::BlockStreamPlan plan = plan_streaming(
-        runtime::transformer_config(runtime::locate_model(setup_.model)), weights,
-        static_cast<int>(c10::elementSize(dtype)), resolution_groups(items), setup_.max_batch, memory_->budget().bytes);
-    options.resident_blocks = plan.resident_blocks;
-    weights = runtime::streamed_components(weights, plan);  // what the denoise stage holds, for the plan
-    log::info("streaming plan: " + runtime::describe_stream(plan) + "; the denoise stage holds " +
-              runtime::format_bytes(plan.resident_bytes) + " of transformer weights");
+    const StreamingPlan plan =
+        plan_streaming(runtime::locate_model(setup_.model), weights, static_cast<int>(c10::elementSize(dtype)),
+                       resolution_groups(items), setup_.max_batch, memory_->budget().bytes);
+    options.resident_blocks = plan.transformer.resident_blocks;
+    options.t5_resident_blocks = plan.t5.resident_blocks;
+    weights = plan.weights;  // what the stages hold, for the batch plan
+    log::info("streaming plan: " + runtime::describe_stream(plan.transformer) + "; the denoise stage holds " +
+              runtime::format_bytes(plan.transformer.resident_bytes) + " of transformer weights");
+    log::info("streaming plan: " + runtime::describe_stream(plan.t5, "T5") + "; the encode stage holds " +
+              runtime::format_bytes(plan.t5.resident_bytes) + " of T5 weights");
   }
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);

@@ -51,6 +51,7 @@ TEST_CASE("render --offload stream under a small budget writes the resident run'
     REQUIRE(streamed.exit_code == 0);
     CHECK_THAT(streamed.output, ContainsSubstring("stream: components wait in host memory"));
     CHECK_THAT(streamed.output, ContainsSubstring("streaming plan: 0 of 4 transformer blocks resident, 4 streamed"));
+    CHECK_THAT(streamed.output, ContainsSubstring("streaming: 0 of 2 T5 blocks resident, 2 streamed"));
     CHECK_THAT(streamed.output, ContainsSubstring("memory budget 40.0 MiB (--vram-budget), enforced"));
     int compared = 0;
     for (const auto& entry : fs::directory_iterator(dir / "resident")) {
@@ -79,6 +80,11 @@ TEST_CASE("plan --offload stream reports the blocks resident and the bytes strea
   CHECK(t["stream"]["streamed_blocks"] == 4);
   CHECK(t["stream"]["slots"] == 2);
   CHECK(t["stream"]["streamed_bytes_per_step"].get<int64_t>() > 0);
+  CHECK(t["stream"]["t5"]["blocks"] == 2);  // T5 for the encode stage
+  CHECK(t["stream"]["t5"]["resident_blocks"] == 0);
+  CHECK(t["stream"]["t5"]["streamed_bytes_per_prompt"].get<int64_t>() > 0);
+  CHECK(t["groups"][0]["stages"][0]["name"] == "encode");
+  const int64_t tight_encode = t["groups"][0]["stages"][0]["weight_bytes"].get<int64_t>();
   // The denoise stage holds the ring, not the transformer.
   const int64_t ring = t["stream"]["resident_bytes"].get<int64_t>();
   CHECK(t["groups"][0]["stages"][1]["name"] == "denoise");
@@ -89,6 +95,9 @@ TEST_CASE("plan --offload stream reports the blocks resident and the bytes strea
   REQUIRE(roomy.exit_code == 0);
   const nlohmann::json r = nlohmann::json::parse(roomy.output);
   CHECK(r["stream"]["resident_blocks"] == 4);
+  CHECK(r["stream"]["t5"]["resident_blocks"] == 2);
+  // The encode stage holds T5's ring under the tight budget, all of T5 under the roomy one.
+  CHECK(r["groups"][0]["stages"][0]["weight_bytes"].get<int64_t>() > tight_encode);
   CHECK(r["stream"]["streamed_bytes_per_step"] == 0);
   CHECK(r["stream"]["resident_bytes"].get<int64_t>() > ring);
 

@@ -41,6 +41,25 @@ TEST_CASE("FLUX.1's 12B transformer splits into 19 large and 38 small blocks", "
   CHECK(split.other_bytes < nf4 / 100);
 }
 
+TEST_CASE("T5-XXL splits into its shared embedding and 24 equal blocks", "[planner][stream]") {
+  const fluxbatch::models::t5::T5Config xxl;  // the defaults are T5-XXL's
+  const int64_t bytes = 4 * GiB + 123;
+  const TransformerSplit split = t5_encoder_split(xxl, bytes, 2);
+  REQUIRE(split.block_bytes.size() == 24);
+  CHECK(split.total() == bytes);
+  CHECK(split.block_bytes.front() == split.block_bytes.back());
+  CHECK(split.other_bytes >= 32128 * 4096 * 2);  // the bf16 embedding, never quantized
+  CHECK(split.other_bytes < 32128 * 4096 * 2 + 4096 * 2 + 24);
+  const BlockStreamPlan p = plan_block_stream(split, 3 * GiB);
+  CHECK(p.resident_bytes <= 3 * GiB);
+  CHECK(p.streamed_blocks() > 0);
+  CHECK(describe_stream(p, "T5").find("T5 blocks resident") != std::string::npos);
+  CHECK(describe_stream(p, "T5").find("per prompt over the bus") != std::string::npos);
+  const std::vector<ComponentWeights> w = {{"text_encoder_2", bytes}, {"transformer", GiB}};
+  CHECK(streamed_components(w, p, "text_encoder_2")[0].weight_bytes == p.resident_bytes);
+  CHECK(streamed_components(w, p, "text_encoder_2")[1].weight_bytes == GiB);
+}
+
 TEST_CASE("the plan keeps as many leading blocks resident as the room allows", "[planner][stream]") {
   const TransformerSplit s = toy_split();
   // Everything fits: no ring.

@@ -1,11 +1,13 @@
 // FluxPipeline under block streaming (Residency::kStream) on the tiny models, dense and NF4: every
-// resident count (none, some, all of the 4 blocks) renders exactly the resident pipeline's images.
+// resident count (none, some, all of the transformer's 4 blocks and T5's 2) renders exactly the
+// resident pipeline's images.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <algorithm>
 #include <string>
 
 #include "fluxbatch/runtime/pipeline.h"
@@ -27,6 +29,7 @@ TEST_CASE("streaming the transformer's blocks renders the resident run's images 
     runtime::PipelineOptions stream = resident;
     stream.residency = runtime::Residency::kStream;
     stream.resident_blocks = blocks;
+    stream.t5_resident_blocks = std::min(blocks, 2);
     CHECK(at::equal(test::render_tiny(model, stream), want));
   }
   runtime::PipelineOptions one_slot = resident;

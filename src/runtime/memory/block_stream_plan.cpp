@@ -46,6 +46,16 @@ TransformerSplit flux_transformer_split(const models::flux::FluxConfig& c, int64
   return split;
 }
 
+TransformerSplit t5_encoder_split(const models::t5::T5Config& c, int64_t t5_bytes, int dtype_size) {
+  TransformerSplit split;
+  split.other_bytes = std::min(t5_bytes, (c.vocab_size + 1) * c.d_model * dtype_size);  // + the final norm
+  const int64_t layers = std::max<int64_t>(c.num_layers, 1);
+  const int64_t block = (t5_bytes - split.other_bytes) / layers;
+  split.block_bytes.assign(static_cast<size_t>(c.num_layers), block);
+  split.other_bytes = t5_bytes - block * c.num_layers;
+  return split;
+}
+
 BlockStreamPlan plan_block_stream(const TransformerSplit& split, int64_t weight_room, int slots) {
   if (slots < 1) throw InputError("block streaming: need at least one slot, got " + std::to_string(slots));
   const int n = static_cast<int>(split.block_bytes.size());
@@ -78,18 +88,18 @@ BlockStreamPlan plan_block_stream(const TransformerSplit& split, int64_t weight_
 }
 
 std::vector<ComponentWeights> streamed_components(const std::vector<ComponentWeights>& components,
-                                                  const BlockStreamPlan& plan) {
+                                                  const BlockStreamPlan& plan, const std::string& component) {
   std::vector<ComponentWeights> out = components;
   for (ComponentWeights& c : out) {
-    if (c.name == "transformer") c.weight_bytes = plan.resident_bytes;
+    if (c.name == component) c.weight_bytes = plan.resident_bytes;
   }
   return out;
 }
 
-std::string describe_stream(const BlockStreamPlan& plan) {
-  return std::to_string(plan.resident_blocks) + " of " + std::to_string(plan.blocks) +
-         " transformer blocks resident, " + std::to_string(plan.streamed_blocks()) + " streamed (" +
-         format_bytes(plan.streamed_bytes) + " per step over the bus)";
+std::string describe_stream(const BlockStreamPlan& plan, const std::string& what) {
+  return std::to_string(plan.resident_blocks) + " of " + std::to_string(plan.blocks) + " " + what +
+         " blocks resident, " + std::to_string(plan.streamed_blocks()) + " streamed (" +
+         format_bytes(plan.streamed_bytes) + " per " + (what == "T5" ? "prompt" : "step") + " over the bus)";
 }
 
 }  // namespace fluxbatch::runtime

@@ -7,6 +7,7 @@
 #include "fluxbatch/models/flux/double_block.h"
 #include "fluxbatch/models/flux/embedders.h"
 #include "fluxbatch/models/flux/single_block.h"
+#include "fluxbatch/nn/block_hook.h"
 #include "fluxbatch/nn/linear.h"
 
 #include <ATen/core/Tensor.h>
@@ -25,14 +26,9 @@ namespace fluxbatch::models::flux {
 // stream, "transformer_blocks.3.context" with the text stream). Unset costs one branch per block.
 using TraceFn = std::function<void(const std::string& name, const at::Tensor& value)>;
 
-// Block streaming (nn::BlockStreamer): `before(i)` runs before block i is launched and `after(i)` once
-// it is, with i counting the double blocks, then the single blocks (0 .. num_layers + num_single_layers
-// - 1). Both run on the host while the device may still be busy with earlier work. Unset costs one
-// branch per block.
-struct BlockHook {
-  std::function<void(int64_t block)> before;
-  std::function<void(int64_t block)> after;
-};
+// Block streaming (nn::BlockStreamer): i counts the double blocks, then the single blocks
+// (0 .. num_layers + num_single_layers - 1).
+using BlockHook = nn::BlockHook;
 
 class FluxTransformer2DModelImpl : public torch::nn::Module {
  public:

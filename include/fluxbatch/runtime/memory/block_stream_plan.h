@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fluxbatch/models/flux/config.h"
+#include "fluxbatch/models/t5/config.h"
 #include "fluxbatch/runtime/memory_planner.h"
 
 namespace fluxbatch::runtime {
@@ -24,6 +25,9 @@ struct TransformerSplit {
 // proportion to the parameters the config implies for each part (an NF4 or fp8 file shrinks every
 // block alike; the non-block part is under 1% of FLUX.1).
 TransformerSplit flux_transformer_split(const models::flux::FluxConfig& config, int64_t transformer_bytes);
+// A T5 encoder of `config` whose weights take `t5_bytes`: the shared embedding (never quantized, at
+// `dtype_size` bytes a value) is the non-block part, the rest divides equally into the blocks.
+TransformerSplit t5_encoder_split(const models::t5::T5Config& config, int64_t t5_bytes, int dtype_size);
 
 struct BlockStreamPlan {
   int blocks = 0;               // streamable blocks (FLUX.1: 19 double + 38 single = 57)
@@ -42,12 +46,14 @@ struct BlockStreamPlan {
 // Every block resident costs no ring. InputError for slots < 1.
 BlockStreamPlan plan_block_stream(const TransformerSplit& split, int64_t weight_room, int slots = 2);
 
-// `components` with the transformer's weight replaced by what the streaming denoise stage holds, so
+// `components` with `component`'s weight replaced by what its streaming stage holds, so
 // flux_memory_model(..., Residency::kStream) and the batch planner see the streamed stage.
 std::vector<ComponentWeights> streamed_components(const std::vector<ComponentWeights>& components,
-                                                  const BlockStreamPlan& plan);
+                                                  const BlockStreamPlan& plan,
+                                                  const std::string& component = "transformer");
 
-// "38 of 57 transformer blocks resident, 19 streamed (1.90 GiB per step over the bus)".
-std::string describe_stream(const BlockStreamPlan& plan);
+// "38 of 57 transformer blocks resident, 19 streamed (1.90 GiB per step over the bus)" (`what` T5:
+// "... T5 blocks ... per prompt ...").
+std::string describe_stream(const BlockStreamPlan& plan, const std::string& what = "transformer");
 
 }  // namespace fluxbatch::runtime
