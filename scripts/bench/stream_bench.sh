@@ -44,14 +44,16 @@ PY
 )
 echo "pinned_copy_peak_gbs=$PEAK_GBS"
 
-make_job() {  # make_job FILE COUNT DIR
-  python3 - "$1" "$2" "$3" "$SIZE" "$STEPS" <<'PY'
+# One job file per batch, shared by its configs: a PNG records the job file's path, so the byte
+# comparison needs the same one (the output directory comes from --out).
+make_job() {  # make_job FILE COUNT
+  python3 - "$1" "$2" "$SIZE" "$STEPS" <<'PY'
 import json, sys
-path, count, out, size, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+path, count, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 subjects = ["a red fox", "a lighthouse", "a bowl of ramen", "an old tram", "a snowy owl", "a glass teapot",
             "a desert canyon", "a violin", "a paper boat", "a city at night"]
 items = [{"prompt": f"{subjects[i % len(subjects)]}, photo {i}", "seed": 2000 + i} for i in range(count)]
-json.dump({"output": {"dir": out, "name": "{index:02}.png"},
+json.dump({"output": {"name": "{index:02}.png"},
            "defaults": {"width": size, "height": size, "steps": steps, "guidance": 3.5},
            "items": items}, open(path, "w"), indent=1)
 PY
@@ -60,16 +62,18 @@ PY
 # run LABEL BATCH IMAGES BUDGET(or none) -> one JSON row in rows.jsonl and key=value lines.
 run() {
   local label=$1 batch=$2 images=$3 budget=$4
-  local job="$OUTDIR/job_$label.json" out="$OUTDIR/out_$label" log="$OUTDIR/render_$label.log"
-  make_job "$job" "$images" "$out"
+  local job="$OUTDIR/job_b$batch.json" out="$OUTDIR/out_$label" log="$OUTDIR/render_$label.log"
+  make_job "$job" "$images"
   local flags=(--offload off) bpid=""
   if [ "$budget" != none ]; then
     # CUDA: auto must choose stream by itself. The CPU's auto is staged; there stream is asked for.
     flags=(--offload "$([ "$DEVICE" = cuda ] && echo auto || echo stream)" --vram-budget "$budget")
     if [ "$DEVICE" = cuda ]; then
-      # Leave the budget plus the default 512 MiB reserve and some slack for the CUDA context.
+      # Leave the budget plus fluxbatch's own CUDA context (about 0.5 GiB, outside the allocator), the
+      # default 512 MiB reserve and some slack, so that the budget in force is --vram-budget itself; the
+      # allocator is capped at the budget either way (the log's "memory budget" line says which).
       local leave
-      leave=$(python3 -c "import sys; s=sys.argv[1]; u={'G':1,'M':1/1024}[s[-1]]; print(float(s[:-1])*u + 0.75)" "$budget")
+      leave=$(python3 -c "import sys; s=sys.argv[1]; u={'G':1,'M':1/1024}[s[-1]]; print(float(s[:-1])*u + 1.25)" "$budget")
       rm -f "$OUTDIR/ballast.ready"
       python3 scripts/bench/ballast.py --leave-gib "$leave" --ready "$OUTDIR/ballast.ready" > "$OUTDIR/ballast_$label.log" 2>&1 &
       bpid=$!
@@ -78,7 +82,7 @@ run() {
   fi
   local t0 t1 rc
   t0=$(date +%s%N)
-  "$BIN" render "$job" --model "$MODEL" --device "$DEVICE" --quantize nf4 --batch "$batch" --overwrite -v \
+  "$BIN" render "$job" --model "$MODEL" --out "$out" --device "$DEVICE" --quantize nf4 --batch "$batch" --overwrite -v \
     "${flags[@]}" "${EXTRA_FLAGS[@]}" > "$log" 2>&1
   rc=$?
   t1=$(date +%s%N)

@@ -218,15 +218,19 @@ void run_plan(const PlanCommand& given) {
       runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
+  const runtime::CalibrationCache cache(runtime::default_calibration_path());
+  const std::string identity = runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8));
   std::optional<StreamingPlan> stream;
   if (residency == runtime::Residency::kStream) {
-    stream = plan_streaming(runtime::locate_model(model), weights, dtype_size, groups, command.max_batch, budget.bytes);
+    stream = plan_streaming(runtime::locate_model(model), weights, dtype_size, groups,
+                            models_for_groups(runtime::flux_memory_model(weights, dtype_size, residency), groups,
+                                              cache, runtime::device_identity(device), identity),
+                            command.max_batch, /*batch_fixed=*/false, budget.bytes);
     weights = stream->weights;
   }
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
-  const runtime::CalibrationCache cache(runtime::default_calibration_path());
-  const std::vector<runtime::MemoryModel> models = models_for_groups(
-      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8)));
+  const std::vector<runtime::MemoryModel> models =
+      models_for_groups(base, groups, cache, runtime::device_identity(device), identity);
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
                             residency, stream};

@@ -30,9 +30,10 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
                   "auto, on, off or stream. off: each stage loads its own components from disk when it starts "
                   "(text encoders, then transformer + VAE), so they never share the device; on: every component "
                   "waits in pinned host memory and is copied to the device for its stage only; stream: as on, but "
-                  "the transformer is never on the device whole: as many of its 57 blocks as the budget allows stay "
-                  "resident for the denoise stage and the rest are copied in one by one while the previous one "
-                  "computes (for cards that cannot hold the transformer, e.g. 4 GiB; same images, slower); "
+                  "the transformer and T5 are never on the device whole: as many of their blocks (57, 24) as the "
+                  "budget allows stay resident for their stage and the rest are copied in one by one while the "
+                  "previous one computes (for cards that cannot hold the transformer, e.g. 4 GiB; same images, "
+                  "slower; the log and plan say how many blocks stream); "
                   "auto = stream when the transformer takes over 7/8 of the budget, else on when the transformer "
                   "+ VAE take over 3/4 of it, else off (default auto)")
       ->type_name("MODE")
@@ -115,21 +116,23 @@ runtime::Residency resolve_residency(const std::string& offload, c10::Device dev
 }
 
 StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
-                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const std::vector<runtime::MemoryModel>& models, int max_batch, bool batch_fixed,
                              int64_t budget_bytes) {
+  if (models.size() != groups.size()) throw InputError("streaming plan: one memory model per resolution group");
   const auto bytes_of = [&](const std::string& name) {
     for (const runtime::ComponentWeights& c : weights) {
       if (c.name == name) return c.weight_bytes;
     }
     return int64_t{0};
   };
-  const runtime::MemoryModel model = runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream);
   // A stage's activations, the most over the groups at their batches.
-  const auto activations = [&](const runtime::MemoryModel& m, size_t stage, const std::vector<int>& batches) {
+  const auto activations = [&](size_t stage, const std::vector<int>& batches) {
     int64_t most = 0;
     for (size_t i = 0; i < groups.size(); ++i) {
       const runtime::ResolutionGroup& g = groups[i];
-      most = std::max(most, m.stages[stage].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size, batches[i]));
+      most = std::max(most, models[i].stages[stage].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size,
+                                                               batches[i]));
     }
     return most;
   };
@@ -140,17 +143,17 @@ StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector
   StreamingPlan out;
   const runtime::TransformerSplit t5 =
       runtime::t5_encoder_split(runtime::text_encoder_2_config(files), bytes_of("text_encoder_2"), dtype_size);
-  out.t5 = runtime::plan_block_stream(t5, budget_bytes - bytes_of("text_encoder") - activations(model, 0, wanted));
+  out.t5 = runtime::plan_block_stream(t5, budget_bytes - bytes_of("text_encoder") - activations(0, wanted));
   const runtime::TransformerSplit split =
       runtime::flux_transformer_split(runtime::transformer_config(files), bytes_of("transformer"));
-  out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(model, 1, wanted));
-  if (out.transformer.resident_blocks == 0 && !groups.empty()) {
-    const runtime::MemoryModel streamed = runtime::flux_memory_model(
-        runtime::streamed_components(weights, out.transformer), dtype_size, runtime::Residency::kStream);
+  out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(1, wanted));
+  if (out.transformer.resident_blocks == 0 && !batch_fixed && !groups.empty()) {
+    std::vector<runtime::MemoryModel> streamed = models;
+    for (runtime::MemoryModel& m : streamed) m.components = runtime::streamed_components(weights, out.transformer);
     const runtime::Plan batches = runtime::plan_batches(streamed, groups, budget_bytes, std::max(1, max_batch));
     std::vector<int> planned;
     for (const runtime::GroupPlan& g : batches.groups) planned.push_back(g.batch_size);
-    out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(model, 1, planned));
+    out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(1, planned));
   }
   out.weights = runtime::streamed_components(runtime::streamed_components(weights, out.transformer), out.t5,
                                              "text_encoder_2");

@@ -56,16 +56,18 @@ runtime::Residency resolve_residency(const std::string& offload, c10::Device dev
 
 // Streaming: how many transformer blocks stay resident for the denoise stage, and T5 blocks for the
 // encode stage. Leaves room for the stage's activations of each group at min(its images, max_batch)
-// by the built-in estimate (and for CLIP in the encode stage); when even no resident transformer block
-// leaves that room, for the batches the planner then picks (a larger batch amortises the bytes
-// streamed per step, so the batch comes first). `weights`: as for resolve_residency.
+// (and for CLIP in the encode stage), by `models` (one per group: the built-in estimate or the
+// group's cached calibration); unless `batch_fixed`, when even no resident transformer block leaves
+// that room, for the batches the planner then picks (a larger batch amortises the bytes streamed per
+// step, so the batch comes first). `weights`: as for resolve_residency.
 struct StreamingPlan {
   runtime::BlockStreamPlan transformer;
   runtime::BlockStreamPlan t5;
   std::vector<runtime::ComponentWeights> weights;  // `weights` with both as their stages hold them
 };
 StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
-                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups, int max_batch,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const std::vector<runtime::MemoryModel>& models, int max_batch, bool batch_fixed,
                              int64_t budget_bytes);
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,

@@ -73,9 +73,15 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
   if (options.residency == runtime::Residency::kStream) {
-    const StreamingPlan plan =
-        plan_streaming(runtime::locate_model(setup_.model), weights, static_cast<int>(c10::elementSize(dtype)),
-                       resolution_groups(items), setup_.max_batch, memory_->budget().bytes);
+    // Activations from the calibration cache where it has the group (else the built-in estimates).
+    const int dtype_size = static_cast<int>(c10::elementSize(dtype));
+    const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
+    const std::vector<runtime::MemoryModel> models = models_for_groups(
+        runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream), groups,
+        runtime::CalibrationCache(runtime::default_calibration_path()), runtime::device_identity(options.device),
+        runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8)));
+    const StreamingPlan plan = plan_streaming(runtime::locate_model(setup_.model), weights, dtype_size, groups, models,
+                                              setup_.max_batch, !setup_.calibrate, memory_->budget().bytes);
     options.resident_blocks = plan.transformer.resident_blocks;
     options.t5_resident_blocks = plan.t5.resident_blocks;
     weights = plan.weights;  // what the stages hold, for the batch plan

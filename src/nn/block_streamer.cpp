@@ -96,6 +96,7 @@ struct BlockStreamer::Impl {
     const Part& part = blocks[static_cast<size_t>(b)];
 #ifdef FLUXBATCH_WITH_CUDA
     if (device.is_cuda()) {
+      const c10::cuda::CUDAGuard guard(copy_stream->device_index());  // cudaMemcpyAsync's device
       used[static_cast<size_t>(s)].block(*copy_stream);
       const cudaError_t status =
           cudaMemcpyAsync(ring[static_cast<size_t>(s)].data_ptr(), arena.data_ptr<uint8_t>() + part.begin,
@@ -191,6 +192,8 @@ void BlockStreamer::to_device(int resident) {
   s.to_device(s.other);
   for (int b = 0; b < resident; ++b) s.to_device(s.blocks[static_cast<size_t>(b)]);
   const int streamed = s.count() - resident;
+  s.ring.clear();  // left over when an earlier call failed part-way (out of memory)
+  s.queue.clear();
   if (streamed > 0) {
     s.slot_bytes = 0;
     for (int b = resident; b < s.count(); ++b) s.slot_bytes = std::max(s.slot_bytes, s.blocks[static_cast<size_t>(b)].bytes);
