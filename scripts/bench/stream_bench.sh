@@ -8,7 +8,8 @@
 # run's byte for byte (cmp), and the host-to-device bandwidth the streaming reached against the
 # measured pinned-copy peak; all of it also in OUTDIR/stream.json.
 #   bash scripts/bench/stream_bench.sh MODEL_NF4 OUTDIR
-# Environment: STEPS (28), SIZE (1024), IMAGES_B4 (8), IMAGES_B1 (2), BUDGETS ("4G 3G"), FB_BIN
+# Environment (lower STEPS / IMAGES_B4 to fit a short slot: six renders run): STEPS (28), SIZE (1024),
+# IMAGES_B4 (8), IMAGES_B1 (2), BUDGETS ("4G 3G"), FB_BIN
 # (./build-gpu/fluxbatch), FB_DEVICE (cuda; cpu runs the same configs without ballast, e.g. on a tiny
 # model with BUDGETS=40M SIZE=64 STEPS=2, to check the script), EXTRA (more render flags).
 set -uo pipefail
@@ -24,7 +25,10 @@ export FLUXBATCH_CACHE_DIR="$OUTDIR/cache"
 rm -rf "$FLUXBATCH_CACHE_DIR" "$OUTDIR"/out_* "$OUTDIR"/rows.jsonl
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
-# The pinned host-to-device copy peak: 1 GiB (64 MiB on the CPU run) copied 5 times, timed by events.
+# The pinned host-to-device copy peak: 1 GiB copied 5 times, timed by CUDA events (n/a on the CPU).
+# Against it, each streamed config reports stream_gbs: the bytes streamed over the denoise stage's
+# time. That is the bus rate the streaming demanded; it equals the rate reached when the stage is
+# copy-bound (ratio to resident well over 1), and is below it when compute hides the copies.
 PEAK_GBS=$(python3 - "$DEVICE" <<'PY' 2>/dev/null || echo "n/a"
 import sys
 import torch
