@@ -450,7 +450,9 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   s.load_denoisers();
   s.load_text_encoders();
   log::info("loaded " + description() + " from " + s.files.root + " on " + c10::str(options.device) + " (" +
-            dtype_name(options.dtype) + (s.offload() ? ", offloaded to pinned host memory" : "") + ") in " +
+            dtype_name(options.dtype) + (s.stream()    ? ", offloaded to host memory, transformer and T5 streamed by block"
+                  : s.offload() ? ", offloaded to pinned host memory"
+                                : "") + ") in " +
             seconds_text(seconds_since(start)));
 }
 

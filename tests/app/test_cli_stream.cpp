@@ -110,6 +110,14 @@ TEST_CASE("plan --offload stream reports the blocks resident and the bytes strea
   INFO(text.output);
   CHECK_THAT(text.output, ContainsSubstring("components stream"));
   CHECK_THAT(text.output, ContainsSubstring("streaming: 0 of 4 transformer blocks resident, 4 streamed"));
+  // The 4 GiB preset streams (NF4, 3.5 GiB).
+  const nlohmann::json preset = nlohmann::json::parse(
+      fluxbatch::test::run_command(env + quote(FLUXBATCH_EXE) + " plan --device cpu --json --config low-vram-4g --model " +
+                                   quote(model("tiny-flux-dev")) + " " + quote(write_job(dir)))
+          .output);
+  CHECK(preset["residency"] == "stream");
+  CHECK(preset["quantize"] == "nf4");
+  CHECK(preset["budget_bytes"] == int64_t{7} << 29);
   // Without --offload stream nothing streams.
   const nlohmann::json off = nlohmann::json::parse(
       fluxbatch::test::run_command(env + quote(FLUXBATCH_EXE) + " plan --device cpu --json --model " +
