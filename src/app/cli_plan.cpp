@@ -44,6 +44,7 @@ std::string json_string(const std::string& s) {
 struct ReportHeader {
   std::string job, model, device, dtype, quantize, budget_how, cache;
   runtime::Residency residency = runtime::Residency::kStaged;
+  std::optional<StreamingPlan> stream;  // residency kStream
 };
 
 bool all_calibrated(const runtime::Plan& plan) {
@@ -60,6 +61,14 @@ std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
   out += all_calibrated(plan) ? "activations: calibrated (" + h.cache + ")\n"
                               : "activations: built-in first guesses where marked uncalibrated (no calibration in " +
                                     h.cache + "; render --batch auto measures and stores one)\n";
+  if (h.stream) {
+    for (const auto& [p, what, stage] : {std::tuple(&h.stream->transformer, "transformer", "denoise"),
+                                         std::tuple(&h.stream->t5, "T5", "encode")}) {
+      out += "streaming: " + runtime::describe_stream(*p, what) + "; the " + stage + " stage holds " +
+             format_bytes(p->resident_bytes) + " of " + what + " weights (" + std::to_string(p->slots) +
+             " slot(s) of " + format_bytes(p->slot_bytes) + ")\n";
+    }
+  }
   for (const runtime::GroupPlan& g : plan.groups) {
     out += "\n" + std::to_string(g.group.width) + "x" + std::to_string(g.group.height) + ", sequence " +
            std::to_string(g.group.max_sequence_length) + ": " + std::to_string(g.group.images) +
@@ -82,13 +91,30 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
   std::string out = "{\"job\": " + json_string(h.job) + ", \"model\": " + json_string(h.model) +
                     ", \"device\": " + json_string(h.device) + ", \"dtype\": " + json_string(h.dtype) +
                     ", \"quantize\": " + json_string(h.quantize) +
-                    ", \"offload\": " + (h.residency == runtime::Residency::kOffload ? "true" : "false") +
+                    ", \"offload\": " +
+                    (h.residency == runtime::Residency::kOffload || h.residency == runtime::Residency::kStream
+                         ? "true"
+                         : "false") +
                     ", \"residency\": " + json_string(runtime::residency_name(h.residency)) + ", \"calibrated\": " +
                     (all_calibrated(plan) ? "true" : "false") + ", \"calibration_cache\": " + json_string(h.cache) +
                     ", \"budget\": " + json_string(h.budget_how) +
                     ", \"budget_bytes\": " + std::to_string(plan.budget_bytes) +
                     ", \"peak_bytes\": " + std::to_string(plan.peak_bytes) +
-                    ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"groups\": [";
+                    ", \"fits\": " + (plan.fits ? "true" : "false") + ", \"stream\": ";
+  if (h.stream) {
+    // The transformer's plan at the top level; T5's (per prompt encoded) under "t5".
+    const auto fields = [](const runtime::BlockStreamPlan& p, const char* per) {
+      return "\"blocks\": " + std::to_string(p.blocks) + ", \"resident_blocks\": " + std::to_string(p.resident_blocks) +
+             ", \"streamed_blocks\": " + std::to_string(p.streamed_blocks()) + ", \"slots\": " +
+             std::to_string(p.slots) + ", \"slot_bytes\": " + std::to_string(p.slot_bytes) +
+             ", \"resident_bytes\": " + std::to_string(p.resident_bytes) + ", \"streamed_bytes_per_" + per +
+             "\": " + std::to_string(p.streamed_bytes);
+    };
+    out += "{" + fields(h.stream->transformer, "step") + ", \"t5\": {" + fields(h.stream->t5, "prompt") + "}}";
+  } else {
+    out += "null";
+  }
+  out += ", \"groups\": [";
   for (size_t i = 0; i < plan.groups.size(); ++i) {
     const runtime::GroupPlan& g = plan.groups[i];
     out += std::string(i ? ", " : "") + "{\"width\": " + std::to_string(g.group.width) +
@@ -188,17 +214,26 @@ void run_plan(const PlanCommand& given) {
   }
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
   const bool fp8 = command.speed.compute == "fp8";
-  const std::vector<runtime::ComponentWeights> weights =
+  std::vector<runtime::ComponentWeights> weights =
       runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
-  const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
-  const std::vector<runtime::MemoryModel> models = models_for_groups(
-      base, groups, cache, runtime::device_identity(device), runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8)));
+  const std::string identity = runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8));
+  std::optional<StreamingPlan> stream;
+  if (residency == runtime::Residency::kStream) {
+    stream = plan_streaming(runtime::locate_model(model), weights, dtype_size, groups,
+                            models_for_groups(runtime::flux_memory_model(weights, dtype_size, residency), groups,
+                                              cache, runtime::device_identity(device), identity),
+                            command.max_batch, /*batch_fixed=*/false, budget.bytes);
+    weights = stream->weights;
+  }
+  const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
+  const std::vector<runtime::MemoryModel> models =
+      models_for_groups(base, groups, cache, runtime::device_identity(device), identity);
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
-                            residency};
+                            residency, stream};
   const std::string report = command.json ? json_report(header, plan) : text_report(header, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }

@@ -27,12 +27,17 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
       ->group(group);
   command
       .add_option("--offload", o.offload,
-                  "auto, on or off. off: each stage loads its own components from disk when it starts (text "
-                  "encoders, then transformer + VAE), so they never share the device; on: every component waits in "
-                  "pinned host memory and is copied to the device for its stage only; auto = on when the "
-                  "transformer + VAE take over 3/4 of the budget (default auto)")
+                  "auto, on, off or stream. off: each stage loads its own components from disk when it starts "
+                  "(text encoders, then transformer + VAE), so they never share the device; on: every component "
+                  "waits in pinned host memory and is copied to the device for its stage only; stream: as on, but "
+                  "the transformer and T5 are never on the device whole: as many of their blocks (57, 24) as the "
+                  "budget allows stay resident for their stage and the rest are copied in one by one while the "
+                  "previous one computes (for cards that cannot hold the transformer, e.g. 4 GiB; same images, "
+                  "slower; the log and plan say how many blocks stream); "
+                  "auto = stream when the transformer takes over 7/8 of the budget, else on when the transformer "
+                  "+ VAE take over 3/4 of it, else off (default auto)")
       ->type_name("MODE")
-      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->check(CLI::IsMember({"auto", "on", "off", "stream"}))
       ->group(group);
   if (!monitor) return;
   command
@@ -104,9 +109,55 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec
 runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
                                      const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes) {
   if (offload == "on") return runtime::Residency::kOffload;
+  if (offload == "stream") return runtime::Residency::kStream;
   if (offload == "off" || !device.is_cuda()) return runtime::Residency::kStaged;
-  if (offload != "auto") throw InputError("--offload: expected auto, on or off, got '" + offload + "'");
+  if (offload != "auto") throw InputError("--offload: expected auto, on, off or stream, got '" + offload + "'");
   return runtime::choose_residency(weights, budget_bytes);
+}
+
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const std::vector<runtime::MemoryModel>& models, int max_batch, bool batch_fixed,
+                             int64_t budget_bytes) {
+  if (models.size() != groups.size()) throw InputError("streaming plan: one memory model per resolution group");
+  const auto bytes_of = [&](const std::string& name) {
+    for (const runtime::ComponentWeights& c : weights) {
+      if (c.name == name) return c.weight_bytes;
+    }
+    return int64_t{0};
+  };
+  // A stage's activations, the most over the groups at their batches.
+  const auto activations = [&](size_t stage, const std::vector<int>& batches) {
+    int64_t most = 0;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      const runtime::ResolutionGroup& g = groups[i];
+      most = std::max(most, models[i].stages[stage].cost.bytes(g.width, g.height, g.max_sequence_length, dtype_size,
+                                                               batches[i]));
+    }
+    return most;
+  };
+  std::vector<int> wanted;
+  for (const runtime::ResolutionGroup& g : groups) {
+    wanted.push_back(static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(g.images, max_batch))));
+  }
+  StreamingPlan out;
+  const runtime::TransformerSplit t5 =
+      runtime::t5_encoder_split(runtime::text_encoder_2_config(files), bytes_of("text_encoder_2"), dtype_size);
+  out.t5 = runtime::plan_block_stream(t5, budget_bytes - bytes_of("text_encoder") - activations(0, wanted));
+  const runtime::TransformerSplit split =
+      runtime::flux_transformer_split(runtime::transformer_config(files), bytes_of("transformer"));
+  out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(1, wanted));
+  if (out.transformer.resident_blocks == 0 && !batch_fixed && !groups.empty()) {
+    std::vector<runtime::MemoryModel> streamed = models;
+    for (runtime::MemoryModel& m : streamed) m.components = runtime::streamed_components(weights, out.transformer);
+    const runtime::Plan batches = runtime::plan_batches(streamed, groups, budget_bytes, std::max(1, max_batch));
+    std::vector<int> planned;
+    for (const runtime::GroupPlan& g : batches.groups) planned.push_back(g.batch_size);
+    out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(1, planned));
+  }
+  out.weights = runtime::streamed_components(runtime::streamed_components(weights, out.transformer), out.t5,
+                                             "text_encoder_2");
+  return out;
 }
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,

@@ -12,7 +12,9 @@
 
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/runtime/memory_calibration.h"
+#include "fluxbatch/runtime/memory/block_stream_plan.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/model_files.h"
 
 namespace fluxbatch::app {
 
@@ -26,7 +28,7 @@ struct MemoryOptions {
   std::string reserve = kDefaultVramReserve;  // --vram-reserve
   int monitor_interval_ms = 100;            // --monitor-interval (render only); 0 = off
   double monitor_threshold = 0.9;           // --monitor-threshold (render only)
-  std::string offload = "auto";             // --offload auto|on|off
+  std::string offload = "auto";             // --offload auto|on|off|stream
 };
 void add_memory_options(CLI::App& command, MemoryOptions& options, bool monitor);
 
@@ -45,10 +47,28 @@ std::vector<runtime::ResolutionGroup> resolution_groups(const std::vector<const 
 std::vector<runtime::ResolutionGroup> resolution_groups(const job::JobSpec& spec);
 
 // Where the components wait between stages (--offload): on = offloaded to pinned host memory, off =
-// staged (each stage loads its own from disk), auto = runtime::choose_residency on CUDA and staged on
-// the CPU (there the device is the host). `weights`: runtime::model_component_weights.
+// staged (each stage loads its own from disk), stream = offloaded with the transformer streamed block
+// by block (on the CPU too, where the counting budget stands for the device), auto =
+// runtime::choose_residency on CUDA and staged on the CPU (there the device is the host).
+// `weights`: runtime::model_component_weights.
 runtime::Residency resolve_residency(const std::string& offload, c10::Device device,
                                      const std::vector<runtime::ComponentWeights>& weights, int64_t budget_bytes);
+
+// Streaming: how many transformer blocks stay resident for the denoise stage, and T5 blocks for the
+// encode stage. Leaves room for the stage's activations of each group at min(its images, max_batch)
+// (and for CLIP in the encode stage), by `models` (one per group: the built-in estimate or the
+// group's cached calibration); unless `batch_fixed`, when even no resident transformer block leaves
+// that room, for the batches the planner then picks (a larger batch amortises the bytes streamed per
+// step, so the batch comes first). `weights`: as for resolve_residency.
+struct StreamingPlan {
+  runtime::BlockStreamPlan transformer;
+  runtime::BlockStreamPlan t5;
+  std::vector<runtime::ComponentWeights> weights;  // `weights` with both as their stages hold them
+};
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const std::vector<runtime::MemoryModel>& models, int max_batch, bool batch_fixed,
+                             int64_t budget_bytes);
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
                                         const runtime::ResolutionGroup& group);

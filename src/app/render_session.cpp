@@ -4,7 +4,9 @@
 
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/memory_calibration.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/model_files.h"
 
 namespace fluxbatch::app {
 namespace {
@@ -16,10 +18,15 @@ runtime::Residency decide_residency(const std::string& mode, c10::Device device,
   const std::string why = " (--offload " + mode + "; transformer + VAE " +
                           runtime::format_bytes(runtime::denoise_weight_bytes(weights)) + ", budget " +
                           runtime::format_bytes(budget_bytes) + ")";
-  log::info(residency == runtime::Residency::kOffload
-                ? "offload: components wait in pinned host memory and visit the device for their stage" + why
-                : "staged: each stage loads its components from disk; the text encoders never share the device "
-                  "with the transformer and VAE" + why);
+  if (residency == runtime::Residency::kStream) {
+    log::info("stream: components wait in host memory and visit the device for their stage; the transformer's "
+              "blocks are streamed through the denoise stage" + why);
+  } else {
+    log::info(residency == runtime::Residency::kOffload
+                  ? "offload: components wait in pinned host memory and visit the device for their stage" + why
+                  : "staged: each stage loads its components from disk; the text encoders never share the device "
+                    "with the transformer and VAE" + why);
+  }
   return residency;
 }
 
@@ -51,7 +58,7 @@ RenderSession::RenderSession(SessionSetup setup, runtime::StageClock& clock) : s
 
 RenderSession::~RenderSession() = default;
 
-runtime::ImageGenerator& RenderSession::device() {
+runtime::ImageGenerator& RenderSession::device(const std::vector<const job::RenderItem*>& items) {
   if (generator_) return *generator_;
   runtime::GeneratorOptions options = setup_.generator;
   const c10::ScalarType dtype = *options.dtype;
@@ -65,19 +72,45 @@ runtime::ImageGenerator& RenderSession::device() {
       *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4, options.compute_fp8);
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
+  if (options.residency == runtime::Residency::kStream) {
+    // Activations from the calibration cache where it has the group (else the built-in estimates).
+    const int dtype_size = static_cast<int>(c10::elementSize(dtype));
+    const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
+    const std::vector<runtime::MemoryModel> models = models_for_groups(
+        runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream), groups,
+        runtime::CalibrationCache(runtime::default_calibration_path()), runtime::device_identity(options.device),
+        runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8)));
+    const StreamingPlan plan = plan_streaming(runtime::locate_model(setup_.model), weights, dtype_size, groups, models,
+                                              setup_.max_batch, !setup_.calibrate, memory_->budget().bytes);
+    options.resident_blocks = plan.transformer.resident_blocks;
+    options.t5_resident_blocks = plan.t5.resident_blocks;
+    weights = plan.weights;  // what the stages hold, for the batch plan
+    log::info("streaming plan: " + runtime::describe_stream(plan.transformer) + "; the denoise stage holds " +
+              runtime::format_bytes(plan.transformer.resident_bytes) + " of transformer weights");
+    log::info("streaming plan: " + runtime::describe_stream(plan.t5, "T5") + "; the encode stage holds " +
+              runtime::format_bytes(plan.t5.resident_bytes) + " of T5 weights");
+  }
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);
   return *generator_;
 }
 
-void RenderSession::prepare(const std::vector<const job::RenderItem*>& items) { device().prepare(items); }
+void RenderSession::prepare(const std::vector<const job::RenderItem*>& items) { device(items).prepare(items); }
+
+namespace {
+std::vector<const job::RenderItem*> pointers(const std::vector<job::RenderItem>& batch) {
+  std::vector<const job::RenderItem*> out;
+  for (const job::RenderItem& item : batch) out.push_back(&item);
+  return out;
+}
+}  // namespace
 
 std::vector<runtime::Image> RenderSession::generate(const std::vector<job::RenderItem>& batch) {
-  return device().generate(batch);
+  return device(pointers(batch)).generate(batch);
 }
 
 void RenderSession::generate_each(const std::vector<job::RenderItem>& batch, const runtime::ImageSink& on_image) {
-  device().generate_each(batch, on_image);
+  device(pointers(batch)).generate_each(batch, on_image);
 }
 
 int RenderSession::batch_of(const job::RenderItem& item) const { return memory_ ? memory_->batch_of(item) : 1; }

@@ -46,7 +46,8 @@ class RenderSession : public runtime::ImageGenerator {
   std::optional<RenderMemory::Facts> stop();
 
  private:
-  runtime::ImageGenerator& device();  // made on first use
+  // Made on first use; `items` (the job's, or the first batch's) size the streaming plan.
+  runtime::ImageGenerator& device(const std::vector<const job::RenderItem*>& items);
 
   SessionSetup setup_;
   runtime::StageClock& clock_;

@@ -89,7 +89,9 @@ Read read_render(const std::string& key, const json& v) {
   if (key == "device") return read_string(v, device_problem);
   if (key == "dtype") return read_string(v, [](const std::string& s) { return one_of(s, {"bf16", "fp16", "fp32"}); });
   if (key == "quantize") return read_string(v, [](const std::string& s) { return one_of(s, {"none", "nf4"}); });
-  if (key == "offload") return read_string(v, [](const std::string& s) { return one_of(s, {"auto", "on", "off"}); });
+  if (key == "offload") {
+    return read_string(v, [](const std::string& s) { return one_of(s, {"auto", "on", "off", "stream"}); });
+  }
   if (key == "progress") {
     return read_string(v, [](const std::string& s) { return one_of(s, {"auto", "bar", "log", "json", "none"}); });
   }

@@ -26,7 +26,8 @@ void for_each_linear(torch::nn::Module& module, Fn fn) {
   }
 }
 
-// Every tensor of `module` once (tied weights share a TensorImpl and are swapped together).
+}  // namespace
+
 std::vector<at::Tensor> module_tensors(torch::nn::Module& module) {
   std::vector<at::Tensor> out;
   std::set<const void*> seen;
@@ -45,13 +46,6 @@ void release_scratch(torch::nn::Module& module) {
   for_each_linear(module, [](LinearImpl& linear) { linear.release_scratch(); });
 }
 
-// Bytes between two tensors in the pinned block (covers every dtype's alignment).
-constexpr int64_t kAlignment = 256;
-
-// One page-locked block of `bytes` as a uint8 tensor, freed with the last view of it. One block,
-// because pinning tensor by tensor through the caching host allocator rounds each up to a power of
-// two and costs a driver call per tensor. Undefined (pageable copies then: slower, synchronous
-// transfers) when the driver refuses, e.g. past the host's lockable memory.
 at::Tensor pinned_block(int64_t bytes) {
 #ifdef FLUXBATCH_WITH_CUDA
   void* ptr = nullptr;
@@ -67,8 +61,6 @@ at::Tensor pinned_block(int64_t bytes) {
 #endif
   return at::Tensor();
 }
-
-}  // namespace
 
 PinnedWeights::PinnedWeights(torch::nn::Module& module, c10::Device device) : module_(module), device_(device) {
   // The weights are inference tensors (loaded under InferenceMode): set_data needs it too.

@@ -70,6 +70,8 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.device = options.device;
   out.dtype = options.dtype.value_or(options.device.is_cuda() ? c10::kBFloat16 : c10::kFloat);
   out.residency = options.residency;
+  out.resident_blocks = options.resident_blocks;
+  out.t5_resident_blocks = options.t5_resident_blocks;
   out.keep_text_encoders = options.keep_text_encoders;
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;

@@ -70,6 +70,7 @@ const char* residency_name(Residency residency) {
     case Residency::kDevice: return "device";
     case Residency::kStaged: return "staged";
     case Residency::kOffload: return "offload";
+    case Residency::kStream: return "stream";
   }
   return "?";
 }
@@ -83,6 +84,11 @@ int64_t denoise_weight_bytes(const std::vector<ComponentWeights>& components) {
 }
 
 Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes) {
+  int64_t transformer = 0;
+  for (const ComponentWeights& c : components) {
+    if (c.name == "transformer") transformer = c.weight_bytes;
+  }
+  if (transformer > budget_bytes / 8 * 7) return Residency::kStream;
   return denoise_weight_bytes(components) > budget_bytes / 4 * 3 ? Residency::kOffload : Residency::kStaged;
 }
 
@@ -95,7 +101,8 @@ MemoryModel flux_memory_model(const std::vector<ComponentWeights>& components, i
   const std::vector<std::string> all = {"text_encoder", "text_encoder_2", "transformer", "vae"};
   // Stage-major execution (FluxGenerator::prepare) frees the text encoders after the encode stage in
   // every mode, so denoise and decode never count them.
-  const bool offload = residency == Residency::kOffload;
+  // Streaming: the caller passes the transformer's weight as the stage holds it (streamed_components).
+  const bool offload = residency == Residency::kOffload || residency == Residency::kStream;
   const std::vector<std::string>& encode = residency == Residency::kDevice ? all : text;
   model.stages.push_back({"encode", encode, {0.0, kEncodePerToken, kFixedBytes}});
   model.stages.push_back(

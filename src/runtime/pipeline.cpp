@@ -8,11 +8,13 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/runtime/model_io/consistency.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
+#include "fluxbatch/nn/block_streamer.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/sampling/latents.h"
@@ -212,11 +214,20 @@ struct FluxPipeline::State {
 
   // kOffload: each loaded component's host copy, by module.
   std::map<const torch::nn::Module*, std::unique_ptr<nn::PinnedWeights>> pinned;
+  // kStream: the transformer's and T5's host copies, streamed block by block with their resident
+  // counts, by module (CLIP and the VAE are pinned).
+  struct Streamed {
+    std::unique_ptr<nn::BlockStreamer> streamer;
+    int resident = 0;
+  };
+  std::map<const torch::nn::Module*, Streamed> streamed;
 
   bool text_held = false;    // hold_text_encoders: no trip home between encode_prompts calls
   bool text_on_cpu = false;  // the encode stage's out-of-memory fallback: CLIP and T5 run on the CPU
 
-  bool offload() const { return options.residency == Residency::kOffload; }
+  bool stream() const { return options.residency == Residency::kStream; }
+  // Streaming offloads every component; the transformer and T5 go through `streamed`, not `pinned`.
+  bool offload() const { return options.residency == Residency::kOffload || stream(); }
   bool staged() const { return options.residency == Residency::kStaged; }
   // Where weights live between stages: the device, or the CPU when offloading.
   c10::Device home() const { return offload() ? c10::Device(c10::kCPU) : options.device; }
@@ -241,10 +252,17 @@ struct FluxPipeline::State {
 
   // Copies a component to the device for its stage and lets the copy go afterwards (offload only).
   void visit(torch::nn::Module& module) const {
-    if (offload()) pinned.at(&module)->to_device();
+    if (const auto it = streamed.find(&module); it != streamed.end()) {
+      it->second.streamer->to_device(it->second.resident);
+    } else if (offload()) {
+      pinned.at(&module)->to_device();
+    }
   }
   void leave(torch::nn::Module& module) const {
-    if (offload()) {
+    if (const auto it = streamed.find(&module); it != streamed.end()) {
+      it->second.streamer->to_host();
+      empty_cache();
+    } else if (offload()) {
       pinned.at(&module)->to_host();
       empty_cache();
     }
@@ -256,6 +274,46 @@ struct FluxPipeline::State {
   void unpin(const torch::nn::Module* module) {
     if (module != nullptr) pinned.erase(module);
   }
+  // Stream: `module`'s blocks wait in host memory and run through a ring of device slots, the first
+  // `resident` of them staying on the device for the stage. `what`: "transformer" or "T5"; `per`: what
+  // one pass is ("step", "prompt"); `stage`: the stage it serves.
+  nn::BlockStreamer& stream_blocks(torch::nn::Module& module, std::vector<torch::nn::Module*> blocks, int resident,
+                                   const std::string& what, const std::string& per, const std::string& stage) {
+    const int ring = std::max(1, options.stream_slots);
+    auto owned = std::make_unique<nn::BlockStreamer>(module, std::move(blocks), options.device, ring);
+    nn::BlockStreamer& st = *owned;
+    resident = std::clamp(resident, 0, st.blocks());
+    int64_t bus = 0, slot = 0, held = st.other_bytes();
+    for (int b = 0; b < st.blocks(); ++b) {
+      if (b < resident) {
+        held += st.block_bytes(b);
+      } else {
+        bus += st.block_bytes(b);
+        slot = std::max(slot, st.block_bytes(b));
+      }
+    }
+    const int slots = std::min(ring, st.blocks() - resident);
+    log::info("streaming: " + std::to_string(resident) + " of " + std::to_string(st.blocks()) + " " + what +
+              " blocks resident, " + std::to_string(st.blocks() - resident) + " streamed (" + format_bytes(bus) +
+              " per " + per + " over the bus; the " + stage + " stage holds " + format_bytes(held + slots * slot) +
+              " of " + what + " weights with " + std::to_string(slots) + " slot(s))");
+    streamed[&module] = Streamed{std::move(owned), resident};
+    return st;
+  }
+  void stream_transformer() {
+    nn::BlockStreamer& st =
+        stream_blocks(*transformer, transformer->blocks(), options.resident_blocks, "transformer", "step", "denoise");
+    transformer->set_block_hook({[&st](int64_t i) { st.before_block(i); }, [&st](int64_t i) { st.after_block(i); }});
+    if (options.device.is_cuda() && options.cuda_graphs) {
+      log::info("streaming: CUDA graphs off (the blocks' slots change at every step)");
+    }
+  }
+  void stream_t5() {
+    nn::BlockStreamer& st = stream_blocks(*t5, t5->blocks(), options.t5_resident_blocks, "T5", "prompt", "encode");
+    t5->set_block_hook({[&st](int64_t i) { st.before_block(i); }, [&st](int64_t i) { st.after_block(i); }});
+  }
+  // Drops a component's streamer (after unhooking the module, which outlives it here).
+  void unstream(const torch::nn::Module* module) { streamed.erase(module); }
 
   void load_text_encoders() {
     if (clip && t5) return;
@@ -267,7 +325,11 @@ struct FluxPipeline::State {
     t5 = load_t5(files, text_options(), options.quantize_t5_nf4, text_device());
     if (!text_on_cpu) {
       pin(*clip);
-      pin(*t5);
+      if (stream()) {
+        stream_t5();
+      } else {
+        pin(*t5);
+      }
     }
     log::info("loaded text encoders (" + describe(files.text_encoder) + ", " + describe(files.text_encoder_2) +
               ") in " + seconds_text(seconds_since(start)));
@@ -277,6 +339,8 @@ struct FluxPipeline::State {
     text_held = false;
     if (!clip && !t5) return;
     unpin(clip.get());
+    if (t5) t5->set_block_hook({});
+    unstream(t5.get());
     unpin(t5.get());
     clip = models::clip::ClipTextModel(nullptr);
     t5 = models::t5::T5EncoderModel(nullptr);
@@ -291,7 +355,11 @@ struct FluxPipeline::State {
     const c10::InferenceMode inference;
     transformer = load_transformer(files, home_options(), options, options.device);
     vae = load_vae(files, home_options());
-    pin(*transformer);
+    if (stream()) {
+      stream_transformer();
+    } else {
+      pin(*transformer);
+    }
     pin(*vae);
     log::info("loaded transformer and VAE (" + describe(files.transformer) + ", " + describe(files.vae) + ") in " +
               seconds_text(seconds_since(start)));
@@ -322,6 +390,8 @@ struct FluxPipeline::State {
   void free_denoisers() {
     merged.clear();
     if (!transformer && !vae) return;
+    if (transformer) transformer->set_block_hook({});
+    unstream(transformer.get());
     unpin(transformer.get());
     unpin(vae.get());
     transformer = models::flux::FluxTransformer2DModel(nullptr);
@@ -380,7 +450,9 @@ FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions&
   s.load_denoisers();
   s.load_text_encoders();
   log::info("loaded " + description() + " from " + s.files.root + " on " + c10::str(options.device) + " (" +
-            dtype_name(options.dtype) + (s.offload() ? ", offloaded to pinned host memory" : "") + ") in " +
+            dtype_name(options.dtype) + (s.stream()    ? ", offloaded to host memory, transformer and T5 streamed by block"
+                  : s.offload() ? ", offloaded to pinned host memory"
+                                : "") + ") in " +
             seconds_text(seconds_since(start)));
 }
 
@@ -488,7 +560,8 @@ at::Tensor FluxPipeline::denoise(const PromptEmbeddings& embeddings, const Denoi
     // The graph (and its private memory pool) lives for this call only: its buffers are the batch's
     // activations, given back below before the decode stage needs the room.
     TransformerDenoiser eager(s.transformer, on_device, img_ids, txt_ids, guidance);
-    execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs,
+    // Streaming: a graph would capture one step's slot assignment and copies; steps run eagerly.
+    execution::GraphedDenoiser denoiser(eager, s.options.cuda_graphs && !s.stream(),
                                         "batch " + std::to_string(batch) + " at " + std::to_string(request.width) +
                                             "x" + std::to_string(request.height) + ", " +
                                             std::to_string(embeddings.prompt_embeds.size(1)) + " tokens",
@@ -565,6 +638,11 @@ bool FluxPipeline::move_text_encoders_to_cpu() {
     if (const auto it = s.pinned.find(m); it != s.pinned.end()) {
       it->second->to_host();
       s.pinned.erase(it);
+    }
+    if (const auto it = s.streamed.find(m); it != s.streamed.end()) {
+      it->second.streamer->to_host();
+      s.t5->set_block_hook({});
+      s.streamed.erase(it);
     }
     m->to(c10::Device(c10::kCPU));
   }

@@ -120,7 +120,7 @@ TEST_CASE("a broken preset is reported like a job file: every problem, file:line
   CHECK(r.exit_code == 2);
   const std::string file = (dir / "bad.json").string();
   CHECK_THAT(r.output, ContainsSubstring(file + ":2:14 render.vram_budgt: unknown field (did you mean \"vram_budget\"?)"));
-  CHECK_THAT(r.output, ContainsSubstring(file + ":2:45 render.offload: expected one of auto, on, off, got \"maybe\""));
+  CHECK_THAT(r.output, ContainsSubstring(file + ":2:45 render.offload: expected one of auto, on, off, stream, got \"maybe\""));
   CHECK_THAT(r.output, ContainsSubstring(file + ":3:31 render.write_threads: expected an integer from 0 to 64"));
   CHECK_THAT(r.output, ContainsSubstring(file + ":4:16 defaults.stpes: unknown field (did you mean \"steps\"?)"));
   CHECK_THAT(r.output, ContainsSubstring(file + ":5:3 extra: unknown field"));

@@ -66,7 +66,7 @@ nlohmann::json last_manifest_line(const fs::path& manifest) {
 }  // namespace
 
 TEST_CASE("a first run loads every component once, calibration included", "[cli][progress][calibration]") {
-  for (const std::string& offload : {"off", "on"}) {
+  for (const std::string& offload : {"off", "on", "stream"}) {
     INFO("--offload " << offload);
     TempDir dir;
     const CommandResult r = fluxbatch::test::run_command(command(dir, render_args(dir, "--offload " + offload)));

@@ -13,6 +13,19 @@
 
 namespace fluxbatch::nn {
 
+// Every tensor of `module` once (parameters, buffers, NF4 / fp8 Linear tensors; tied weights share a
+// TensorImpl and are swapped together).
+std::vector<at::Tensor> module_tensors(torch::nn::Module& module);
+// Frees the NF4 dequantize scratch of `module`'s Linears (the next forward makes it where it runs).
+void release_scratch(torch::nn::Module& module);
+// Bytes between two tensors in a host block (covers every dtype's alignment).
+constexpr int64_t kAlignment = 256;
+// One page-locked block of `bytes` as a uint8 tensor, freed with the last view of it. One block,
+// because pinning tensor by tensor through the caching host allocator rounds each up to a power of
+// two and costs a driver call per tensor. Undefined (pageable copies then: slower, synchronous
+// transfers) when the driver refuses, e.g. past the host's lockable memory, or without CUDA.
+at::Tensor pinned_block(int64_t bytes);
+
 class PinnedWeights {
  public:
   // Takes over `module`'s tensors (parameters, buffers, NF4 Linear tensors) wherever they are:

@@ -26,6 +26,8 @@ struct GeneratorOptions {
   c10::Device device = c10::Device(c10::kCPU);
   std::optional<c10::ScalarType> dtype;  // default: bf16 on CUDA, fp32 on the CPU
   Residency residency = Residency::kDevice;  // see PipelineOptions::residency
+  int resident_blocks = 0;                   // PipelineOptions::resident_blocks (kStream)
+  int t5_resident_blocks = 0;                // PipelineOptions::t5_resident_blocks (kStream)
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
   bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   bool cuda_graphs = true;               // PipelineOptions::cuda_graphs (--cuda-graphs)

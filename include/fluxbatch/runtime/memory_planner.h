@@ -44,14 +44,19 @@ enum class Residency {
              // transformer + VAE are never on the device together
   kOffload,  // all loaded up front into (pinned) host memory; each stage's components visit the
              // device for that stage only
+  kStream,   // as kOffload, but the transformer never is on the device whole: during the denoise stage
+             // its non-block parts and its leading blocks are, and the other blocks are copied in one
+             // by one while the previous one computes (nn::BlockStreamer, runtime/memory/block_stream_plan.h)
 };
-const char* residency_name(Residency residency);  // "device", "staged", "offload"
+const char* residency_name(Residency residency);  // "device", "staged", "offload", "stream"
 
 // What the denoise stage holds under staged residency: the transformer and the VAE.
 int64_t denoise_weight_bytes(const std::vector<ComponentWeights>& components);
 
-// The render's choice (--offload auto): offload when the denoise stage's weights (transformer + VAE)
-// take more than 3/4 of the budget, so that a stage keeps room for its activations; staged otherwise.
+// The render's choice (--offload auto): stream when the transformer alone takes more than 7/8 of the
+// budget (offload's denoise stage, the whole transformer on the device, would leave no room for a
+// batch of activations); offload when the denoise stage's weights (transformer + VAE) take more than
+// 3/4 of the budget, so that a stage keeps room for its activations; staged otherwise.
 Residency choose_residency(const std::vector<ComponentWeights>& components, int64_t budget_bytes);
 
 // FLUX.1 stages: encode (CLIP-L + T5-XXL), denoise (transformer), decode (VAE), with the components

@@ -52,7 +52,14 @@ struct PipelineOptions {
   // and decode load the transformer + VAE (freeing CLIP and T5), from disk. kOffload: every component
   // loaded up front into pinned host memory, copied to the device for its stage only (diffusers'
   // enable_model_cpu_offload; the trip back costs nothing, the host copy is kept).
+  // kStream: as kOffload, except that the transformer's first `resident_blocks` blocks (double blocks,
+  // then single blocks) are copied in for the denoise stage with its non-block parts, and every other
+  // block is streamed through a ring of `stream_slots` device buffers at each step (nn::BlockStreamer);
+  // T5's the same way for the encode stage with `t5_resident_blocks` of its blocks resident.
   Residency residency = Residency::kDevice;
+  int resident_blocks = 0;
+  int t5_resident_blocks = 0;
+  int stream_slots = 2;
   // Keep CLIP and T5 after encoding. Off: they are freed after each encode_prompts() and loaded
   // again, from disk, by the next one.
   bool keep_text_encoders = true;

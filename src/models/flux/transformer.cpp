@@ -109,8 +109,11 @@ at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
   trace("context_embedder", context);
   const nn::RopeTables rope = flux_pos_embed(at::cat({txt_ids, img_ids}, 0), config_.axes_dims_rope);
 
+  const auto doubles = static_cast<int64_t>(transformer_blocks.size());
   for (size_t i = 0; i < transformer_blocks.size(); ++i) {
+    if (hook_.before) hook_.before(static_cast<int64_t>(i));
     StreamPair streams = transformer_blocks[i]->forward(x, context, temb, rope);
+    if (hook_.after) hook_.after(static_cast<int64_t>(i));
     x = std::move(streams.x);
     context = std::move(streams.context);
     trace("transformer_blocks." + std::to_string(i), x);
@@ -120,13 +123,22 @@ at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
   const int64_t text_len = context.size(1);
   at::Tensor h = at::cat({context, x}, 1);  // [B, L+S, inner], text first
   for (size_t i = 0; i < single_transformer_blocks.size(); ++i) {
+    if (hook_.before) hook_.before(doubles + static_cast<int64_t>(i));
     h = single_transformer_blocks[i]->forward(h, temb, rope);
+    if (hook_.after) hook_.after(doubles + static_cast<int64_t>(i));
     trace("single_transformer_blocks." + std::to_string(i), h);
   }
 
   x = norm_out->forward(h.slice(1, text_len), temb);
   trace("norm_out", x);
   return proj_out->forward(x);  // [B, S, patch^2 * out_channels]
+}
+
+std::vector<torch::nn::Module*> FluxTransformer2DModelImpl::blocks() {
+  std::vector<torch::nn::Module*> out;
+  for (const DoubleBlock& b : transformer_blocks) out.push_back(b.ptr().get());
+  for (const SingleBlock& b : single_transformer_blocks) out.push_back(b.ptr().get());
+  return out;
 }
 
 bool computes_in_fp8(const std::string& name) {

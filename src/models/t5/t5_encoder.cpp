@@ -30,6 +30,14 @@ at::Tensor T5EncoderModelImpl::forward(const at::Tensor& input_ids) {
   return encoder_->forward(shared_->forward(input_ids));  // [B, L] -> [B, L, d_model]
 }
 
+void T5EncoderModelImpl::set_block_hook(nn::BlockHook hook) { encoder_->hook = std::move(hook); }
+
+std::vector<torch::nn::Module*> T5EncoderModelImpl::blocks() {
+  std::vector<torch::nn::Module*> out;
+  for (const T5Block& b : encoder_->blocks) out.push_back(b.ptr().get());
+  return out;
+}
+
 void T5EncoderModelImpl::keep_wo_in_float32() {
   for (auto& block : encoder_->blocks) {
     at::Tensor& weight = block->ff->dense->wo->weight;

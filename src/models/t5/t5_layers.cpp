@@ -153,10 +153,15 @@ T5StackImpl::T5StackImpl(const T5Config& config, const at::TensorOptions& option
 
 at::Tensor T5StackImpl::forward(const at::Tensor& embeds) {
   const int64_t length = embeds.size(1);
-  // Computed once by block 0 and shared by every layer.
+  // Computed once by block 0 and shared by every layer (so block 0's hook comes first).
+  if (hook.before) hook.before(0);
   at::Tensor position_bias = blocks.front()->self_attention->attention->compute_bias(length, length);
   at::Tensor h = embeds;
-  for (auto& block : blocks) h = block->forward(h, position_bias);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (i > 0 && hook.before) hook.before(static_cast<int64_t>(i));
+    h = blocks[i]->forward(h, position_bias);
+    if (hook.after) hook.after(static_cast<int64_t>(i));
+  }
   return final_layer_norm_->forward(h);
 }
 

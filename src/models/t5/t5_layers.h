@@ -2,6 +2,7 @@
 // registered names reproduce its state-dict keys.
 #pragma once
 #include "fluxbatch/models/t5/config.h"
+#include "fluxbatch/nn/block_hook.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/norms.h"
 #include "models/t5/basic_layers.h"
@@ -92,6 +93,7 @@ class T5StackImpl : public torch::nn::Module {
   T5StackImpl(const T5Config& config, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& embeds);  // embeds: [B, L, D] -> [B, L, D]
   std::vector<T5Block> blocks;                   // "block.N"
+  nn::BlockHook hook;                            // T5EncoderModelImpl::set_block_hook
 
  private:
   T5LayerNorm final_layer_norm_{nullptr};

@@ -7,6 +7,7 @@
 #include "fluxbatch/models/flux/double_block.h"
 #include "fluxbatch/models/flux/embedders.h"
 #include "fluxbatch/models/flux/single_block.h"
+#include "fluxbatch/nn/block_hook.h"
 #include "fluxbatch/nn/linear.h"
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +25,10 @@ namespace fluxbatch::models::flux {
 // Debug hook: called with a name and an intermediate activation (e.g. "transformer_blocks.3" with the image
 // stream, "transformer_blocks.3.context" with the text stream). Unset costs one branch per block.
 using TraceFn = std::function<void(const std::string& name, const at::Tensor& value)>;
+
+// Block streaming (nn::BlockStreamer): i counts the double blocks, then the single blocks
+// (0 .. num_layers + num_single_layers - 1).
+using BlockHook = nn::BlockHook;
 
 class FluxTransformer2DModelImpl : public torch::nn::Module {
  public:
@@ -44,6 +49,9 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
 
   const FluxConfig& config() const { return config_; }
   void set_trace(TraceFn trace) { trace_ = std::move(trace); }
+  void set_block_hook(BlockHook hook) { hook_ = std::move(hook); }
+  // The double blocks, then the single blocks: the order forward() runs them and BlockHook counts them.
+  std::vector<torch::nn::Module*> blocks();
 
   nn::Linear x_embedder{nullptr};        // [inner, in_channels]
   nn::Linear context_embedder{nullptr};  // [inner, joint_attention_dim]
@@ -63,6 +71,7 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
 
   FluxConfig config_;
   TraceFn trace_;
+  BlockHook hook_;
 };
 TORCH_MODULE(FluxTransformer2DModel);
 

@@ -5,6 +5,7 @@
 // encoder.final_layer_norm.weight.
 #pragma once
 #include "fluxbatch/models/t5/config.h"
+#include "fluxbatch/nn/block_hook.h"
 #include "fluxbatch/nn/weights.h"
 
 #include <ATen/ATen.h>
@@ -49,6 +50,10 @@ class T5EncoderModelImpl : public torch::nn::Module {
   void keep_wo_in_float32();
 
   const T5Config& config() const { return config_; }
+  // Block streaming: the hook runs around each of the encoder's blocks (block 0 before the relative
+  // position bias, which its attention holds, is computed); blocks() lists them in that order.
+  void set_block_hook(nn::BlockHook hook);
+  std::vector<torch::nn::Module*> blocks();
 
  private:
   T5Config config_;
