@@ -65,6 +65,7 @@ runtime::ImageGenerator& RenderSession::device() {
       *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4, options.compute_fp8);
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
+  options.decode_budget_bytes = memory_->budget().bytes;
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);
   return *generator_;
