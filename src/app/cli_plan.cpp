@@ -145,8 +145,8 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
   cmd->add_option("--config", command.config,
                   "A settings preset, as for render (overrides the job's \"config\"): its device, dtype, quantize, "
-                  "offload, vram_budget, vram_reserve and vae_tiles apply where no flag is given, its defaults below the "
-                  "command line's")
+                  "offload, vram_budget, vram_reserve and vae_tiles apply where no flag is given, its defaults below "
+                  "the command line's")
       ->type_name("NAME|FILE");
   command.cli = cmd;
   add_job_options(*cmd, command.job);

@@ -342,10 +342,10 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
   auto known = decode_plans_.find(shape);
   if (known == decode_plans_.end()) {
     const DecodePlan plan = plan_for(options_.vae_tiles, options_.decode_budget_bytes);
+    const int64_t budget = options_.decode_budget_bytes;
     const std::string line = "VAE decode at " + size_text(width, height) + " " +
                              (plan.tiled ? "in " + plan.describe() : std::string("whole")) + ": predicted peak " +
-                             format_bytes(plan.peak_bytes) +
-                             (options_.decode_budget_bytes > 0 ? " of " + format_bytes(options_.decode_budget_bytes) : "") +
+                             format_bytes(plan.peak_bytes) + (budget > 0 ? " of " + format_bytes(budget) : "") +
                              " (--vae-tiles " + vae_tiles_text(options_.vae_tiles) + ")";
     if (plan.tiled || options_.vae_tiles.mode != VaeTilesMode::kAuto) {
       log::info(line);
@@ -367,8 +367,8 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
       error = exception_message(e);
     }
     release_cached_memory();
-    // The budget was unknown or the prediction low: the largest tiles first, then smaller.
-    plan = plan_for(VaeTiles{VaeTilesMode::kOn, 0}, 0);
+    // The prediction was low (or there was no budget): the largest tiles that fit the budget, then smaller.
+    plan = plan_for(VaeTiles{VaeTilesMode::kOn, 0}, options_.decode_budget_bytes);
     log::warn("VAE decode at " + size_text(width, height) + " ran out of memory; decoding in exact tiles instead");
   }
   for (;;) {

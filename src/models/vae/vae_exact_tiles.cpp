@@ -199,7 +199,7 @@ class TiledDecoder {
     const at::Tensor out_flat = out.data.view({batch, channels, tokens});
     for (int64_t s0 = 0; s0 < tokens; s0 += chunk) {
       const int64_t s1 = std::min(tokens, s0 + chunk);
-      const at::Tensor q = one_head(attention.to_q().forward(normed.slice(1, s0, s1)));  // [B, n, 1, C]
+      const at::Tensor q = one_head(attention.to_q().forward(normed.slice(1, s0, s1).contiguous()));  // [B, n, 1, C]
       at::Tensor o = attention.to_out().forward(nn::attention(q, k, v));                 // [B, n, C]
       at::Tensor x = flat.slice(2, s0, s1);
       x = x.device() == device_ ? x : x.to(device_);
