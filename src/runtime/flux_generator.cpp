@@ -318,6 +318,7 @@ models::vae::ExactTileOptions exact_tiles(const TiledDecodeSetup& setup) {
   tiles.tile_pixels = setup.tile_pixels;
   tiles.maps_on_host = setup.maps_on_host;
   tiles.attention_chunk_bytes = setup.attention_chunk_bytes;
+  tiles.whole_norm_bytes = setup.whole_norm_bytes;
   return tiles;
 }
 
@@ -386,6 +387,8 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
       setup.maps_on_host = true;
     } else if (setup.attention_chunk_bytes > (int64_t{16} << 20)) {
       setup.attention_chunk_bytes /= 4;
+    } else if (setup.whole_norm_bytes > 0) {
+      setup.whole_norm_bytes = 0;
     } else if (setup.tile_pixels / 2 >= 64) {
       setup.tile_pixels = setup.tile_pixels / 2 / 8 * 8;
     } else {

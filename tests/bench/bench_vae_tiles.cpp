@@ -1,11 +1,12 @@
 // The exact tiled VAE decode against the whole decode (issue 15). Not a test: scripts/bench/vae_tiles_bench.sh
 // runs it on the GPU machine.
 //   fluxbatch_bench_vae_tiles VAE_DIR [--device cuda] [--dtype bf16] [--sizes 1024,2048] [--tiles 256,512]
-//                             [--big 4096] [--budget 4G] [--seed 0] [--json OUT.json]
+//                             [--big 4096] [--budget 4G] [--seed 0] [--json OUT.json] [--whole-norm-mib N]
 // VAE_DIR is a diffusers AutoencoderKL folder (config.json + safetensors; scripts/bench/make_random_flux.py writes
 // a random full-size FLUX.1 one: pixel agreement and memory do not need trained weights). For each size S of
 // --sizes, random latents [1, 16, S/8, S/8] are decoded whole and in exact tiles of each --tiles edge (feature
-// maps in host memory on CUDA), and it prints, as key=value lines:
+// maps in host memory on CUDA; maps up to twice the latent resolution, or --whole-norm-mib, normalised whole), and
+// it prints, as key=value lines:
 //   S_whole_peak_gib, S_whole_s                 the whole decode's device peak (allocator, weights excluded), time
 //   S_tTILE_peak_gib, S_tTILE_s                 the same for the tiled decode (and _peak_with_weights_gib)
 //   S_tTILE_within_one, S_tTILE_worst_levels    the share of 8-bit pixel values within one level of the whole
@@ -100,7 +101,7 @@ int main(int argc, char** argv) {
   const fs::path vae_dir = argv[1];
   std::map<std::string, std::string> opt = {{"--device", "cuda"}, {"--dtype", "bf16"}, {"--sizes", "1024,2048"},
                                             {"--tiles", "256,512"}, {"--big", "4096"}, {"--budget", "4G"},
-                                            {"--seed", "0"}, {"--json", ""}};
+                                            {"--seed", "0"}, {"--json", ""}, {"--whole-norm-mib", ""}};
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!opt.count(argv[i])) {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
@@ -158,6 +159,10 @@ int main(int argc, char** argv) {
         models::vae::ExactTileOptions options;
         options.tile_pixels = tile;
         options.maps_on_host = true;
+        // Maps up to twice the latent resolution normalised whole (bit-exact), as plan_decode prefers.
+        options.whole_norm_bytes = opt["--whole-norm-mib"].empty()
+                                       ? 4 * config.block_out_channels.back() * (size / 8) * (size / 8) * dtype_size
+                                       : std::stoll(opt["--whole-norm-mib"]) << 20;
         at::Tensor tiled;
         const auto [peak, seconds] = meter.measure([&] { tiled = vae->decode_exact_tiled(latents, options); });
         figure(t + "_peak_gib", static_cast<double>(peak) / kGiB);
@@ -166,6 +171,7 @@ int main(int argc, char** argv) {
         runtime::TiledDecodeSetup setup;
         setup.tile_pixels = tile;
         setup.maps_on_host = device.is_cuda();
+        setup.whole_norm_bytes = options.whole_norm_bytes;
         figure(t + "_predicted_gib",
                static_cast<double>(runtime::tiled_decode_bytes(config, static_cast<int>(size), static_cast<int>(size),
                                                                dtype_size, setup)) / kGiB);
@@ -195,6 +201,8 @@ int main(int argc, char** argv) {
       options.tile_pixels = plan.setup.tile_pixels;
       options.maps_on_host = plan.setup.maps_on_host;
       options.attention_chunk_bytes = plan.setup.attention_chunk_bytes;
+      options.whole_norm_bytes = plan.setup.whole_norm_bytes;
+      figure("big_whole_norm_mib", static_cast<double>(plan.setup.whole_norm_bytes) / (1 << 20));
       at::Tensor image;
       const auto [peak, seconds] = meter.measure([&] { image = vae->decode_exact_tiled(latents, options); });
       const int64_t total = peak + weight_bytes + static_cast<int64_t>(latents.numel()) * dtype_size;

@@ -129,22 +129,35 @@ TEST_CASE("VAE exact tiled decode equals the whole decode at any tile size and i
   }
 }
 
-TEST_CASE("VAE exact tiled decode in bf16 stays within a level of the whole bf16 decode", "[vae][tiles]") {
+TEST_CASE("VAE exact tiled decode in bf16: bit-identical with whole-map GroupNorm, close with tile statistics",
+          "[vae][tiles]") {
   auto model = load_vae("dev", at::kBFloat16);
   at::NoGradGuard no_grad;
   at::manual_seed(8);
   const at::Tensor latents = at::randn({1, model->config().latent_channels, 17, 12}).to(at::kBFloat16);
   const at::Tensor full = model->decode(latents);
   for (const int64_t tile : {32, 64}) {
+    INFO("tile " << tile << " px");
     models::vae::ExactTileOptions options;
     options.tile_pixels = tile;
-    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
-    REQUIRE(tiled.sizes() == full.sizes());
-    CHECK(tiled.scalar_type() == at::kBFloat16);
-    const auto [within_one, worst] = pixel_match(tiled, full);
-    INFO("tile " << tile << " px: " << within_one * 100 << "% within one level, worst " << worst);
-    CHECK(within_one >= 0.999);  // issue 15's targets
-    CHECK(worst <= 2);
+    // Every map normalised whole by at::group_norm: the tiles (halo convolutions, chunked attention,
+    // upsampling) change no bit.
+    options.whole_norm_bytes = int64_t{1} << 40;
+    const at::Tensor exact = model->decode_exact_tiled(latents, options);
+    REQUIRE(exact.sizes() == full.sizes());
+    CHECK(exact.scalar_type() == at::kBFloat16);
+    CHECK(at::equal(exact, full));
+    // What plan_decode prefers: the maps up to twice the latent resolution normalised whole, the
+    // larger ones with statistics gathered over tiles, which differ from at::group_norm's float
+    // reduction in the last bit now and then. This random tiny VAE amplifies such one-ulp
+    // differences into a few 8-bit levels (with none whole: 94% within one level, worst 6, since
+    // the mid-block attention spreads them over the image), so the bound here is looser than
+    // issue 15's targets, which the fp32 test above and the GPU benchmark check.
+    options.whole_norm_bytes = 4 * 64 * 17 * 12 * 2;  // [1, 64, 34, 24] bf16: twice the latent resolution
+    const auto [within_one, worst] = pixel_match(model->decode_exact_tiled(latents, options), full);
+    INFO(within_one * 100 << "% within one level, worst " << worst);
+    CHECK(within_one >= 0.99);
+    CHECK(worst <= 4);
   }
 }
 

@@ -21,7 +21,8 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   layers::GroupNormImpl& norm2() { return *norm2_; }
   layers::Conv2dImpl& conv1() { return *conv1_; }
   layers::Conv2dImpl& conv2() { return *conv2_; }
-  layers::Conv2dImpl* conv_shortcut() { return conv_shortcut_.get(); }  // null when Cin == Cout
+  // Null when Cin == Cout (the shortcut is the identity).
+  layers::Conv2dImpl* conv_shortcut() { return conv_shortcut_ ? conv_shortcut_.get() : nullptr; }
 
  private:
   layers::GroupNorm norm1_{nullptr}, norm2_{nullptr};
@@ -54,7 +55,7 @@ class UNetMidBlock2DImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);  // x: [B, C, H, W] -> [B, C, H, W]
 
   ResnetBlock2DImpl& resnet(size_t i) { return *resnets_.at(i); }
-  AttentionImpl* attention() { return attention_.get(); }  // null without mid_block_add_attention
+  AttentionImpl* attention() { return attention_ ? attention_.get() : nullptr; }  // null: no mid_block_add_attention
 
  private:
   std::vector<ResnetBlock2D> resnets_;
@@ -69,7 +70,7 @@ class UpDecoderBlock2DImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);  // x: [B, Cin, H, W] -> [B, Cout, 2H, 2W] (H, W without upsampler)
 
   std::vector<ResnetBlock2D>& resnets() { return resnets_; }
-  layers::Conv2dImpl* upsample_conv() { return upsample_conv_.get(); }  // null in the last block
+  layers::Conv2dImpl* upsample_conv() { return upsample_conv_ ? upsample_conv_.get() : nullptr; }  // null: last block
 
  private:
   std::vector<ResnetBlock2D> resnets_;

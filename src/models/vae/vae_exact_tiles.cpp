@@ -2,7 +2,7 @@
 // layer tile by tile (see ExactTileOptions). A "step" is one convolution with what surrounds it in
 // the decoder (GroupNorm + SiLU before it, nearest x2 before it, the residual after it), run over the
 // output's tiles; every step also gathers the GroupNorm statistics of its output, which the next
-// step's norm needs before its first tile.
+// step's norm needs before its first tile (small maps are normalised whole, see whole_norm_bytes).
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/nn/activations.h"
@@ -129,16 +129,26 @@ class TiledDecoder {
     return nn::silu(x.to(at::kFloat).mul(affine.first).add_(affine.second).to(dtype_));
   }
 
+  bool normalise_whole(const at::Tensor& map) const {
+    return static_cast<int64_t>(map.numel()) * static_cast<int64_t>(map.element_size()) <= options_.whole_norm_bytes;
+  }
+
   // One convolution over the output's tiles: out = conv(pad(up(silu(norm(in))))) [+ shortcut(res)].
   Map step(const Map& in, layers::Conv2dImpl& conv, layers::GroupNormImpl* norm = nullptr, bool upsample = false,
            const Map* residual = nullptr, layers::Conv2dImpl* shortcut = nullptr, bool last = false) {
-    const at::Tensor& src = in.data;
+    at::Tensor src = in.data;
+    at::Tensor normed_whole;  // [B, C, H, W] on the device: at::group_norm of the whole map
+    if (norm && normalise_whole(src)) {
+      normed_whole = at::group_norm(fetch(src, 0, src.size(2), 0, src.size(3)), norm->groups(), norm->weight,
+                                    norm->bias, norm->eps());
+      src = normed_whole;
+    }
     const int64_t batch = src.size(0), factor = upsample ? 2 : 1;
     const int64_t height = src.size(2) * factor, width = src.size(3) * factor;
     const int64_t pad = conv.padding();
     const int64_t tile = std::max<int64_t>(1, tile_latent_ * height / latent_h_);  // this resolution's tile edge
     std::pair<at::Tensor, at::Tensor> affine;
-    if (norm) affine = in.stats.affine(*norm);
+    if (norm && !normed_whole.defined()) affine = in.stats.affine(*norm);
     Map out{new_map(batch, conv.weight.size(0), height, width, last), GroupStats(config_.norm_num_groups)};
     for (int64_t y0 = 0; y0 < height; y0 += tile) {
       const int64_t y1 = std::min(height, y0 + tile);
@@ -155,7 +165,11 @@ class TiledDecoder {
         } else {
           x = fetch(src, ry0, ry1, rx0, rx1);
         }
-        if (norm) x = norm_silu(x, affine);
+        if (normed_whole.defined()) {
+          x = nn::silu(x);
+        } else if (norm) {
+          x = norm_silu(x, affine);
+        }
         if (pad > 0) {
           x = at::constant_pad_nd(x, {rx0 - (x0 - pad), (x1 + pad) - rx1, ry0 - (y0 - pad), (y1 + pad) - ry1}, 0);
         }
@@ -180,26 +194,36 @@ class TiledDecoder {
     const at::Tensor& src = in.data;
     const int64_t batch = src.size(0), channels = src.size(1), height = src.size(2), width = src.size(3);
     const int64_t tokens = height * width;
-    const auto affine = in.stats.affine(attention.group_norm());
     const at::Tensor flat = src.view({batch, channels, tokens});  // [B, C, L] (also for channels last)
     const int64_t chunk = std::clamp<int64_t>(options_.attention_chunk_bytes / (12 * tokens), 1, tokens);
-    // GroupNorm into [B, L, C] tokens, a chunk at a time (its fp32 temporaries stay chunk-sized).
-    at::Tensor normed = at::empty({batch, tokens, channels}, at::TensorOptions().dtype(dtype_).device(device_));
-    const int64_t rows = std::max<int64_t>(1, chunk / width);
-    for (int64_t y0 = 0; y0 < height; y0 += rows) {
-      const int64_t y1 = std::min(height, y0 + rows);
-      const at::Tensor x = fetch(src, y0, y1, 0, width);
-      const at::Tensor h = x.to(at::kFloat).mul(affine.first).add_(affine.second).to(dtype_);  // [B, C, r, W]
-      normed.slice(1, y0 * width, y1 * width).copy_(h.view({batch, channels, -1}).transpose(1, 2));
+    // GroupNorm into [B, C, L]: whole, or a chunk at a time with the gathered statistics (its fp32
+    // temporaries chunk-sized). The projections see [B, L, C] as the transposed view of it, as in
+    // AttnProcessor2_0: a GEMM's rounding depends on its operands' layout.
+    at::Tensor normed;
+    layers::GroupNormImpl& norm = attention.group_norm();
+    if (normalise_whole(src)) {
+      normed = at::group_norm(fetch(src, 0, height, 0, width).view({batch, channels, tokens}), norm.groups(),
+                              norm.weight, norm.bias, norm.eps());
+    } else {
+      const auto affine = in.stats.affine(norm);
+      normed = at::empty({batch, channels, tokens}, at::TensorOptions().dtype(dtype_).device(device_));
+      const int64_t rows = std::max<int64_t>(1, chunk / width);
+      for (int64_t y0 = 0; y0 < height; y0 += rows) {
+        const int64_t y1 = std::min(height, y0 + rows);
+        const at::Tensor x = fetch(src, y0, y1, 0, width);
+        const at::Tensor h = x.to(at::kFloat).mul(affine.first).add_(affine.second).to(dtype_);  // [B, C, r, W]
+        normed.slice(2, y0 * width, y1 * width).copy_(h.view({batch, channels, -1}));
+      }
     }
+    const at::Tensor tokens_view = normed.transpose(1, 2);  // [B, L, C]
     auto one_head = [&](const at::Tensor& t) { return t.view({batch, -1, 1, channels}); };
-    const at::Tensor k = one_head(attention.to_k().forward(normed));  // [B, L, 1, C]
-    const at::Tensor v = one_head(attention.to_v().forward(normed));
+    const at::Tensor k = one_head(attention.to_k().forward(tokens_view));  // [B, L, 1, C]
+    const at::Tensor v = one_head(attention.to_v().forward(tokens_view));
     Map out{new_map(batch, channels, height, width, false), GroupStats(config_.norm_num_groups)};
     const at::Tensor out_flat = out.data.view({batch, channels, tokens});
     for (int64_t s0 = 0; s0 < tokens; s0 += chunk) {
       const int64_t s1 = std::min(tokens, s0 + chunk);
-      const at::Tensor q = one_head(attention.to_q().forward(normed.slice(1, s0, s1).contiguous()));  // [B, n, 1, C]
+      const at::Tensor q = one_head(attention.to_q().forward(tokens_view.slice(1, s0, s1)));  // [B, n, 1, C]
       at::Tensor o = attention.to_out().forward(nn::attention(q, k, v));                 // [B, n, C]
       at::Tensor x = flat.slice(2, s0, s1);
       x = x.device() == device_ ? x : x.to(device_);

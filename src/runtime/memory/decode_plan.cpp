@@ -11,7 +11,7 @@ namespace fluxbatch::runtime {
 namespace {
 
 constexpr int64_t kMinTile = 64, kMaxTile = 4096;
-constexpr double kUntiledMargin = 1.35;                   // fits the 2.4 GiB measured at 1024² bf16 (H100)
+constexpr double kUntiledMargin = 1.2;  // convolution workspaces: 2.4 GiB at 1024² in bf16, as measured (H100)
 
 // One convolution of the decoder with what the tiled decode runs around it (vae_exact_tiles.cpp).
 struct ConvLayer {
@@ -132,6 +132,8 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
         // residual tile and shortcut, the fp32 statistics temporaries (vae_exact_tiles.cpp's step).
         int64_t bytes = l.in_channels * rp * (2 * d + 8) + l.out_channels * t * (3 * d + 8);
         if (l.upsample) bytes += l.in_channels * rp * d / 4;
+        const int64_t in_map = l.in_channels * p * d;  // no upsample comes with a norm
+        if (l.norm && in_map <= setup.whole_norm_bytes) bytes += (maps_here ? 1 : 2) * in_map;  // (fetched,) normed
         if (l.residual_channels > 0) bytes += l.residual_channels * t * d;
         if (maps_here) bytes += (l.in_channels * p / (l.upsample ? 4 : 1) + l.residual_channels * p) * d;
         if (maps_here || l.last) bytes += l.out_channels * p * d;
@@ -143,6 +145,7 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
         // Normed tokens, keys and values of the whole latent; one query chunk's scores and rows.
         int64_t bytes = 3 * tokens * a.channels * d + 12 * chunk * tokens + chunk * a.channels * (4 * d + 8);
         if (maps_here) bytes += 2 * tokens * a.channels * d;
+        if (tokens * a.channels * d <= setup.whole_norm_bytes) bytes += (maps_here ? 0 : 1) * tokens * a.channels * d;
         worst = std::max(worst, bytes);
       });
   return worst + kTiledDecodeFixedBytes;
@@ -178,16 +181,21 @@ DecodePlan plan_decode(const models::vae::VaeConfig& c, int width, int height, i
   }
   std::vector<bool> storages = {false};  // feature maps on the device first: no copies over the bus
   if (host_maps) storages.push_back(true);
+  // The largest map at latent resolution and at twice it (whole_norm_bytes candidates).
+  const int64_t latent_map = c.block_out_channels.back() * latent_edge(height, c) * latent_edge(width, c) * dtype_size;
+  const int64_t second_map = c.block_out_channels.size() > 1 ? 4 * latent_map : latent_map;
   DecodePlan last;
   for (const bool on_host : storages) {
-    for (const int64_t edge : edges) {
-      for (const int64_t chunk : {int64_t{256} << 20, int64_t{64} << 20, int64_t{16} << 20}) {
-        DecodePlan plan;
-        plan.tiled = true;
-        plan.setup = {edge, on_host, chunk};
-        plan.activation_bytes = tiled_decode_bytes(c, width, height, dtype_size, plan.setup);
-        last = finish(plan);
-        if (last.fits) return last;
+    for (const int64_t whole_norm : {second_map, latent_map, int64_t{0}}) {
+      for (const int64_t edge : edges) {
+        for (const int64_t chunk : {int64_t{256} << 20, int64_t{64} << 20, int64_t{16} << 20}) {
+          DecodePlan plan;
+          plan.tiled = true;
+          plan.setup = {edge, on_host, chunk, whole_norm};
+          plan.activation_bytes = tiled_decode_bytes(c, width, height, dtype_size, plan.setup);
+          last = finish(plan);
+          if (last.fits) return last;
+        }
       }
     }
   }

@@ -47,6 +47,12 @@ struct ExactTileOptions {
   // Bytes for one query chunk's attention scores ([chunk, h*w] in fp32, times three for the softmax
   // temporaries of the math backend): the chunk is (attention_chunk_bytes / (12 * h * w)) queries.
   int64_t attention_chunk_bytes = int64_t{256} << 20;
+  // Feature maps of at most this many bytes are normalised whole on the device by at::group_norm
+  // itself (the map and its normalised copy there at once), bit-identical to decode(); larger ones
+  // with the statistics gathered over tiles, which may differ from at::group_norm's in the last bit.
+  // That matters most at the mid-block, whose attention spreads a one-ulp difference over the whole
+  // image (in bf16, a random VAE turns it into several 8-bit levels); those maps are the smallest.
+  int64_t whole_norm_bytes = int64_t{64} << 20;
 };
 
 class VaeDecoderImpl : public torch::nn::Module {

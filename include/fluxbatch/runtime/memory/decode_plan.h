@@ -27,6 +27,7 @@ struct TiledDecodeSetup {
   int64_t tile_pixels = 256;
   bool maps_on_host = true;  // whole feature maps wait in host memory (CUDA); false = on the device
   int64_t attention_chunk_bytes = int64_t{256} << 20;
+  int64_t whole_norm_bytes = int64_t{64} << 20;  // maps normalised whole by at::group_norm (bit-exact)
 };
 
 // Activation bytes on the device (weights excluded) of one image's decode at width x height with
@@ -53,7 +54,9 @@ struct DecodePlan {
 // (2048 px down to 64) whose peak fits, feature maps on the device where that fits, else in host
 // memory (only where `host_maps` is true: CUDA; on the CPU the device is the host, and the maps
 // count against its budget); a smaller attention chunk before a smaller tile. When nothing fits,
-// the smallest setup (fits false). A given tile edge is kept as given.
+// the smallest setup (fits false). A given tile edge is kept as given. Before a smaller tile, the
+// feature maps normalised whole (bit-identical GroupNorm, which the bf16 mid-block needs most) shrink:
+// those up to twice the latent resolution, then those at latent resolution, then none.
 DecodePlan plan_decode(const models::vae::VaeConfig& config, int width, int height, int dtype_size, bool host_maps,
                        int64_t resident_bytes, int64_t budget_bytes, const VaeTiles& tiles);
 
