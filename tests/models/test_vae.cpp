@@ -113,19 +113,23 @@ TEST_CASE("VAE exact tiled decode equals the whole decode at any tile size and i
   // per tile, one tile larger than the image.
   const at::Tensor latents = at::randn({2, model->config().latent_channels, 13, 21});
   const at::Tensor full = model->decode(latents);
-  for (const int64_t tile : {8, 24, 40, 64, 256}) {
-    for (const int64_t chunk_tokens : {5, 273}) {  // the mid-block attention's queries in chunks of 5, or whole
-      INFO("tile " << tile << " px, attention chunk " << chunk_tokens << " queries");
-      models::vae::ExactTileOptions options;
-      options.tile_pixels = tile;
-      options.attention_chunk_bytes = 12 * 13 * 21 * chunk_tokens;
-      const at::Tensor tiled = model->decode_exact_tiled(latents, options);
-      REQUIRE(tiled.sizes() == full.sizes());
-      CHECK(max_abs_diff(tiled, full) <= 1e-4 * std::max(1.0, max_abs(full)));
-      const auto [within_one, worst] = pixel_match(tiled, full);
-      CHECK(within_one >= 0.999);
-      CHECK(worst <= 1);
-    }
+  struct Case {
+    int64_t tile, chunk_tokens;  // the mid-block attention's queries in chunks of 5, or all 273
+    bool whole_norm;             // small maps normalised whole by at::group_norm, or every map over tiles
+  };
+  for (const Case c : {Case{8, 5, false}, Case{24, 273, false}, Case{40, 5, true}, Case{64, 273, false},
+                       Case{256, 273, true}}) {
+    INFO("tile " << c.tile << " px, attention chunk " << c.chunk_tokens << " queries, whole norm " << c.whole_norm);
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = c.tile;
+    options.attention_chunk_bytes = 12 * 13 * 21 * c.chunk_tokens;
+    options.whole_norm_bytes = c.whole_norm ? options.whole_norm_bytes : 0;
+    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
+    REQUIRE(tiled.sizes() == full.sizes());
+    CHECK(max_abs_diff(tiled, full) <= 1e-4 * std::max(1.0, max_abs(full)));
+    const auto [within_one, worst] = pixel_match(tiled, full);
+    CHECK(within_one >= 0.999);
+    CHECK(worst <= 1);
   }
 }
 
@@ -187,10 +191,12 @@ TEST_CASE("VAE exact tiled decode holds a fraction of the whole decode's memory"
   INFO("peaks: whole " << whole << " B (predicted " << predicted_whole << "), tiled " << tiled << " B (predicted "
                        << predicted_tiled << ")");
   CHECK(tiled < whole);
-  // The planner's predictions bound what the CPU measures, without overshooting it threefold.
+  // The tiled prediction bounds what the CPU measures, without overshooting it threefold. The whole
+  // decode's is fitted to the GPU (2.4 GiB at 1024² in bf16 on the H100); oneDNN's convolutions on
+  // the CPU hold extra reordered copies (about 1.5x here).
   CHECK(tiled <= predicted_tiled);
   CHECK(predicted_tiled - runtime::kTiledDecodeFixedBytes <= 3 * tiled);
-  CHECK(whole <= predicted_whole);
+  CHECK(whole <= 2 * predicted_whole);
   CHECK(predicted_whole <= 3 * whole);
 }
 
@@ -241,31 +247,39 @@ TEST_CASE("VAE exact tiled decode on CUDA: the whole decode's pixels at a smalle
   const c10::Device device = cuda_device();
   at::NoGradGuard no_grad;
   at::manual_seed(10);
-  for (const bool maps_on_host : {true, false}) {
-    auto model = load_vae("dev", at::kBFloat16, device);
-    const at::Tensor latents = at::randn({1, 16, 96, 80}).to(device, at::kBFloat16);  // 768 x 640 px
+  auto model = load_vae("dev", at::kBFloat16, device);
+  const at::Tensor latents = at::randn({1, 16, 96, 80}).to(device, at::kBFloat16);  // 768 x 640 px
+  const auto peak_of = [&](const std::function<at::Tensor()>& decode, at::Tensor& out) {
     runtime::synchronize(device);
     const int64_t base = runtime::allocated_bytes(device);
     runtime::reset_peak_memory(device);
-    const at::Tensor full = model->decode(latents);
+    out = decode();
     runtime::synchronize(device);
-    const int64_t whole_peak = runtime::peak_allocated_bytes(device) - base;
-    const int64_t base_tiled = runtime::allocated_bytes(device);
-    runtime::reset_peak_memory(device);
+    return runtime::peak_allocated_bytes(device) - base;
+  };
+  at::Tensor full;
+  const int64_t whole_peak = peak_of([&] { return model->decode(latents); }, full);
+  for (const bool maps_on_host : {true, false}) {
+    INFO("maps on host " << maps_on_host << ", whole peak " << whole_peak << " B");
     models::vae::ExactTileOptions options;
     options.tile_pixels = 128;
     options.maps_on_host = maps_on_host;
-    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
-    runtime::synchronize(device);
-    const int64_t tiled_peak = runtime::peak_allocated_bytes(device) - base_tiled;
+    // The tiny maps are all under whole_norm_bytes: normalised whole, the tiles must change (almost) no bit.
+    at::Tensor tiled;
+    (void)peak_of([&] { return model->decode_exact_tiled(latents, options); }, tiled);
+    REQUIRE(tiled.device() == device);
     const auto [within_one, worst] = pixel_match(tiled, full);
-    INFO("maps on host " << maps_on_host << ": whole peak " << whole_peak << " B, tiled " << tiled_peak << " B; "
-                         << within_one * 100 << "% within one level, worst " << worst);
+    INFO(within_one * 100 << "% within one level, worst " << worst);
     CHECK(within_one >= 0.999);
     CHECK(worst <= 2);
+    // Every map over tiles: the smallest device peak, within the planner's prediction.
+    options.whole_norm_bytes = 0;
+    const int64_t tiled_peak = peak_of([&] { return model->decode_exact_tiled(latents, options); }, tiled);
+    INFO("tiled peak " << tiled_peak << " B");
     runtime::TiledDecodeSetup setup;
     setup.tile_pixels = 128;
     setup.maps_on_host = maps_on_host;
+    setup.whole_norm_bytes = 0;
     CHECK(tiled_peak <= runtime::tiled_decode_bytes(model->config(), 640, 768, 2, setup));
     if (maps_on_host) CHECK(tiled_peak * 2 < whole_peak);
   }
