@@ -383,20 +383,26 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
     }
     release_cached_memory();
     TiledDecodeSetup& setup = plan.setup;
+    const std::string tried = plan.describe();
+    std::string change;
     if (device.is_cuda() && !setup.maps_on_host) {
       setup.maps_on_host = true;
+      change = "feature maps to host memory";
     } else if (setup.attention_chunk_bytes > (int64_t{16} << 20)) {
       setup.attention_chunk_bytes /= 4;
+      change = "attention chunks of " + format_bytes(setup.attention_chunk_bytes);
     } else if (setup.whole_norm_bytes > 0) {
       setup.whole_norm_bytes = 0;
+      change = "GroupNorm statistics over tiles for every map";
     } else if (setup.tile_pixels / 2 >= 64) {
       setup.tile_pixels = setup.tile_pixels / 2 / 8 * 8;
+      change = std::to_string(setup.tile_pixels) + " px tiles";
     } else {
       decode_plans_.erase(shape);
       TORCH_CHECK_WITH(OutOfMemoryError, false, "VAE decode at ", width, "x", height,
                        " out of memory, also in exact tiles down to 64 px: ", error);
     }
-    log::warn("VAE decode at " + size_text(width, height) + " ran out of memory; trying " + plan.describe());
+    log::warn("VAE decode at " + size_text(width, height) + " in " + tried + " ran out of memory; trying " + change);
   }
 }
 
