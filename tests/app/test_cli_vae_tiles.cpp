@@ -26,13 +26,13 @@ using fluxbatch::test::tiny_model;
 
 namespace {
 
-// One 136x104 image (17 x 13 latents: 64 px tiles leave partial tiles on both axes).
+// One 144x112 image (18 x 14 latents: 64 px tiles leave partial tiles on both axes).
 fs::path write_job(const TempDir& dir, const std::string& name) {
   const fs::path path = dir / (name + ".json");
   fluxbatch::test::write_file(path, R"({
   "output": {"dir": ")" + (dir / name).string() + R"("},
-  "defaults": {"width": 136, "height": 104, "steps": 2, "seed": 3, "max_sequence_length": 32},
-  "items": [{"prompt": "a lighthouse on a cliff", "file": "img.png"}]
+  "defaults": {"width": 144, "height": 112, "steps": 2, "seed": 3, "max_sequence_length": 32},
+  "items": [{"prompt": "a lighthouse on a cliff", "name": "img"}]
 })");
   return path;
 }
@@ -43,8 +43,8 @@ std::vector<unsigned char> pixels(const fs::path& png) {
   REQUIRE(data != nullptr);
   std::vector<unsigned char> out(data, data + static_cast<size_t>(width) * static_cast<size_t>(height) * 3);
   stbi_image_free(data);
-  CHECK(width == 136);
-  CHECK(height == 104);
+  CHECK(width == 144);
+  CHECK(height == 112);
   return out;
 }
 
@@ -68,12 +68,12 @@ TEST_CASE("render --vae-tiles 64 writes the untiled render's pixels and logs the
       fluxbatch_cmd("render --device cpu --model " + model + " --vae-tiles off " + quote(write_job(dir, "whole")));
   INFO(whole.output);
   REQUIRE(whole.exit_code == 0);
-  CHECK_THAT(whole.output, ContainsSubstring("VAE decode at 136x104 whole"));
+  CHECK_THAT(whole.output, ContainsSubstring("VAE decode at 144x112 whole"));
   const CommandResult tiled =
       fluxbatch_cmd("render --device cpu --model " + model + " --vae-tiles 64 " + quote(write_job(dir, "tiled")));
   INFO(tiled.output);
   REQUIRE(tiled.exit_code == 0);
-  CHECK_THAT(tiled.output, ContainsSubstring("VAE decode at 136x104 in 64 px tiles (exact"));
+  CHECK_THAT(tiled.output, ContainsSubstring("VAE decode at 144x112 in 64 px tiles (exact"));
   CHECK_THAT(tiled.output, ContainsSubstring("(--vae-tiles 64)"));
 
   const std::vector<unsigned char> a = pixels(dir / "whole" / "img.png"), b = pixels(dir / "tiled" / "img.png");

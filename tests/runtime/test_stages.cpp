@@ -205,8 +205,8 @@ TEST_CASE("a VAE decode that does not fit even alone is redone in exact tiles; e
   std::vector<RenderItem> items;
   for (int64_t i = 0; i < 3; ++i) items.push_back(item(i, "a harbour at dawn, take " + std::to_string(i), 128, 64));
 
-  // Measure each stage: encode (prepare), denoise, full decode, decode in the 64 px tiles the
-  // generator picks for a 128 px image.
+  // Measure each stage: encode (prepare), denoise, full decode, decode in 64 px exact tiles (where
+  // the generator's fallback ends at the latest for a 128 px image).
   const int64_t encode_peak = peak_of(*budget, [&] { gen.prepare(pointers(items)); });
   auto& pipeline = gen.pipeline();
   fluxbatch::runtime::DenoiseRequest request;
