@@ -10,6 +10,7 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory_calibration.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
 #include "fluxbatch/runtime/memory_planner.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/model_io/consistency.h"
@@ -45,6 +46,8 @@ struct ReportHeader {
   std::string job, model, device, dtype, quantize, budget_how, cache;
   runtime::Residency residency = runtime::Residency::kStaged;
   std::optional<StreamingPlan> stream;  // residency kStream
+  std::string vae_tiles;                       // --vae-tiles as given
+  std::vector<runtime::DecodePlan> decodes;  // per group, in the plan's order
 };
 
 bool all_calibrated(const runtime::Plan& plan) {
@@ -55,6 +58,7 @@ bool all_calibrated(const runtime::Plan& plan) {
 }
 
 std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
+  size_t group_index = 0;
   using runtime::format_bytes;
   std::string out = "job: " + h.job + "\nmodel: " + h.model + "\ndevice " + h.device + ", dtype " + h.dtype +
                     (h.quantize == "none" ? "" : ", quantize " + h.quantize) + ", components " + runtime::residency_name(h.residency) + ", budget " + h.budget_how + "\n";
@@ -74,6 +78,9 @@ std::string text_report(const ReportHeader& h, const runtime::Plan& plan) {
            std::to_string(g.group.max_sequence_length) + ": " + std::to_string(g.group.images) +
            " image(s), batch " + std::to_string(g.batch_size) + ", predicted peak " + format_bytes(g.peak_bytes) +
            " (" + g.limiting_stage + ")" + (g.calibrated ? ", calibrated" : ", uncalibrated") + (g.fits ? "" : "  DOES NOT FIT even at batch 1") + "\n";
+    const runtime::DecodePlan& d = h.decodes.at(group_index++);
+    out += "  VAE decode " + (d.tiled ? "in " + d.describe() : std::string("whole")) + ": predicted decode peak " +
+           format_bytes(d.peak_bytes) + " (--vae-tiles " + h.vae_tiles + ")\n";
     for (const runtime::StagePlan& s : g.stages) {
       char line[256];
       std::snprintf(line, sizeof line, "  %-8s weights %10s + activations %10s = %10s   resident: ", s.name.c_str(),
@@ -114,7 +121,7 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
   } else {
     out += "null";
   }
-  out += ", \"groups\": [";
+  out += ", \"vae_tiles\": " + json_string(h.vae_tiles) + ", \"groups\": [";
   for (size_t i = 0; i < plan.groups.size(); ++i) {
     const runtime::GroupPlan& g = plan.groups[i];
     out += std::string(i ? ", " : "") + "{\"width\": " + std::to_string(g.group.width) +
@@ -123,7 +130,14 @@ std::string json_report(const ReportHeader& h, const runtime::Plan& plan) {
            ", \"images\": " + std::to_string(g.group.images) + ", \"batch_size\": " + std::to_string(g.batch_size) +
            ", \"peak_bytes\": " + std::to_string(g.peak_bytes) + ", \"limiting_stage\": " +
            json_string(g.limiting_stage) + ", \"calibrated\": " + (g.calibrated ? "true" : "false") +
-           ", \"fits\": " + (g.fits ? "true" : "false") + ", \"stages\": [";
+           ", \"fits\": " + (g.fits ? "true" : "false");
+    const runtime::DecodePlan& d = h.decodes.at(i);
+    out += std::string(", \"decode\": {\"mode\": ") + (d.tiled ? "\"tiles\"" : "\"whole\"") +
+           ", \"tile_pixels\": " + (d.tiled ? std::to_string(d.setup.tile_pixels) : "null") +
+           ", \"feature_maps\": " + (d.tiled ? json_string(d.setup.maps_on_host ? "host" : "device") : "null") +
+           ", \"activation_bytes\": " + std::to_string(d.activation_bytes) +
+           ", \"peak_bytes\": " + std::to_string(d.peak_bytes) + ", \"fits\": " + (d.fits ? "true" : "false") + "}";
+    out += ", \"stages\": [";
     for (size_t j = 0; j < g.stages.size(); ++j) {
       const runtime::StagePlan& s = g.stages[j];
       out += std::string(j ? ", " : "") + "{\"name\": " + json_string(s.name) + ", \"resident\": [";
@@ -156,8 +170,8 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
   cmd->add_flag("--json", command.json, "Print the plan as JSON");
   cmd->add_option("--config", command.config,
                   "A settings preset, as for render (overrides the job's \"config\"): its device, dtype, quantize, "
-                  "offload, vram_budget and vram_reserve apply where no flag is given, its defaults below the "
-                  "command line's")
+                  "offload, vram_budget, vram_reserve and vae_tiles apply where no flag is given, its defaults below "
+                  "the command line's")
       ->type_name("NAME|FILE");
   command.cli = cmd;
   add_job_options(*cmd, command.job);
@@ -169,7 +183,8 @@ CLI::App* add_plan_command(CLI::App& app, PlanCommand& command) {
       "--vram-budget the budget is what the device has free minus --vram-reserve.\n"
       "Examples:\n"
       "  fluxbatch plan jobs/night.json --model /models/FLUX.1-dev --vram-budget 22G\n"
-      "  fluxbatch plan prompts.txt --model /models/FLUX.1-dev --vram-budget 7.5G --offload on --json\n");
+      "  fluxbatch plan prompts.txt --model /models/FLUX.1-dev --vram-budget 7.5G --offload on --json\n"
+      "  fluxbatch plan big.json --model /models/FLUX.1-dev --vram-budget 4G --vae-tiles auto   # 4096² decodes\n");
   return cmd;
 }
 
@@ -191,6 +206,7 @@ void run_plan(const PlanCommand& given) {
     take("dtype", command.dtype);
     take("quantize", command.quantize);
     take("offload", command.memory.offload);
+    take("vae_tiles", command.memory.vae_tiles);
     take("vram_budget", command.memory.budget);
     take("vram_reserve", command.memory.reserve);
   }
@@ -202,10 +218,11 @@ void run_plan(const PlanCommand& given) {
       runtime::parse_dtype(command.dtype.empty() ? (device.is_cuda() ? "bf16" : "fp32") : command.dtype);
   const int dtype_size = static_cast<int>(c10::elementSize(dtype));
   if (command.max_batch < 1) throw InputError("--max-batch: must be at least 1, got " + std::to_string(command.max_batch));
+  const runtime::VaeTiles vae_tiles = runtime::parse_vae_tiles(command.memory.vae_tiles);
   const Budget budget = resolve_budget(device, command.memory);
+  const runtime::ModelFiles files = runtime::locate_model(model);
   {
     // The same refusals as render, before planning memory for a model that could not run.
-    const runtime::ModelFiles files = runtime::locate_model(model);
     runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
                               tokenizers::T5Tokenizer(files.tokenizer_2_dir));
     std::vector<const job::RenderItem*> items;
@@ -229,11 +246,19 @@ void run_plan(const PlanCommand& given) {
     weights = stream->weights;
   }
   const runtime::MemoryModel base = runtime::flux_memory_model(weights, dtype_size, residency);
-  const std::vector<runtime::MemoryModel> models =
+  std::vector<runtime::MemoryModel> models =
       models_for_groups(base, groups, cache, runtime::device_identity(device), identity);
+  // The VAE decode per size (whole or exact tiles, --vae-tiles), planned as render plans it.
+  const models::vae::VaeConfig vae = runtime::vae_config(files);
+  std::vector<runtime::DecodePlan> decodes;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    decodes.push_back(runtime::plan_decode(vae, groups[i].width, groups[i].height, dtype_size, device.is_cuda(),
+                                           runtime::decode_stage_weight_bytes(models[i]), budget.bytes, vae_tiles));
+    runtime::apply_decode_plan(models[i], decodes.back());
+  }
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);
   const ReportHeader header{spec.path, model, device.str(), runtime::dtype_name(dtype), command.quantize, budget.how, cache.path(),
-                            residency, stream};
+                            residency, stream, command.memory.vae_tiles, decodes};
   const std::string report = command.json ? json_report(header, plan) : text_report(header, plan);
   std::fwrite(report.data(), 1, report.size(), stdout);
 }

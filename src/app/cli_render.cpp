@@ -47,6 +47,9 @@ constexpr const char* kFooter =
     "      the settings a preset gives (flags still win), each with where it came from; renders nothing\n"
     "  fluxbatch render jobs/night.json --cache ~/.cache/fluxbatch/renders --cache-max 50G\n"
     "      prompts encoded and images rendered by earlier jobs are reused, not computed again\n"
+    "  fluxbatch render posters.json --model models/FLUX.1-dev --vram-budget 6G --vae-tiles 512\n"
+    "      decode in exact 512 px tiles: the whole decode's pixels with a fraction of its memory (auto, the\n"
+    "      default, tiles only the sizes whose whole decode would not fit the budget)\n"
     "  fluxbatch render jobs/night.json --progress json > events.jsonl\n"
     "      one JSON event per line (start, stage, batch, step, image, done) for a wrapper\n"
     "  fluxbatch render jobs/night.json --devices all --vram-budget 70G\n"
@@ -261,6 +264,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   const int batch = parse_batch(command.batch);
   if (!command.memory.budget.empty()) runtime::parse_byte_size(command.memory.budget, "--vram-budget");
   runtime::parse_byte_size(command.memory.reserve, "--vram-reserve");
+  options.vae_tiles = runtime::parse_vae_tiles(command.memory.vae_tiles);
   runtime::RunnerOptions runner;
   apply_scale_options(command.scale, runner);  // --shard is checked here, before anything runs
   if (command.dry_run) {

@@ -39,6 +39,16 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
       ->type_name("MODE")
       ->check(CLI::IsMember({"auto", "on", "off", "stream"}))
       ->group(group);
+  command
+      .add_option("--vae-tiles", o.vae_tiles,
+                  "VAE decode in exact tiles: auto, off, on or a tile edge in pixels (a multiple of 8, e.g. 256). "
+                  "Tiles give the whole-image decode's pixels (up to rounding: GroupNorm statistics gathered over "
+                  "all tiles, convolutions fed their neighbours' halo) with a fraction of its memory, the feature "
+                  "maps waiting in host memory on CUDA; slower. auto = whole when its predicted peak fits the "
+                  "budget, else the largest tiles that fit; on = tiles of the planner's size; off = never tile "
+                  "(default auto)")
+      ->type_name("MODE")
+      ->group(group);
   if (!monitor) return;
   command
       .add_option("--monitor-interval", o.monitor_interval_ms,

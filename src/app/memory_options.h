@@ -29,6 +29,7 @@ struct MemoryOptions {
   int monitor_interval_ms = 100;            // --monitor-interval (render only); 0 = off
   double monitor_threshold = 0.9;           // --monitor-threshold (render only)
   std::string offload = "auto";             // --offload auto|on|off|stream
+  std::string vae_tiles = "auto";           // --vae-tiles auto|off|on|PIXELS (runtime::parse_vae_tiles)
 };
 void add_memory_options(CLI::App& command, MemoryOptions& options, bool monitor);
 

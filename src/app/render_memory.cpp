@@ -7,6 +7,8 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
+#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory_allocator.h"
@@ -59,7 +61,11 @@ class RenderMemory::PlanningGenerator : public runtime::ImageGenerator {
 
 RenderMemory::RenderMemory(const MemoryOptions& options, c10::Device device, c10::ScalarType dtype,
                            std::string model_identity, runtime::StageClock& clock)
-    : device_(device), dtype_(dtype), model_identity_(std::move(model_identity)), clock_(clock) {
+    : device_(device),
+      dtype_(dtype),
+      model_identity_(std::move(model_identity)),
+      vae_tiles_(runtime::parse_vae_tiles(options.vae_tiles)),
+      clock_(clock) {
   budget_ = resolve_budget(device, options);
   runtime::MemorySampler sampler;
   if (device.is_cuda()) {
@@ -232,6 +238,11 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
   for (const runtime::ResolutionGroup& g : groups) {
     const auto found = cache.find(calibration_key(device, model, g));
     models.push_back(found ? runtime::apply_calibration(fallback_, *found) : fallback_);
+    // Tiled where the generator will tile (the same plan_decode), so the batch plan counts that decode.
+    runtime::apply_decode_plan(
+        models.back(), runtime::plan_decode(runtime::vae_config(pipeline.files()), g.width, g.height, dtype_size,
+                                            device_.is_cuda(), runtime::decode_stage_weight_bytes(models.back()),
+                                            budget_.bytes, vae_tiles_));
   }
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget_.bytes, std::max(1, max_batch));
   for (size_t i = 0; i < groups.size(); ++i) {

@@ -19,6 +19,7 @@
 #include "fluxbatch/runtime/flux_generator.h"
 #include "fluxbatch/runtime/job_runner.h"
 #include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
 #include "fluxbatch/runtime/memory_monitor.h"
 #include "memory_options.h"
 
@@ -77,6 +78,7 @@ class RenderMemory {
   c10::Device device_;
   c10::ScalarType dtype_;
   std::string model_identity_;
+  runtime::VaeTiles vae_tiles_;  // --vae-tiles, for the decode stage's plan
   Budget budget_;
   std::shared_ptr<runtime::CpuMemoryBudget> cpu_;
   std::unique_ptr<runtime::MemoryMonitor> monitor_;

@@ -90,6 +90,7 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
     log::info("streaming plan: " + runtime::describe_stream(plan.t5, "T5") + "; the encode stage holds " +
               runtime::format_bytes(plan.t5.resident_bytes) + " of T5 weights");
   }
+  options.decode_budget_bytes = memory_->budget().bytes;
   generator_ = memory_->wrap(std::make_unique<runtime::FluxGenerator>(setup_.model, options), std::move(weights),
                              setup_.calibrate, setup_.max_batch);
   return *generator_;

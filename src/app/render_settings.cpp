@@ -34,6 +34,7 @@ std::string get(const RenderCommand& c, const std::string& key) {
   if (key == "quantize") return c.quantize;
   if (key == "batch") return c.batch;
   if (key == "offload") return c.memory.offload;
+  if (key == "vae_tiles") return c.memory.vae_tiles;
   if (key == "vram_budget") return c.memory.budget.empty() ? "what is free minus the reserve" : c.memory.budget;
   if (key == "vram_reserve") return c.memory.reserve;
   if (key == "monitor_interval") return std::to_string(c.memory.monitor_interval_ms);
@@ -60,6 +61,7 @@ void set(RenderCommand& c, const std::string& key, const std::string& v) {
   else if (key == "quantize") c.quantize = v;
   else if (key == "batch") c.batch = v;
   else if (key == "offload") c.memory.offload = v;
+  else if (key == "vae_tiles") c.memory.vae_tiles = v;
   else if (key == "vram_budget") c.memory.budget = v;
   else if (key == "vram_reserve") c.memory.reserve = v;
   else if (key == "monitor_interval") c.memory.monitor_interval_ms = std::stoi(v);

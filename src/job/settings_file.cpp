@@ -92,6 +92,19 @@ Read read_render(const std::string& key, const json& v) {
   if (key == "offload") {
     return read_string(v, [](const std::string& s) { return one_of(s, {"auto", "on", "off", "stream"}); });
   }
+  if (key == "vae_tiles") {  // runtime::parse_vae_tiles' forms
+    if (v.is_number_integer()) return read_integer(v, 64, 4096);
+    return read_string(v, [](const std::string& s) {
+      if (s == "auto" || s == "off" || s == "on") return std::string();
+      std::string digits = s.size() > 2 && s.compare(s.size() - 2, 2, "px") == 0 ? s.substr(0, s.size() - 2) : s;
+      const bool numeric = !digits.empty() && digits.size() <= 4 &&
+                           std::all_of(digits.begin(), digits.end(), [](unsigned char c) { return std::isdigit(c); });
+      const int pixels = numeric ? std::stoi(digits) : 0;
+      if (pixels >= 64 && pixels <= 4096 && pixels % 8 == 0) return std::string();
+      return "expected \"auto\", \"off\", \"on\" or a tile edge in pixels (a multiple of 8 from 64 to 4096), got \"" +
+             s + "\"";
+    });
+  }
   if (key == "progress") {
     return read_string(v, [](const std::string& s) { return one_of(s, {"auto", "bar", "log", "json", "none"}); });
   }
@@ -216,7 +229,7 @@ const std::vector<std::string>& render_setting_keys() {
   static const std::vector<std::string> keys = {
       "device",         "dtype",           "quantize",      "batch",         "offload",
       "vram_budget",    "vram_reserve",    "monitor_interval", "monitor_threshold", "write_threads",
-      "progress",       "progress_interval", "cache",       "cache_max"};
+      "progress",       "progress_interval", "cache",       "cache_max",     "vae_tiles"};
   return keys;
 }
 

@@ -57,6 +57,17 @@ int64_t peak_allocated_bytes(c10::Device device) {
   return 0;
 }
 
+int64_t allocated_bytes(c10::Device device) {
+#ifdef FLUXBATCH_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].current;
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
 void reset_peak_memory(c10::Device device) {
 #ifdef FLUXBATCH_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());

@@ -5,6 +5,8 @@
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
+#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/oom.h"
 #include "fluxbatch/sampling/postprocess.h"
 
@@ -311,16 +313,56 @@ PromptEmbeddings FluxGenerator::embeddings_for(const std::vector<job::RenderItem
   return PromptEmbeddings{at::cat(states, 0), at::cat(pooled, 0)};
 }
 
-// The full decode; when it runs out of memory at batch 1 (`last_resort`: tiles change the image a
-// little, so a smaller batch comes first), overlapping tiles, halved until they fit (down to 4
-// latents). The tile edge that fitted is remembered per image size and used from then on.
+namespace {
+
+models::vae::ExactTileOptions exact_tiles(const TiledDecodeSetup& setup) {
+  models::vae::ExactTileOptions tiles;
+  tiles.tile_pixels = setup.tile_pixels;
+  tiles.maps_on_host = setup.maps_on_host;
+  tiles.attention_chunk_bytes = setup.attention_chunk_bytes;
+  tiles.whole_norm_bytes = setup.whole_norm_bytes;
+  return tiles;
+}
+
+std::string size_text(int width, int height) { return std::to_string(width) + "x" + std::to_string(height); }
+
+}  // namespace
+
+// The decode planned for the image size (plan_decode, logged once per size): whole, or in exact
+// tiles. A whole decode that runs out of memory at batch 1 (`last_resort`: at larger batches the
+// runner halves the batch first) goes on in exact tiles, as does a tiled one that runs out: maps to
+// host memory (CUDA), then tiles halved down to 64 px. What fitted is remembered per size.
 at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index, int width, int height,
                                        bool last_resort) {
   const std::pair<int, int> shape{width, height};
-  auto known = tile_pixels_.find(shape);
+  const c10::Device device = pipeline_->options().device;
+  // Planned once per size (the VAE's config.json is read then only).
+  const auto plan_for = [&](const VaeTiles& tiles, int64_t budget) {
+    return plan_decode(vae_config(pipeline_->files()), width, height,
+                       static_cast<int>(c10::elementSize(pipeline_->options().dtype)), device.is_cuda(),
+                       allocated_bytes(device), budget, tiles);
+  };
+  auto known = decode_plans_.find(shape);
+  if (known == decode_plans_.end()) {
+    const DecodePlan plan = plan_for(options_.vae_tiles, options_.decode_budget_bytes);
+    const int64_t budget = options_.decode_budget_bytes;
+    const std::string line = "VAE decode at " + size_text(width, height) + " " +
+                             (plan.tiled ? "in " + plan.describe() : std::string("whole")) + ": predicted peak " +
+                             format_bytes(plan.peak_bytes) + (budget > 0 ? " of " + format_bytes(budget) : "") +
+                             " (--vae-tiles " + vae_tiles_text(options_.vae_tiles) + ")";
+    if (plan.tiled || options_.vae_tiles.mode != VaeTilesMode::kAuto) {
+      log::info(line);
+    } else {
+      log::debug(line);
+    }
+    known = decode_plans_.emplace(shape, plan).first;
+  }
+  DecodePlan& plan = known->second;
   std::string error;
-  if (known == tile_pixels_.end()) {
-    if (!last_resort) return pipeline_->decode_image(latents, index, width, height);
+  if (!plan.tiled) {
+    if (!last_resort || options_.vae_tiles.mode == VaeTilesMode::kOff) {
+      return pipeline_->decode_image(latents, index, width, height);
+    }
     try {
       return pipeline_->decode_image(latents, index, width, height);
     } catch (const std::exception& e) {
@@ -328,36 +370,42 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
       error = exception_message(e);
     }
     release_cached_memory();
+    // The prediction was low (or there was no budget): the largest tiles that fit the budget, then smaller.
+    plan = plan_for(VaeTiles{VaeTilesMode::kOn, 0}, options_.decode_budget_bytes);
+    log::warn("VAE decode at " + size_text(width, height) + " ran out of memory; decoding in exact tiles instead");
   }
-  const int64_t scale = pipeline_->vae_scale_factor();
-  const int64_t min_tile = 4 * scale;
-  int64_t tile = options_.vae_tile_pixels;
-  // At least two tiles along the longer side, or tiling would decode the image whole again.
-  while (tile >= std::max(width, height) && tile / 2 >= min_tile) tile /= 2;
-  if (known != tile_pixels_.end()) tile = known->second;
-  for (; tile >= min_tile; tile /= 2) {
-    models::vae::TiledDecodeOptions tiles;
-    tiles.tile_sample_size = tile;
+  for (;;) {
     try {
-      at::Tensor out = pipeline_->decode_image(latents, index, width, height, tiles);
+      at::Tensor out = pipeline_->decode_image(latents, index, width, height, exact_tiles(plan.setup));
       ++stats_.tiled_decodes;
-      if (known == tile_pixels_.end()) {
-        log::warn("VAE decode at " + std::to_string(width) + "x" + std::to_string(height) +
-                  " ran out of memory; decoding in " + std::to_string(tile) + " px tiles (overlap 1/4, blended)");
-        tile_pixels_[shape] = static_cast<int>(tile);
-      } else {
-        log::debug("tiled VAE decode (" + std::to_string(tile) + " px tiles)");
-      }
       return out;
     } catch (const std::exception& e) {
       if (!is_out_of_memory(e)) throw;
       error = exception_message(e);
     }
     release_cached_memory();
+    TiledDecodeSetup& setup = plan.setup;
+    const std::string tried = plan.describe();
+    std::string change;
+    if (device.is_cuda() && !setup.maps_on_host) {
+      setup.maps_on_host = true;
+      change = "feature maps to host memory";
+    } else if (setup.attention_chunk_bytes > (int64_t{16} << 20)) {
+      setup.attention_chunk_bytes /= 4;
+      change = "attention chunks of " + format_bytes(setup.attention_chunk_bytes);
+    } else if (setup.whole_norm_bytes > 0) {
+      setup.whole_norm_bytes = 0;
+      change = "GroupNorm statistics over tiles for every map";
+    } else if (setup.tile_pixels / 2 >= 64) {
+      setup.tile_pixels = setup.tile_pixels / 2 / 8 * 8;
+      change = std::to_string(setup.tile_pixels) + " px tiles";
+    } else {
+      decode_plans_.erase(shape);
+      TORCH_CHECK_WITH(OutOfMemoryError, false, "VAE decode at ", width, "x", height,
+                       " out of memory, also in exact tiles down to 64 px: ", error);
+    }
+    log::warn("VAE decode at " + size_text(width, height) + " in " + tried + " ran out of memory; trying " + change);
   }
-  tile_pixels_.erase(shape);
-  TORCH_CHECK_WITH(OutOfMemoryError, false, "VAE decode at ", width, "x", height,
-                   " out of memory, also in tiles down to ", min_tile, " px: ", error);
 }
 
 std::vector<Image> FluxGenerator::generate(const std::vector<job::RenderItem>& batch) {

@@ -582,7 +582,7 @@ at::Tensor FluxPipeline::decode(const at::Tensor& latents, int width, int height
 }
 
 at::Tensor FluxPipeline::decode_image(const at::Tensor& latents, int64_t index, int width, int height,
-                                      const std::optional<models::vae::TiledDecodeOptions>& tiles) {
+                                      const std::optional<models::vae::ExactTileOptions>& tiles) {
   State& s = *state_;
   FLUXBATCH_CHECK(latents.dim() == 3 && index >= 0 && index < latents.size(0), InputError,
                   "decode_image: image " + std::to_string(index) + " of packed latents [B, S, C]");
@@ -593,7 +593,7 @@ at::Tensor FluxPipeline::decode_image(const at::Tensor& latents, int64_t index, 
   // FluxPipeline: unpack, latents / scaling_factor + shift_factor, vae.decode.
   const at::Tensor unpacked = sampling::unpack_latents(latents.narrow(0, index, 1), size);
   const at::Tensor scaled = models::vae::unscale_latents(unpacked.to(s.options.device), s.vae->config());
-  return tiles ? s.vae->decode_tiled(scaled, *tiles) : s.vae->decode(scaled);  // [1, 3, H, W]
+  return tiles ? s.vae->decode_exact_tiled(scaled, *tiles) : s.vae->decode(scaled);  // [1, 3, H, W]
 }
 
 void FluxPipeline::finish_decode() {

@@ -46,6 +46,12 @@ TEST_CASE("a preset's render options and defaults are read and checked", "[job][
   CHECK_THAT(problems(R"({"render": {"batch": "most"}})"), ContainsSubstring("expected \"auto\" or an integer"));
   CHECK_THAT(problems(R"({"render": {"device": "gpu"}})"), ContainsSubstring("expected cuda, cuda:N or cpu"));
   CHECK_THAT(problems(R"({"render": {"vram_reserve": "lots"}})"), ContainsSubstring("expected a size such as 512M"));
+  for (const char* ok : {R"("auto")", R"("off")", R"("on")", R"("256")", R"("512px")", "1024"}) {
+    CHECK(problems(std::string(R"({"render": {"vae_tiles": )") + ok + "}}").empty());
+  }
+  CHECK_THAT(problems(R"({"render": {"vae_tiles": "100"}})"),
+             ContainsSubstring("render.vae_tiles: expected \"auto\", \"off\", \"on\" or a tile edge in pixels"));
+  CHECK_THAT(problems(R"({"render": {"vae_tiles": 8192}})"), ContainsSubstring("expected an integer from 64 to 4096"));
   CHECK_THAT(problems(R"({"render": {"dtype": "bf16", "dtype": "fp32"}})"), ContainsSubstring("duplicate field"));
   CHECK_THAT(problems(R"({"defaults": {"seed": "random"}})"), ContainsSubstring("\"random\" is not allowed in a preset"));
   CHECK_THAT(problems(R"({"defaults": {"width": 100}})"), ContainsSubstring("defaults.width"));

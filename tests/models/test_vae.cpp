@@ -1,12 +1,20 @@
-// VAE decoder against diffusers: key names, fp32 / bf16 golden decodes, latent unscaling, tiling.
+// VAE decoder against diffusers: key names, fp32 / bf16 golden decodes, latent unscaling; the exact
+// tiled decode against the whole decode.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/models/weight_map.h"
+#include "fluxbatch/runtime/device.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
+#include "fluxbatch/runtime/memory_budget.h"
 #include "test_t5_clip_vae_support.h"
 
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
+
+#include <functional>
+#include <limits>
+#include <utility>
 
 using namespace fluxbatch;
 using namespace fluxbatch::test::encoders;
@@ -83,29 +91,123 @@ TEST_CASE("unscale_latents is latents / scaling_factor + shift_factor, rounded p
   CHECK(at::equal(models::vae::unscale_latents(xb, config), two_ops));
 }
 
-TEST_CASE("VAE tiled decode stitches overlapping tiles like AutoencoderKL.tiled_decode", "[vae]") {
+namespace {
+
+// Pixels (postprocessed like a render: (x / 2 + 0.5) clamped, times 255, rounded) of two decodes:
+// the share of values within one 8-bit level of each other, and the largest difference in levels.
+std::pair<double, int64_t> pixel_match(const at::Tensor& a, const at::Tensor& b) {
+  const auto levels = [](const at::Tensor& x) {
+    return (x.to(at::kCPU, at::kFloat) / 2 + 0.5).clamp(0, 1).mul(255).round().to(at::kLong);
+  };
+  const at::Tensor diff = (levels(a) - levels(b)).abs();
+  return {diff.le(1).to(at::kDouble).mean().item<double>(), diff.max().item<int64_t>()};
+}
+
+}  // namespace
+
+TEST_CASE("VAE exact tiled decode equals the whole decode at any tile size and image size (fp32)", "[vae][tiles]") {
   auto model = load_vae("dev", at::kFloat);
   at::NoGradGuard no_grad;
-  at::manual_seed(5);
-  at::Tensor latents = at::randn({1, model->config().latent_channels, 10, 9});
-  // 32 px tiles = 4 latents, stride 3 latents, 8 px blended, 24 px kept per tile.
-  models::vae::TiledDecodeOptions options;
-  options.tile_sample_size = 32;
-  at::Tensor out = model->decode_tiled(latents, options);
-  REQUIRE(out.sizes() == at::IntArrayRef({1, 3, 80, 72}));
-
-  at::Tensor t00 = model->decode(latents.slice(2, 0, 4).slice(3, 0, 4));  // [1, 3, 32, 32]
-  at::Tensor t01 = model->decode(latents.slice(2, 0, 4).slice(3, 3, 7));
-  CHECK(at::equal(out.slice(2, 0, 24).slice(3, 0, 24), t00.slice(2, 0, 24).slice(3, 0, 24)));
-  for (int64_t x = 0; x < 8; ++x) {
-    at::Tensor blended = t00.select(3, 24 + x) * (1 - x / 8.0) + t01.select(3, x) * (x / 8.0);
-    CHECK(at::equal(out.slice(2, 0, 24).select(3, 24 + x), blended.slice(2, 0, 24)));
+  at::manual_seed(7);
+  // Odd, non-square latents (104 x 168 px), batch 2; tiles that divide nothing evenly, one latent
+  // per tile, one tile larger than the image.
+  const at::Tensor latents = at::randn({2, model->config().latent_channels, 13, 21});
+  const at::Tensor full = model->decode(latents);
+  struct Case {
+    int64_t tile, chunk_tokens;  // the mid-block attention's queries in chunks of 5, or all 273
+    bool whole_norm;             // small maps normalised whole by at::group_norm, or every map over tiles
+  };
+  for (const Case c : {Case{8, 5, false}, Case{24, 273, false}, Case{40, 5, true}, Case{64, 273, false},
+                       Case{256, 273, true}}) {
+    INFO("tile " << c.tile << " px, attention chunk " << c.chunk_tokens << " queries, whole norm " << c.whole_norm);
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = c.tile;
+    options.attention_chunk_bytes = 12 * 13 * 21 * c.chunk_tokens;
+    options.whole_norm_bytes = c.whole_norm ? options.whole_norm_bytes : 0;
+    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
+    REQUIRE(tiled.sizes() == full.sizes());
+    CHECK(max_abs_diff(tiled, full) <= 1e-4 * std::max(1.0, max_abs(full)));
+    const auto [within_one, worst] = pixel_match(tiled, full);
+    CHECK(within_one >= 0.999);
+    CHECK(worst <= 1);
   }
-  CHECK(at::equal(out.slice(2, 0, 24).slice(3, 32, 48), t01.slice(2, 0, 24).slice(3, 8, 24)));
+}
 
-  // Latents that fit one tile decode whole, as diffusers does.
-  at::Tensor small = latents.slice(2, 0, 4).slice(3, 0, 3);
-  CHECK(at::equal(model->decode_tiled(small, options), model->decode(small)));
+TEST_CASE("VAE exact tiled decode in bf16: bit-identical with whole-map GroupNorm, close with tile statistics",
+          "[vae][tiles]") {
+  auto model = load_vae("dev", at::kBFloat16);
+  at::NoGradGuard no_grad;
+  at::manual_seed(8);
+  const at::Tensor latents = at::randn({1, model->config().latent_channels, 17, 12}).to(at::kBFloat16);
+  const at::Tensor full = model->decode(latents);
+  for (const int64_t tile : {32, 64}) {
+    INFO("tile " << tile << " px");
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = tile;
+    // Every map normalised whole by at::group_norm: the tiles (halo convolutions, chunked attention,
+    // upsampling) change no bit.
+    options.whole_norm_bytes = int64_t{1} << 40;
+    const at::Tensor exact = model->decode_exact_tiled(latents, options);
+    REQUIRE(exact.sizes() == full.sizes());
+    CHECK(exact.scalar_type() == at::kBFloat16);
+    CHECK(at::equal(exact, full));
+    // What plan_decode prefers: the maps up to twice the latent resolution normalised whole, the
+    // larger ones with statistics gathered over tiles, which differ from at::group_norm's float
+    // reduction in the last bit now and then. This random tiny VAE amplifies such one-ulp
+    // differences into a few 8-bit levels (with none whole: 94% within one level, worst 6, since
+    // the mid-block attention spreads them over the image), so the bound here is looser than
+    // issue 15's targets, which the fp32 test above and the GPU benchmark check.
+    options.whole_norm_bytes = 4 * 64 * 17 * 12 * 2;  // [1, 64, 34, 24] bf16: twice the latent resolution
+    const auto [within_one, worst] = pixel_match(model->decode_exact_tiled(latents, options), full);
+    INFO(within_one * 100 << "% within one level, worst " << worst);
+    CHECK(within_one >= 0.99);
+    CHECK(worst <= 4);
+  }
+}
+
+TEST_CASE("VAE exact tiled decode holds a fraction of the whole decode's memory", "[vae][tiles]") {
+  auto model = load_vae("dev", at::kFloat);
+  at::NoGradGuard no_grad;
+  at::manual_seed(9);
+  const at::Tensor latents = at::randn({1, model->config().latent_channels, 48, 40});  // 384 x 320 px
+  runtime::CpuMemoryBudget budget(std::numeric_limits<int64_t>::max());
+  const auto peak = [&](const std::function<at::Tensor()>& decode) {
+    at::Tensor out;
+    budget.reset_peak();
+    const int64_t before = budget.live_bytes();
+    out = decode();
+    return budget.peak_bytes() - before;
+  };
+  const models::vae::VaeConfig& config = model->config();
+  const int64_t whole = peak([&] { return model->decode(latents); });
+  models::vae::ExactTileOptions options;
+  options.tile_pixels = 64;
+  const int64_t tiled = peak([&] { return model->decode_exact_tiled(latents, options); });
+  runtime::TiledDecodeSetup setup;
+  setup.tile_pixels = 64;
+  setup.maps_on_host = false;  // on the CPU the maps are on the (host) device and counted
+  const int64_t predicted_tiled = runtime::tiled_decode_bytes(config, 320, 384, 4, setup);
+  const int64_t predicted_whole = runtime::untiled_decode_bytes(config, 320, 384, 4);
+  INFO("peaks: whole " << whole << " B (predicted " << predicted_whole << "), tiled " << tiled << " B (predicted "
+                       << predicted_tiled << ")");
+  CHECK(tiled < whole);
+  // The tiled prediction bounds what the CPU measures, without overshooting it threefold. The whole
+  // decode's is fitted to the GPU (2.4 GiB at 1024² in bf16 on the H100); oneDNN's convolutions on
+  // the CPU hold extra reordered copies (about 1.5x here).
+  CHECK(tiled <= predicted_tiled);
+  CHECK(predicted_tiled - runtime::kTiledDecodeFixedBytes <= 3 * tiled);
+  CHECK(whole <= 2 * predicted_whole);
+  CHECK(predicted_whole <= 3 * whole);
+}
+
+TEST_CASE("VAE exact tiled decode rejects tiles that are not a multiple of the scale factor", "[vae][tiles]") {
+  auto model = load_vae("dev", at::kFloat);
+  models::vae::ExactTileOptions options;
+  options.tile_pixels = 12;
+  CHECK_THROWS_WITH(model->decode_exact_tiled(at::zeros({1, 16, 4, 4}), options),
+                    Catch::Matchers::ContainsSubstring("multiple of 8 pixels, got 12"));
+  options.tile_pixels = 0;
+  CHECK_THROWS_AS(model->decode_exact_tiled(at::zeros({1, 16, 4, 4}), options), InputError);
 }
 
 TEST_CASE("VAE rejects latents with the wrong channel count", "[vae]") {
@@ -131,8 +233,54 @@ TEST_CASE("VAE on CUDA (bf16, fp32, tiled) stays within tolerance of the golden"
     at::Tensor sample = model->decode(latents);
     CHECK(sample.device() == device);
     CHECK(max_abs_diff(sample, expected) <= tolerance * max_abs(expected));
-    models::vae::TiledDecodeOptions options;
-    options.tile_sample_size = 32;
-    CHECK(model->decode_tiled(latents, options).sizes() == sample.sizes());
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = 32;
+    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
+    CHECK(tiled.device() == device);
+    const auto [within_one, worst] = pixel_match(tiled, sample);
+    CHECK(within_one >= 0.999);
+    CHECK(worst <= 2);
+  }
+}
+
+TEST_CASE("VAE exact tiled decode on CUDA: the whole decode's pixels at a smaller device peak", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  at::NoGradGuard no_grad;
+  at::manual_seed(10);
+  auto model = load_vae("dev", at::kBFloat16, device);
+  const at::Tensor latents = at::randn({1, 16, 96, 80}).to(device, at::kBFloat16);  // 768 x 640 px
+  const auto peak_of = [&](const std::function<at::Tensor()>& decode, at::Tensor& out) {
+    runtime::synchronize(device);
+    const int64_t base = runtime::allocated_bytes(device);
+    runtime::reset_peak_memory(device);
+    out = decode();
+    runtime::synchronize(device);
+    return runtime::peak_allocated_bytes(device) - base;
+  };
+  at::Tensor full;
+  const int64_t whole_peak = peak_of([&] { return model->decode(latents); }, full);
+  for (const bool maps_on_host : {true, false}) {
+    INFO("maps on host " << maps_on_host << ", whole peak " << whole_peak << " B");
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = 128;
+    options.maps_on_host = maps_on_host;
+    // The tiny maps are all under whole_norm_bytes: normalised whole, the tiles must change (almost) no bit.
+    at::Tensor tiled;
+    (void)peak_of([&] { return model->decode_exact_tiled(latents, options); }, tiled);
+    REQUIRE(tiled.device() == device);
+    const auto [within_one, worst] = pixel_match(tiled, full);
+    INFO(within_one * 100 << "% within one level, worst " << worst);
+    CHECK(within_one >= 0.999);
+    CHECK(worst <= 2);
+    // Every map over tiles: the smallest device peak, within the planner's prediction.
+    options.whole_norm_bytes = 0;
+    const int64_t tiled_peak = peak_of([&] { return model->decode_exact_tiled(latents, options); }, tiled);
+    INFO("tiled peak " << tiled_peak << " B");
+    runtime::TiledDecodeSetup setup;
+    setup.tile_pixels = 128;
+    setup.maps_on_host = maps_on_host;
+    setup.whole_norm_bytes = 0;
+    CHECK(tiled_peak <= runtime::tiled_decode_bytes(model->config(), 640, 768, 2, setup));
+    if (maps_on_host) CHECK(tiled_peak * 2 < whole_peak);
   }
 }

@@ -24,6 +24,8 @@ void synchronize(c10::Device device);
 
 // The caching allocator's peak of allocated bytes since the last reset (0 on the CPU).
 int64_t peak_allocated_bytes(c10::Device device);
+// Bytes the caching allocator has allocated now on a CUDA device; 0 on the CPU (not tracked).
+int64_t allocated_bytes(c10::Device device);
 void reset_peak_memory(c10::Device device);
 
 }  // namespace fluxbatch::runtime

@@ -18,6 +18,7 @@
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/runtime/cache/prompt_cache.h"
 #include "fluxbatch/runtime/image_generator.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
 #include "fluxbatch/runtime/pipeline.h"
 
 namespace fluxbatch::runtime {
@@ -38,9 +39,13 @@ struct GeneratorOptions {
   // beyond it are encoded later, a window at a time, as their batches come (text encoders loaded
   // again for each window); embeddings whose items are all rendered make room.
   int64_t prepared_embedding_bytes = int64_t{2} << 30;
-  // The tiled VAE fallback's first tile edge in pixels (smaller when the image is smaller, halved
-  // again on each out-of-memory down to 4 latents); tiles overlap by a quarter, blended linearly.
-  int vae_tile_pixels = 512;
+  // --vae-tiles: whole-image or exact tiled VAE decode (runtime/memory/decode_plan.h), planned per
+  // image size against decode_budget_bytes (0: unknown, so auto decodes whole) with what is allocated
+  // on the device when the decode starts. Whatever was planned, a decode that runs out of memory at
+  // batch 1 goes on in exact tiles (maps to host memory on CUDA, then tiles halved down to 64 px),
+  // except with --vae-tiles off.
+  VaeTiles vae_tiles;
+  int64_t decode_budget_bytes = 0;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
   // Memory and time accounting (the CLI's monitor, planner and summary). on_stage: called with
@@ -66,7 +71,7 @@ struct GeneratorStats {
   int64_t prompts_encoded = 0;       // (prompt, max_sequence_length) pairs run through CLIP + T5
   int64_t encode_stages = 0;         // prepare() passes: encode a window of prompts, then free the encoders
   int64_t cpu_encode_fallbacks = 0;  // encodes that ran out of device memory and moved the encoders to the CPU
-  int64_t tiled_decodes = 0;         // images decoded in tiles because the full decode ran out of memory
+  int64_t tiled_decodes = 0;         // images decoded in exact tiles (planned, or after running out of memory)
   int64_t prompts_from_cache = 0;    // embeddings read from GeneratorOptions::prompt_cache instead
 };
 
@@ -75,10 +80,11 @@ struct GeneratorStats {
 // generate_each() then denoises a batch and decodes its images one by one, handing each over as
 // soon as it is decoded. The device cache is emptied between stages, not per step or per image.
 // Errors other than out of memory become model / device errors naming the stage and the batch
-// (runtime::throw_stage_error), which stop the job. Out-of-memory fallbacks (each logged and counted): a full VAE decode that does not fit even at
-// batch 1 is redone in overlapping tiles (at larger batches the out-of-memory error goes to the
-// runner, which halves the batch first); an encode that does not fit on the device runs the text
-// encoders on the CPU.
+// (runtime::throw_stage_error), which stop the job. The VAE decode is whole or in exact tiles as
+// planned (GeneratorOptions::vae_tiles). Out-of-memory fallbacks (each logged and counted): a whole
+// VAE decode that does not fit even at batch 1 is redone in exact tiles (at larger batches the
+// out-of-memory error goes to the runner, which halves the batch first); an encode that does not fit
+// on the device runs the text encoders on the CPU.
 class FluxGenerator : public ImageGenerator {
  public:
   FluxGenerator(const std::string& model_path, const GeneratorOptions& options);
@@ -126,7 +132,7 @@ class FluxGenerator : public ImageGenerator {
   std::unique_ptr<FluxPipeline> pipeline_;
   std::unique_ptr<Cache> cache_;
   std::unique_ptr<Prepared> prepared_;
-  std::map<std::pair<int, int>, int> tile_pixels_;  // (width, height) -> tile edge that fitted
+  std::map<std::pair<int, int>, DecodePlan> decode_plans_;  // (width, height) -> the decode that fitted
   GeneratorStats stats_;
 };
 

@@ -141,11 +141,11 @@ class FluxPipeline {
   at::Tensor decode(const at::Tensor& latents, int width, int height);
 
   // Stage 3 one image at a time: image `index` of packed latents [B, S, C] -> [1, 3, H, W] in the
-  // pipeline dtype. `tiles`: AutoencoderKL tiled decode (overlapping tiles blended linearly), for
-  // images whose full decode does not fit. Leaves the VAE on the device and the cache as it is;
-  // finish_decode() ends the stage.
+  // pipeline dtype. `tiles`: the exact tiled decode (VaeDecoderImpl::decode_exact_tiled: the same
+  // image up to rounding), for images whose whole decode does not fit. Leaves the VAE on the device
+  // and the cache as it is; finish_decode() ends the stage.
   at::Tensor decode_image(const at::Tensor& latents, int64_t index, int width, int height,
-                          const std::optional<models::vae::TiledDecodeOptions>& tiles = std::nullopt);
+                          const std::optional<models::vae::ExactTileOptions>& tiles = std::nullopt);
   void finish_decode();  // VAE home again (offload) and the device cache emptied
   int64_t vae_scale_factor() const;  // pixels per latent
 

@@ -24,6 +24,8 @@ class GroupNormImpl : public torch::nn::Module {
  public:
   GroupNormImpl(int64_t groups, int64_t channels, double eps, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x);  // x: [B, C, *] -> [B, C, *]
+  int64_t groups() const { return groups_; }
+  double eps() const { return eps_; }
   at::Tensor weight, bias;                  // [C]
  private:
   int64_t groups_;
@@ -41,6 +43,7 @@ class Conv2dImpl : public torch::nn::Module {
   Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t padding,
              const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x);  // x: [B, Cin, H, W] -> [B, Cout, H, W]
+  int64_t padding() const { return padding_; }
   at::Tensor weight;                        // [Cout, Cin, k, k]
   at::Tensor bias;                          // [Cout]
  private:

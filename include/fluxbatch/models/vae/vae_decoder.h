@@ -29,11 +29,30 @@ std::vector<std::string> vae_ignored_prefixes(bool use_post_quant_conv = false);
 // rounding in bf16 is the pipeline's. latents: [B, C, h, w] -> [B, C, h, w]
 at::Tensor unscale_latents(const at::Tensor& latents, const VaeConfig& config);
 
-// AutoencoderKL.tiled_decode parameters: tiles of tile_sample_size pixels (vae/config.json
-// sample_size; 1024 for FLUX), neighbours overlapping by overlap_factor and linearly blended.
-struct TiledDecodeOptions {
-  int64_t tile_sample_size = 1024;
-  double overlap_factor = 0.25;
+// The exact tiled decode (decode_exact_tiled): the decoder runs layer by layer over the whole
+// feature map, each layer tile by tile, so the device holds the weights, one tile (+ a 1-pixel halo)
+// of a layer's input and output, and the mid-block attention's keys and values at latent
+// resolution. Every op sees what it sees in decode(): convolutions get their halo from the
+// neighbouring tiles (zeros only at the image border), GroupNorm uses statistics gathered over all
+// tiles first (fp32 per tile, merged in fp64), the attention runs over the whole latent in query
+// chunks. The result equals decode() up to floating-point rounding.
+struct ExactTileOptions {
+  // Tile edge in output pixels, a positive multiple of the scale factor (8): tile_pixels / 8
+  // latents, tile_pixels / 4 at the next resolution, and so on. Larger tiles: fewer, larger copies.
+  int64_t tile_pixels = 256;
+  // Where the whole feature maps between layers wait when decoding on CUDA: true = host memory
+  // (tiles copied through pinned staging buffers; the device holds tiles only), false = the device.
+  // On the CPU they are on the CPU either way.
+  bool maps_on_host = true;
+  // Bytes for one query chunk's attention scores ([chunk, h*w] in fp32, times three for the softmax
+  // temporaries of the math backend): the chunk is (attention_chunk_bytes / (12 * h * w)) queries.
+  int64_t attention_chunk_bytes = int64_t{256} << 20;
+  // Feature maps of at most this many bytes are normalised whole on the device by at::group_norm
+  // itself (the map and its normalised copy there at once), bit-identical to decode(); larger ones
+  // with the statistics gathered over tiles, which may differ from at::group_norm's in the last bit.
+  // That matters most at the mid-block, whose attention spreads a one-ulp difference over the whole
+  // image (in bf16, a random VAE turns it into several 8-bit levels); those maps are the smallest.
+  int64_t whole_norm_bytes = int64_t{64} << 20;
 };
 
 class VaeDecoderImpl : public torch::nn::Module {
@@ -46,15 +65,14 @@ class VaeDecoderImpl : public torch::nn::Module {
   at::Tensor decode(const at::Tensor& latents);
   at::Tensor forward(const at::Tensor& latents) { return decode(latents); }
 
-  // decode() with AutoencoderKL tiling enabled: latents that fit one tile decode as a whole, larger
-  // ones go through tiled_decode (overlapping tiles, seams blended linearly). Same output shape as
-  // decode(); equal to it only approximately (each tile sees less context).
-  at::Tensor decode_tiled(const at::Tensor& latents, const TiledDecodeOptions& options = {});
+  // decode() computed tile by tile (ExactTileOptions): the same output up to floating-point
+  // rounding, for images whose whole-image activations do not fit the device. InputError for a
+  // tile_pixels that is not a positive multiple of the scale factor.
+  at::Tensor decode_exact_tiled(const at::Tensor& latents, const ExactTileOptions& options = {});
 
   const VaeConfig& config() const { return config_; }
 
  private:
-  at::Tensor decode_tile(const at::Tensor& latents);
   VaeConfig config_;
   std::shared_ptr<layers::Conv2dImpl> post_quant_conv_;
   std::shared_ptr<DecoderImpl> decoder_;
