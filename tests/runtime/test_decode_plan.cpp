@@ -27,7 +27,7 @@ TiledDecodeSetup tiles(int64_t pixels, bool on_host) {
 
 }  // namespace
 
-TEST_CASE("--vae-tiles values parse; anything else names the option and the forms", "[decode_plan]") {
+TEST_CASE("vae tiles option: --vae-tiles values parse; anything else names the option and the forms", "[decode_plan]") {
   CHECK(parse_vae_tiles("auto").mode == VaeTilesMode::kAuto);
   CHECK(parse_vae_tiles("off").mode == VaeTilesMode::kOff);
   const VaeTiles on = parse_vae_tiles("on");
