@@ -37,19 +37,16 @@ mkdir -p "$OUTDIR"
 WORK=/tmp/fluxbatch-job-overhead
 rm -rf "$WORK" && mkdir -p "$WORK"
 export FLUXBATCH_CACHE_DIR="$WORK/calibration"  # fresh: the first run calibrates, as a first run does
+source scripts/bench/gpu_common.sh
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # diffusers + bitsandbytes as run_h100.sh provides them on the GPU machine (wheels carried in .whl/).
 if ! python3 -c "import diffusers" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-  export PYTHONPATH=/tmp/site
+  fb_python_env
 fi
 
 if [ ! -x "$BIN" ]; then
   echo "building $BIN"
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$ROOT/.stb" > "$OUTDIR/cmake.log" 2>&1 \
-    && cmake --build build-gpu -j 16 --target fluxbatch > "$OUTDIR/build.log" 2>&1 \
-    || { tail -30 "$OUTDIR/build.log"; exit 1; }
+  fb_gpu_build "$OUTDIR" fluxbatch || exit 1
 fi
 
 make_job() {  # make_job FILE OUTDIR COUNT SIZE STEPS SEED_SHIFT: diffusers_job.py's prompts and seeds (+ shift)

@@ -16,16 +16,13 @@ SKIP=" ${FB_SKIP:-} "
 step() { echo; echo "=== $* ($(date +%T))"; }
 skip() { [[ "$SKIP" == *" $1 "* ]]; }
 
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site
+source scripts/bench/gpu_common.sh
+fb_python_env
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
 
 step build
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$(dirname "$(find "$ROOT/.stb" -name stb_image_write.h | head -1)")" > "$OUTDIR/cmake.log" 2>&1 \
-  || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
 TARGETS="${FB_TARGETS:-fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer fluxbatch_bench_per_image_linear}"
-cmake --build build-gpu -j 16 --target $TARGETS > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
+fb_gpu_build "$OUTDIR" $TARGETS || exit 1
 echo "built"
 
 if ! skip tests; then

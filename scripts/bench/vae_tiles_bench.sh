@@ -16,15 +16,12 @@ cd "$ROOT"
 OUTDIR="${1:-${OUT:-/tmp/fluxbatch-bench}}"
 mkdir -p "$OUTDIR"
 MODEL="${FB_MODEL:-/tmp/flux-dev-random}"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1  # diffusers for the model script
-export PYTHONPATH=/tmp/site
+source scripts/bench/gpu_common.sh
+fb_python_env  # diffusers for the model script
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 echo "=== build ($(date +%T))"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DFLUXBATCH_PYTHON="$(command -v python3)" -DSTB_INCLUDE_DIR="$(dirname "$(find "$ROOT/.stb" -name stb_image_write.h | head -1)")" > "$OUTDIR/cmake.log" 2>&1 \
-  || { tail -30 "$OUTDIR/cmake.log"; exit 1; }
-cmake --build build-gpu -j 16 --target fluxbatch_bench_vae_tiles > "$OUTDIR/build.log" 2>&1 || { grep -m20 -A5 error "$OUTDIR/build.log"; exit 1; }
+fb_gpu_build "$OUTDIR" fluxbatch_bench_vae_tiles || exit 1
 
 VAE="$MODEL/vae"
 if [ ! -f "$VAE/config.json" ]; then
