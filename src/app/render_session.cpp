@@ -62,24 +62,23 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
   if (generator_) return *generator_;
   runtime::GeneratorOptions options = setup_.generator;
   const c10::ScalarType dtype = *options.dtype;
+  const int dtype_size = static_cast<int>(c10::elementSize(dtype));
+  const std::string identity =
+      runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8));
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
-  memory_ = std::make_unique<RenderMemory>(
-      setup_.memory, options.device, dtype,
-      runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8)), clock_);
+  memory_ = std::make_unique<RenderMemory>(setup_.memory, options.device, dtype, identity, clock_);
   shown_ = memory_.get();
   memory_->attach(options, setup_.on_stage);
-  std::vector<runtime::ComponentWeights> weights = runtime::model_component_weights(
-      *setup_.headers, static_cast<int>(c10::elementSize(dtype)), options.quantize_nf4, options.compute_fp8);
+  std::vector<runtime::ComponentWeights> weights =
+      runtime::model_component_weights(*setup_.headers, dtype_size, options.quantize_nf4, options.compute_fp8);
   if (options.compute_fp8) choose_fp8_weights(*setup_.headers, dtype, memory_->budget().bytes, options, weights);
   options.residency = decide_residency(setup_.memory.offload, options.device, weights, memory_->budget().bytes);
   if (options.residency == runtime::Residency::kStream) {
     // Activations from the calibration cache where it has the group (else the built-in estimates).
-    const int dtype_size = static_cast<int>(c10::elementSize(dtype));
     const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
     const std::vector<runtime::MemoryModel> models = models_for_groups(
         runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream), groups,
-        runtime::CalibrationCache(runtime::default_calibration_path()), runtime::device_identity(options.device),
-        runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8)));
+        runtime::CalibrationCache(runtime::default_calibration_path()), runtime::device_identity(options.device), identity);
     const StreamingPlan plan = plan_streaming(runtime::locate_model(setup_.model), weights, dtype_size, groups, models,
                                               setup_.max_batch, !setup_.calibrate, memory_->budget().bytes);
     options.resident_blocks = plan.transformer.resident_blocks;
