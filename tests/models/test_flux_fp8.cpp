@@ -1,12 +1,14 @@
 // --compute fp8 on the FLUX transformer, run here through the fp32 reference of the fp8 arithmetic (the
 // CPU has no fp8 GEMMs): which Linears compute in fp8, that the result stays close to the dense forward,
 // and that NF4 weights give the same fp8 model whether converted at load or at each call.
+#include "fluxbatch/models/flux/rope.h"
 #include "fluxbatch/models/flux/transformer.h"
 #include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/ops/fp8_linear.h"
+#include "fluxbatch/ops/gated_residual.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>
@@ -166,4 +168,38 @@ TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against t
   CHECK(rel_l2(got, cpu_got) < 0.1);
   // Same inputs, same result: an image does not depend on when it runs.
   CHECK(at::equal(forward_gpu().to(at::kCPU).to(at::kFloat), got));
+}
+
+TEST_CASE("fp8 blocks: rows quantized from the products equal the joined-buffer path they replace", "[flux][fp8]") {
+  // The single blocks quantize [attention | GELU(MLP)] and the feed-forwards GELU(first product) straight from
+  // the products (ops::quantize_fp8_rows_joined); before, both went through a dense buffer, a GELU pass and the
+  // plain row quantization. Same values, bit for bit.
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  const TensorMap g = golden();
+  FluxTransformer2DModel fp8 = fresh(dir);
+  fluxbatch::nn::load_state_fp8(*fp8, weights_of(dir), load_options(), computes_in_fp8);
+  at::manual_seed(4);
+  const int64_t dim = fp8->config().inner_dim();
+  const at::Tensor txt_ids = g.at("txt_ids"), img_ids = g.at("img_ids");
+  const int64_t tokens = txt_ids.size(0) + img_ids.size(0);
+  const fluxbatch::nn::RopeTables rope =
+      fluxbatch::models::flux::flux_pos_embed(at::cat({txt_ids, img_ids}, 0), fp8->config().axes_dims_rope);
+  const at::Tensor h = at::randn({2, tokens, dim});
+  const at::Tensor temb = at::randn({2, dim});
+
+  const auto& single = fp8->single_transformer_blocks[0];
+  const at::Tensor got = single->forward(h, temb, rope);
+  auto [n, gate] = single->norm->forward(h, temb, /*fp8_rows=*/true);
+  const int64_t hidden = single->proj_mlp->out_features();
+  at::Tensor joined = at::empty({2, tokens, dim + hidden});
+  joined.narrow(2, 0, dim).copy_(single->attn->forward_single(n, rope, at::kFloat));
+  single->proj_mlp->forward_out(n, joined.narrow(2, dim, hidden), /*gelu_tanh=*/true);
+  at::Tensor want = single->proj_out->forward(joined);
+  fluxbatch::ops::gated_residual_(want, h, gate);
+  CHECK(at::equal(got, want));
+
+  const auto& ff = fp8->transformer_blocks[0]->ff;
+  const at::Tensor x = at::randn({2, img_ids.size(0), dim});
+  CHECK(at::equal(ff->forward(x), ff->proj_out->forward(ff->proj_in->forward_gelu_tanh(x))));
 }
