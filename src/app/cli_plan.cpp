@@ -253,7 +253,8 @@ void run_plan(const PlanCommand& given) {
   std::vector<runtime::DecodePlan> decodes;
   for (size_t i = 0; i < groups.size(); ++i) {
     decodes.push_back(runtime::plan_decode(vae, groups[i].width, groups[i].height, dtype_size, device.is_cuda(),
-                                           runtime::decode_stage_weight_bytes(models[i]), budget.bytes, vae_tiles));
+                                           runtime::decode_stage_weight_bytes(models[i]), budget.bytes, vae_tiles,
+                                           runtime::calibrated_decode_bytes(models[i], groups[i].width, groups[i].height)));
     runtime::apply_decode_plan(models[i], decodes.back());
   }
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget.bytes, command.max_batch);

@@ -105,6 +105,15 @@ void RenderMemory::attach(runtime::GeneratorOptions& options, std::function<void
   on_stage_ = std::move(on_stage);
   options.on_stage = [this](const std::string& stage) { set_stage(stage); };
   options.memory_note = [this](const std::vector<job::RenderItem>& batch) { return note(batch); };
+  // The generator's decode plan weighs a whole decode as the batch plan did: measured where calibrated.
+  options.calibrated_decode_bytes = [this](int width, int height) {
+    for (const auto& [shape, model] : models_) {
+      if (std::get<0>(shape) == width && std::get<1>(shape) == height) {
+        return runtime::calibrated_decode_bytes(model, width, height);
+      }
+    }
+    return int64_t{0};
+  };
 }
 
 std::unique_ptr<runtime::ImageGenerator> RenderMemory::wrap(std::unique_ptr<runtime::FluxGenerator> generator,
@@ -242,7 +251,8 @@ void RenderMemory::plan(runtime::FluxPipeline& pipeline, const std::vector<runti
     runtime::apply_decode_plan(
         models.back(), runtime::plan_decode(runtime::vae_config(pipeline.files()), g.width, g.height, dtype_size,
                                             device_.is_cuda(), runtime::decode_stage_weight_bytes(models.back()),
-                                            budget_.bytes, vae_tiles_));
+                                            budget_.bytes, vae_tiles_,
+                                            runtime::calibrated_decode_bytes(models.back(), g.width, g.height)));
   }
   const runtime::Plan plan = runtime::plan_batches(models, groups, budget_.bytes, std::max(1, max_batch));
   for (size_t i = 0; i < groups.size(); ++i) {

@@ -340,7 +340,8 @@ at::Tensor FluxGenerator::decode_image(const at::Tensor& latents, int64_t index,
   const auto plan_for = [&](const VaeTiles& tiles, int64_t budget) {
     return plan_decode(vae_config(pipeline_->files()), width, height,
                        static_cast<int>(c10::elementSize(pipeline_->options().dtype)), device.is_cuda(),
-                       allocated_bytes(device), budget, tiles);
+                       allocated_bytes(device), budget, tiles,
+                       options_.calibrated_decode_bytes ? options_.calibrated_decode_bytes(width, height) : 0);
   };
   auto known = decode_plans_.find(shape);
   if (known == decode_plans_.end()) {

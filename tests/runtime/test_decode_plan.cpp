@@ -141,25 +141,57 @@ TEST_CASE("plan_decode: off is always whole, a given tile edge is kept, odd size
   CHECK(on.setup.tile_pixels == 1024);  // one tile per layer covers 1000 px
 }
 
-TEST_CASE("apply_decode_plan: a tiled decode replaces the decode stage's cost, a whole one keeps it",
-          "[decode_plan]") {
+TEST_CASE("apply_decode_plan: the decode stage peaks at the decode plan's peak, whole or tiled; a calibrated whole "
+          "decode keeps its measurement", "[decode_plan]") {
   MemoryModel model;
   model.components = {{"transformer", 4 * GiB}, {"vae", kVaeWeights}};
   model.stages.push_back({"denoise", {"transformer", "vae"}, {1.0, 0.0, 0}});
   model.stages.push_back({"decode", {"transformer", "vae"}, {2178.0, 0.0, 0}});
   CHECK(decode_stage_weight_bytes(model) == 4 * GiB + kVaeWeights);
+  CHECK(calibrated_decode_bytes(model, 1024, 1024) == 0);  // built-in guesses: nothing measured
   const VaeConfig flux;
+  const ResolutionGroup g{1024, 1024, 512, 1};
+
+  // Uncalibrated whole decode: the batch plan's decode stage is the decode plan's prediction (images
+  // decode one at a time, so it does not grow with the batch), no longer ComfyUI's per-pixel guess.
   const DecodePlan whole = plan_decode(flux, 1024, 1024, 2, true, 4 * GiB + kVaeWeights, 64 * GiB, VaeTiles{});
-  MemoryModel same = model;
-  apply_decode_plan(same, whole);
-  CHECK(same.stages[1].cost.bytes_per_pixel == 2178.0);
+  REQUIRE_FALSE(whole.tiled);
+  MemoryModel guessed = model;
+  apply_decode_plan(guessed, whole);
+  CHECK(guessed.stages[0].cost.bytes_per_pixel == 1.0);
+  CHECK(guessed.stages[1].cost.bytes_per_pixel == 0.0);
+  CHECK(plan_group(guessed, g, 1).stages[1].peak_bytes == whole.peak_bytes);
+  CHECK(plan_group(guessed, g, 4).stages[1].peak_bytes == whole.peak_bytes);
+
+  // Tiled: the same, with the tiles' prediction.
   const DecodePlan tiled =
       plan_decode(flux, 1024, 1024, 2, true, 4 * GiB + kVaeWeights, 64 * GiB, parse_vae_tiles("256"));
-  apply_decode_plan(model, tiled);
-  CHECK(model.stages[0].cost.bytes_per_pixel == 1.0);
-  CHECK(model.stages[1].cost.bytes_per_pixel == 0.0);
-  CHECK(model.stages[1].cost.fixed_bytes == tiled.activation_bytes);
-  // Planned through plan_group, the decode stage now peaks at the plan's prediction.
-  const GroupPlan group = plan_group(model, ResolutionGroup{1024, 1024, 512, 1}, 4);
-  CHECK(group.stages[1].peak_bytes == tiled.peak_bytes);
+  MemoryModel tiled_model = model;
+  apply_decode_plan(tiled_model, tiled);
+  CHECK(tiled_model.stages[1].cost.bytes_per_pixel == 0.0);
+  CHECK(tiled_model.stages[1].cost.fixed_bytes == tiled.activation_bytes);
+  CHECK(plan_group(tiled_model, g, 4).stages[1].peak_bytes == tiled.peak_bytes);
+
+  // Calibrated: the measured whole decode (here 1 GiB at batch 1, 0.25 GiB more per image) decides
+  // between whole and tiles, and the batch plan keeps the measurement.
+  MemoryModel measured = model;
+  measured.calibrated = true;
+  measured.stages[1].cost = StageCost{128.0, 0.0, int64_t{3} << 28};  // 0.25 GiB per 1024² image in bf16
+  const int64_t measured_bytes = calibrated_decode_bytes(measured, 1024, 1024);
+  CHECK(measured_bytes == GiB);
+  const int64_t resident = 4 * GiB + kVaeWeights;
+  // A budget between the measured 1 GiB and the 2.4 GiB prediction: whole only with the measurement.
+  const int64_t budget = resident + GiB + 64 * MiB;
+  CHECK(plan_decode(flux, 1024, 1024, 2, true, resident, budget, VaeTiles{}).tiled);
+  const DecodePlan by_measure = plan_decode(flux, 1024, 1024, 2, true, resident, budget, VaeTiles{}, measured_bytes);
+  CHECK_FALSE(by_measure.tiled);
+  CHECK(by_measure.activation_bytes == GiB);
+  MemoryModel kept = measured;
+  apply_decode_plan(kept, by_measure);
+  CHECK(kept.stages[1].cost.bytes_per_pixel == 128.0);
+  CHECK(plan_group(kept, g, 1).stages[1].peak_bytes == by_measure.peak_bytes);
+  // A calibrated model whose decode must tile takes the tiles' cost all the same.
+  const DecodePlan forced = plan_decode(flux, 1024, 1024, 2, true, resident, budget, parse_vae_tiles("256"), measured_bytes);
+  apply_decode_plan(kept, forced);
+  CHECK(kept.stages[1].cost.fixed_bytes == forced.activation_bytes);
 }

@@ -46,6 +46,9 @@ struct GeneratorOptions {
   // except with --vae-tiles off.
   VaeTiles vae_tiles;
   int64_t decode_budget_bytes = 0;
+  // A whole decode's activation bytes at a size as calibration measured them (0 or unset: predicted
+  // by runtime::untiled_decode_bytes), so that the decode's plan and the batch plan agree.
+  std::function<int64_t(int width, int height)> calibrated_decode_bytes;
   // Called after every denoising step of a batch (1-based step, total steps). Unset: debug log.
   std::function<void(int step, int steps)> on_step;
   // Memory and time accounting (the CLI's monitor, planner and summary). on_stage: called with

@@ -158,7 +158,8 @@ std::string DecodePlan::describe() const {
 }
 
 DecodePlan plan_decode(const models::vae::VaeConfig& c, int width, int height, int dtype_size, bool host_maps,
-                       int64_t resident_bytes, int64_t budget_bytes, const VaeTiles& tiles) {
+                       int64_t resident_bytes, int64_t budget_bytes, const VaeTiles& tiles,
+                       int64_t measured_whole_bytes) {
   const bool known = budget_bytes > 0;
   const auto finish = [&](DecodePlan plan) {
     plan.peak_bytes = resident_bytes + plan.activation_bytes;
@@ -166,7 +167,8 @@ DecodePlan plan_decode(const models::vae::VaeConfig& c, int width, int height, i
     return plan;
   };
   DecodePlan whole;
-  whole.activation_bytes = untiled_decode_bytes(c, width, height, dtype_size);
+  whole.activation_bytes =
+      measured_whole_bytes > 0 ? measured_whole_bytes : untiled_decode_bytes(c, width, height, dtype_size);
   whole = finish(whole);
   if (tiles.mode == VaeTilesMode::kOff || (tiles.mode == VaeTilesMode::kAuto && whole.fits)) return whole;
 
@@ -209,8 +211,17 @@ int64_t decode_stage_weight_bytes(const MemoryModel& model) {
   return 0;
 }
 
+int64_t calibrated_decode_bytes(const MemoryModel& model, int width, int height) {
+  if (!model.calibrated) return 0;
+  for (const StageModel& stage : model.stages) {
+    // The decode's cost has no text-token term: the sequence length does not matter.
+    if (stage.name == "decode") return stage.cost.bytes(width, height, 0, model.dtype_size, 1);
+  }
+  return 0;
+}
+
 void apply_decode_plan(MemoryModel& model, const DecodePlan& plan) {
-  if (!plan.tiled) return;
+  if (!plan.tiled && model.calibrated) return;
   for (StageModel& stage : model.stages) {
     if (stage.name == "decode") stage.cost = StageCost{0.0, 0.0, plan.activation_bytes};
   }

@@ -57,14 +57,21 @@ struct DecodePlan {
 // the smallest setup (fits false). A given tile edge is kept as given. Before a smaller tile, the
 // feature maps normalised whole (bit-identical GroupNorm, which the bf16 mid-block needs most) shrink:
 // those up to twice the latent resolution, then those at latent resolution, then none.
+// `measured_whole_bytes` > 0: the whole decode's activations as calibration measured them
+// (calibrated_decode_bytes), used instead of untiled_decode_bytes' prediction, so that the batch
+// plan and this choice agree.
 DecodePlan plan_decode(const models::vae::VaeConfig& config, int width, int height, int dtype_size, bool host_maps,
-                       int64_t resident_bytes, int64_t budget_bytes, const VaeTiles& tiles);
+                       int64_t resident_bytes, int64_t budget_bytes, const VaeTiles& tiles,
+                       int64_t measured_whole_bytes = 0);
 
 // The resident weight bytes of the memory model's "decode" stage (0 without one).
 int64_t decode_stage_weight_bytes(const MemoryModel& model);
-// The model's "decode" stage with `plan`'s activations when it is tiled (images decode one at a
-// time, so the tiled decode's cost is fixed, not per image); unchanged for a whole-image decode,
-// whose (possibly calibrated) cost the model already has.
+// One width x height image's decode activations as a calibrated model measured them (its decode
+// stage at batch 1); 0 when the model is not calibrated or has no decode stage.
+int64_t calibrated_decode_bytes(const MemoryModel& model, int width, int height);
+// The model's "decode" stage with `plan`'s activations, unless the model is calibrated and decodes
+// whole (then its measured cost stays). Images decode one at a time, so the planned cost is fixed,
+// not per image: the stage's batch-1 peak is then the plan's peak, whole or tiled.
 void apply_decode_plan(MemoryModel& model, const DecodePlan& plan);
 
 }  // namespace fluxbatch::runtime
