@@ -11,6 +11,7 @@
 //   nf4_*             the same forward on the NF4 transformer, without and with the side path
 //   fp8_*             the same with --compute fp8's layers (per-channel e4m3 weights made from the NF4 ones,
 //                     the blocks' Linears, models::flux::computes_in_fp8), without and with the side path
+#include "bench_common.h"
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/flux/transformer.h"
@@ -45,60 +46,13 @@ using models::flux::FluxTransformer2DModel;
 
 namespace {
 
-std::map<std::string, double> g_figures;
+bench::Figures figure("  %-28s %.4g\n");
 
-void figure(const std::string& name, double value) {
-  g_figures[name] = value;
-  std::printf("  %-28s %.4g\n", name.c_str(), value);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-std::vector<std::string> safetensors_in(const fs::path& dir) {
-  std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".safetensors") files.push_back(entry.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-struct Inputs {
-  at::Tensor hidden, encoder, pooled, timestep, img_ids, txt_ids, guidance;
-};
-
-Inputs random_inputs(const FluxConfig& c, int size) {
-  at::manual_seed(1234);
-  const auto opt = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
-  const auto lat = sampling::latent_size(size, size);
-  Inputs in;
-  in.hidden = at::randn({1, lat.seq_len(), c.in_channels}, opt);
-  in.encoder = at::randn({1, 512, c.joint_attention_dim}, opt);
-  in.pooled = at::randn({1, c.pooled_projection_dim}, opt);
-  in.timestep = at::full({1}, 0.75, opt);
-  in.img_ids = sampling::latent_image_ids(lat, at::kBFloat16, at::Device(at::kCUDA));
-  in.txt_ids = at::zeros({512, 3}, opt);
-  if (c.guidance_embeds) in.guidance = at::full({1}, 3.5, opt.dtype(at::kFloat));
-  return in;
-}
-
-double median_ms(const std::function<void()>& fn, int reps) {
-  for (int i = 0; i < 2; ++i) fn();
-  c10::cuda::device_synchronize();
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-    start.record();
-    fn();
-    stop.record();
-    stop.synchronize();
-    ms.push_back(start.elapsed_time(stop));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
+using bench::Inputs;
+using bench::median_ms;
+using bench::random_inputs;
+using bench::safetensors_in;
+using bench::seconds_since;
 
 // A rank-`rank` PEFT LoRA on every Linear of `model`, written to `path`.
 void write_lora(const FluxTransformer2DModel& model, int64_t rank, const std::string& path) {
@@ -112,18 +66,6 @@ void write_lora(const FluxTransformer2DModel& model, int64_t rank, const std::st
     tensors["transformer." + item.key() + ".lora_B.weight"] = at::randn({linear->out_features(), rank}, opt) * 0.01;
   }
   nn::write_safetensors(path, tensors);
-}
-
-void write_json(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (!f) return;
-  std::fprintf(f, "{\n");
-  size_t i = 0;
-  for (const auto& [name, value] : g_figures) {
-    std::fprintf(f, "  \"%s\": %.6g%s\n", name.c_str(), value, ++i < g_figures.size() ? "," : "");
-  }
-  std::fprintf(f, "}\n");
-  std::fclose(f);
 }
 
 }  // namespace
@@ -243,7 +185,7 @@ int main(int argc, char** argv) {
         figure("fp8_" + key + "_side_over_none", fp8_side / fp8_none);
       }
     }
-    write_json(json_path);
+    figure.write_json(json_path);
     std::printf("figures in %s\n", json_path.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

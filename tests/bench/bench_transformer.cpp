@@ -10,6 +10,7 @@
 // other kernels; and the relative L2 error against an fp32 forward of the same weights (TF32 off), for
 // fluxbatch and for diffusers. On fp8 cards the same for --compute fp8 (per-channel e4m3 weights from the bf16
 // file, and from the NF4 file both resident and converted at each call). The figures also go to --json for docs/benchmarks/<card>.json.
+#include "bench_common.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/flux/transformer.h"
@@ -48,61 +49,26 @@ using models::flux::FluxTransformer2DModel;
 
 namespace {
 
-std::map<std::string, double> g_figures;  // name -> value, written to --json
+bench::Figures figure;  // name -> value, written to --json
 
-void figure(const std::string& name, double value) { g_figures[name] = value; }
+using bench::forward;
+using bench::Inputs;
+using bench::median_ms;
+using bench::random_inputs;
+using bench::safetensors_in;
+using bench::seconds_since;
 
 double gib(int64_t bytes) { return static_cast<double>(bytes) / double(1 << 30); }
-int64_t allocated_now() { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current; }
-int64_t allocated_peak() { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak; }
-
-std::vector<std::string> safetensors_in(const fs::path& dir) {
-  std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".safetensors") files.push_back(entry.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 double rel_l2(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor x = a.to(at::kCPU).to(at::kDouble), y = b.to(at::kCPU).to(at::kDouble);
   return ((x - y).norm() / y.norm()).item<double>();
 }
 
-// One forward's inputs, on the GPU in the model dtype (guidance fp32, as the pipeline passes it).
-struct Inputs {
-  at::Tensor hidden, encoder, pooled, timestep, img_ids, txt_ids, guidance;
-};
-
 Inputs from_reference(const nn::TensorMap& ref, bool guidance) {
   auto in = [&](const char* name) { return ref.at(name).to(at::kCUDA); };
   return {in("hidden_states"), in("encoder_hidden_states"), in("pooled_projections"), in("timestep"),
           in("img_ids"),       in("txt_ids"),               guidance ? in("guidance") : at::Tensor()};
-}
-
-// Random inputs shaped like the pipeline's for `size` x `size` images, `batch` of them, 512 T5 tokens.
-Inputs random_inputs(const FluxConfig& c, int size, int64_t batch, int64_t text_len, at::ScalarType dtype) {
-  at::manual_seed(1234);
-  const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-  const auto lat = sampling::latent_size(size, size);
-  Inputs in;
-  in.hidden = at::randn({batch, lat.seq_len(), c.in_channels}, opt);
-  in.encoder = at::randn({batch, text_len, c.joint_attention_dim}, opt);
-  in.pooled = at::randn({batch, c.pooled_projection_dim}, opt);
-  in.timestep = at::full({batch}, 0.75, opt);
-  in.img_ids = sampling::latent_image_ids(lat, dtype, at::Device(at::kCUDA));
-  in.txt_ids = at::zeros({text_len, 3}, opt);
-  if (c.guidance_embeds) in.guidance = at::full({batch}, 3.5, opt.dtype(at::kFloat));
-  return in;
-}
-
-at::Tensor forward(const FluxTransformer2DModel& model, const Inputs& in) {
-  return model->forward(in.hidden, in.encoder, in.pooled, in.timestep, in.img_ids, in.txt_ids, in.guidance);
 }
 
 // The model step as the sampler sees it, so the CUDA graph path is the one render uses.
@@ -117,26 +83,6 @@ class Step : public sampling::Denoiser {
   const FluxTransformer2DModel& model_;
   const Inputs& in_;
 };
-
-// Median of `reps` timed calls (CUDA events) after 2 warm-ups; also the peak memory a call adds.
-double median_ms(const std::function<void()>& fn, int reps, double* peak_extra_gib = nullptr) {
-  for (int i = 0; i < 2; ++i) fn();
-  c10::cuda::device_synchronize();
-  const int64_t base = allocated_now();
-  c10::cuda::CUDACachingAllocator::resetPeakStats(0);
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-    start.record();
-    fn();
-    stop.record();
-    stop.synchronize();
-    ms.push_back(start.elapsed_time(stop));
-  }
-  if (peak_extra_gib) *peak_extra_gib = gib(allocated_peak() - base);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
 
 // Kernel time of one call by category, from torch's (Kineto) profiler.
 struct Split {
@@ -265,7 +211,7 @@ FluxTransformer2DModel load_dense(const FluxConfig& config, const std::vector<st
   nn::load_state(*model, nn::read_safetensors(files), load);
   c10::cuda::device_synchronize();
   std::printf("loaded the %s transformer in %.1f s (%.2f GiB on the GPU)\n", c10::toString(dtype), seconds_since(t0),
-              gib(allocated_now()));
+              gib(bench::allocated_now()));
   return model;
 }
 
@@ -279,21 +225,6 @@ at::Tensor fp32_forward(const FluxTransformer2DModel& model, const Inputs& in) {
     *t = t->to(at::kFloat);
   }
   return forward(model, wide).to(at::kCPU);
-}
-
-void write_json(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (!f) {
-    std::fprintf(stderr, "cannot write %s\n", path.c_str());
-    return;
-  }
-  std::fprintf(f, "{\n");
-  size_t i = 0;
-  for (const auto& [name, value] : g_figures) {
-    std::fprintf(f, "  \"%s\": %.6g%s\n", name.c_str(), value, ++i < g_figures.size() ? "," : "");
-  }
-  std::fprintf(f, "}\n");
-  std::fclose(f);
 }
 
 }  // namespace
@@ -396,14 +327,14 @@ int main(int argc, char** argv) {
       const int n = nn::load_state_fp8(*fp8, nn::read_safetensors(files), load, models::flux::computes_in_fp8);
       c10::cuda::device_synchronize();
       std::printf("loaded the fp8 transformer (%d fp8 Linears) in %.1f s (%.2f GiB on the GPU)\n", n, seconds_since(t0),
-                  gib(allocated_now()));
-      figure("fp8_weights_gib", gib(allocated_now()));
+                  gib(bench::allocated_now()));
+      figure("fp8_weights_gib", gib(bench::allocated_now()));
       const at::Tensor out_fp8 = forward(fp8, in).to(at::kCPU).to(at::kFloat);
       const Timings t = time_configurations("1024x1024 batch 1 fp8", "forward_1024_b1_fp8", fp8, in, reps, true,
                                           /*with_reference=*/false);
-      if (g_figures.count("forward_1024_b1_bf16_ms")) {
-        figure("fp8_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
-        std::printf("fp8 / bf16 (fused + graph): %.3f\n", g_figures["fp8_over_bf16"]);
+      if (figure.has("forward_1024_b1_bf16_ms")) {
+        figure("fp8_over_bf16", t.graph / figure.at("forward_1024_b1_bf16_ms"));
+        std::printf("fp8 / bf16 (fused + graph): %.3f\n", figure.at("fp8_over_bf16"));
       }
       const double err_fp8 = rel_l2(out_fp8, out_fp32);
       std::printf("relative L2 vs fp32 (same weights and inputs), fp8 compute: %.4e (bf16 fused %.4e, diffusers bf16 "
@@ -430,11 +361,11 @@ int main(int argc, char** argv) {
       load.what = "transformer (nf4)";
       nn::load_nf4_state(*nf4, nn::read_safetensors(safetensors_in(fs::path(nf4_dir) / "transformer")), load);
       c10::cuda::device_synchronize();
-      std::printf("loaded the NF4 transformer in %.1f s (%.2f GiB on the GPU)\n", seconds_since(t0), gib(allocated_now()));
+      std::printf("loaded the NF4 transformer in %.1f s (%.2f GiB on the GPU)\n", seconds_since(t0), gib(bench::allocated_now()));
       const at::Tensor out_nf4 = forward(nf4, in).to(at::kCPU).to(at::kFloat);
       const Timings t = time_configurations("1024x1024 batch 1 nf4", "forward_1024_b1_nf4", nf4, in, reps, true);
-      figure("nf4_over_bf16", t.graph / g_figures["forward_1024_b1_bf16_ms"]);
-      std::printf("NF4 / bf16 (fused + graph): %.3f (target <= 1.05)\n", g_figures["nf4_over_bf16"]);
+      figure("nf4_over_bf16", t.graph / figure.at("forward_1024_b1_bf16_ms"));
+      std::printf("NF4 / bf16 (fused + graph): %.3f (target <= 1.05)\n", figure.at("nf4_over_bf16"));
 
       // The fp32 model of the same weights: bf16 file for everything NF4 leaves dense, NF4 Linears dequantized
       // as bitsandbytes does (to bf16), then widened.
@@ -489,7 +420,7 @@ int main(int argc, char** argv) {
         std::printf("1024x1024 batch 1, NF4 file with fp8 compute: NF4 kept, fp8 per call %.1f ms eager, %.1f ms graph; "
                     "converted to fp8 at load (%.1f s, %.2f GiB on the GPU) %.1f ms graph; relative L2 vs the fp32 "
                     "forward of the NF4 weights %.4e\n",
-                    per_call, per_call_graph, convert_s, gib(allocated_now()), resident_graph,
+                    per_call, per_call_graph, convert_s, gib(bench::allocated_now()), resident_graph,
                     rel_l2(out_nf4_fp8, out_nf4_fp32));
         figure("forward_1024_b1_nf4_fp8_per_call_ms", per_call_graph);
         figure("forward_1024_b1_nf4_fp8_ms", resident_graph);
@@ -522,11 +453,11 @@ int main(int argc, char** argv) {
       figure("schnell_4step_1024_eager_ms", eager);
       figure("schnell_4step_1024_graph_ms", graphs);
     }
-    if (!json_path.empty()) write_json(json_path);
+    if (!json_path.empty()) figure.write_json(json_path);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    if (!json_path.empty()) write_json(json_path);
+    if (!json_path.empty()) figure.write_json(json_path);
     return 3;
   }
 }
