@@ -42,11 +42,24 @@ else
     --out /tmp/job_bench_diffusers --json "$OUTDIR/job_diffusers.json" 2>&1 | grep -v -E "it/s\]|s/it\]|Loading"
 fi
 python3 - "$OUTDIR" "$COUNT" "$fb_wall" "$pngs" "${FB_JOB_TAG:-nf4}" <<'PY'
-import json, re, sys
+import json, os, re, sys
 out, count, wall, pngs, tag = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 import os
 fb = count * 3600 / wall if pngs == count else 0.0
 fig = {f"job{count}_{tag}_wall_s": wall, f"job{count}_{tag}_img_per_h": fb}
+# Steady: the denoise and decode stages' seconds per image from the run's summary (the manifest's last
+# summary line), i.e. without loading and the prompts' encode stage.
+summary = None
+if os.path.exists("/tmp/job_bench_out/manifest.jsonl"):
+    for line in open("/tmp/job_bench_out/manifest.jsonl"):
+        if '"event"' in line and '"summary"' in line:
+            summary = json.loads(line)
+if summary and pngs == count:
+    stages = {s["stage"]: s["seconds"] for s in summary.get("stages", [])}
+    steady = (stages.get("denoise", 0) + stages.get("decode", 0)) / count
+    fig[f"job{count}_{tag}_steady_s_per_image"] = steady
+    print(f"fluxbatch steady (denoise + decode stages): {steady:.3f} s per image; stages (s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
 name = f"job{count}" if tag == "nf4" else f"job{count}_{tag}"
 if os.path.exists(f"{out}/job_diffusers.json"):
     d = json.load(open(f"{out}/job_diffusers.json"))
