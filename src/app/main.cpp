@@ -32,6 +32,7 @@ constexpr const char* kFooter =
     "  fluxbatch plan jobs/night.json --model models/FLUX.1-dev --vram-budget 22G\n"
     "  fluxbatch probe                               memory of every CUDA device\n"
     "  fluxbatch quantize models/FLUX.1-dev models/FLUX.1-dev-nf4   bitsandbytes NF4 copy\n"
+    "  fluxbatch quantize models/FLUX.1-dev flux1-dev-fp8-scaled.safetensors --to fp8   scaled-fp8 file\n"
     "  fluxbatch render --help                       all render options\n";
 
 bool g_verbose = false;  // -v: errors keep libtorch's C++ backtrace

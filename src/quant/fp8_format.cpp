@@ -33,6 +33,18 @@ Fp8Tensor quantize_fp8_per_channel(const at::Tensor& w) {
   return {data, scale};
 }
 
+Fp8Tensor quantize_fp8_per_tensor(const at::Tensor& w) {
+  FLUXBATCH_CHECK(w.dim() == 2 && at::isFloatingType(w.scalar_type()), std::invalid_argument,
+                  "quantize_fp8_per_tensor: weights must be a floating [N, K] tensor");
+  const at::Tensor wide = w.to(at::kFloat);
+  const float absmax = wide.abs().max().item<float>();
+  const float scale = absmax > 0.0f ? absmax / kFp8E4m3Max : 1.0f;
+  // As in quantize_fp8_per_channel: a tensor divisor (IEEE division everywhere), clamped before the cast.
+  const at::Tensor data = (wide / at::full({1}, scale, wide.options())).clamp_(-kFp8E4m3Max, kFp8E4m3Max)
+                              .to(at::kFloat8_e4m3fn);
+  return fp8_from_checkpoint(data, scale);
+}
+
 Fp8Tensor fp8_from_checkpoint(const at::Tensor& data, float scale) {
   FLUXBATCH_CHECK(data.dim() == 2 && data.scalar_type() == at::kFloat8_e4m3fn, std::invalid_argument,
                   "fp8_from_checkpoint: weights must be a 2-D float8_e4m3fn tensor");

@@ -297,7 +297,9 @@ void link_or_copy(const fs::path& from, const fs::path& to, QuantizeReport& repo
   ++report.files_copied;
 }
 
-ModelFiles checked_input(const std::string& in) {
+}  // namespace
+
+ModelFiles dense_diffusers_model(const std::string& in) {
   const ModelFiles model = locate_model(in);
   FLUXBATCH_CHECK(model.layout == ModelLayout::kDiffusers, ModelError,
                   in + ": a " + std::string(layout_name(model.layout)) +
@@ -309,6 +311,8 @@ ModelFiles checked_input(const std::string& in) {
                   ModelError, in + ": transformer/ must hold diffusers keys and a config.json");
   return model;
 }
+
+namespace {
 
 void check_output(const fs::path& in, const fs::path& out, bool overwrite) {
   const fs::path a = fs::weakly_canonical(in), b = fs::weakly_canonical(out);
@@ -338,7 +342,7 @@ void publish(const fs::path& tmp, const fs::path& out, bool overwrite) {
 }  // namespace
 
 QuantizeReport quantize_model(const std::string& in, const std::string& out, const QuantizeOptions& options) {
-  const ModelFiles model = checked_input(in);
+  const ModelFiles model = dense_diffusers_model(in);
   fs::path out_path = fs::path(out);
   if (out_path.filename().empty()) out_path = out_path.parent_path();  // "dir/" -> "dir"
   check_output(in, out_path, options.overwrite);

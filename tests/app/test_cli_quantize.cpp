@@ -57,7 +57,8 @@ std::string pixel_data(const fs::path& png) {
 TEST_CASE("quantize --help teaches its options", "[cli][quantize]") {
   const CommandResult r = fluxbatch_cmd("quantize --help");
   CHECK(r.exit_code == 0);
-  for (const char* text : {"IN", "OUT", "--double-quant", "--device", "--overwrite", "Examples:"}) {
+  for (const char* text : {"IN", "OUT", "--to", "nf4|fp8", "--double-quant", "--device", "--overwrite", "Examples:",
+                           "--to fp8"}) {
     CHECK_THAT(r.output, ContainsSubstring(text));
   }
   CHECK_THAT(fluxbatch_cmd("render --help").output, ContainsSubstring("--quantize"));
@@ -95,6 +96,36 @@ TEST_CASE("quantize writes an NF4 folder that inspect reports, and never clobber
   CHECK(t["bytes"].get<int64_t>() * (dq ? 1 : 3) < dense["components"]["transformer"]["bytes"].get<int64_t>() * (dq ? 2 : 1));
   CHECK_THAT(fluxbatch_cmd("inspect " + quote(out)).output,
              ContainsSubstring(dq ? "quantization: bnb-nf4 (nf4-dq: double-quantized" : "quantization: bnb-nf4 (nf4;"));
+}
+
+TEST_CASE("quantize --to fp8 writes a scaled-fp8 file that renders from a single-files folder; wrong uses are one line",
+          "[cli][quantize][fp8file]") {
+  TempDir dir;
+  const fs::path bfl = fluxbatch::test::require_generated(fs::path(FLUXBATCH_MODELS_DIR) / "tiny-flux-dev-bfl");
+  const fs::path single = dir / "single";
+  fs::create_directory(single);
+  for (const char* f : {"ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors", "tokenizer", "tokenizer_2"}) {
+    fs::create_symlink(bfl / f, single / f);
+  }
+  const fs::path out = single / "flux1-dev-fp8-scaled.safetensors";
+  const CommandResult r = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(out) + " --to fp8");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK_THAT(r.output, ContainsSubstring("Linear weights in scaled fp8"));
+  CHECK_THAT(fluxbatch_cmd("inspect " + quote(single)).output, ContainsSubstring("scaled-fp8 fp8-e4m3"));
+  render(dir, single, "out_fp8");
+
+  const CommandResult again = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(out) + " --to fp8");
+  CHECK(again.exit_code == 3);
+  CHECK_THAT(again.output, ContainsSubstring("already exists; pass --overwrite"));
+  const CommandResult dq = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(dir / "x.safetensors") +
+                                         " --to fp8 --double-quant");
+  CHECK(dq.exit_code == 2);
+  CHECK_THAT(dq.output, ContainsSubstring("--double-quant applies to --to nf4 only"));
+  const CommandResult folder = fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(dir / "fp8dir") + " --to fp8");
+  CHECK(folder.exit_code == 3);
+  CHECK_THAT(folder.output, ContainsSubstring("name OUT <something>.safetensors"));
+  CHECK(fluxbatch_cmd("quantize " + quote(tiny_model()) + " " + quote(dir / "y") + " --to int4").exit_code == 2);
 }
 
 TEST_CASE("render --quantize nf4 reaches the pipeline: the quantized folder renders the same pixels",

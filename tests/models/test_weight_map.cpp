@@ -5,6 +5,8 @@
 #include "test_support.h"
 
 #include <ATen/ATen.h>
+#include <algorithm>
+#include <map>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
@@ -72,6 +74,35 @@ TEST_CASE("BFL single file converts to exactly the diffusers transformer", "[mod
   nn::TensorMap prefixed;
   for (const auto& [k, v] : bfl) prefixed["model.diffusion_model." + k] = v;
   check_same_tensors(flux_bfl_to_diffusers(prefixed, detected), diffusers);
+}
+
+TEST_CASE("diffusers -> BFL: the tiny transformer becomes exactly the BFL file diffusers' converter maps back; "
+          "and round trips", "[model_files][weight_map]") {
+  const auto bfl_dir = test::require_generated(kModels / "tiny-flux-dev-bfl");
+  const auto dev = test::require_generated(kModels / "tiny-flux-dev");
+  const nn::TensorMap bfl = read(bfl_dir / "flux1-tiny-dev.safetensors");
+  const nn::TensorMap diffusers = read(dev / "transformer/diffusion_pytorch_model.safetensors");
+  const flux::FluxConfig config = flux::FluxConfig::from_json_file((dev / "transformer/config.json").string());
+  // make_tiny_models.py wrote the BFL file and checked it against diffusers' own BFL -> diffusers converter.
+  const nn::TensorMap ours = flux_diffusers_to_bfl(diffusers, config);
+  check_same_tensors(ours, bfl);
+  check_same_tensors(flux_bfl_to_diffusers(ours, config), diffusers);
+
+  // Tensors arrive one at a time, each once.
+  std::map<std::string, int> seen;
+  flux_diffusers_to_bfl(diffusers, config, [&](const std::string& name, const at::Tensor&) { ++seen[name]; });
+  CHECK(seen.size() == bfl.size());
+  CHECK(std::all_of(seen.begin(), seen.end(), [](const auto& kv) { return kv.second == 1; }));
+
+  // A missing tensor and one no BFL name exists for are named.
+  nn::TensorMap missing = diffusers;
+  missing.erase("single_transformer_blocks.1.proj_mlp.bias");
+  CHECK_THROWS_WITH(flux_diffusers_to_bfl(missing, config),
+                    ContainsSubstring("missing 'single_transformer_blocks.1.proj_mlp.bias'"));
+  nn::TensorMap extra = diffusers;
+  extra["transformer_blocks.0.attn.to_extra.weight"] = at::ones({2, 2});
+  CHECK_THROWS_WITH(flux_diffusers_to_bfl(extra, config),
+                    ContainsSubstring("'transformer_blocks.0.attn.to_extra.weight' has no BFL name"));
 }
 
 TEST_CASE("schnell has no guidance embedder", "[model_files][weight_map]") {

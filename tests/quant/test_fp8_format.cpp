@@ -54,6 +54,32 @@ TEST_CASE("per-channel fp8 weights: each row's absmax lands on 448, values withi
   CHECK_THROWS_AS(quant::quantize_fp8_per_channel(at::randn({4})), std::invalid_argument);
 }
 
+TEST_CASE("per-tensor fp8 weights (scaled-fp8 files): the tensor's absmax lands on 448, one scale on every row",
+          "[quant][fp8]") {
+  at::manual_seed(3);
+  const at::Tensor w = (at::randn({32, 48}) * at::linspace(0.01, 4.0, 32).unsqueeze(1)).to(at::kBFloat16);
+  const quant::Fp8Tensor q = quant::quantize_fp8_per_tensor(w);
+  q.validate("per-tensor");
+  const float absmax = w.to(at::kFloat).abs().max().item<float>();
+  CHECK(q.scale.min().item<float>() == q.scale.max().item<float>());
+  CHECK(q.scale[0].item<float>() == absmax / quant::kFp8E4m3Max);
+  CHECK(q.data.to(at::kFloat).abs().max().item<float>() == quant::kFp8E4m3Max);
+  // Each value within half an e4m3 step of its own magnitude (3 mantissa bits: relative 1/16) or the
+  // subnormal spacing times the scale.
+  const at::Tensor back = quant::dequantize_fp8(q, at::kFloat);
+  const at::Tensor err = (back - w.to(at::kFloat)).abs();
+  const at::Tensor bound = w.to(at::kFloat).abs() / 16 + q.scale[0] * std::ldexp(1.0, -10);
+  CHECK(at::le(err, bound).all().item<bool>());
+  // Rows of small values keep less precision than per-channel scales give them: the trade the format makes.
+  const at::Tensor per_channel_err = (quant::dequantize_fp8(quant::quantize_fp8_per_channel(w), at::kFloat) -
+                                      w.to(at::kFloat)).abs().sum();
+  CHECK(per_channel_err.item<float>() < err.sum().item<float>());
+  // Zeros: scale 1, not a division by zero.
+  const quant::Fp8Tensor zeros = quant::quantize_fp8_per_tensor(at::zeros({2, 3}));
+  CHECK(zeros.scale[0].item<float>() == 1.0f);
+  CHECK(zeros.data.to(at::kFloat).abs().sum().item<float>() == 0.0f);
+}
+
 TEST_CASE("an fp8 checkpoint's per-tensor scale becomes every row's scale, values kept", "[quant][fp8]") {
   const at::Tensor stored = (at::randn({6, 8}) * 50).clamp(-448, 448).to(at::kFloat8_e4m3fn);
   const quant::Fp8Tensor plain = quant::fp8_from_checkpoint(stored, 1.0f);

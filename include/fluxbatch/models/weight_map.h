@@ -9,6 +9,7 @@
 #include "fluxbatch/nn/weights.h"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,6 +29,15 @@ nn::TensorMap strip_prefix(const nn::TensorMap& weights, const std::string& pref
 // ones are split by rows as weight_map_nf4.h describes, exactly. ModelError naming the key for a
 // malformed NF4 weight (nn::read_bnb_nf4's checks), statistics without a quant state, fp4.
 nn::TensorMap flux_bfl_to_diffusers(const nn::TensorMap& bfl, const flux::FluxConfig& config);
+
+// The inverse for dense tensors (weight_map_to_bfl.cpp): diffusers FluxTransformer2DModel names -> BFL, as
+// ComfyUI and BFL's own files name them: q/k/v (and the single blocks' proj_mlp) rows joined into qkv /
+// linear1, norm_out's (scale, shift) halves swapped to (shift, scale). Each BFL tensor goes to `put` as soon
+// as it is made, so a caller can convert it (to fp8, say) before the next one exists. ModelError naming
+// the key for a missing one or a diffusers key the mapping does not know.
+void flux_diffusers_to_bfl(const nn::TensorMap& diffusers, const flux::FluxConfig& config,
+                           const std::function<void(const std::string& name, const at::Tensor& tensor)>& put);
+nn::TensorMap flux_diffusers_to_bfl(const nn::TensorMap& diffusers, const flux::FluxConfig& config);
 
 // LDM VAE (ae.safetensors) -> diffusers AutoencoderKL names, encoder and decoder; the mid-block
 // attention's 1x1 conv weights become Linear weights. Mirrors diffusers' convert_ldm_vae_checkpoint.

@@ -32,6 +32,10 @@ struct Fp8Tensor {
 // zeros), data = e4m3(w / scale) rounded to nearest even, on w's device. The division is fp32.
 Fp8Tensor quantize_fp8_per_channel(const at::Tensor& w);
 
+// w [N, K] -> one per-tensor scale = max|w| / 448 (1 for zeros) and data = e4m3(w / scale), as ComfyUI's
+// "scaled fp8" files store a weight (with the scale as "<p>.scale_weight"); fp8_from_checkpoint reads it back.
+Fp8Tensor quantize_fp8_per_tensor(const at::Tensor& w);
+
 // A checkpoint's fp8 weight [N, K] with one per-tensor scale (1 for a plain cast): kept as stored.
 Fp8Tensor fp8_from_checkpoint(const at::Tensor& data, float scale);
 

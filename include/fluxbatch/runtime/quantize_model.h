@@ -12,6 +12,7 @@
 // Everything else of IN is hard-linked (copied across file systems).
 #pragma once
 #include "fluxbatch/quant/nf4_format.h"
+#include "fluxbatch/runtime/model_files.h"
 
 #include <c10/core/Device.h>
 
@@ -45,6 +46,9 @@ struct QuantizeReport {
 // folder (BFL / ComfyUI single files and all-in-one files are refused: convert them to a diffusers
 // folder first) or its transformer is already quantized; OutputError when OUT exists without
 // `overwrite`, is IN, or cannot be written.
+// IN located as a dense diffusers folder (what quantize reads); ModelError otherwise, as quantize_model.
+ModelFiles dense_diffusers_model(const std::string& in);
+
 QuantizeReport quantize_model(const std::string& in, const std::string& out, const QuantizeOptions& options);
 
 // The bytes of bnb's "<p>.weight.quant_state.bitsandbytes__nf4" tensor for `w`: json.dumps of
