@@ -239,9 +239,7 @@ void run_plan(const PlanCommand& given) {
   const std::string identity = runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8));
   std::optional<StreamingPlan> stream;
   if (residency == runtime::Residency::kStream) {
-    stream = plan_streaming(files, weights, dtype_size, groups,
-                            models_for_groups(runtime::flux_memory_model(weights, dtype_size, residency), groups,
-                                              cache, runtime::device_identity(device), identity),
+    stream = plan_streaming(files, weights, dtype_size, groups, cache, runtime::device_identity(device), identity,
                             command.max_batch, /*batch_fixed=*/false, budget.bytes);
     weights = stream->weights;
   }

@@ -170,6 +170,16 @@ StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector
   return out;
 }
 
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const runtime::CalibrationCache& cache, const std::string& device_identity,
+                             const std::string& model_identity, int max_batch, bool batch_fixed, int64_t budget_bytes) {
+  const std::vector<runtime::MemoryModel> models =
+      models_for_groups(runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream), groups, cache,
+                        device_identity, model_identity);
+  return plan_streaming(files, weights, dtype_size, groups, models, max_batch, batch_fixed, budget_bytes);
+}
+
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
                                         const runtime::ResolutionGroup& group) {
   return {device_identity, model_identity, group.width, group.height, group.max_sequence_length};

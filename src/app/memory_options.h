@@ -70,6 +70,12 @@ StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector
                              int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
                              const std::vector<runtime::MemoryModel>& models, int max_batch, bool batch_fixed,
                              int64_t budget_bytes);
+// The same with each group's model from `cache`: its calibration for this device and model where the
+// cache has the group, else the built-in estimates of the streaming residency (what render and plan use).
+StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector<runtime::ComponentWeights>& weights,
+                             int dtype_size, const std::vector<runtime::ResolutionGroup>& groups,
+                             const runtime::CalibrationCache& cache, const std::string& device_identity,
+                             const std::string& model_identity, int max_batch, bool batch_fixed, int64_t budget_bytes);
 
 runtime::CalibrationKey calibration_key(const std::string& device_identity, const std::string& model_identity,
                                         const runtime::ResolutionGroup& group);

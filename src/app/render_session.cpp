@@ -76,11 +76,11 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
   if (options.residency == runtime::Residency::kStream) {
     // Activations from the calibration cache where it has the group (else the built-in estimates).
     const std::vector<runtime::ResolutionGroup> groups = resolution_groups(items);
-    const std::vector<runtime::MemoryModel> models = models_for_groups(
-        runtime::flux_memory_model(weights, dtype_size, runtime::Residency::kStream), groups,
-        runtime::CalibrationCache(runtime::default_calibration_path()), runtime::device_identity(options.device), identity);
-    const StreamingPlan plan = plan_streaming(runtime::locate_model(setup_.model), weights, dtype_size, groups, models,
-                                              setup_.max_batch, !setup_.calibrate, memory_->budget().bytes);
+    const StreamingPlan plan =
+        plan_streaming(runtime::locate_model(setup_.model), weights, dtype_size, groups,
+                       runtime::CalibrationCache(runtime::default_calibration_path()),
+                       runtime::device_identity(options.device), identity, setup_.max_batch, !setup_.calibrate,
+                       memory_->budget().bytes);
     options.resident_blocks = plan.transformer.resident_blocks;
     options.t5_resident_blocks = plan.t5.resident_blocks;
     weights = plan.weights;  // what the stages hold, for the batch plan
