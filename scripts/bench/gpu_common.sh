@@ -1,6 +1,16 @@
 # Sourced by the GPU benchmark scripts, from the repository root: the Python packages carried in .whl/ and the
 # CUDA build in build-gpu/, written once for all of them.
 
+# fb_bench_start [OUTDIR]: what every GPU bench does first. OUTDIR (default $OUT, else /tmp/fluxbatch-bench),
+# created; MODEL from FB_MODEL (default /tmp/flux-dev-random); the Python packages; the card in the log.
+fb_bench_start() {
+  OUTDIR="${1:-${OUT:-/tmp/fluxbatch-bench}}"
+  mkdir -p "$OUTDIR"
+  MODEL="${FB_MODEL:-/tmp/flux-dev-random}"
+  fb_python_env
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+}
+
 # diffusers + importlib_metadata (carried in .whl/: bash scripts/bench/prepare_carry.sh), on PYTHONPATH.
 fb_python_env() {
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1

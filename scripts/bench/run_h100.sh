@@ -9,16 +9,12 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-OUTDIR="${1:-${OUT:-/tmp/fluxbatch-bench}}"
-mkdir -p "$OUTDIR"
-MODEL="${FB_MODEL:-/tmp/flux-dev-random}"
 SKIP=" ${FB_SKIP:-} "
 step() { echo; echo "=== $* ($(date +%T))"; }
 skip() { [[ "$SKIP" == *" $1 "* ]]; }
 
 source scripts/bench/gpu_common.sh
-fb_python_env
-nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+fb_bench_start "${1:-}"  # OUTDIR, MODEL, the Python packages
 
 step build
 TARGETS="${FB_TARGETS:-fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer fluxbatch_bench_per_image_linear}"

@@ -13,12 +13,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-OUTDIR="${1:-${OUT:-/tmp/fluxbatch-bench}}"
-mkdir -p "$OUTDIR"
-MODEL="${FB_MODEL:-/tmp/flux-dev-random}"
 source scripts/bench/gpu_common.sh
-fb_python_env  # diffusers for the model script
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fb_bench_start "${1:-}"  # OUTDIR, MODEL, diffusers for the model scripts
 
 echo "=== build ($(date +%T))"
 fb_gpu_build "$OUTDIR" fluxbatch_bench_vae_tiles || exit 1
