@@ -1,16 +1,14 @@
 // Layout recognition from tensor names (torch-free; declared in checkpoint_keys.h).
 #include "fluxbatch/models/checkpoint_keys.h"
 
+#include "fluxbatch/core/strings.h"
+
 #include <algorithm>
 #include <set>
 #include <utility>
 
 namespace fluxbatch::models {
 namespace {
-
-bool starts_with(const std::string& text, const std::string& prefix) {
-  return text.compare(0, prefix.size(), prefix) == 0;
-}
 
 bool starts_with_any(const std::string& text, std::initializer_list<const char*> prefixes) {
   for (const char* p : prefixes) {

@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/models/weight_map_nf4.h"
 #include "fluxbatch/nn/nf4_state.h"
 
@@ -11,17 +12,6 @@
 #include <set>
 
 namespace fluxbatch::models {
-namespace {
-
-bool starts_with(const std::string& text, const std::string& prefix) {
-  return text.compare(0, prefix.size(), prefix) == 0;
-}
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
 
 nn::TensorMap strip_prefix(const nn::TensorMap& weights, const std::string& prefix) {
   nn::TensorMap out;

@@ -1,6 +1,7 @@
 #include "fluxbatch/nn/nf4_state.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/bnb_quant_state.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/quant/nf4_format.h"
@@ -21,10 +22,6 @@ namespace {
 
 const std::string kStateSuffix = ".weight.quant_state.bitsandbytes__nf4";
 const std::string kBnbMarker = ".quant_state.bitsandbytes__";
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
 
 c10::ScalarType scalar_type_of(const std::string& name) {
   if (name == "bfloat16") return c10::kBFloat16;

@@ -1,6 +1,7 @@
 #include "fluxbatch/nn/weights.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/io/safetensors_writer.h"
 #include "fluxbatch/io/shard_index.h"
@@ -39,10 +40,6 @@ c10::ScalarType to_scalar_type(io::DType dtype) {
     case io::DType::kU64: return c10::kUInt64;
   }
   throw ModelError("unsupported safetensors dtype");
-}
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 void add_file(const std::string& path, const std::string& strip_prefix, TensorMap* out,

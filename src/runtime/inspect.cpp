@@ -1,5 +1,6 @@
 #include "fluxbatch/runtime/inspect.h"
 
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/models/clip/clip_text_model.h"
 #include "fluxbatch/models/t5/t5_encoder.h"
@@ -13,10 +14,6 @@
 
 namespace fluxbatch::runtime {
 namespace {
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Tensors that describe a quantization rather than hold weights.
 bool is_quant_state(const std::string& name) {

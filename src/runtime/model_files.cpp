@@ -1,6 +1,7 @@
 #include "fluxbatch/runtime/model_files.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 
 #include <nlohmann/json.hpp>
@@ -19,10 +20,6 @@ using models::KeyDialect;
 
 constexpr Component kAll[] = {Component::kTransformer, Component::kTextEncoder, Component::kTextEncoder2,
                               Component::kVae};
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 bool is_file(const fs::path& p) {
   std::error_code ec;

@@ -3,6 +3,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/model_files.h"
@@ -28,10 +29,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::string kWeightsFile = "diffusion_pytorch_model.safetensors";
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
 
 // ---- the output file's layout ---------------------------------------------------------------------
 
@@ -312,17 +309,19 @@ ModelFiles dense_diffusers_model(const std::string& in) {
   return model;
 }
 
-namespace {
-
-void check_output(const fs::path& in, const fs::path& out, bool overwrite) {
+void check_quantize_output(const std::string& in, const fs::path& out, bool overwrite) {
   const fs::path a = fs::weakly_canonical(in), b = fs::weakly_canonical(out);
   const std::string as = a.string() + "/", bs = b.string() + "/";
   FLUXBATCH_CHECK(bs.compare(0, as.size(), as) != 0 && as.compare(0, bs.size(), bs) != 0, OutputError,
-                  out.string() + ": must be outside " + in.string() + " (and not contain it)");
+                  out.string() + ": must be outside " + in + " (and not contain it)");
   std::error_code ec;
   FLUXBATCH_CHECK(overwrite || !fs::exists(fs::symlink_status(out, ec)), OutputError,
                   out.string() + ": already exists; pass --overwrite to replace it");
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  FLUXBATCH_CHECK(fs::is_directory(parent), OutputError, parent.string() + ": no such directory");
 }
+
+namespace {
 
 // Moves the finished folder into place: atomically when OUT is new; with overwrite the old OUT is
 // moved aside first and removed once the new one is in place.
@@ -345,9 +344,8 @@ QuantizeReport quantize_model(const std::string& in, const std::string& out, con
   const ModelFiles model = dense_diffusers_model(in);
   fs::path out_path = fs::path(out);
   if (out_path.filename().empty()) out_path = out_path.parent_path();  // "dir/" -> "dir"
-  check_output(in, out_path, options.overwrite);
+  check_quantize_output(in, out_path, options.overwrite);
   const fs::path parent = out_path.parent_path().empty() ? fs::path(".") : out_path.parent_path();
-  FLUXBATCH_CHECK(fs::is_directory(parent), OutputError, parent.string() + ": no such directory");
   const fs::path tmp = parent / ("." + out_path.filename().string() + ".partial-" + std::to_string(::getpid()));
 
   QuantizeReport report;

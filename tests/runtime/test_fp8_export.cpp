@@ -2,6 +2,7 @@
 // file is ComfyUI's scaled-fp8 layout, checked against scripts/make_fp8_fixtures.py's scaled file (made in
 // Python from the same weights), and it renders from a single-files folder.
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/model_io/fp8_export.h"
@@ -22,8 +23,6 @@ using namespace fluxbatch;
 namespace {
 
 const fs::path kModels = FLUXBATCH_MODELS_DIR;
-
-bool starts_with(const std::string& s, const std::string& head) { return s.compare(0, head.size(), head) == 0; }
 
 }  // namespace
 
@@ -55,7 +54,7 @@ TEST_CASE("quantize --to fp8 writes ComfyUI's scaled-fp8 layout: the blocks' Lin
       REQUIRE(python.count(name));
       CHECK(at::equal(t.view(at::kByte), python.at(name).view(at::kByte)));
       CHECK(t.sizes() == bfl.at(name).sizes());
-    } else if (name.size() > 13 && name.compare(name.size() - 13, 13, ".scale_weight") == 0) {
+    } else if (ends_with(name, ".scale_weight")) {
       ++scales;
       CHECK(block);
       CHECK(t.dim() == 0);

@@ -17,6 +17,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 namespace fluxbatch::runtime {
@@ -48,6 +49,10 @@ struct QuantizeReport {
 // `overwrite`, is IN, or cannot be written.
 // IN located as a dense diffusers folder (what quantize reads); ModelError otherwise, as quantize_model.
 ModelFiles dense_diffusers_model(const std::string& in);
+
+// OUT for IN: outside IN and not containing it, in an existing directory, and new unless `overwrite`;
+// OutputError otherwise.
+void check_quantize_output(const std::string& in, const std::filesystem::path& out, bool overwrite);
 
 QuantizeReport quantize_model(const std::string& in, const std::string& out, const QuantizeOptions& options);
 

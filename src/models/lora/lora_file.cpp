@@ -1,6 +1,7 @@
 #include "fluxbatch/models/lora/lora_file.h"
 
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/nn/weights.h"
 
@@ -17,10 +18,6 @@ namespace fluxbatch::models::lora {
 namespace {
 
 using Split = std::vector<std::string>;  // our modules a fused layer's rows go to, in row order
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 bool take(std::string& s, const std::string& prefix) {
   if (s.rfind(prefix, 0) != 0) return false;

@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
+#include "fluxbatch/core/strings.h"
 #include "fluxbatch/models/weight_map.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/quant/fp8_format.h"
@@ -18,11 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool starts_with(const std::string& s, const std::string& head) { return s.compare(0, head.size(), head) == 0; }
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-}
-
 // The blocks' Linear weights, by BFL name: 2-D ".weight" tensors under double_blocks. / single_blocks.
 // (their norms' weights are 1-D ".scale").
 bool fp8_in_file(const std::string& bfl_name, const at::Tensor& t) {
@@ -30,24 +26,14 @@ bool fp8_in_file(const std::string& bfl_name, const at::Tensor& t) {
          ends_with(bfl_name, ".weight") && t.dim() == 2;
 }
 
-void check_output(const std::string& in, const fs::path& out, bool overwrite) {
-  FLUXBATCH_CHECK(out.extension() == ".safetensors", OutputError,
-                  out.string() + ": quantize --to fp8 writes one .safetensors file; name OUT <something>.safetensors");
-  const std::string a = fs::weakly_canonical(in).string() + "/", b = fs::weakly_canonical(out).string();
-  FLUXBATCH_CHECK(b.compare(0, a.size(), a) != 0, OutputError, out.string() + ": must be outside " + in);
-  std::error_code ec;
-  FLUXBATCH_CHECK(overwrite || !fs::exists(fs::symlink_status(out, ec)), OutputError,
-                  out.string() + ": already exists; pass --overwrite to replace it");
-  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  FLUXBATCH_CHECK(fs::is_directory(parent), OutputError, parent.string() + ": no such directory");
-}
-
 }  // namespace
 
 Fp8ExportReport export_fp8_transformer(const std::string& in, const std::string& out, bool overwrite,
                                        c10::Device device) {
   const ModelFiles model = dense_diffusers_model(in);
-  check_output(in, fs::path(out), overwrite);
+  FLUXBATCH_CHECK(fs::path(out).extension() == ".safetensors", OutputError,
+                  out + ": quantize --to fp8 writes one .safetensors file; name OUT <something>.safetensors");
+  check_quantize_output(in, fs::path(out), overwrite);
   const models::flux::FluxConfig config = models::flux::FluxConfig::from_json_file(model.transformer.config_path);
   Fp8ExportReport report;
   for (const auto& f : weight_files(model.transformer)) report.transformer_bytes_in += fs::file_size(f);
