@@ -2,8 +2,8 @@
 
 #include <cstdio>
 
-#include "fluxbatch/runtime/inspect.h"
 #include "fluxbatch/runtime/lora/lora_report.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
 
 namespace fluxbatch::app {
 

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
 
 namespace fluxbatch::app {
 

@@ -2,11 +2,11 @@
 
 #include <cstdio>
 
-#include "fluxbatch/core/log.h"
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/model_io/fp8_export.h"
-#include "fluxbatch/runtime/quantize_model.h"
+#include "fluxbatch/runtime/model_io/quantize_model.h"
 
 namespace fluxbatch::app {
 

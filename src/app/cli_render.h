@@ -12,7 +12,7 @@
 #include "render_progress.h"
 #include "scale_options.h"
 #include "speed_options.h"
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 
 namespace fluxbatch::app {
 

@@ -3,7 +3,7 @@
 #pragma once
 #include <csignal>
 
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "interrupt.h"
 
 namespace fluxbatch::app {

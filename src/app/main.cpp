@@ -17,7 +17,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
-#include "fluxbatch/runtime/memory_allocator.h"
+#include "fluxbatch/runtime/memory/memory_allocator.h"
 
 namespace {
 

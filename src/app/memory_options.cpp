@@ -5,8 +5,8 @@
 #include <tuple>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
 
 namespace fluxbatch::app {
 

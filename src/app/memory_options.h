@@ -11,10 +11,10 @@
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
-#include "fluxbatch/runtime/memory_calibration.h"
 #include "fluxbatch/runtime/memory/block_stream_plan.h"
-#include "fluxbatch/runtime/memory_planner.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/memory/memory_calibration.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::app {
 

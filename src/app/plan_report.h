@@ -3,7 +3,7 @@
 #include <string>
 
 #include "fluxbatch/job/job_spec.h"
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 
 namespace fluxbatch::app {
 

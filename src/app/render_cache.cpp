@@ -5,7 +5,7 @@
 
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/cache/cache_identity.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::app {
 

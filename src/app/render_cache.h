@@ -12,7 +12,7 @@
 #include "fluxbatch/io/cache_store.h"
 #include "fluxbatch/runtime/cache/image_cache.h"
 #include "fluxbatch/runtime/cache/prompt_cache.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::app {
 

@@ -7,15 +7,15 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
-#include "fluxbatch/runtime/memory/decode_plan.h"
-#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/memory_allocator.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
-#include "fluxbatch/runtime/memory_calibration.h"
-#include "fluxbatch/runtime/oom.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/memory/decode_plan.h"
+#include "fluxbatch/runtime/memory/memory_allocator.h"
+#include "fluxbatch/runtime/memory/memory_calibration.h"
+#include "fluxbatch/runtime/memory/oom.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::app {
 namespace {

@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "fluxbatch/runtime/execution/stage_clock.h"
-#include "fluxbatch/runtime/flux_generator.h"
-#include "fluxbatch/runtime/job_runner.h"
-#include "fluxbatch/runtime/memory_budget.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
-#include "fluxbatch/runtime/memory_monitor.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_monitor.h"
 #include "memory_options.h"
 
 namespace fluxbatch::app {

@@ -3,10 +3,10 @@
 #include "speed_options.h"
 
 #include "fluxbatch/core/log.h"
-#include "fluxbatch/runtime/memory_calibration.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/memory_planner.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_calibration.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::app {
 namespace {

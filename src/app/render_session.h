@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "fluxbatch/runtime/execution/flux_generator.h"
+#include "fluxbatch/runtime/execution/image_generator.h"
 #include "fluxbatch/runtime/execution/stage_clock.h"
-#include "fluxbatch/runtime/flux_generator.h"
-#include "fluxbatch/runtime/image_generator.h"
-#include "fluxbatch/runtime/inspect.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
 #include "memory_options.h"
 #include "render_memory.h"
 

@@ -6,7 +6,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/io/manifest.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::app {
 namespace {

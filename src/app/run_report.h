@@ -6,8 +6,8 @@
 #include <string>
 
 #include "fluxbatch/io/cache_store.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "fluxbatch/runtime/execution/stage_clock.h"
-#include "fluxbatch/runtime/job_runner.h"
 #include "render_memory.h"
 
 namespace fluxbatch::app {

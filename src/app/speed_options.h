@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
 
 namespace fluxbatch::app {
 

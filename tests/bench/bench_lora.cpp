@@ -21,7 +21,7 @@
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "fluxbatch/sampling/latents.h"
 
 #include <ATen/ATen.h>

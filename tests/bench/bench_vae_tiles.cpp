@@ -19,8 +19,8 @@
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/oom.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>

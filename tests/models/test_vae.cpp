@@ -5,7 +5,7 @@
 #include "fluxbatch/models/weight_map.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 #include "test_t5_clip_vae_support.h"
 
 #include <catch2/catch_test_macros.hpp>

@@ -24,7 +24,7 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/pinned_weights.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace nn = fluxbatch::nn;
 namespace flux = fluxbatch::models::flux;

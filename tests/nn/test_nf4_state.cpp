@@ -6,7 +6,7 @@
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/ops/nf4_dequantize.h"
 #include "fluxbatch/quant/nf4_format.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>

@@ -18,8 +18,8 @@
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/quant/nf4_format.h"
-#include "fluxbatch/runtime/model_files.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "test_support.h"
 #include "tiny_render.h"
 

@@ -4,8 +4,8 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/strings.h"
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/model_io/fp8_export.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "test_support.h"
 #include "tiny_render.h"
 

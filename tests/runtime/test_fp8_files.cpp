@@ -9,9 +9,9 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/quant/fp8_format.h"
-#include "fluxbatch/runtime/inspect.h"
-#include "fluxbatch/runtime/model_files.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "test_support.h"
 #include "tiny_render.h"
 

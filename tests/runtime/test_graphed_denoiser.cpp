@@ -3,7 +3,7 @@
 #include "fluxbatch/ops/kernel_mode.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 
 #include <ATen/ATen.h>
 #include <catch2/catch_test_macros.hpp>

@@ -1,5 +1,5 @@
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/inspect.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>

@@ -11,7 +11,7 @@
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

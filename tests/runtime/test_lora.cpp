@@ -13,10 +13,10 @@
 #include "fluxbatch/job/job_error.h"
 #include "fluxbatch/models/lora/lora_file.h"
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/runtime/lora/lora_report.h"
-#include "fluxbatch/runtime/pipeline.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

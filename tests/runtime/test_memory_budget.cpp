@@ -16,9 +16,9 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/io/manifest.h"
-#include "fluxbatch/runtime/flux_generator.h"
-#include "fluxbatch/runtime/job_runner.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

@@ -17,11 +17,11 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/nn/linear.h"
-#include "fluxbatch/runtime/job_runner.h"
-#include "fluxbatch/runtime/memory_allocator.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/memory_calibration.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
+#include "fluxbatch/runtime/memory/memory_allocator.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_calibration.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_allocator.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/memory_monitor.h"
-#include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/memory/memory_allocator.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_monitor.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
 
 using Catch::Matchers::ContainsSubstring;
 using fluxbatch::runtime::MemoryMonitor;

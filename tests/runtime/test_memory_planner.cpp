@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
 
 using Catch::Matchers::ContainsSubstring;
 using namespace fluxbatch::runtime;

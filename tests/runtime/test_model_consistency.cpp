@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/model_files.h"
 #include "fluxbatch/runtime/model_io/consistency.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "fluxbatch/tokenizers/clip_tokenizer.h"
 #include "fluxbatch/tokenizers/t5_tokenizer.h"
 #include "render_items.h"

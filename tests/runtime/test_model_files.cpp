@@ -1,6 +1,6 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>

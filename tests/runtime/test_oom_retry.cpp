@@ -14,8 +14,8 @@
 
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
-#include "fluxbatch/runtime/job_runner.h"
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
+#include "fluxbatch/runtime/memory/oom.h"
 #include "render_items.h"
 #include "fluxbatch/core/error.h"
 #include "test_support.h"

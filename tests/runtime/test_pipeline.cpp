@@ -13,7 +13,7 @@
 
 #include "../sampling/golden_cases.h"
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/sampling/postprocess.h"
 
 namespace fs = std::filesystem;

@@ -13,8 +13,8 @@
 
 #include "../sampling/golden_cases.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/flux_generator.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/sampling/postprocess.h"
 
 namespace fs = std::filesystem;

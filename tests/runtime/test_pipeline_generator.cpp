@@ -12,7 +12,7 @@
 
 #include "../sampling/golden_cases.h"
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
 
 namespace fs = std::filesystem;
 using fluxbatch::job::RenderItem;

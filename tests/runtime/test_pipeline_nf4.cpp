@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "test_support.h"
 #include "tiny_render.h"
 

@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <string>
 
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "test_support.h"
 #include "tiny_render.h"
 

@@ -2,7 +2,7 @@
 // the NF4 folders scripts/make_nf4_models.py made with bitsandbytes' own functions, and the folder rules.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/quantize_model.h"
+#include "fluxbatch/runtime/model_io/quantize_model.h"
 #include "test_support.h"
 
 #include <catch2/catch_test_macros.hpp>

@@ -14,7 +14,7 @@
 
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "render_items.h"
 #include "test_support.h"
 

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "fluxbatch/io/manifest.h"
-#include "fluxbatch/runtime/flux_generator.h"
-#include "fluxbatch/runtime/job_runner.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 #include "fluxbatch/sampling/postprocess.h"
 #include "test_support.h"
 

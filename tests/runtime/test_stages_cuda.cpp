@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;

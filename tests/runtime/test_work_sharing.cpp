@@ -21,8 +21,8 @@
 #include "fluxbatch/io/claim_store.h"
 #include "fluxbatch/io/manifest.h"
 #include "fluxbatch/job/job_spec.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 #include "fluxbatch/runtime/execution/resume_index.h"
-#include "fluxbatch/runtime/job_runner.h"
 #include "render_items.h"
 #include "test_support.h"
 

@@ -8,7 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 
 namespace fluxbatch::test {
 

@@ -1,6 +1,6 @@
 // manifest.jsonl: one JSON line per finished or failed image, appended and fsynced as soon as the
 // image is done, so a crash loses at most the line being written. The reader tolerates such a
-// torn line; resume decisions are built on top of it (runtime/job_runner.h).
+// torn line; resume decisions are built on top of it (runtime/execution/job_runner.h).
 #pragma once
 #include <cstdint>
 #include <functional>

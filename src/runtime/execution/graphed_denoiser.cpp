@@ -1,7 +1,7 @@
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
 
 #include "fluxbatch/core/log.h"
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/memory/oom.h"
 
 #include <ATen/ATen.h>
 #ifdef FLUXBATCH_WITH_CUDA

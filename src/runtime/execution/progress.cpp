@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "fluxbatch/io/json_line.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::runtime {
 namespace {

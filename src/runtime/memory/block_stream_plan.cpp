@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::runtime {
 namespace {

@@ -6,8 +6,8 @@
 #include "fluxbatch/models/weight_map.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/quant/fp8_format.h"
-#include "fluxbatch/runtime/model_files.h"
-#include "fluxbatch/runtime/quantize_model.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
+#include "fluxbatch/runtime/model_io/quantize_model.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>

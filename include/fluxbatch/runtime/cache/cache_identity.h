@@ -9,7 +9,7 @@
 
 #include <string>
 
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::runtime {
 

@@ -14,7 +14,7 @@
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/models/lora/lora_file.h"
 #include "fluxbatch/nn/lora.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace torch::nn {
 class Module;

@@ -8,7 +8,7 @@
 
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/models/t5/config.h"
-#include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
 
 namespace fluxbatch::runtime {
 

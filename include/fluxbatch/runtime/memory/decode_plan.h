@@ -6,7 +6,7 @@
 #include <string>
 
 #include "fluxbatch/models/vae/config.h"
-#include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
 
 namespace fluxbatch::runtime {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "fluxbatch/job/job_spec.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::tokenizers {
 class ClipTokenizer;

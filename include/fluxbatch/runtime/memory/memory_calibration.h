@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "fluxbatch/runtime/inspect.h"
-#include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
 
 namespace torch::nn {
 class Module;

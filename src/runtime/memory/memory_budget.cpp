@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
@@ -15,7 +15,7 @@
 #include <unordered_map>
 
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
 
 namespace fluxbatch::runtime {
 namespace {

@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/inspect.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
 
 #include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"

@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_planner.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
 
 #include <algorithm>
 #include <cmath>

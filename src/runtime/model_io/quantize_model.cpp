@@ -1,12 +1,12 @@
 // quantize_model: dense diffusers folder -> bitsandbytes-NF4 diffusers folder, tensor by tensor.
-#include "fluxbatch/runtime/quantize_model.h"
+#include "fluxbatch/runtime/model_io/quantize_model.h"
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/core/strings.h"
 #include "fluxbatch/io/safetensors.h"
 #include "fluxbatch/nn/weights.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>

@@ -1,13 +1,13 @@
-#include "fluxbatch/runtime/flux_generator.h"
+#include "fluxbatch/runtime/execution/flux_generator.h"
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
-#include "fluxbatch/runtime/memory_budget.h"
-#include "fluxbatch/runtime/model_files.h"
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
+#include "fluxbatch/runtime/memory/oom.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "fluxbatch/sampling/postprocess.h"
 
 #include <ATen/ATen.h>

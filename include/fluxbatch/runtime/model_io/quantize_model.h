@@ -12,7 +12,7 @@
 // Everything else of IN is hard-linked (copied across file systems).
 #pragma once
 #include "fluxbatch/quant/nf4_format.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 #include <c10/core/Device.h>
 

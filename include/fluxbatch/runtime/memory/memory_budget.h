@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "fluxbatch/runtime/image_generator.h"
+#include "fluxbatch/runtime/execution/image_generator.h"
 
 namespace fluxbatch::runtime {
 

@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/memory/oom.h"
 
 #include <c10/util/Exception.h>
 #ifdef FLUXBATCH_WITH_CUDA

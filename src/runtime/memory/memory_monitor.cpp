@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_monitor.h"
+#include "fluxbatch/runtime/memory/memory_monitor.h"
 
 #ifdef FLUXBATCH_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -13,7 +13,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::runtime {
 

@@ -13,8 +13,8 @@
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/job/shard.h"
 #include "fluxbatch/runtime/cache/image_cache.h"
+#include "fluxbatch/runtime/execution/image_generator.h"
 #include "fluxbatch/runtime/execution/job_observer.h"
-#include "fluxbatch/runtime/image_generator.h"
 
 namespace fluxbatch::runtime {
 

@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_probe.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
 
 #ifdef FLUXBATCH_WITH_CUDA
 #include <ATen/cuda/CUDAContextLight.h>
@@ -15,7 +15,7 @@
 #include <ATen/Context.h>
 
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 
 namespace fluxbatch::runtime {
 

@@ -1,6 +1,6 @@
 // The small JSON texts of the bitsandbytes serialization, formatted as Python writes them.
 #include "fluxbatch/core/error.h"
-#include "fluxbatch/runtime/quantize_model.h"
+#include "fluxbatch/runtime/model_io/quantize_model.h"
 
 #include <nlohmann/json.hpp>
 

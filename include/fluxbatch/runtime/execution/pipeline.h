@@ -14,8 +14,8 @@
 
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/nn/lora.h"
-#include "fluxbatch/runtime/memory_planner.h"
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/memory/memory_planner.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 #include "fluxbatch/sampling/euler.h"
 #include "fluxbatch/sampling/schedule.h"
 

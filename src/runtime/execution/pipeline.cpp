@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/log.h"
@@ -8,7 +8,7 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/execution/graphed_denoiser.h"
-#include "fluxbatch/runtime/memory_budget.h"
+#include "fluxbatch/runtime/memory/memory_budget.h"
 #include "fluxbatch/runtime/lora/lora_catalog.h"
 #include "fluxbatch/nn/fp8_state.h"
 #include "fluxbatch/runtime/model_io/consistency.h"

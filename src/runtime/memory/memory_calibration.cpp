@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_calibration.h"
+#include "fluxbatch/runtime/memory/memory_calibration.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -17,10 +17,10 @@
 #include "fluxbatch/models/flux/config.h"
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/runtime/device.h"
-#include "fluxbatch/runtime/inspect.h"
-#include "fluxbatch/runtime/memory_probe.h"
-#include "fluxbatch/runtime/model_files.h"
-#include "fluxbatch/runtime/pipeline.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
+#include "fluxbatch/runtime/memory/memory_probe.h"
+#include "fluxbatch/runtime/model_io/inspect.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 namespace fluxbatch::runtime {
 namespace {

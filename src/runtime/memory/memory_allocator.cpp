@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/memory_allocator.h"
+#include "fluxbatch/runtime/memory/memory_allocator.h"
 
 #include <c10/core/AllocatorConfig.h>
 

@@ -17,9 +17,9 @@
 
 #include "fluxbatch/job/job_spec.h"
 #include "fluxbatch/runtime/cache/prompt_cache.h"
-#include "fluxbatch/runtime/image_generator.h"
+#include "fluxbatch/runtime/execution/image_generator.h"
+#include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
-#include "fluxbatch/runtime/pipeline.h"
 
 namespace fluxbatch::runtime {
 

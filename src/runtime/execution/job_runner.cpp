@@ -1,5 +1,5 @@
 // The job runner: plan (resume + batching), then generate -> PNG -> manifest line, per image.
-#include "fluxbatch/runtime/job_runner.h"
+#include "fluxbatch/runtime/execution/job_runner.h"
 
 #include <algorithm>
 #include <chrono>
@@ -27,10 +27,10 @@
 #include "fluxbatch/io/png_writer.h"
 #include "fluxbatch/job/job_loader.h"
 #include "fluxbatch/runtime/execution/claimed_work.h"
-#include "fluxbatch/runtime/execution/stage_error.h"
 #include "fluxbatch/runtime/execution/ordered_queue.h"
 #include "fluxbatch/runtime/execution/resume_index.h"
-#include "fluxbatch/runtime/oom.h"
+#include "fluxbatch/runtime/execution/stage_error.h"
+#include "fluxbatch/runtime/memory/oom.h"
 
 namespace fluxbatch::runtime {
 namespace {

@@ -2,7 +2,7 @@
 // (no weights read): layout, variant, and per component its parameter count, dtypes, bytes, key
 // dialect, quantization and files.
 #pragma once
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 #include <cstdint>
 #include <map>

@@ -1,4 +1,4 @@
-#include "fluxbatch/runtime/model_files.h"
+#include "fluxbatch/runtime/model_io/model_files.h"
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/core/strings.h"
