@@ -46,10 +46,21 @@ void synchronize(c10::Device device) {
 #endif
 }
 
+#ifdef FLUXBATCH_WITH_CUDA
+namespace {
+// The caching allocator's per-device state exists only after libtorch's lazy CUDA init; its stats asked
+// before that (a tool measuring from its very start) fail with "Invalid device argument".
+c10::DeviceIndex stats_index(c10::Device device) {
+  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+  return device.index() < 0 ? 0 : device.index();
+}
+}  // namespace
+#endif
+
 int64_t peak_allocated_bytes(c10::Device device) {
 #ifdef FLUXBATCH_WITH_CUDA
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(stats_index(device));
     return stats.allocated_bytes[0].peak;  // [0]: the aggregate over pool types
   }
 #endif
@@ -60,7 +71,7 @@ int64_t peak_allocated_bytes(c10::Device device) {
 int64_t allocated_bytes(c10::Device device) {
 #ifdef FLUXBATCH_WITH_CUDA
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(stats_index(device));
     return stats.allocated_bytes[0].current;
   }
 #endif
@@ -70,7 +81,7 @@ int64_t allocated_bytes(c10::Device device) {
 
 void reset_peak_memory(c10::Device device) {
 #ifdef FLUXBATCH_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(stats_index(device));
 #else
   (void)device;
 #endif

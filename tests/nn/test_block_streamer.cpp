@@ -208,8 +208,11 @@ TEST_CASE("on CUDA the block copies overlap the compute and change no value", "[
   REQUIRE(streamer.host_bytes() > 0);
 
   // Serialized references: the copies alone (one after another on one stream) and the compute alone.
-  at::Tensor slot = at::empty({streamer.slot_bytes()}, at::TensorOptions().dtype(at::kByte).device(cuda));
-  const at::Tensor host = nn::pinned_block(streamer.slot_bytes());
+  // One block's bytes: slot_bytes() is 0 until blocks are streamed (the first GPU run timed empty copies).
+  const int64_t block_bytes = streamer.block_bytes(0);
+  REQUIRE(block_bytes >= kDim * kDim * 2);
+  at::Tensor slot = at::empty({block_bytes}, at::TensorOptions().dtype(at::kByte).device(cuda));
+  const at::Tensor host = nn::pinned_block(block_bytes);
   REQUIRE(host.defined());
   const float copy_ms = time_ms([&] {
     for (int i = 0; i < kBlocks; ++i) slot.copy_(host, /*non_blocking=*/true);
