@@ -198,7 +198,9 @@ TEST_CASE("on CUDA the block copies overlap the compute and change no value", "[
   constexpr int64_t kDim = 4096;  // 32 MiB of bf16 per block
   const c10::Device cuda(c10::kCUDA, 0);
   Stack stack(kBlocks, kDim);
-  const at::Tensor x = at::randn({4096, kDim}).to(at::kBFloat16).to(cuda);
+  // [1, L, C]: Linear loops over the leading (image) dimension, so a 2-D [L, C] would run L row products
+  // (the first GPU run took 1.2 s of compute that way) instead of one GEMM per block.
+  const at::Tensor x = at::randn({1, 4096, kDim}).to(at::kBFloat16).to(cuda);
   // The compute per block is scaled to about the copy's time (measured), so overlap is worth 2x.
   nn::BlockStreamer streamer(stack, [&] {
     std::vector<torch::nn::Module*> out;
