@@ -15,6 +15,10 @@ bool cuda_available() { return at::hasCUDA() && at::detail::getCUDAHooks().devic
 
 int cuda_device_count() { return cuda_available() ? static_cast<int>(at::detail::getCUDAHooks().deviceCount()) : 0; }
 
+void init_cuda() {
+  if (cuda_device_count() > 0) at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+}
+
 c10::Device parse_device(const std::string& text) {
   if (text == "cpu") return c10::Device(c10::kCPU);
   if (text.rfind("cuda", 0) != 0) {
@@ -48,10 +52,9 @@ void synchronize(c10::Device device) {
 
 #ifdef FLUXBATCH_WITH_CUDA
 namespace {
-// The caching allocator's per-device state exists only after libtorch's lazy CUDA init; its stats asked
-// before that (a tool measuring from its very start) fail with "Invalid device argument".
+// Stats asked before the lazy CUDA init (a tool measuring from its very start) fail with "Invalid device argument".
 c10::DeviceIndex stats_index(c10::Device device) {
-  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+  init_cuda();
   return device.index() < 0 ? 0 : device.index();
 }
 }  // namespace

@@ -18,6 +18,9 @@ std::string dtype_name(c10::ScalarType dtype);
 
 bool cuda_available();
 int cuda_device_count();
+// libtorch's lazy CUDA init, which the caching allocator's per-device state (stats, memory fraction) needs;
+// a no-op without CUDA devices or once done.
+void init_cuda();
 
 // Waits for the device's queued work (no-op on the CPU): stage timings are only honest after it.
 void synchronize(c10::Device device);

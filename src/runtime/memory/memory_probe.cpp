@@ -12,7 +12,6 @@
 #include <sstream>
 
 #include "fluxbatch/core/error.h"
-#include <ATen/Context.h>
 
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory/memory_budget.h"
@@ -22,9 +21,7 @@ namespace fluxbatch::runtime {
 std::vector<GpuMemory> probe_gpus() {
   std::vector<GpuMemory> out;
 #ifdef FLUXBATCH_WITH_CUDA
-  // The caching allocator's per-device state exists only after libtorch's lazy CUDA init; asking it for
-  // stats (or a memory fraction) before that fails with "Invalid device argument".
-  if (cuda_device_count() > 0) at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+  init_cuda();  // the allocator's stats below need it
   for (int i = 0; i < cuda_device_count(); ++i) {
     const auto index = static_cast<c10::DeviceIndex>(i);
     const c10::cuda::CUDAGuard guard(index);
