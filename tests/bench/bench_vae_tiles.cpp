@@ -9,12 +9,17 @@
 // it prints, as key=value lines:
 //   S_whole_peak_gib, S_whole_s                 the whole decode's device peak (allocator, weights excluded), time
 //   S_tTILE_peak_gib, S_tTILE_s                 the same for the tiled decode (and _peak_with_weights_gib)
-//   S_tTILE_within_one, S_tTILE_worst_levels    the share of 8-bit pixel values within one level of the whole
-//                                               decode's, and the largest difference (targets: >= 0.999, <= 2)
+//   S_whole_vs_fp32_within_one, _worst_levels   the whole decode (in --dtype) against the whole decode of the same
+//                                               weights in true fp32 (TF32 off): the dtype's own rounding
+//   S_tTILE_within_one, S_tTILE_worst_levels    the share of 8-bit pixel values of the tiled decode (fp32 compute,
+//                                               the default) within one level of the fp32 whole decode's, and
+//                                               the largest difference (targets: >= 0.999, <= 2)
+//   S_tTILE_vs_whole_within_one, _worst_levels  the same against the whole decode in --dtype (the untiled render)
 //   S_tTILE_predicted_gib                       runtime::tiled_decode_bytes, the planner's prediction
 // then --big: a BIGxBIG decode in the tiles plan_decode picks for --budget (weights included), the allocator
 // capped at the budget: big_tile, big_maps_on_host, big_predicted_gib, big_peak_gib (weights included), big_s,
 // big_within_budget (1/0). Peaks on the CPU come from the counting allocator (runtime::CpuMemoryBudget).
+// --json is rewritten after every figure, so a run cut short keeps what it measured.
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/device.h"
@@ -23,6 +28,7 @@
 #include "fluxbatch/runtime/memory/oom.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
@@ -44,11 +50,17 @@ using namespace fluxbatch;
 namespace {
 
 std::map<std::string, double> g_figures;
+std::string g_json, g_json_head;  // --json's path; "device" and "dtype"
 
 void figure(const std::string& name, double value) {
   g_figures[name] = value;
   std::printf("%s=%.6g\n", name.c_str(), value);
   std::fflush(stdout);
+  if (g_json.empty()) return;
+  std::ofstream out(g_json);
+  out << "{" << g_json_head;
+  for (const auto& [key, figure_value] : g_figures) out << ", \"" << key << "\": " << figure_value;
+  out << "}\n";
 }
 
 std::vector<int64_t> numbers(const std::string& list) {
@@ -114,11 +126,15 @@ int main(int argc, char** argv) {
     const c10::ScalarType dtype = runtime::parse_dtype(opt["--dtype"]);
     const int dtype_size = static_cast<int>(c10::elementSize(dtype));
     const models::vae::VaeConfig config = models::vae::VaeConfig::from_json_file((vae_dir / "config.json").string());
+    g_json = opt["--json"];
+    g_json_head = "\"device\": \"" + device.str() + "\", \"dtype\": \"" + runtime::dtype_name(dtype) + "\"";
+    // fp32 convolutions in true fp32 (cuDNN's TF32 off) for the fp32 reference decode; the tiled
+    // decode turns TF32 off itself.
+    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
     PeakMeter meter(device);  // before the weights: on the CPU they are counted from here on
 
-    const int64_t before_weights = meter.now();
-    models::vae::VaeDecoder vae(config, at::TensorOptions().dtype(dtype).device(device));
-    {
+    const auto load_vae = [&] {
+      models::vae::VaeDecoder model(config, at::TensorOptions().dtype(dtype).device(device));
       std::vector<std::string> files;
       for (const auto& entry : fs::directory_iterator(vae_dir)) {
         if (entry.path().extension() == ".safetensors") files.push_back(entry.path().string());
@@ -128,10 +144,16 @@ int main(int argc, char** argv) {
       load.device = device;
       load.ignore_prefixes = models::vae::vae_ignored_prefixes();
       load.what = "vae (" + vae_dir.string() + ")";
-      nn::load_state(*vae, nn::read_safetensors(files), load);
-    }
+      nn::load_state(*model, nn::read_safetensors(files), load);
+      return model;
+    };
+    const int64_t before_weights = meter.now();
+    models::vae::VaeDecoder vae = load_vae();
     runtime::synchronize(device);
     const int64_t weight_bytes = meter.now() - before_weights;
+    // The same weights (rounded to --dtype) in fp32, for the reference decode; dropped before --big.
+    models::vae::VaeDecoder vae32 = load_vae();
+    vae32->to(at::kFloat);
     std::printf("device=%s dtype=%s vae=%s\n", device.str().c_str(), runtime::dtype_name(dtype).c_str(),
                 vae_dir.string().c_str());
     figure("weights_gib", static_cast<double>(weight_bytes) / kGiB);
@@ -141,7 +163,13 @@ int main(int argc, char** argv) {
     for (const int64_t size : numbers(opt["--sizes"])) {
       const std::string s = std::to_string(size);
       const at::Tensor latents = at::randn({1, config.latent_channels, size / 8, size / 8}).to(device, dtype);
-      at::Tensor whole_levels;
+      at::Tensor whole_levels, fp32_levels;  // [1, 3, S, S] on the host
+      // Agreement of two level maps: the share within one level and the worst difference.
+      const auto agreement = [&](const std::string& key, const at::Tensor& a, const at::Tensor& b) {
+        const at::Tensor diff = (a - b).abs();
+        figure(key + "_within_one", diff.le(1).to(at::kDouble).mean().item<double>());
+        figure(key + "_worst_levels", static_cast<double>(diff.max().item<int16_t>()));
+      };
       try {
         at::Tensor whole;
         const auto [peak, seconds] = meter.measure([&] { whole = vae->decode(latents); });
@@ -149,6 +177,13 @@ int main(int argc, char** argv) {
         figure(s + "_whole_peak_gib", static_cast<double>(peak) / kGiB);
         figure(s + "_whole_s", seconds);
         figure(s + "_whole_std", whole.to(at::kFloat).std().item<double>());  // random weights: not degenerate
+        whole = at::Tensor();
+        runtime::release_cached_memory();
+        at::Tensor image32;
+        const auto fp32_seconds = meter.measure([&] { image32 = vae32->decode(latents.to(at::kFloat)); }).second;
+        figure(s + "_whole_fp32_s", fp32_seconds);
+        fp32_levels = levels(image32).cpu();
+        agreement(s + "_whole_vs_fp32", whole_levels, fp32_levels);
       } catch (const std::exception& e) {
         if (!runtime::is_out_of_memory(e)) throw;
         std::printf("%s_whole=out of memory\n", s.c_str());
@@ -161,7 +196,7 @@ int main(int argc, char** argv) {
         options.maps_on_host = true;
         // Maps up to twice the latent resolution normalised whole (bit-exact), as plan_decode prefers.
         options.whole_norm_bytes = opt["--whole-norm-mib"].empty()
-                                       ? 4 * config.block_out_channels.back() * (size / 8) * (size / 8) * dtype_size
+                                       ? 4 * config.block_out_channels.back() * (size / 8) * (size / 8) * runtime::kTiledComputeBytes
                                        : std::stoll(opt["--whole-norm-mib"]) << 20;
         at::Tensor tiled;
         const auto [peak, seconds] = meter.measure([&] { tiled = vae->decode_exact_tiled(latents, options); });
@@ -175,16 +210,16 @@ int main(int argc, char** argv) {
         figure(t + "_predicted_gib",
                static_cast<double>(runtime::tiled_decode_bytes(config, static_cast<int>(size), static_cast<int>(size),
                                                                dtype_size, setup)) / kGiB);
-        if (whole_levels.defined()) {
-          const at::Tensor diff = (levels(tiled).cpu() - whole_levels).abs();
-          figure(t + "_within_one", diff.le(1).to(at::kDouble).mean().item<double>());
-          figure(t + "_worst_levels", static_cast<double>(diff.max().item<int16_t>()));
-        }
+        const at::Tensor tiled_levels = levels(tiled).cpu();
+        if (fp32_levels.defined()) agreement(t, tiled_levels, fp32_levels);
+        if (whole_levels.defined()) agreement(t + "_vs_whole", tiled_levels, whole_levels);
         tiled = at::Tensor();
         runtime::release_cached_memory();
       }
     }
 
+    vae32 = nullptr;
+    runtime::release_cached_memory();
     if (const int64_t big = std::stoll(opt["--big"]); big > 0) {
       const int64_t budget = runtime::parse_byte_size(opt["--budget"], "--budget");
       const runtime::DecodePlan plan =
@@ -214,12 +249,6 @@ int main(int argc, char** argv) {
       figure("big_std", image.to(at::kFloat).std().item<double>());
     }
 
-    if (!opt["--json"].empty()) {
-      std::ofstream out(opt["--json"]);
-      out << "{\"device\": \"" << device.str() << "\", \"dtype\": \"" << runtime::dtype_name(dtype) << "\"";
-      for (const auto& [name, value] : g_figures) out << ", \"" << name << "\": " << value;
-      out << "}\n";
-    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", runtime::exception_message(e).c_str());
     return 1;

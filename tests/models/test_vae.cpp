@@ -8,6 +8,7 @@
 #include "fluxbatch/runtime/memory/memory_budget.h"
 #include "test_t5_clip_vae_support.h"
 
+#include <ATen/Context.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
@@ -133,7 +134,33 @@ TEST_CASE("VAE exact tiled decode equals the whole decode at any tile size and i
   }
 }
 
-TEST_CASE("VAE exact tiled decode in bf16: bit-identical with whole-map GroupNorm, close with tile statistics",
+TEST_CASE("VAE exact tiled decode of bf16 weights: fp32 tiles match the fp32 whole decode of the same weights",
+          "[vae][tiles]") {
+  auto model = load_vae("dev", at::kBFloat16);
+  auto model32 = load_vae("dev", at::kBFloat16);
+  model32->to(at::kFloat);  // the same (bf16-rounded) weights, in fp32
+  at::NoGradGuard no_grad;
+  at::manual_seed(8);
+  const at::Tensor latents = at::randn({1, model->config().latent_channels, 17, 12}).to(at::kBFloat16);
+  const at::Tensor full32 = model32->decode(latents.to(at::kFloat));
+  for (const int64_t tile : {32, 64}) {
+    INFO("tile " << tile << " px");
+    models::vae::ExactTileOptions options;  // compute: fp32 (the default)
+    options.tile_pixels = tile;
+    options.whole_norm_bytes = 0;  // every map over tiles
+    const at::Tensor tiled = model->decode_exact_tiled(latents, options);
+    CHECK(tiled.scalar_type() == at::kBFloat16);  // rounded once, at the end, like decode()'s image
+    // Within the final bf16 rounding of the fp32 image (half an ulp of values up to ~2: 2^-8).
+    CHECK(max_abs_diff(tiled, full32) <= 1e-2 * std::max(1.0, max_abs(full32)));
+    const auto [within_one, worst] = pixel_match(tiled, full32);
+    INFO(within_one * 100 << "% within one level, worst " << worst);
+    CHECK(within_one >= 0.999);
+    CHECK(worst <= 1);
+  }
+}
+
+TEST_CASE("VAE exact tiled decode computing in bf16: bit-identical with whole-map GroupNorm, close with tile "
+          "statistics",
           "[vae][tiles]") {
   auto model = load_vae("dev", at::kBFloat16);
   at::NoGradGuard no_grad;
@@ -144,6 +171,7 @@ TEST_CASE("VAE exact tiled decode in bf16: bit-identical with whole-map GroupNor
     INFO("tile " << tile << " px");
     models::vae::ExactTileOptions options;
     options.tile_pixels = tile;
+    options.compute = std::nullopt;  // the latents' dtype
     // Every map normalised whole by at::group_norm: the tiles (halo convolutions, chunked attention,
     // upsampling) change no bit.
     options.whole_norm_bytes = int64_t{1} << 40;
@@ -237,7 +265,43 @@ TEST_CASE("VAE on CUDA (bf16, fp32, tiled) stays within tolerance of the golden"
     options.tile_pixels = 32;
     const at::Tensor tiled = model->decode_exact_tiled(latents, options);
     CHECK(tiled.device() == device);
-    const auto [within_one, worst] = pixel_match(tiled, sample);
+    CHECK(tiled.scalar_type() == dtype);
+    CHECK(max_abs_diff(tiled, expected) <= tolerance * max_abs(expected));
+  }
+}
+
+namespace {
+
+// The whole decode in true fp32 (cuDNN's TF32 off) of `model`'s weights, as they are: the image
+// the exact tiled decode (fp32 by default) must reproduce up to rounding.
+at::Tensor ieee_fp32_decode(const std::string& variant, at::ScalarType weights_dtype, const at::Tensor& latents) {
+  auto model32 = load_vae(variant, weights_dtype, latents.device());
+  model32->to(at::kFloat);
+  auto& context = at::globalContext();
+  const auto saved = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
+  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+  at::Tensor image = model32->decode(latents.to(at::kFloat));
+  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, saved);
+  return image;
+}
+
+}  // namespace
+
+TEST_CASE("VAE exact tiled decode on CUDA: the fp32 whole decode's pixels from bf16 weights", "[.][cuda]") {
+  const c10::Device device = cuda_device();
+  at::NoGradGuard no_grad;
+  at::manual_seed(11);
+  auto model = load_vae("dev", at::kBFloat16, device);
+  const at::Tensor latents = at::randn({1, 16, 40, 56}).to(device, at::kBFloat16);  // 320 x 448 px
+  const at::Tensor reference = ieee_fp32_decode("dev", at::kBFloat16, latents);
+  const auto [bf16_within, bf16_worst] = pixel_match(model->decode(latents), reference);
+  for (const int64_t tile : {32, 128}) {
+    models::vae::ExactTileOptions options;
+    options.tile_pixels = tile;
+    options.whole_norm_bytes = 0;
+    const auto [within_one, worst] = pixel_match(model->decode_exact_tiled(latents, options), reference);
+    INFO("tile " << tile << " px: " << within_one * 100 << "% within one level of the fp32 whole decode, worst "
+                 << worst << " (the bf16 whole decode: " << bf16_within * 100 << "%, worst " << bf16_worst << ")");
     CHECK(within_one >= 0.999);
     CHECK(worst <= 2);
   }
@@ -249,6 +313,7 @@ TEST_CASE("VAE exact tiled decode on CUDA: the whole decode's pixels at a smalle
   at::manual_seed(10);
   auto model = load_vae("dev", at::kBFloat16, device);
   const at::Tensor latents = at::randn({1, 16, 96, 80}).to(device, at::kBFloat16);  // 768 x 640 px
+  const at::Tensor reference = ieee_fp32_decode("dev", at::kBFloat16, latents);
   const auto peak_of = [&](const std::function<at::Tensor()>& decode, at::Tensor& out) {
     runtime::synchronize(device);
     const int64_t base = runtime::allocated_bytes(device);
@@ -264,12 +329,14 @@ TEST_CASE("VAE exact tiled decode on CUDA: the whole decode's pixels at a smalle
     models::vae::ExactTileOptions options;
     options.tile_pixels = 128;
     options.maps_on_host = maps_on_host;
-    // The tiny maps are all under whole_norm_bytes: normalised whole, the tiles must change (almost) no bit.
+    // fp32 tiles of bf16 weights: the fp32 whole decode of the same weights, up to rounding.
     at::Tensor tiled;
     (void)peak_of([&] { return model->decode_exact_tiled(latents, options); }, tiled);
     REQUIRE(tiled.device() == device);
-    const auto [within_one, worst] = pixel_match(tiled, full);
-    INFO(within_one * 100 << "% within one level, worst " << worst);
+    const auto [within_one, worst] = pixel_match(tiled, reference);
+    const auto [bf16_within, bf16_worst] = pixel_match(full, reference);
+    INFO(within_one * 100 << "% within one level of the fp32 whole decode, worst " << worst << " (the bf16 whole "
+                          << "decode: " << bf16_within * 100 << "%, worst " << bf16_worst << ")");
     CHECK(within_one >= 0.999);
     CHECK(worst <= 2);
     // Every map over tiles: the smallest device peak, within the planner's prediction.

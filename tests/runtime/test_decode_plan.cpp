@@ -74,6 +74,12 @@ TEST_CASE("exact tiles with maps in host memory: under 1 GiB at 1024², 4096² u
     previous = bytes;
   }
   CHECK_THROWS_AS(tiled_decode_bytes(flux, 1024, 1024, 2, tiles(100, true)), fluxbatch::InputError);
+  // The tiles compute in fp32 whatever the weights' dtype: bf16 weights add one layer's fp32 copy
+  // (the largest: 512 x 512 x 3 x 3), less half the (3-channel) image.
+  const int64_t cast = tiled_decode_bytes(flux, 2048, 2048, 2, tiles(256, true)) -
+                       tiled_decode_bytes(flux, 2048, 2048, 4, tiles(256, true));
+  CHECK(cast > 512 * 512 * 9 * 4 - 3 * 2048 * 2048 * 2);
+  CHECK(cast <= 512 * 512 * 9 * 4);
 }
 
 TEST_CASE("plan_decode: auto decodes whole when it fits, else the largest exact tiles that fit", "[decode_plan]") {
@@ -109,8 +115,9 @@ TEST_CASE("plan_decode: auto decodes whole when it fits, else the largest exact 
   CHECK(small.tiled);
   CHECK(small.fits);
   CHECK(small.setup.maps_on_host);
-  // The maps up to twice the latent resolution ([1, 512, 256, 256] bf16) are normalised whole.
-  CHECK(small.setup.whole_norm_bytes == 64 * MiB);
+  // The maps up to twice the latent resolution ([1, 512, 256, 256], fp32 in the tiled decode) are
+  // normalised whole.
+  CHECK(small.setup.whole_norm_bytes == 128 * MiB);
   CHECK(small.describe() == std::to_string(small.setup.tile_pixels) + " px tiles (exact, feature maps in host memory)");
   // On the CPU there is no host to move them to: the maps stay, the plan does not fit.
   const DecodePlan cpu = plan_decode(flux, 1024, 1024, 2, false, kVaeWeights, 1 * GiB, VaeTiles{});

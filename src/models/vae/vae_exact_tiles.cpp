@@ -3,6 +3,7 @@
 // the decoder (GroupNorm + SiLU before it, nearest x2 before it, the residual after it), run over the
 // output's tiles; every step also gathers the GroupNorm statistics of its output, which the next
 // step's norm needs before its first tile (small maps are normalised whole, see whole_norm_bytes).
+// Everything runs in ExactTileOptions::compute (fp32 by default): the weights are cast per layer.
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/nn/activations.h"
@@ -10,12 +11,38 @@
 #include "models/vae/vae_blocks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 
 #include <algorithm>
 #include <utility>
 
 namespace fluxbatch::models::vae {
 namespace {
+
+// A parameter in the compute dtype (the same tensor when it already is); undefined stays undefined.
+at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; }
+
+// cuDNN convolutions in true fp32 while alive (libtorch, like PyTorch, lets them use TF32 by
+// default): TF32 rounds per algorithm (Winograd transforms, say), and the tiles' shapes pick other
+// algorithms than the whole map's.
+class IeeeConvolutions {
+ public:
+  explicit IeeeConvolutions(bool active) : active_(active) {
+    if (!active_) return;
+    auto& context = at::globalContext();
+    saved_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+  }
+  ~IeeeConvolutions() {
+    if (active_) at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, saved_);
+  }
+  IeeeConvolutions(const IeeeConvolutions&) = delete;
+  IeeeConvolutions& operator=(const IeeeConvolutions&) = delete;
+
+ private:
+  bool active_;
+  at::Float32Precision saved_ = at::Float32Precision::NONE;
+};
 
 // Per (sample, group) mean and sum of squared deviations of a feature map, merged tile by tile
 // (Chan et al.'s pairwise update) in fp64 on the decode device: no host round trip per tile.
@@ -75,14 +102,14 @@ class TiledDecoder {
         config_(config),
         options_(options),
         device_(latents.device()),
-        dtype_(latents.scalar_type()),
+        dtype_(options.compute.value_or(latents.scalar_type())),
         latent_h_(latents.size(2)),
         tile_latent_(options.tile_pixels / config.scale_factor()) {
     host_maps_ = device_.is_cuda() && options.maps_on_host;
   }
 
   at::Tensor run(const at::Tensor& z) {  // z: [B, latent, h, w] on the device
-    Map h = step(Map{z, GroupStats(config_.norm_num_groups)}, decoder_.conv_in());
+    Map h = step(Map{z.to(dtype_), GroupStats(config_.norm_num_groups)}, decoder_.conv_in());
     UNetMidBlock2DImpl& mid = decoder_.mid_block();
     h = resnet(std::move(h), mid.resnet(0));
     if (AttentionImpl* attention = mid.attention()) h = attend(std::move(h), *attention);
@@ -139,8 +166,8 @@ class TiledDecoder {
     at::Tensor src = in.data;
     at::Tensor normed_whole;  // [B, C, H, W] on the device: at::group_norm of the whole map
     if (norm && normalise_whole(src)) {
-      normed_whole = at::group_norm(fetch(src, 0, src.size(2), 0, src.size(3)), norm->groups(), norm->weight,
-                                    norm->bias, norm->eps());
+      normed_whole = at::group_norm(fetch(src, 0, src.size(2), 0, src.size(3)), norm->groups(),
+                                    in_dtype(norm->weight, dtype_), in_dtype(norm->bias, dtype_), norm->eps());
       src = normed_whole;
     }
     const int64_t batch = src.size(0), factor = upsample ? 2 : 1;
@@ -149,6 +176,12 @@ class TiledDecoder {
     const int64_t tile = std::max<int64_t>(1, tile_latent_ * height / latent_h_);  // this resolution's tile edge
     std::pair<at::Tensor, at::Tensor> affine;
     if (norm && !normed_whole.defined()) affine = in.stats.affine(*norm);
+    const at::Tensor weight = in_dtype(conv.weight, dtype_), bias = in_dtype(conv.bias, dtype_);
+    at::Tensor shortcut_weight, shortcut_bias;
+    if (shortcut) {
+      shortcut_weight = in_dtype(shortcut->weight, dtype_);
+      shortcut_bias = in_dtype(shortcut->bias, dtype_);
+    }
     Map out{new_map(batch, conv.weight.size(0), height, width, last), GroupStats(config_.norm_num_groups)};
     for (int64_t y0 = 0; y0 < height; y0 += tile) {
       const int64_t y1 = std::min(height, y0 + tile);
@@ -173,11 +206,11 @@ class TiledDecoder {
         if (pad > 0) {
           x = at::constant_pad_nd(x, {rx0 - (x0 - pad), (x1 + pad) - rx1, ry0 - (y0 - pad), (y1 + pad) - ry1}, 0);
         }
-        at::Tensor y = at::conv2d(x, conv.weight, conv.bias);  // [B, Cout, y1 - y0, x1 - x0]
+        at::Tensor y = at::conv2d(x, weight, bias);  // [B, Cout, y1 - y0, x1 - x0]
         x = at::Tensor();
         if (residual) {
           at::Tensor r = fetch(residual->data, y0, y1, x0, x1);
-          if (shortcut) r = at::conv2d(r, shortcut->weight, shortcut->bias);
+          if (shortcut) r = at::conv2d(r, shortcut_weight, shortcut_bias);
           y = r + y;  // ResnetBlock2D: shortcut + h
         }
         if (!last) out.stats.add(y);
@@ -203,7 +236,7 @@ class TiledDecoder {
     layers::GroupNormImpl& norm = attention.group_norm();
     if (normalise_whole(src)) {
       normed = at::group_norm(fetch(src, 0, height, 0, width).view({batch, channels, tokens}), norm.groups(),
-                              norm.weight, norm.bias, norm.eps());
+                              in_dtype(norm.weight, dtype_), in_dtype(norm.bias, dtype_), norm.eps());
     } else {
       const auto affine = in.stats.affine(norm);
       normed = at::empty({batch, channels, tokens}, at::TensorOptions().dtype(dtype_).device(device_));
@@ -217,14 +250,19 @@ class TiledDecoder {
     }
     const at::Tensor tokens_view = normed.transpose(1, 2);  // [B, L, C]
     auto one_head = [&](const at::Tensor& t) { return t.view({batch, -1, 1, channels}); };
-    const at::Tensor k = one_head(attention.to_k().forward(tokens_view));  // [B, L, 1, C]
-    const at::Tensor v = one_head(attention.to_v().forward(tokens_view));
+    // The layer's own forward in its dtype (decode()'s rounding), else on weights cast to dtype_.
+    const auto linear = [&](const nn::LinearImpl& layer, const at::Tensor& x) {
+      if (layer.weight.scalar_type() == dtype_) return layer.forward(x);
+      return at::linear(x, in_dtype(layer.weight, dtype_), in_dtype(layer.bias, dtype_));
+    };
+    const at::Tensor k = one_head(linear(attention.to_k(), tokens_view));  // [B, L, 1, C]
+    const at::Tensor v = one_head(linear(attention.to_v(), tokens_view));
     Map out{new_map(batch, channels, height, width, false), GroupStats(config_.norm_num_groups)};
     const at::Tensor out_flat = out.data.view({batch, channels, tokens});
     for (int64_t s0 = 0; s0 < tokens; s0 += chunk) {
       const int64_t s1 = std::min(tokens, s0 + chunk);
-      const at::Tensor q = one_head(attention.to_q().forward(tokens_view.slice(1, s0, s1)));  // [B, n, 1, C]
-      at::Tensor o = attention.to_out().forward(nn::attention(q, k, v));                 // [B, n, C]
+      const at::Tensor q = one_head(linear(attention.to_q(), tokens_view.slice(1, s0, s1)));  // [B, n, 1, C]
+      at::Tensor o = linear(attention.to_out(), nn::attention(q, k, v));                     // [B, n, C]
       at::Tensor x = flat.slice(2, s0, s1);
       x = x.device() == device_ ? x : x.to(device_);
       o = o.transpose(1, 2) + x;  // [B, C, n]; residual, rescale_output_factor 1
@@ -255,7 +293,10 @@ at::Tensor VaeDecoderImpl::decode_exact_tiled(const at::Tensor& latents, const E
                       " pixels, got " + std::to_string(options.tile_pixels));
   FLUXBATCH_CHECK(options.attention_chunk_bytes > 0, InputError, "VAE tiles: attention_chunk_bytes must be positive");
   const at::Tensor z = post_quant_conv_ ? post_quant_conv_->forward(latents) : latents;  // latent-sized
-  return TiledDecoder(*decoder_, config_, options, latents).run(z);  // [B, out, 8h, 8w]
+  const bool fp32_cuda = latents.is_cuda() && options.compute.value_or(latents.scalar_type()) == at::kFloat;
+  const IeeeConvolutions ieee(fp32_cuda);
+  // [B, out, 8h, 8w], in the latents' dtype like decode()'s
+  return TiledDecoder(*decoder_, config_, options, latents).run(z).to(latents.scalar_type());
 }
 
 }  // namespace fluxbatch::models::vae

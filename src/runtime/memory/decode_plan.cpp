@@ -118,7 +118,10 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
   FLUXBATCH_CHECK(setup.tile_pixels >= c.scale_factor() && setup.tile_pixels % c.scale_factor() == 0, InputError,
                   "VAE decode plan: tile edge " + std::to_string(setup.tile_pixels) + " is not a multiple of " +
                       std::to_string(c.scale_factor()));
-  const int64_t d = dtype_size, h = latent_edge(height, c), w = latent_edge(width, c);
+  // The tiled decode computes in fp32 whatever the weights' dtype (ExactTileOptions::compute), each
+  // layer's weights cast when they are narrower.
+  const int64_t d = kTiledComputeBytes, h = latent_edge(height, c), w = latent_edge(width, c);
+  const int64_t cast = dtype_size < kTiledComputeBytes ? kTiledComputeBytes : 0;  // bytes per cast weight
   const int64_t tile_latent = setup.tile_pixels / c.scale_factor();
   const bool maps_here = !setup.maps_on_host;
   int64_t worst = 0;
@@ -137,6 +140,8 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
         if (l.residual_channels > 0) bytes += l.residual_channels * t * d;
         if (maps_here) bytes += (l.in_channels * p / (l.upsample ? 4 : 1) + l.residual_channels * p) * d;
         if (maps_here || l.last) bytes += l.out_channels * p * d;
+        if (l.last) bytes += l.out_channels * p * dtype_size;  // the image in the weights' dtype
+        bytes += cast * l.out_channels * (9 * l.in_channels + (l.shortcut ? l.residual_channels : 0));
         worst = std::max(worst, bytes);
       },
       [&](const AttentionLayer& a) {
@@ -146,6 +151,7 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
         int64_t bytes = 3 * tokens * a.channels * d + 12 * chunk * tokens + chunk * a.channels * (4 * d + 8);
         if (maps_here) bytes += 2 * tokens * a.channels * d;
         if (tokens * a.channels * d <= setup.whole_norm_bytes) bytes += (maps_here ? 0 : 1) * tokens * a.channels * d;
+        bytes += cast * 4 * a.channels * a.channels;  // q, k, v, out projections
         worst = std::max(worst, bytes);
       });
   return worst + kTiledDecodeFixedBytes;
@@ -184,7 +190,8 @@ DecodePlan plan_decode(const models::vae::VaeConfig& c, int width, int height, i
   std::vector<bool> storages = {false};  // feature maps on the device first: no copies over the bus
   if (host_maps) storages.push_back(true);
   // The largest map at latent resolution and at twice it (whole_norm_bytes candidates).
-  const int64_t latent_map = c.block_out_channels.back() * latent_edge(height, c) * latent_edge(width, c) * dtype_size;
+  const int64_t latent_map =
+      c.block_out_channels.back() * latent_edge(height, c) * latent_edge(width, c) * kTiledComputeBytes;
   const int64_t second_map = c.block_out_channels.size() > 1 ? 4 * latent_map : latent_map;
   DecodePlan last;
   for (const bool on_host : storages) {

@@ -35,7 +35,10 @@ struct TiledDecodeSetup {
 // margin for convolution workspaces: 2.4 GiB at 1024² in bf16 for the FLUX VAE, as measured on the
 // H100) and exact tiled (one tile of the largest layer with its halo and temporaries, the mid-block
 // attention's keys and values, the image, and the whole feature maps unless they wait on the host).
+// The tiled decode's activations are fp32 (ExactTileOptions::compute's default) whatever dtype_size,
+// the weights' and the image's dtype, is.
 inline constexpr int64_t kTiledDecodeFixedBytes = int64_t{64} << 20;  // workspaces, allocator rounding
+inline constexpr int64_t kTiledComputeBytes = 4;
 int64_t untiled_decode_bytes(const models::vae::VaeConfig& config, int width, int height, int dtype_size);
 int64_t tiled_decode_bytes(const models::vae::VaeConfig& config, int width, int height, int dtype_size,
                            const TiledDecodeSetup& setup);
