@@ -153,7 +153,8 @@ StreamingPlan plan_streaming(const runtime::ModelFiles& files, const std::vector
   StreamingPlan out;
   const runtime::TransformerSplit t5 =
       runtime::t5_encoder_split(runtime::text_encoder_2_config(files), bytes_of("text_encoder_2"), dtype_size);
-  out.t5 = runtime::plan_block_stream(t5, budget_bytes - bytes_of("text_encoder") - activations(0, wanted));
+  out.t5 = runtime::plan_block_stream(
+      t5, budget_bytes - bytes_of("text_encoder") - activations(0, wanted) - runtime::kT5StreamHeadroomBytes);
   const runtime::TransformerSplit split =
       runtime::flux_transformer_split(runtime::transformer_config(files), bytes_of("transformer"));
   out.transformer = runtime::plan_block_stream(split, budget_bytes - activations(1, wanted));

@@ -74,6 +74,7 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.residency = options.residency;
   out.resident_blocks = options.resident_blocks;
   out.t5_resident_blocks = options.t5_resident_blocks;
+  out.stream_slots = options.stream_slots;
   out.keep_text_encoders = options.keep_text_encoders;
   out.quantize_nf4 = options.quantize_nf4;
   out.quantize_t5_nf4 = options.quantize_nf4;
@@ -133,14 +134,27 @@ FluxGenerator::Key FluxGenerator::key_of(const job::RenderItem& item, int max_se
 
 PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, int max_sequence_length,
                                        const nn::LoraSet& text_loras) {
-  try {
-    PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length, text_loras);
-    stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
-    return out;
-  } catch (const std::exception& e) {
-    if (!is_out_of_memory(e) || pipeline_->text_encoders_on_cpu()) throw;
-    log::warn("text encoders ran out of device memory (" + exception_message(e) +
-              "); they run on the CPU from now on");
+  for (;;) {
+    try {
+      PromptEmbeddings out = pipeline_->encode_prompts(prompts, max_sequence_length, text_loras);
+      stats_.prompts_encoded += static_cast<int64_t>(prompts.size());
+      return out;
+    } catch (const std::exception& e) {
+      if (!is_out_of_memory(e)) throw;
+      // Streamed T5: fewer resident blocks first. It costs bus time only and keeps the device's
+      // arithmetic, where the CPU's would change the images.
+      if (const std::optional<int> resident = pipeline_->stream_more_t5_blocks()) {
+        log::warn("text encoders ran out of device memory (" + exception_message(e) + "); T5 keeps " +
+                  std::to_string(*resident) + " block(s) resident now and streams the rest");
+        ++stats_.t5_stream_retries;
+        release_cached_memory();
+        continue;
+      }
+      if (pipeline_->text_encoders_on_cpu()) throw;
+      log::warn("text encoders ran out of device memory (" + exception_message(e) +
+                "); they run on the CPU from now on");
+      break;
+    }
   }
   // The failed attempt's tensors are gone with its frames; give their blocks back first.
   release_cached_memory();

@@ -626,6 +626,18 @@ bool FluxPipeline::denoisers_loaded() const { return state_->transformer && stat
 
 void FluxPipeline::hold_text_encoders(bool hold) { state_->text_held = hold; }
 
+std::optional<int> FluxPipeline::stream_more_t5_blocks() {
+  State& s = *state_;
+  if (s.text_on_cpu || !s.t5) return std::nullopt;
+  const auto it = s.streamed.find(s.t5.get());
+  if (it == s.streamed.end() || it->second.resident == 0) return std::nullopt;
+  const c10::InferenceMode inference;
+  it->second.streamer->to_host();  // the next visit copies in the fewer blocks
+  it->second.resident /= 2;
+  s.empty_cache();
+  return it->second.resident;
+}
+
 bool FluxPipeline::move_text_encoders_to_cpu() {
   State& s = *state_;
   if (s.text_on_cpu || s.options.device.is_cpu()) return false;

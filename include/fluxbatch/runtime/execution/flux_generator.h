@@ -29,6 +29,7 @@ struct GeneratorOptions {
   Residency residency = Residency::kDevice;  // see PipelineOptions::residency
   int resident_blocks = 0;                   // PipelineOptions::resident_blocks (kStream)
   int t5_resident_blocks = 0;                // PipelineOptions::t5_resident_blocks (kStream)
+  int stream_slots = 2;                      // PipelineOptions::stream_slots (kStream)
   bool keep_text_encoders = true;        // see PipelineOptions::keep_text_encoders
   bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   bool cuda_graphs = true;               // PipelineOptions::cuda_graphs (--cuda-graphs)
@@ -74,6 +75,7 @@ struct GeneratorStats {
   int64_t prompts_encoded = 0;       // (prompt, max_sequence_length) pairs run through CLIP + T5
   int64_t encode_stages = 0;         // prepare() passes: encode a window of prompts, then free the encoders
   int64_t cpu_encode_fallbacks = 0;  // encodes that ran out of device memory and moved the encoders to the CPU
+  int64_t t5_stream_retries = 0;     // encodes that ran out of device memory and streamed more of T5 (kStream)
   int64_t tiled_decodes = 0;         // images decoded in exact tiles (planned, or after running out of memory)
   int64_t prompts_from_cache = 0;    // embeddings read from GeneratorOptions::prompt_cache instead
 };
@@ -87,7 +89,8 @@ struct GeneratorStats {
 // planned (GeneratorOptions::vae_tiles). Out-of-memory fallbacks (each logged and counted): a whole
 // VAE decode that does not fit even at batch 1 is redone in exact tiles (at larger batches the
 // out-of-memory error goes to the runner, which halves the batch first); an encode that does not fit
-// on the device runs the text encoders on the CPU.
+// on the device streams more of T5 while some of its blocks are resident (kStream), then runs the text
+// encoders on the CPU.
 class FluxGenerator : public ImageGenerator {
  public:
   FluxGenerator(const std::string& model_path, const GeneratorOptions& options);

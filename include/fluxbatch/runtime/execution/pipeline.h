@@ -162,6 +162,12 @@ class FluxPipeline {
   void release_text_encoders();
   bool text_encoders_loaded() const;
 
+  // The encode stage's first out-of-memory step under kStream: T5 keeps half as many blocks resident
+  // (rounded down, to none) and streams the rest, its device copies let go now. Returns the new
+  // resident count; nullopt when T5 is not streamed on the device or none of its blocks is resident.
+  // Streaming changes no value: the embeddings stay the device's, byte for byte.
+  std::optional<int> stream_more_t5_blocks();
+
   // The out-of-memory fallback of the encode stage: from now on CLIP and T5 run on the CPU (moved
   // there if loaded, loaded there otherwise); encode_prompts still returns embeddings on the
   // device. False when they already run on the CPU (a CPU pipeline, or moved before).

@@ -28,6 +28,11 @@ TransformerSplit flux_transformer_split(const models::flux::FluxConfig& config, 
 // A T5 encoder of `config` whose weights take `t5_bytes`: the shared embedding (never quantized, at
 // `dtype_size` bytes a value) is the non-block part, the rest divides equally into the blocks.
 TransformerSplit t5_encoder_split(const models::t5::T5Config& config, int64_t t5_bytes, int dtype_size);
+// What T5's streaming plan leaves free besides the encode stage's activation estimate: the estimate
+// (linear in tokens) omits the attention scores, the NF4 dequantize scratch and allocator rounding.
+// On the H100 a 512-token FLUX.1 encode took 0.25 GiB beyond its weights, 0.15 GiB past the estimate:
+// without this room a 4 GiB budget planned 19 of 24 T5 blocks resident and ran out of memory.
+inline constexpr int64_t kT5StreamHeadroomBytes = int64_t{256} << 20;
 
 struct BlockStreamPlan {
   int blocks = 0;               // streamable blocks (FLUX.1: 19 double + 38 single = 57)
