@@ -16,6 +16,30 @@ skip() { [[ "$SKIP" == *" $1 "* ]]; }
 source scripts/bench/gpu_common.sh
 fb_bench_start "${1:-}"  # OUTDIR, MODEL, the Python packages
 
+# The inputs, made in the background while the build runs (Python and the GPU only; about 2.5 min on the
+# H100, as long as the build): the tiny models and goldens (tests, fixtures, and the tokenizers of the
+# random model), then the random full-size FLUX.1-dev and its diffusers-made NF4 copy. Log: inputs.log.
+MARKS="$(mktemp -d)"
+make_inputs() {
+  if [ ! -d models/tiny-flux-dev ]; then
+    python3 scripts/make_tiny_models.py --out models && python3 scripts/dump_reference.py --models models --out tests/golden \
+      || echo "tiny models failed"
+  fi
+  touch "$MARKS/tiny"; echo "tiny models ready $(date +%T)"
+  if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
+    python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
+  fi
+  if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
+    python3 scripts/bench/make_random_flux_nf4.py --model "$MODEL" --out "$MODEL-nf4" 2>&1 | grep -v Writing
+    for c in scheduler text_encoder text_encoder_2 tokenizer tokenizer_2 vae model_index.json; do
+      ln -sfn "$MODEL/$c" "$MODEL-nf4/$c"; done
+  fi
+  echo "models ready $(date +%T)"
+}
+make_inputs > "$OUTDIR/inputs.log" 2>&1 &
+INPUTS=$!
+wait_tiny() { while [ ! -f "$MARKS/tiny" ] && kill -0 "$INPUTS" 2>/dev/null; do sleep 2; done; }
+
 step build
 TARGETS="${FB_TARGETS:-fluxbatch fluxbatch_base_tests fluxbatch_tests fluxbatch_cli_tests fluxbatch_bench_transformer fluxbatch_bench_per_image_linear}"
 fb_gpu_build "$OUTDIR" $TARGETS || exit 1
@@ -23,10 +47,7 @@ echo "built"
 
 if ! skip tests; then
   step "tests on the GPU machine (tiny models, CPU and CUDA)"
-  if [ ! -d models/tiny-flux-dev ]; then
-    python3 scripts/make_tiny_models.py --out models > "$OUTDIR/tiny.log" 2>&1 && \
-    python3 scripts/dump_reference.py --models models --out tests/golden >> "$OUTDIR/tiny.log" 2>&1 || tail -20 "$OUTDIR/tiny.log"
-  fi
+  wait_tiny
   if ! skip cputests; then
     ./build-gpu/fluxbatch_base_tests > "$OUTDIR/base_tests.log" 2>&1; tail -3 "$OUTDIR/base_tests.log"
     ./build-gpu/fluxbatch_tests > "$OUTDIR/torch_tests.log" 2>&1; tail -3 "$OUTDIR/torch_tests.log"
@@ -47,24 +68,14 @@ fi
 
 if ! skip fixtures; then
   step "NF4 fixtures only a GPU makes (bitsandbytes CUDA, diffusers BitsAndBytesConfig)"
+  wait_tiny
   rm -rf /tmp/gpufix && python3 scripts/make_nf4_gpu_fixtures.py --models models --out /tmp/gpufix 2>&1 | tail -5 \
     && tar -C /tmp/gpufix -cf "$OUTDIR/gpu_fixtures.tar" . && echo "fixtures in gpu_fixtures.tar"
 fi
 
-if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
-  step "random full-size FLUX.1-dev"
-  # Its tokenizers come from the tiny model, which the tests step makes (made here when that step is skipped).
-  [ -d models/tiny-flux-dev/tokenizer ] || python3 scripts/make_tiny_models.py --out models > "$OUTDIR/tiny.log" 2>&1 \
-    || tail -20 "$OUTDIR/tiny.log"
-  python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
-fi
-
-if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
-  step "diffusers-made NF4 copy of the random transformer"
-  python3 scripts/bench/make_random_flux_nf4.py --model "$MODEL" --out "$MODEL-nf4" 2>&1 | grep -v Writing
-  for c in scheduler text_encoder text_encoder_2 tokenizer tokenizer_2 vae model_index.json; do
-    ln -sfn "$MODEL/$c" "$MODEL-nf4/$c"; done
-fi
+step "random full-size FLUX.1-dev and its NF4 copy (made in the background since the start)"
+wait "$INPUTS"
+grep -vE "^\s*$" "$OUTDIR/inputs.log" | tail -8
 
 if ! skip diffusers; then
   step "diffusers reference"
