@@ -42,9 +42,10 @@ void add_memory_options(CLI::App& command, MemoryOptions& o, bool monitor) {
   command
       .add_option("--vae-tiles", o.vae_tiles,
                   "VAE decode in exact tiles: auto, off, on or a tile edge in pixels (a multiple of 8, e.g. 256). "
-                  "Tiles give the whole-image decode's pixels (up to rounding: GroupNorm statistics gathered over "
-                  "all tiles, convolutions fed their neighbours' halo) with a fraction of its memory, the feature "
-                  "maps waiting in host memory on CUDA; slower. auto = whole when its predicted peak fits the "
+                  "Tiles give the whole-image decode's pixels (computed in fp32, they match the fp32 whole decode "
+                  "to within one 8-bit level: GroupNorm statistics gathered over all tiles, convolutions fed their "
+                  "neighbours' halo) with a fraction of its memory, the feature maps waiting in host memory on "
+                  "CUDA; slower. auto = whole when its predicted peak fits the "
                   "budget, else the largest tiles that fit; on = tiles of the planner's size; off = never tile "
                   "(default auto)")
       ->type_name("MODE")
