@@ -9,8 +9,9 @@
 // it prints, as key=value lines:
 //   S_whole_peak_gib, S_whole_s                 the whole decode's device peak (allocator, weights excluded), time
 //   S_tTILE_peak_gib, S_tTILE_s                 the same for the tiled decode (and _peak_with_weights_gib)
-//   S_whole_vs_fp32_within_one, _worst_levels   the whole decode (in --dtype) against the whole decode of the same
-//                                               weights in true fp32 (TF32 off): the dtype's own rounding
+//   S_whole_vs_fp32_within_one, _worst_levels   the whole decode in --dtype against the whole decode of the same
+//                                               weights in true fp32 (TF32 off): the dtype's own rounding (not
+//                                               printed for --dtype fp32, whose whole decode is that reference)
 //   S_tTILE_within_one, S_tTILE_worst_levels    the share of 8-bit pixel values of the tiled decode (fp32 compute,
 //                                               the default) within one level of the fp32 whole decode's, and
 //                                               the largest difference (targets: >= 0.999, <= 2)
@@ -21,6 +22,7 @@
 // big_within_budget (1/0). Peaks on the CPU come from the counting allocator (runtime::CpuMemoryBudget).
 // --json is rewritten after every figure, so a run cut short keeps what it measured.
 #include "fluxbatch/models/vae/vae_decoder.h"
+#include "fluxbatch/nn/ieee_convolutions.h"
 #include "fluxbatch/nn/weights.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
@@ -28,7 +30,6 @@
 #include "fluxbatch/runtime/memory/oom.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
@@ -130,7 +131,7 @@ int main(int argc, char** argv) {
     g_json_head = "\"device\": \"" + device.str() + "\", \"dtype\": \"" + runtime::dtype_name(dtype) + "\"";
     // fp32 convolutions in true fp32 (cuDNN's TF32 off) for the fp32 reference decode; the tiled
     // decode turns TF32 off itself.
-    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+    const nn::IeeeConvolutions ieee;
     PeakMeter meter(device);  // before the weights: on the CPU they are counted from here on
 
     const auto load_vae = [&] {
@@ -152,8 +153,12 @@ int main(int argc, char** argv) {
     runtime::synchronize(device);
     const int64_t weight_bytes = meter.now() - before_weights;
     // The same weights (rounded to --dtype) in fp32, for the reference decode; dropped before --big.
-    models::vae::VaeDecoder vae32 = load_vae();
-    vae32->to(at::kFloat);
+    // With fp32 weights the whole decode is the reference itself.
+    models::vae::VaeDecoder vae32{nullptr};
+    if (dtype != at::kFloat) {
+      vae32 = load_vae();
+      vae32->to(at::kFloat);
+    }
     std::printf("device=%s dtype=%s vae=%s\n", device.str().c_str(), runtime::dtype_name(dtype).c_str(),
                 vae_dir.string().c_str());
     figure("weights_gib", static_cast<double>(weight_bytes) / kGiB);
@@ -179,11 +184,15 @@ int main(int argc, char** argv) {
         figure(s + "_whole_std", whole.to(at::kFloat).std().item<double>());  // random weights: not degenerate
         whole = at::Tensor();
         runtime::release_cached_memory();
-        at::Tensor image32;
-        const auto fp32_seconds = meter.measure([&] { image32 = vae32->decode(latents.to(at::kFloat)); }).second;
-        figure(s + "_whole_fp32_s", fp32_seconds);
-        fp32_levels = levels(image32).cpu();
-        agreement(s + "_whole_vs_fp32", whole_levels, fp32_levels);
+        if (vae32.is_empty()) {
+          fp32_levels = whole_levels;
+        } else {
+          at::Tensor image32;
+          const auto fp32_seconds = meter.measure([&] { image32 = vae32->decode(latents.to(at::kFloat)); }).second;
+          figure(s + "_whole_fp32_s", fp32_seconds);
+          fp32_levels = levels(image32).cpu();
+          agreement(s + "_whole_vs_fp32", whole_levels, fp32_levels);
+        }
       } catch (const std::exception& e) {
         if (!runtime::is_out_of_memory(e)) throw;
         std::printf("%s_whole=out of memory\n", s.c_str());

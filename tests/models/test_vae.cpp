@@ -3,12 +3,12 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/models/weight_map.h"
+#include "fluxbatch/nn/ieee_convolutions.h"
 #include "fluxbatch/runtime/device.h"
 #include "fluxbatch/runtime/memory/decode_plan.h"
 #include "fluxbatch/runtime/memory/memory_budget.h"
 #include "test_t5_clip_vae_support.h"
 
-#include <ATen/Context.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
@@ -272,28 +272,34 @@ TEST_CASE("VAE on CUDA (bf16, fp32, tiled) stays within tolerance of the golden"
 
 namespace {
 
-// The whole decode in true fp32 (cuDNN's TF32 off) of `model`'s weights, as they are: the image
-// the exact tiled decode (fp32 by default) must reproduce up to rounding.
-at::Tensor ieee_fp32_decode(const std::string& variant, at::ScalarType weights_dtype, const at::Tensor& latents) {
-  auto model32 = load_vae(variant, weights_dtype, latents.device());
+// The tiny dev VAE in bf16 on CUDA, random bf16 latents [1, 16, h, w] (seeded), and the image the exact
+// tiled decode (fp32 by default) must reproduce up to rounding: the whole decode of the same weights in
+// true fp32 (cuDNN's TF32 off).
+struct CudaTileCase {
+  VaeDecoder model{nullptr};
+  at::Tensor latents, reference;
+};
+CudaTileCase cuda_tile_case(uint64_t seed, int64_t h, int64_t w) {
+  const c10::Device device = cuda_device();
+  at::manual_seed(seed);
+  CudaTileCase c;
+  c.model = load_vae("dev", at::kBFloat16, device);
+  c.latents = at::randn({1, 16, h, w}).to(device, at::kBFloat16);
+  auto model32 = load_vae("dev", at::kBFloat16, device);
   model32->to(at::kFloat);
-  auto& context = at::globalContext();
-  const auto saved = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
-  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
-  at::Tensor image = model32->decode(latents.to(at::kFloat));
-  context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, saved);
-  return image;
+  const nn::IeeeConvolutions ieee;
+  c.reference = model32->decode(c.latents.to(at::kFloat));
+  return c;
 }
 
 }  // namespace
 
 TEST_CASE("VAE exact tiled decode on CUDA: the fp32 whole decode's pixels from bf16 weights", "[.][cuda]") {
-  const c10::Device device = cuda_device();
   at::NoGradGuard no_grad;
-  at::manual_seed(11);
-  auto model = load_vae("dev", at::kBFloat16, device);
-  const at::Tensor latents = at::randn({1, 16, 40, 56}).to(device, at::kBFloat16);  // 320 x 448 px
-  const at::Tensor reference = ieee_fp32_decode("dev", at::kBFloat16, latents);
+  CudaTileCase c = cuda_tile_case(11, 40, 56);  // 320 x 448 px
+  VaeDecoder& model = c.model;
+  const at::Tensor& latents = c.latents;
+  const at::Tensor& reference = c.reference;
   const auto [bf16_within, bf16_worst] = pixel_match(model->decode(latents), reference);
   for (const int64_t tile : {32, 128}) {
     models::vae::ExactTileOptions options;
@@ -310,10 +316,10 @@ TEST_CASE("VAE exact tiled decode on CUDA: the fp32 whole decode's pixels from b
 TEST_CASE("VAE exact tiled decode on CUDA: the whole decode's pixels at a smaller device peak", "[.][cuda]") {
   const c10::Device device = cuda_device();
   at::NoGradGuard no_grad;
-  at::manual_seed(10);
-  auto model = load_vae("dev", at::kBFloat16, device);
-  const at::Tensor latents = at::randn({1, 16, 96, 80}).to(device, at::kBFloat16);  // 768 x 640 px
-  const at::Tensor reference = ieee_fp32_decode("dev", at::kBFloat16, latents);
+  CudaTileCase c = cuda_tile_case(10, 96, 80);  // 768 x 640 px
+  VaeDecoder& model = c.model;
+  const at::Tensor& latents = c.latents;
+  const at::Tensor& reference = c.reference;
   const auto peak_of = [&](const std::function<at::Tensor()>& decode, at::Tensor& out) {
     runtime::synchronize(device);
     const int64_t base = runtime::allocated_bytes(device);

@@ -8,10 +8,10 @@
 #include "fluxbatch/models/vae/vae_decoder.h"
 #include "fluxbatch/nn/activations.h"
 #include "fluxbatch/nn/attention.h"
+#include "fluxbatch/nn/ieee_convolutions.h"
 #include "models/vae/vae_blocks.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
 
 #include <algorithm>
 #include <utility>
@@ -21,28 +21,6 @@ namespace {
 
 // A parameter in the compute dtype (the same tensor when it already is); undefined stays undefined.
 at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; }
-
-// cuDNN convolutions in true fp32 while alive (libtorch, like PyTorch, lets them use TF32 by
-// default): TF32 rounds per algorithm (Winograd transforms, say), and the tiles' shapes pick other
-// algorithms than the whole map's.
-class IeeeConvolutions {
- public:
-  explicit IeeeConvolutions(bool active) : active_(active) {
-    if (!active_) return;
-    auto& context = at::globalContext();
-    saved_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
-    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
-  }
-  ~IeeeConvolutions() {
-    if (active_) at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, saved_);
-  }
-  IeeeConvolutions(const IeeeConvolutions&) = delete;
-  IeeeConvolutions& operator=(const IeeeConvolutions&) = delete;
-
- private:
-  bool active_;
-  at::Float32Precision saved_ = at::Float32Precision::NONE;
-};
 
 // Per (sample, group) mean and sum of squared deviations of a feature map, merged tile by tile
 // (Chan et al.'s pairwise update) in fp64 on the decode device: no host round trip per tile.
@@ -294,7 +272,7 @@ at::Tensor VaeDecoderImpl::decode_exact_tiled(const at::Tensor& latents, const E
   FLUXBATCH_CHECK(options.attention_chunk_bytes > 0, InputError, "VAE tiles: attention_chunk_bytes must be positive");
   const at::Tensor z = post_quant_conv_ ? post_quant_conv_->forward(latents) : latents;  // latent-sized
   const bool fp32_cuda = latents.is_cuda() && options.compute.value_or(latents.scalar_type()) == at::kFloat;
-  const IeeeConvolutions ieee(fp32_cuda);
+  const nn::IeeeConvolutions ieee(fp32_cuda);  // the tiles' shapes pick other cuDNN algorithms than decode()'s
   // [B, out, 8h, 8w], in the latents' dtype like decode()'s
   return TiledDecoder(*decoder_, config_, options, latents).run(z).to(latents.scalar_type());
 }

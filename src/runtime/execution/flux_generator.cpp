@@ -146,8 +146,7 @@ PromptEmbeddings FluxGenerator::encode(const std::vector<std::string>& prompts, 
       if (const std::optional<int> resident = pipeline_->stream_more_t5_blocks()) {
         log::warn("text encoders ran out of device memory (" + exception_message(e) + "); T5 keeps " +
                   std::to_string(*resident) + " block(s) resident now and streams the rest");
-        ++stats_.t5_stream_retries;
-        release_cached_memory();
+        ++stats_.t5_stream_retries;  // (the pipeline gave the device copies' blocks back)
         continue;
       }
       if (pipeline_->text_encoders_on_cpu()) throw;
