@@ -1,9 +1,12 @@
-// Per-row fp8 quantization of activations, one thread block per row: the row is read once into shared
-// memory as fp32 (16-byte loads), its absmax reduced over the block, and every value divided by the row's
-// scale and stored as one e4m3 byte (8-byte stores). Reads 2 bytes and writes 1 per bf16 value.
+// Per-row fp8 quantization of activations, one thread block per row. Reads 2 bytes and writes 1 per bf16
+// value. The usual rows (16-byte aligned, up to 64K values) stay in registers: each thread loads its
+// 8-value chunks (up to kPer of them, all loads issued before any arithmetic, so the memory system has them
+// in flight together), the block reduces the absmax, and each value is divided by the row's scale and stored
+// as one e4m3 byte (8-byte stores). Other rows (odd widths, misaligned, longer) go through shared memory.
 // A row may be joined from two sources, [a | b], with GELU (tanh) applied to b on the way in: the single
 // blocks' output projection reads [attention | GELU(MLP)] and the feed-forwards' second GEMM reads GELU of
 // the first one's product, so neither the GELU pass nor the copy into a joined buffer is ever made.
+// Both forms do the same fp32 operations in the same order, so they write the same bytes.
 #include "fused_cuda.cuh"
 #include "fused_kernels.h"
 
@@ -12,6 +15,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
+#include <type_traits>
 
 namespace fluxbatch::ops::detail {
 namespace {
@@ -70,6 +74,57 @@ __global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, co
   }
 }
 
+// The register form: row r of [a | b] with ka and kb multiples of 8 and 16-byte aligned sources, its
+// (ka + kb) / 8 chunks spread over the block, chunk c = threadIdx.x + j * blockDim.x for j < kPer.
+// Blocks of at most 512 threads; up to kPer = 4 at most 64 registers a thread, so that two blocks share an SM.
+template <typename T, int kPer, bool kGeluB>
+__global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, const T* __restrict__ b,
+                                             int64_t kb, uint8_t* __restrict__ data, float* __restrict__ scales) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t chunks_a = ka / 8, chunks = chunks_a + kb / 8;
+  float v[kPer][8];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    if (c < chunks_a) {
+      cuda::load_vec<T, 8>(a + r * ka + c * 8, v[j]);
+    } else if (c < chunks) {
+      cuda::load_vec<T, 8>(b + r * kb + (c - chunks_a) * 8, v[j]);
+    }
+  }
+  float local = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    if (c >= chunks) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if constexpr (kGeluB) {
+        if (c >= chunks_a) v[j][i] = gelu_tanh_rounded<T>(v[j][i]);
+      }
+      local = fmaxf(local, fabsf(v[j][i]));
+    }
+  }
+  const float scale = cuda::fp8_row_scale(cuda::block_max(local, scratch));
+  if (threadIdx.x == 0) scales[r] = scale;
+  const int64_t k = ka + kb;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    if (c < chunks) cuda::store_fp8<8, true>(data + r * k + c * 8, v[j], scale);
+  }
+}
+
+// Chunks per thread for a row of `chunks` 8-value chunks: the fewest that keep the block at 512 threads
+// or fewer; 0: the row (over 32K values) is too long for registers.
+int chunks_per_thread(int64_t chunks) {
+  for (int per : {1, 2, 4, 8}) {
+    if (chunks <= int64_t(per) * 512) return per;
+  }
+  return 0;
+}
+
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, typename Storage>
@@ -81,11 +136,31 @@ void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& d
   uint8_t* out = reinterpret_cast<uint8_t*>(data.data_ptr());
   const bool vector = ka % 8 == 0 && kb % 8 == 0 && (pa == nullptr || aligned(pa, 16)) &&
                       (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int per = vector ? chunks_per_thread(k / 8) : 0;
+  if (per > 0) {
+    const int64_t per_block = (k / 8 + per - 1) / per;
+    const int threads = static_cast<int>(std::max<int64_t>(32, (per_block + 31) / 32 * 32));
+    auto reg = [&](auto kernel) {
+      kernel<<<n, threads, 0, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto by_per = [&](auto gelu) {
+      constexpr bool kGelu = decltype(gelu)::value;
+      switch (per) {
+        case 1: return reg(quantize_fp8_rows_reg_kernel<T, 1, kGelu>);
+        case 2: return reg(quantize_fp8_rows_reg_kernel<T, 2, kGelu>);
+        case 4: return reg(quantize_fp8_rows_reg_kernel<T, 4, kGelu>);
+        default: return reg(quantize_fp8_rows_reg_kernel<T, 8, kGelu>);
+      }
+    };
+    gelu_b ? by_per(std::true_type{}) : by_per(std::false_type{});
+    return;
+  }
   const int vec = vector ? 8 : 1;
   const int64_t chunks = (std::max(ka, kb) + vec - 1) / vec;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (chunks + 31) / 32 * 32)));
   const size_t shared = (k + 32) * sizeof(float);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   auto go = [&](auto kernel) {
     if (shared > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));

@@ -121,7 +121,9 @@ TEST_CASE("fp8 activation rows and the fp8 GEMM reference", "[ops][fp8]") {
 TEST_CASE("CUDA fp8 row quantization equals the CPU reference, bit for bit", "[ops][fp8][cuda]") {
   if (!at::hasCUDA()) SKIP("no CUDA device");
   at::manual_seed(3);
-  for (const int64_t k : {3072, 15360, 36}) {  // FLUX widths (vector path) and an odd one (scalar path)
+  // FLUX widths and 1000 (rows in registers, 1 and 4 chunks a thread; 1000 leaves threads idle), a row too
+  // long for registers (shared memory) and an odd width (scalar path).
+  for (const int64_t k : {3072, 15360, 1000, 40000, 36}) {
     for (at::ScalarType dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
       INFO("K = " << k << " " << c10::toString(dtype));
       at::Tensor x = (at::randn({3, 7, k}) * at::rand({3, 7, 1}) * 30).to(dtype);
@@ -155,8 +157,10 @@ TEST_CASE("joined fp8 rows: [a | GELU(b)] quantized as one row", "[ops][fp8]") {
 TEST_CASE("CUDA joined fp8 rows equal at::gelu + at::cat + the row quantization, bit for bit", "[ops][fp8][cuda]") {
   if (!at::hasCUDA()) SKIP("no CUDA device");
   at::manual_seed(6);
-  // FLUX's single blocks ([3072 | 12288]), the feed-forward's hidden states (b alone), and odd widths.
-  for (const auto& [ka, kb] : std::vector<std::pair<int64_t, int64_t>>{{3072, 12288}, {0, 12288}, {5, 31}}) {
+  // FLUX's single blocks ([3072 | 12288]), the feed-forward's hidden states (b alone), a warp straddling a and b
+  // ([24 | 1000]), and odd widths.
+  for (const auto& [ka, kb] :
+       std::vector<std::pair<int64_t, int64_t>>{{3072, 12288}, {0, 12288}, {24, 1000}, {5, 31}}) {
     for (at::ScalarType dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
       INFO("Ka = " << ka << ", Kb = " << kb << " " << c10::toString(dtype));
       const at::Tensor b = (at::randn({2, 9, kb}) * at::rand({2, 9, 1}) * 8).to(dtype).to(at::kCUDA);
