@@ -1,6 +1,7 @@
 // SIGINT / SIGTERM -> atomic flag. Only async-signal-safe calls in the handler.
 #include "interrupt.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -43,6 +44,13 @@ InterruptGuard::InterruptGuard() {
   sigaction(SIGINT, &action, &g_previous_int);
   action.sa_flags = 0;  // every SIGTERM lands here: the first one counts
   sigaction(SIGTERM, &action, &g_previous_term);
+  // A --devices worker starts with both signals blocked (render_workers.cpp): one its parent forwarded
+  // while it was still starting has waited, pending, and lands in the handler now.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
 }
 
 InterruptGuard::~InterruptGuard() {

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -116,8 +117,16 @@ void spawn(Worker& w, const std::vector<std::string>& args, const std::vector<st
   for (const std::string& e : env) env_c.push_back(const_cast<char*>(e.c_str()));
   env_c.push_back(nullptr);
   const pid_t parent = ::getpid();
+  // The worker is born with SIGINT / SIGTERM blocked and keeps them blocked through execve, until its
+  // InterruptGuard takes them: a stop the parent forwards while the worker is still starting waits for
+  // that handler instead of killing the worker. (Blocked around the fork, not in the child, which may
+  // run only after the parent has forwarded a Ctrl-C.)
+  sigset_t stop_signals, previous;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  ::pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);
   const pid_t pid = ::fork();
-  if (pid < 0) throw DeviceError("--devices: cannot start a worker: " + std::string(std::strerror(errno)));
   if (pid == 0) {
     // Only async-signal-safe calls from here on. Own process group: a terminal's Ctrl-C reaches the
     // parent alone, which forwards it once. If the parent dies, so does the worker.
@@ -129,6 +138,9 @@ void spawn(Worker& w, const std::vector<std::string>& args, const std::vector<st
     ::execve(argv_c[0], argv_c.data(), env_c.data());
     ::_exit(127);
   }
+  const int fork_error = errno;
+  ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  if (pid < 0) throw DeviceError("--devices: cannot start a worker: " + std::string(std::strerror(fork_error)));
   ::close(out[1]);
   ::close(err[1]);
   w.pid = pid;
@@ -229,13 +241,15 @@ runtime::RunSummary run_workers(const RenderCommand& command, const job::JobSpec
   const int64_t skipped = plan.count(runtime::ItemState::kSkip);
   std::string names;
   for (const WorkerDevice& d : devices) names += (names.empty() ? "" : ", ") + d.name;
+  // Ctrl-C is taken from here on: before the first fork, so no signal slips between, and before the line
+  // that announces the workers.
+  InterruptGuard interrupt;
   log::info("--devices: " + std::to_string(devices.size()) + " worker(s) (" + names + ") share " + spec.path + " -> " +
             spec.output_dir + ": " + std::to_string(to_render) + " image(s) to render, " + std::to_string(skipped) +
             " finished earlier");
 
   std::vector<Worker> workers(devices.size());
   const auto started = std::chrono::steady_clock::now();
-  InterruptGuard interrupt;  // before the first fork: no signal may slip between
   const std::string exe = self_exe(command.argv);
   for (size_t i = 0; i < devices.size(); ++i) {
     workers[i].device = devices[i];

@@ -139,20 +139,37 @@ std::string describe(const ClaimOwner& o) {
 
 ClaimStore::ClaimStore(std::string dir, ClaimStoreOptions options) : dir_(std::move(dir)), options_(std::move(options)) {
   if (!(options_.lease_s > 0.0)) throw InputError("claims: the lease must be positive");
-  std::error_code ec;
-  fs::create_directories(dir_, ec);
-  if (ec || !fs::is_directory(dir_, ec)) throw OutputError("cannot create the claims directory " + dir_);
   self_ = this_process();
   self_.worker = options_.worker;
   self_.token = self_.host + "-" + std::to_string(self_.pid) + "-" + random_hex(8);
   heartbeat_ = (fs::path(dir_) / (".heartbeat-" + self_.token)).string();
-  {
-    // Who we are, like a claim: a worker that finds it after we died judges it the same way.
+  // The folder, then our heartbeat in it: who we are, like a claim (a worker that finds it after we died
+  // judges it the same way). The last worker to go removes the folder and its parent when they are empty
+  // (~ClaimStore, the job runner), which can happen between our mkdir and our first file; once the
+  // heartbeat is there, the folder stays. So a folder gone in between is made again.
+  std::error_code ec;
+  std::string why;
+  bool written = false;
+  for (int attempt = 0; attempt < 100 && !written; ++attempt) {
+    fs::create_directories(dir_, ec);
+    std::error_code dir_ec;
+    if (ec && !fs::is_directory(dir_, dir_ec)) {
+      why = ec.message();
+      continue;
+    }
     std::ofstream heartbeat(heartbeat_);
+    if (!heartbeat) {
+      why = std::strerror(errno);
+      continue;
+    }
     ClaimOwner owner = self_;
     owner.started_at = utc_now();
     heartbeat << owner_line(owner);
+    heartbeat.close();
+    written = !heartbeat.fail();
+    if (!written) why = "cannot write " + heartbeat_;
   }
+  if (!written) throw OutputError("cannot create the claims directory " + dir_ + ": " + why);
   touch_heartbeat();
   // Leftovers of workers gone (kill -9): their heartbeats, claims moved aside by a takeover that was
   // itself cut short, and their claims (a worker killed after writing an image's manifest line but

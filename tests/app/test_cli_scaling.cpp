@@ -123,6 +123,21 @@ bool wait_for_lines(const fs::path& manifest, int n, pid_t pid) {
   return lines_in(manifest) >= n;
 }
 
+// Waits until `path` contains `text` (or the process ended); false when it ended first.
+bool wait_for_text(const fs::path& path, const std::string& text, pid_t pid) {
+  const auto has = [&] {
+    std::error_code ec;
+    return fs::exists(path, ec) && fluxbatch::test::read_file(path).find(text) != std::string::npos;
+  };
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  while (!has() && Clock::now() < deadline) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return has();
+}
+
 std::map<std::string, std::string> pngs(const fs::path& dir) {
   std::map<std::string, std::string> out;
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -349,6 +364,31 @@ TEST_CASE("render --devices forwards Ctrl-C to its workers once and exits 130", 
   // The workers may have finished everything before the signal reached them.
   CHECK((WEXITSTATUS(status) == 130 || WEXITSTATUS(status) == 0));
   if (WEXITSTATUS(status) == 130) CHECK_THAT(log, ContainsSubstring("interrupted"));
+  const auto rerun = fluxbatch::test::run_command(shell(render_args(job, dir / "out")));
+  INFO(rerun.output);
+  CHECK(rerun.exit_code == 0);
+  check_same_as(ref, dir / "out");
+}
+
+TEST_CASE("render --devices: a Ctrl-C while the workers start stops them cleanly with 130 and kills none",
+          "[cli][scaling]") {
+  TempDir dir;
+  const fs::path job = write_job(dir.path(), 8);
+  const auto ref = reference(job, dir / "ref");
+  const std::vector<std::string> args = render_args(job, dir / "out", {"--devices", "cpu,cpu", "--batch", "1"}, false);
+  const pid_t pid = spawn(args, dir / "parent.log");
+  // The parent announces its workers just before it starts them: the signal reaches them while they
+  // load, before their own handler exists. They start with it blocked, so it waits for that handler.
+  REQUIRE(wait_for_text(dir / "parent.log", "--devices: 2 worker(s)", pid));
+  ::kill(pid, SIGINT);
+  const int status = wait_for(pid, 60.0);
+  const std::string log = fluxbatch::test::read_file(dir / "parent.log");
+  INFO(log);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 130);
+  CHECK_THAT(log, ContainsSubstring("interrupted"));
+  CHECK_THAT(log, !ContainsSubstring("killed by signal"));
+  CHECK_THAT(log, !ContainsSubstring("failed ("));
   const auto rerun = fluxbatch::test::run_command(shell(render_args(job, dir / "out")));
   INFO(rerun.output);
   CHECK(rerun.exit_code == 0);

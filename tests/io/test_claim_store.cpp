@@ -175,6 +175,38 @@ TEST_CASE("claims leave the directory empty, and remove it, when the last worker
   CHECK_FALSE(fs::exists(claims));
 }
 
+TEST_CASE("a worker starting while another one ends and removes the folder still gets its store", "[io][claims]") {
+  // The last worker to go removes the claims folder and .fluxbatch (both empty); one starting at that
+  // moment may find the folder gone between creating it and writing its first file. Two threads start and
+  // end stores on one nested folder as fast as they can: every start must succeed.
+  // Each store also claims a key of its own (a file in the folder), and each thread then removes
+  // .fluxbatch if empty, as the job runner does.
+  fluxbatch::test::TempDir dir;
+  const fs::path state = dir / ".fluxbatch";
+  const std::string claims = (state / "claims").string();
+  std::atomic<int> failures{0};
+  std::atomic<int> claimed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 3000; ++i) {
+        try {
+          ClaimStore store(claims, quiet());
+          const std::string key = std::to_string(t) + "-" + std::to_string(i) + ".png";
+          if (store.claim(key, key) == ClaimResult::kClaimed) ++claimed;
+        } catch (const std::exception&) {
+          ++failures;
+        }
+        ::rmdir(state.c_str());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(failures.load() == 0);
+  CHECK(claimed.load() == 6000);
+  CHECK_FALSE(fs::exists(state));  // and the last one to go still removed both folders
+}
+
 TEST_CASE("a worker starting removes the claims dead workers left, and only those", "[io][claims]") {
   // A worker killed after writing an image's manifest line, before releasing its claim, leaves a claim
   // no later run takes (the image is done): the next worker to start removes it, so the claims folder
