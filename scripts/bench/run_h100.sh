@@ -3,8 +3,9 @@
 # random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
 # Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
-# FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model diffusers nf4model forward
-# fp8job job budget bf16render render". FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
+# FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model encoders
+# diffusers nf4model forward fp8job fp8peak job budget bf16render render" (encoders: the random model without its text
+# encoders and VAE, for a call that only times forwards; then skip fp8job fp8peak job budget render too). FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
 # job runs without diffusers (for a short call) unless FB_FP8JOB_SKIP_DIFFUSERS=0. The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,7 +28,10 @@ make_inputs() {
   fi
   touch "$MARKS/tiny"; echo "tiny models ready $(date +%T)"
   if ! skip model && [ ! -f "$MODEL/model_index.json" ]; then
-    python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev 2>&1 | grep -v Writing
+    # FB_SKIP=encoders: the transformer alone (the forward bench needs nothing else), about 30 s sooner.
+    local only=()
+    skip encoders && only=(--skip text_encoder text_encoder_2 vae)
+    python3 scripts/bench/make_random_flux.py --out "$MODEL" --tokenizers-from models/tiny-flux-dev "${only[@]}" 2>&1 | grep -v Writing
   fi
   if ! skip nf4model && [ ! -f "$MODEL-nf4/transformer/config.json" ]; then
     python3 scripts/bench/make_random_flux_nf4.py --model "$MODEL" --out "$MODEL-nf4" 2>&1 | grep -v Writing
@@ -95,6 +99,26 @@ if ! skip fp8job; then
   FB_JOB_TAG=nf4_fp8 FB_JOB_SKIP_DIFFUSERS="${FB_FP8JOB_SKIP_DIFFUSERS:-${FB_FP8_ONLY:-0}}" bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
 fi
 
+if ! skip fp8peak; then
+  step "whole-job peak, NF4 storage + fp8 compute (NF4 kept, fp8 per layer), 1024x1024, 28 steps, batch 1, --vram-budget 8G"
+  rm -rf /tmp/fp8peak_out
+  printf '{"output": {"dir": "/tmp/fp8peak_out", "name": "{index}.png"}, "defaults": {"width": 1024, "height": 1024,
+    "steps": 28, "seed": 1}, "items": ["a photo of a red fox in the snow, golden hour"]}' > /tmp/fp8peak.json
+  ./build-gpu/fluxbatch render /tmp/fp8peak.json --model "$MODEL-nf4" --device cuda --quantize nf4 --compute fp8 \
+    --vram-budget 8G --batch 1 --overwrite -v > "$OUTDIR/fp8peak.log" 2>&1; echo "exit $?"
+  grep -E "fp8 compute|offload|summary|memory:" "$OUTDIR/fp8peak.log" | cut -c1-240
+  # The manifest's summary: the largest peak of any stage, allocated and reserved (job_fp8_peak_gib: reserved).
+  python3 - /tmp/fp8peak_out/manifest.jsonl "$OUTDIR/fp8peak.json" <<'PY'
+import json, sys
+summary = [json.loads(l) for l in open(sys.argv[1]) if '"summary"' in l][-1]
+stages = summary["memory"]["stages"]
+fig = {"job_fp8_peak_gib": max(s.get("peak_reserved_bytes", 0) for s in stages) / 2**30,
+       "job_fp8_peak_allocated_gib": max(s.get("peak_allocated_bytes", 0) for s in stages) / 2**30}
+json.dump(fig, open(sys.argv[2], "w"), indent=1)
+print(" ".join(f"{k}={v:.3f}" for k, v in fig.items()))
+PY
+fi
+
 if ! skip job; then
   step "a 16-image 1024x1024 28-step NF4 job: fluxbatch vs diffusers + bitsandbytes"
   FB_JOB_REUSE_DIFFUSERS=1 bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4
@@ -102,7 +126,7 @@ fi
 
 step "figures"
 python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
-  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json"
+  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json" "$OUTDIR/fp8peak.json"
 
 if ! skip budget; then
   step "memory scheduler under real pressure: 32 x 1024^2, --batch 16, budgets 24/12/8 GiB (ballast), 4 steps"
