@@ -1,14 +1,17 @@
 // Modulated LayerNorm, optionally after the gated residual update, one thread block per token row.
 // Each thread takes 8-value chunks of the row (16-byte accesses; one chunk per thread at C = 3072 with
-// 384 threads), keeps the row in shared memory as fp32, and the block computes mean and variance in two
-// passes over it (no E[x^2] - E[x]^2 cancellation). Memory traffic is the floor: each input read once,
-// each output written once.
+// 384 threads), and the block computes mean and variance in two passes over the row (no E[x^2] - E[x]^2
+// cancellation). Rows up to 8192 values keep the row in registers with every load issued up front (the
+// register form); others keep it in shared memory as fp32. Memory traffic is the floor: each input read
+// once, each output written once.
 #include "fused_cuda.cuh"
 #include "fused_kernels.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include <type_traits>
 
 namespace fluxbatch::ops::detail {
 namespace {
@@ -103,6 +106,77 @@ __global__ void modulated_layer_norm_kernel(RowArgs<T> a) {
   }
 }
 
+// The register form of the kernel above for rows of at most 8192 values (16-byte aligned, C a multiple of 8):
+// chunk c = threadIdx.x + j * blockDim.x for j < kPer, as above, but every load (x, the residual and gate,
+// shift and scale, none of which depends on the row's statistics) is issued before the first reduction and
+// the row stays in registers. The fp32 operations are the same and in the same order, so are the results.
+template <typename T, int kPer, bool kResidual, bool kFp8Out>
+__global__ void __launch_bounds__(512, 2) modulated_layer_norm_reg_kernel(RowArgs<T> a) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const int64_t b = r / a.tokens, s = r % a.tokens;
+  const T* x = a.x + b * a.x_sb + s * a.x_ss;
+  T* res = kResidual ? a.residual + r * a.channels : nullptr;
+  const int64_t chunks = a.channels / 8;
+  float v[kPer][8], sh[kPer][8], sc[kPer][8];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = (threadIdx.x + int64_t(j) * blockDim.x) * 8;
+    if (c >= a.channels) continue;
+    cuda::load_vec<T, 8>(x + c, v[j]);
+    if constexpr (kResidual) {
+      float y[8], g[8];
+      cuda::load_vec<T, 8>(res + c, y);
+      cuda::load_vec<T, 8>(a.gate + b * a.gate_sb + c, g);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[j][i] = cuda::round_to<T>(fmaf(g[i], y[i], v[j][i]));
+      cuda::store_vec<T, 8>(res + c, v[j]);
+    }
+    cuda::load_vec<T, 8>(a.shift + b * a.shift_sb + c, sh[j]);
+    cuda::load_vec<T, 8>(a.scale + b * a.scale_sb + c, sc[j]);
+  }
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    if (threadIdx.x + int64_t(j) * blockDim.x >= chunks) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum += v[j][i];
+  }
+  const float mean = cuda::block_sum(sum, scratch) / float(a.channels);
+  float squares = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    if (threadIdx.x + int64_t(j) * blockDim.x >= chunks) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float d = v[j][i] - mean;
+      squares += d * d;
+    }
+  }
+  const float rstd = rsqrtf(cuda::block_sum(squares, scratch) / float(a.channels) + a.eps);
+  float absmax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int64_t c = (threadIdx.x + int64_t(j) * blockDim.x) * 8;
+    if (c >= a.channels) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      v[j][i] = fmaf((v[j][i] - mean) * rstd, 1.0f + sc[j][i], sh[j][i]);
+      absmax = fmaxf(absmax, fabsf(v[j][i]));
+    }
+    if constexpr (!kFp8Out) cuda::store_vec<T, 8>(a.out + r * a.channels + c, v[j]);
+  }
+  if constexpr (kFp8Out) {
+    const float fp8_scale = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
+    if (threadIdx.x == 0) a.out_scale[r] = fp8_scale;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t c = (threadIdx.x + int64_t(j) * blockDim.x) * 8;
+      if (c < a.channels) cuda::store_fp8<8, true>(a.out_fp8 + r * a.channels + c, v[j], fp8_scale);
+    }
+  }
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename T, typename Storage>
@@ -137,12 +211,36 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
                 (a.out == nullptr || aligned16(a.out)) &&
                 (a.out_fp8 == nullptr || reinterpret_cast<uintptr_t>(a.out_fp8) % 8 == 0);
   if (residual) vector = vector && a.gate_sb % 8 == 0 && aligned16(a.gate) && aligned16(a.residual);
+  const int64_t rows = x.size(0) * x.size(1);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // The register form: one or two chunks a thread, blocks of at most 512 threads.
+  const int per = !vector ? 0 : a.channels <= 8 * 512 ? 1 : a.channels <= 2 * 8 * 512 ? 2 : 0;
+  if (per > 0) {
+    const int64_t per_block = (a.channels / 8 + per - 1) / per;
+    const int threads = static_cast<int>(std::max<int64_t>(32, (per_block + 31) / 32 * 32));
+    auto reg = [&](auto kernel) {
+      kernel<<<rows, threads, 0, stream>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    auto by_per = [&](auto residual, auto fp8) {
+      constexpr bool kRes = decltype(residual)::value, kFp8 = decltype(fp8)::value;
+      per == 1 ? reg(modulated_layer_norm_reg_kernel<T, 1, kRes, kFp8>)
+               : reg(modulated_layer_norm_reg_kernel<T, 2, kRes, kFp8>);
+    };
+    if (out_fp8) {
+      TORCH_CHECK(!residual, "modulated_layer_norm_cuda: fp8 output without the residual form only");
+      by_per(std::false_type{}, std::true_type{});
+    } else if (residual) {
+      by_per(std::true_type{}, std::false_type{});
+    } else {
+      by_per(std::false_type{}, std::false_type{});
+    }
+    return;
+  }
   const int vec = vector ? 8 : 1;
   const int64_t chunks = (a.channels + vec - 1) / vec;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (chunks + 31) / 32 * 32)));
   const size_t shared = (a.channels + 32) * sizeof(float);
-  const int64_t rows = x.size(0) * x.size(1);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   auto go = [&](auto kernel) {
     if (shared > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));

@@ -190,8 +190,9 @@ const at::ScalarType kDtypes[] = {at::kBFloat16, at::kHalf, at::kFloat};
 TEST_CASE("CUDA modulated_layer_norm and gated_residual kernels against float64", "[ops][fused][cuda]") {
   if (!at::hasCUDA()) SKIP("no CUDA device");
   at::manual_seed(3);
-  // FLUX's width (vector path), an odd width (scalar path), and a token slice of a joint sequence.
-  for (const int64_t c : {3072, 36}) {
+  // FLUX's width, 1000 (idle threads) and 6144 (two chunks a thread) in registers, 12288 in shared memory
+  // (vector path), an odd width (scalar path), and a token slice of a joint sequence.
+  for (const int64_t c : {3072, 1000, 6144, 12288, 36}) {
     for (at::ScalarType dtype : kDtypes) {
       const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
       const at::Tensor h = (at::randn({2, 77, c}) * 3 + 0.5).to(opt);

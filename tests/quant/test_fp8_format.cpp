@@ -224,7 +224,8 @@ TEST_CASE("CUDA modulated LayerNorm writing fp8 rows against the reference (Laye
   if (!at::hasCUDA()) SKIP("no CUDA device");
   at::manual_seed(5);
   constexpr double kEps = 1e-6;
-  for (const int64_t c : {3072, 36}) {  // FLUX's width (vector path) and an odd one (scalar path)
+  // FLUX's width, 1000 and 6144 (registers), 12288 (shared memory), and an odd one (scalar path).
+  for (const int64_t c : {3072, 1000, 6144, 12288, 36}) {
     for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
       INFO("C = " << c << " " << c10::toString(dtype));
       const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
