@@ -13,8 +13,8 @@ namespace fluxbatch::ops::detail {
 #ifdef FLUXBATCH_WITH_CUDA
 // out = LN(r) * (1 + scale) + shift per row, where r = x, or (residual given) r = x + gate * residual,
 // written back into *residual first. x / residual rows: [B, S, C] with unit last stride; gate, shift,
-// scale: [B, C] with unit last stride; out: [B, S, C] contiguous, or (out_fp8 given instead, no residual)
-// e4m3 rows [B, S, C] with their scales [B, S] (ops/fp8_linear.h).
+// scale: [B, C] with unit last stride; out: [B, S, C] contiguous, or (out_fp8 given instead) e4m3 rows
+// [B, S, C] with their scales [B, S] (ops/fp8_linear.h).
 void modulated_layer_norm_cuda(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate,
                                const at::Tensor& shift, const at::Tensor& scale, double eps, at::Tensor* out,
                                ops::Fp8Rows* out_fp8);

@@ -27,6 +27,17 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& shift, const at::Ten
   return n;
 }
 
+void check_residual(const char* op, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
+                    const at::Tensor& shift, const at::Tensor& scale) {
+  check(op, x, shift, scale);
+  detail::check_rows(op, "y", y);
+  FLUXBATCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous(), std::invalid_argument,
+                  std::string(op) + ": y must be contiguous and shaped like x");
+  detail::check_like(op, "y", y, x);
+  detail::check_per_image(op, "gate", gate, x);
+  detail::check_like(op, "gate", gate, x);
+}
+
 }  // namespace
 
 at::Tensor modulated_layer_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale, double eps) {
@@ -57,14 +68,7 @@ Fp8Rows modulated_layer_norm_fp8(const at::Tensor& x, const at::Tensor& shift, c
 
 at::Tensor gated_residual_layer_norm_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
                                       const at::Tensor& shift, const at::Tensor& scale, double eps) {
-  const char* op = "gated_residual_layer_norm_";
-  check(op, x, shift, scale);
-  detail::check_rows(op, "y", y);
-  FLUXBATCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous(), std::invalid_argument,
-                  std::string(op) + ": y must be contiguous and shaped like x");
-  detail::check_like(op, "y", y, x);
-  detail::check_per_image(op, "gate", gate, x);
-  detail::check_like(op, "gate", gate, x);
+  check_residual("gated_residual_layer_norm_", y, x, gate, shift, scale);
 #ifdef FLUXBATCH_WITH_CUDA
   if (fused(x)) {
     at::Tensor out = at::empty(x.sizes(), x.options());
@@ -75,6 +79,21 @@ at::Tensor gated_residual_layer_norm_(at::Tensor& y, const at::Tensor& x, const 
   // The reference's x + gate * y: the product rounded, then the sum (both commute exactly).
   y.mul_(gate.unsqueeze(1)).add_(x);
   return reference(y, shift, scale, eps);
+}
+
+Fp8Rows gated_residual_layer_norm_fp8_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
+                                       const at::Tensor& shift, const at::Tensor& scale, double eps) {
+  check_residual("gated_residual_layer_norm_fp8_", y, x, gate, shift, scale);
+#ifdef FLUXBATCH_WITH_CUDA
+  if (fused(x)) {
+    Fp8Rows out{at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn)),
+                at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kFloat))};
+    detail::modulated_layer_norm_cuda(x, &y, gate, shift, scale, eps, nullptr, &out);
+    return out;
+  }
+#endif
+  // The reference: the rounded norm after the residual update, then the row quantization.
+  return quantize_fp8_rows(gated_residual_layer_norm_(y, x, gate, shift, scale, eps));
 }
 
 }  // namespace fluxbatch::ops

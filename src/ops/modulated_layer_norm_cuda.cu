@@ -228,8 +228,7 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
                : reg(modulated_layer_norm_reg_kernel<T, 2, kRes, kFp8>);
     };
     if (out_fp8) {
-      TORCH_CHECK(!residual, "modulated_layer_norm_cuda: fp8 output without the residual form only");
-      by_per(std::false_type{}, std::true_type{});
+      residual ? by_per(std::true_type{}, std::true_type{}) : by_per(std::false_type{}, std::true_type{});
     } else if (residual) {
       by_per(std::true_type{}, std::false_type{});
     } else {
@@ -248,8 +247,9 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
     kernel<<<rows, threads, shared, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (out_fp8) {
-    TORCH_CHECK(!residual, "modulated_layer_norm_cuda: fp8 output without the residual form only");
+  if (out_fp8 && residual) {
+    vector ? go(modulated_layer_norm_kernel<T, 8, true, true>) : go(modulated_layer_norm_kernel<T, 1, true, true>);
+  } else if (out_fp8) {
     vector ? go(modulated_layer_norm_kernel<T, 8, false, true>) : go(modulated_layer_norm_kernel<T, 1, false, true>);
   } else if (residual) {
     vector ? go(modulated_layer_norm_kernel<T, 8, true, false>) : go(modulated_layer_norm_kernel<T, 1, true, false>);

@@ -261,3 +261,69 @@ TEST_CASE("CUDA modulated LayerNorm writing fp8 rows against the reference (Laye
     }
   }
 }
+
+TEST_CASE("the gated residual + LayerNorm writing fp8 rows: on the CPU the reference norm quantized", "[ops][fp8]") {
+  at::manual_seed(8);
+  constexpr double kEps = 1e-6;
+  const at::Tensor h = (at::randn({2, 9, 64}) * 3 + 0.5).to(at::kBFloat16);
+  const at::Tensor x = h.narrow(1, 2, 5);  // a token slice of a joint sequence
+  const at::Tensor mod = (at::randn({2, 3 * 64}) * 0.3).to(at::kBFloat16);
+  const auto e = mod.chunk(3, 1);
+  const at::Tensor y0 = at::randn({2, 5, 64}).to(at::kBFloat16);
+  at::Tensor y = y0.clone(), y_want = y0.clone();
+  const ops::Fp8Rows got = ops::gated_residual_layer_norm_fp8_(y, x, e[0], e[1], e[2], kEps);
+  const ops::Fp8Rows want = ops::quantize_fp8_rows(ops::gated_residual_layer_norm_(y_want, x, e[0], e[1], e[2], kEps));
+  CHECK(at::equal(y, y_want));  // the residual stream updated the same way
+  CHECK(at::equal(got.scale, want.scale));
+  CHECK(at::equal(got.data.view(at::kByte), want.data.view(at::kByte)));
+  at::Tensor wrong = at::randn({2, 4, 64}).to(at::kBFloat16);
+  CHECK_THROWS_AS(ops::gated_residual_layer_norm_fp8_(wrong, x, e[0], e[1], e[2], kEps), std::invalid_argument);
+}
+
+TEST_CASE("CUDA gated residual + LayerNorm writing fp8 rows against float64 and the reference", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(9);
+  constexpr double kEps = 1e-6;
+  // FLUX's width (registers), 12288 (shared memory), an odd width (scalar path).
+  for (const int64_t c : {3072, 12288, 36}) {
+    for (at::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+      INFO("C = " << c << " " << c10::toString(dtype));
+      const auto opt = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+      const at::Tensor h = (at::randn({2, 77, c}) * 3 + 0.5).to(opt);
+      const at::Tensor x = h.narrow(1, 13, 64);
+      const at::Tensor mod = (at::randn({2, 3 * c}) * 0.3).to(opt);
+      const auto e = mod.chunk(3, 1);
+      const at::Tensor y0 = at::randn({2, 64, c}).to(opt);
+      at::Tensor y_fused = y0.clone(), y_ref = y0.clone();
+      ops::Fp8Rows fused, reference;
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kFused);
+        fused = ops::gated_residual_layer_norm_fp8_(y_fused, x, e[0], e[1], e[2], kEps);
+      }
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kFused);
+        // The residual stream as the dense fused op leaves it: the fp8 form must update it the same way.
+        at::Tensor y_dense = y0.clone();
+        ops::gated_residual_layer_norm_(y_dense, x, e[0], e[1], e[2], kEps);
+        CHECK(at::equal(y_fused, y_dense));
+      }
+      {
+        const ops::KernelModeGuard mode(ops::KernelMode::kReference);
+        reference = ops::gated_residual_layer_norm_fp8_(y_ref, x, e[0], e[1], e[2], kEps);
+      }
+      // float64 truth of the norm of the stream each path stored (as the next block sees it).
+      const auto truth = [&](const at::Tensor& stream) {
+        return at::layer_norm(stream.cpu().to(at::kDouble), {c}, {}, {}, kEps) *
+                   (1 + e[2].cpu().to(at::kDouble).unsqueeze(1)) +
+               e[1].cpu().to(at::kDouble).unsqueeze(1);
+      };
+      const at::Tensor got = ops::dequantize_fp8_rows(fused, at::kFloat);
+      REQUIRE(at::isfinite(got).all().item<bool>());
+      const double err_fused = rel_l2(got, truth(y_fused)),
+                   err_reference = rel_l2(ops::dequantize_fp8_rows(reference, at::kFloat), truth(y_ref));
+      CAPTURE(err_fused, err_reference);
+      CHECK(err_fused <= err_reference * 1.02 + 1e-6);
+      CHECK(err_fused < kE4m3Relative / 2);
+    }
+  }
+}

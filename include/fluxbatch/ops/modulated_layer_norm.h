@@ -27,4 +27,9 @@ Fp8Rows modulated_layer_norm_fp8(const at::Tensor& x, const at::Tensor& shift, c
 at::Tensor gated_residual_layer_norm_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
                                       const at::Tensor& shift, const at::Tensor& scale, double eps);
 
+// gated_residual_layer_norm_ with the norm quantized per row for an fp8 GEMM, as modulated_layer_norm_fp8:
+// on CUDA one kernel updates y and quantizes the fp32 norm; elsewhere the reference norm is quantized.
+Fp8Rows gated_residual_layer_norm_fp8_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
+                                       const at::Tensor& shift, const at::Tensor& scale, double eps);
+
 }  // namespace fluxbatch::ops

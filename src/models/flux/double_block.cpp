@@ -13,12 +13,21 @@ constexpr double kFp16Max = 65504.0;
 
 // One stream's half after attention, in place on the attention output `attn` (which becomes the
 // stream's new state): x + gate_msa * attn, then x + gate_mlp * ff(LayerNorm(x) * (1 + scale) + shift).
-// The residual update and the LayerNorm are one kernel on CUDA (ops::gated_residual_layer_norm_), the
-// feed-forward's GELU rides in its first GEMM, and the last residual update is one more pass.
+// The residual update and the LayerNorm are one kernel on CUDA (ops::gated_residual_layer_norm_), which
+// under fp8 compute also quantizes the norm for the feed-forward's first GEMM (no bf16 norm, no pass of its
+// own); the feed-forward's GELU rides in its first GEMM, and the last residual update is one more pass.
 at::Tensor finish_stream(at::Tensor attn, const at::Tensor& x, const AdaNormZeroOutput& mod, const FeedForward& ff) {
-  at::Tensor n = ops::gated_residual_layer_norm_(attn, x, mod.gate_msa, mod.shift_mlp, mod.scale_mlp, kAdaNormEps);
-  at::Tensor out = ff->forward(n);  // [B, S, dim]
-  n = at::Tensor();
+  at::Tensor out;
+  // Not with LoRAs on the first layer: their side paths read its dense input.
+  if (ff->proj_in->takes_fp8() && ff->proj_in->loras().empty()) {
+    const ops::Fp8Rows rows =
+        ops::gated_residual_layer_norm_fp8_(attn, x, mod.gate_msa, mod.shift_mlp, mod.scale_mlp, kAdaNormEps);
+    out = ff->forward(rows, x.scalar_type());  // [B, S, dim]
+  } else {
+    const at::Tensor n =
+        ops::gated_residual_layer_norm_(attn, x, mod.gate_msa, mod.shift_mlp, mod.scale_mlp, kAdaNormEps);
+    out = ff->forward(n);  // [B, S, dim]
+  }
   ops::gated_residual_(out, attn, mod.gate_mlp);
   return out;
 }

@@ -2,6 +2,8 @@
 
 #include "fluxbatch/ops/fp8_linear.h"
 
+#include <ATen/ATen.h>
+
 namespace fluxbatch::models::flux {
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, const at::TensorOptions& options)
@@ -24,6 +26,15 @@ at::Tensor FeedForwardImpl::forward(const at::Tensor& x) const {
   // The GELU rides in the first GEMM (on CUDA its epilogue; else in place): the hidden states
   // [B, S, 4 * dim] are the block's largest tensor.
   return proj_out->forward(proj_in->forward_gelu_tanh(x));
+}
+
+at::Tensor FeedForwardImpl::forward(const ops::Fp8Rows& x, at::ScalarType dtype) const {
+  at::Tensor hidden = proj_in->forward(x, dtype);  // [B, S, 4 * dim], before GELU
+  if (proj_out->takes_fp8() && proj_out->loras().empty()) {
+    return proj_out->forward(ops::quantize_fp8_rows_joined(at::Tensor(), hidden, /*gelu_b=*/true), dtype);
+  }
+  // GELU on the rounded product, as forward_gelu_tanh does after an fp8 GEMM.
+  return proj_out->forward(at::gelu_(hidden, "tanh"));
 }
 
 }  // namespace fluxbatch::models::flux

@@ -17,6 +17,8 @@ class FeedForwardImpl : public torch::nn::Module {
   FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, const at::TensorOptions& options);
   // x: [B, S, dim] -> [B, S, dim_out]
   at::Tensor forward(const at::Tensor& x) const;
+  // The same from rows its producer already quantized to fp8 (proj_in->takes_fp8() only), out in `dtype`.
+  at::Tensor forward(const ops::Fp8Rows& x, at::ScalarType dtype) const;
 
   nn::Linear proj_in{nullptr};   // net.0.proj
   nn::Linear proj_out{nullptr};  // net.2
