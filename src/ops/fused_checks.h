@@ -27,4 +27,16 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t, co
                   std::string(op) + ": " + name + " must have the input's dtype and device");
 }
 
+// The gated residual update's operands (y <- x + gate * y): y contiguous and shaped like the rows x,
+// gate per image; all like x.
+inline void check_residual_update(const char* op, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gate) {
+  check_rows(op, "x", x);
+  check_rows(op, "y", y);
+  FLUXBATCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous(), std::invalid_argument,
+                  std::string(op) + ": y must be contiguous and shaped like x");
+  check_like(op, "y", y, x);
+  check_per_image(op, "gate", gate, x);
+  check_like(op, "gate", gate, x);
+}
+
 }  // namespace fluxbatch::ops::detail

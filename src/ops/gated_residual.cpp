@@ -9,14 +9,7 @@
 namespace fluxbatch::ops {
 
 void gated_residual_(at::Tensor& y, const at::Tensor& x, const at::Tensor& gate) {
-  const char* op = "gated_residual_";
-  detail::check_rows(op, "x", x);
-  detail::check_rows(op, "y", y);
-  FLUXBATCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous(), std::invalid_argument,
-                  std::string(op) + ": y must be contiguous and shaped like x");
-  detail::check_like(op, "y", y, x);
-  detail::check_per_image(op, "gate", gate, x);
-  detail::check_like(op, "gate", gate, x);
+  detail::check_residual_update("gated_residual_", y, x, gate);
 #ifdef FLUXBATCH_WITH_CUDA
   if (y.is_cuda() && kernel_mode() == KernelMode::kFused) {
     detail::gated_residual_cuda(y, x, gate);

@@ -30,12 +30,7 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& shift, const at::Ten
 void check_residual(const char* op, const at::Tensor& y, const at::Tensor& x, const at::Tensor& gate,
                     const at::Tensor& shift, const at::Tensor& scale) {
   check(op, x, shift, scale);
-  detail::check_rows(op, "y", y);
-  FLUXBATCH_CHECK(y.sizes() == x.sizes() && y.is_contiguous(), std::invalid_argument,
-                  std::string(op) + ": y must be contiguous and shaped like x");
-  detail::check_like(op, "y", y, x);
-  detail::check_per_image(op, "gate", gate, x);
-  detail::check_like(op, "gate", gate, x);
+  detail::check_residual_update(op, y, x, gate);
 }
 
 }  // namespace
