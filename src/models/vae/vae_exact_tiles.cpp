@@ -122,10 +122,28 @@ class TiledDecoder {
   at::Tensor fetch(const at::Tensor& map, int64_t y0, int64_t y1, int64_t x0, int64_t x1) const {
     const at::Tensor region = map.slice(2, y0, y1).slice(3, x0, x1);
     if (map.device() == device_) return region.contiguous();
-    at::Tensor staging = at::empty(region.sizes(), region.options().pinned_memory(true));
+    // A host map is channels last, so the region is whole runs of (x1 - x0) * C values per row: staged in
+    // that layout (row copies, no transpose on the host), made NCHW on the device.
+    at::Tensor staging = at::empty(region.sizes(), region.options().pinned_memory(true), at::MemoryFormat::ChannelsLast);
     staging.copy_(region);
     // The caching host allocator keeps `staging` until the copy has run, so no sync is needed.
-    return staging.to(device_, /*non_blocking=*/true);
+    return staging.to(device_, /*non_blocking=*/true).contiguous();
+  }
+
+  // tile [B, C, h, w] (on the device, NCHW) into map's region at (y0, x0).
+  void store(const at::Tensor& map, int64_t y0, int64_t x0, const at::Tensor& tile) const {
+    const at::Tensor region = map.slice(2, y0, y0 + tile.size(2)).slice(3, x0, x0 + tile.size(3));
+    if (map.device() == tile.device()) {
+      region.copy_(tile);
+      return;
+    }
+    // To the host map's channels-last layout on the device, one copy into pinned memory (synchronous:
+    // the host reads it next), then row copies into the map: no transpose on the host.
+    const at::Tensor nhwc = tile.contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor staging =
+        at::empty(tile.sizes(), nhwc.options().device(at::kCPU).pinned_memory(true), at::MemoryFormat::ChannelsLast);
+    staging.copy_(nhwc);
+    region.copy_(staging);
   }
 
   // silu(norm(x)) with the map's global statistics, rounded to the dtype where at::group_norm's
@@ -192,7 +210,7 @@ class TiledDecoder {
           y = r + y;  // ResnetBlock2D: shortcut + h
         }
         if (!last) out.stats.add(y);
-        out.data.slice(2, y0, y1).slice(3, x0, x1).copy_(y);
+        store(out.data, y0, x0, y);
       }
     }
     return out;

@@ -132,7 +132,9 @@ int64_t tiled_decode_bytes(const models::vae::VaeConfig& c, int width, int heigh
         const int64_t th = std::min(edge, l.height), tw = std::min(edge, l.width);
         const int64_t t = th * tw, rp = (th + 2) * (tw + 2), p = l.height * l.width;
         // The fetched halo region, its fp32 norm temporaries, SiLU, padding; the output tile, the
-        // residual tile and shortcut, the fp32 statistics temporaries (vae_exact_tiles.cpp's step).
+        // residual tile and shortcut, the fp32 statistics temporaries (vae_exact_tiles.cpp's step). With
+        // host maps a region arrives channels last and is made NCHW, and an output tile leaves channels
+        // last: for a moment two copies of each, inside these counts.
         int64_t bytes = l.in_channels * rp * (2 * d + 8) + l.out_channels * t * (3 * d + 8);
         if (l.upsample) bytes += l.in_channels * rp * d / 4;
         const int64_t in_map = l.in_channels * p * d;  // no upsample comes with a norm
