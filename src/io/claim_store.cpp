@@ -152,8 +152,7 @@ ClaimStore::ClaimStore(std::string dir, ClaimStoreOptions options) : dir_(std::m
   bool written = false;
   for (int attempt = 0; attempt < 100 && !written; ++attempt) {
     fs::create_directories(dir_, ec);
-    std::error_code dir_ec;
-    if (ec && !fs::is_directory(dir_, dir_ec)) {
+    if (ec) {
       why = ec.message();
       continue;
     }

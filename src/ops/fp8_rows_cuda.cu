@@ -1,5 +1,5 @@
 // Per-row fp8 quantization of activations, one thread block per row. Reads 2 bytes and writes 1 per bf16
-// value. The usual rows (16-byte aligned, up to 64K values) stay in registers: each thread loads its
+// value. The usual rows (16-byte aligned, up to 32K values) stay in registers: each thread loads its
 // 8-value chunks (up to kPer of them, all loads issued before any arithmetic, so the memory system has them
 // in flight together), the block reduces the absmax, and each value is divided by the row's scale and stored
 // as one e4m3 byte (8-byte stores). Other rows (odd widths, misaligned, longer) go through shared memory.
@@ -116,15 +116,6 @@ __global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_
   }
 }
 
-// Chunks per thread for a row of `chunks` 8-value chunks: the fewest that keep the block at 512 threads
-// or fewer; 0: the row (over 32K values) is too long for registers.
-int chunks_per_thread(int64_t chunks) {
-  for (int per : {1, 2, 4, 8}) {
-    if (chunks <= int64_t(per) * 512) return per;
-  }
-  return 0;
-}
-
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, typename Storage>
@@ -137,17 +128,15 @@ void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& d
   const bool vector = ka % 8 == 0 && kb % 8 == 0 && (pa == nullptr || aligned(pa, 16)) &&
                       (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int per = vector ? chunks_per_thread(k / 8) : 0;
-  if (per > 0) {
-    const int64_t per_block = (k / 8 + per - 1) / per;
-    const int threads = static_cast<int>(std::max<int64_t>(32, (per_block + 31) / 32 * 32));
+  const cuda::RegisterRows shape = vector ? cuda::register_rows(k / 8, 8) : cuda::RegisterRows{};
+  if (shape.per > 0) {
     auto reg = [&](auto kernel) {
-      kernel<<<n, threads, 0, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
+      kernel<<<n, shape.threads, 0, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto by_per = [&](auto gelu) {
       constexpr bool kGelu = decltype(gelu)::value;
-      switch (per) {
+      switch (shape.per) {
         case 1: return reg(quantize_fp8_rows_reg_kernel<T, 1, kGelu>);
         case 2: return reg(quantize_fp8_rows_reg_kernel<T, 2, kGelu>);
         case 4: return reg(quantize_fp8_rows_reg_kernel<T, 4, kGelu>);

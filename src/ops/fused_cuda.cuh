@@ -5,6 +5,7 @@
 
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace fluxbatch::ops::cuda {
@@ -105,6 +106,23 @@ __device__ __forceinline__ void store_fp8(uint8_t* __restrict__ p, const float (
 #pragma unroll
     for (int i = 0; i < N; ++i) p[i] = raw[i];
   }
+}
+
+// Launch shape of the kernels that keep a row in registers: `chunks` 8-value chunks spread over at most
+// 512 threads (several blocks then share an SM), chunk c = threadIdx.x + j * blockDim.x for j < per, with
+// per the fewest of 1, 2, 4, ... up to max_per that do it. per = 0: the row is too long for registers.
+struct RegisterRows {
+  int per = 0;
+  int threads = 0;
+};
+inline RegisterRows register_rows(int64_t chunks, int max_per) {
+  for (int per = 1; per <= max_per; per *= 2) {
+    if (chunks <= int64_t(per) * 512) {
+      const int64_t needed = (chunks + per - 1) / per;
+      return {per, static_cast<int>(std::max<int64_t>(32, (needed + 31) / 32 * 32))};
+    }
+  }
+  return {};
 }
 
 }  // namespace fluxbatch::ops::cuda

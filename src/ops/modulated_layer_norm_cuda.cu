@@ -213,19 +213,17 @@ void launch(const at::Tensor& x, at::Tensor* residual, const at::Tensor& gate, c
   if (residual) vector = vector && a.gate_sb % 8 == 0 && aligned16(a.gate) && aligned16(a.residual);
   const int64_t rows = x.size(0) * x.size(1);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // The register form: one or two chunks a thread, blocks of at most 512 threads.
-  const int per = !vector ? 0 : a.channels <= 8 * 512 ? 1 : a.channels <= 2 * 8 * 512 ? 2 : 0;
-  if (per > 0) {
-    const int64_t per_block = (a.channels / 8 + per - 1) / per;
-    const int threads = static_cast<int>(std::max<int64_t>(32, (per_block + 31) / 32 * 32));
+  // The register form: one or two chunks a thread (three rows of values each: x, shift, scale).
+  const cuda::RegisterRows shape = vector ? cuda::register_rows(a.channels / 8, 2) : cuda::RegisterRows{};
+  if (shape.per > 0) {
     auto reg = [&](auto kernel) {
-      kernel<<<rows, threads, 0, stream>>>(a);
+      kernel<<<rows, shape.threads, 0, stream>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto by_per = [&](auto residual, auto fp8) {
       constexpr bool kRes = decltype(residual)::value, kFp8 = decltype(fp8)::value;
-      per == 1 ? reg(modulated_layer_norm_reg_kernel<T, 1, kRes, kFp8>)
-               : reg(modulated_layer_norm_reg_kernel<T, 2, kRes, kFp8>);
+      shape.per == 1 ? reg(modulated_layer_norm_reg_kernel<T, 1, kRes, kFp8>)
+                     : reg(modulated_layer_norm_reg_kernel<T, 2, kRes, kFp8>);
     };
     if (out_fp8) {
       residual ? by_per(std::true_type{}, std::true_type{}) : by_per(std::false_type{}, std::true_type{});

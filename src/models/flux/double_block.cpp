@@ -18,8 +18,7 @@ constexpr double kFp16Max = 65504.0;
 // own); the feed-forward's GELU rides in its first GEMM, and the last residual update is one more pass.
 at::Tensor finish_stream(at::Tensor attn, const at::Tensor& x, const AdaNormZeroOutput& mod, const FeedForward& ff) {
   at::Tensor out;
-  // Not with LoRAs on the first layer: their side paths read its dense input.
-  if (ff->proj_in->takes_fp8() && ff->proj_in->loras().empty()) {
+  if (ff->takes_fp8_rows()) {
     const ops::Fp8Rows rows =
         ops::gated_residual_layer_norm_fp8_(attn, x, mod.gate_msa, mod.shift_mlp, mod.scale_mlp, kAdaNormEps);
     out = ff->forward(rows, x.scalar_type());  // [B, S, dim]

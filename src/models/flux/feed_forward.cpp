@@ -17,20 +17,24 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, c
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) const {
   if (proj_in->takes_fp8() && proj_out->takes_fp8() && proj_out->loras().empty()) {
-    // fp8 compute: the GELU rides in the quantization of the second GEMM's input rows (one kernel reads
-    // the first product once), the same values as the GELU pass after the fp8 GEMM and the quantization
-    // below. Not with LoRAs on the second layer: their side paths read its dense input.
-    const at::Tensor hidden = proj_in->forward(x);  // [B, S, 4 * dim], before GELU
-    return proj_out->forward(ops::quantize_fp8_rows_joined(at::Tensor(), hidden, /*gelu_b=*/true), x.scalar_type());
+    return second(proj_in->forward(x), x.scalar_type());  // the fp8 GEMM's product, before GELU
   }
   // The GELU rides in the first GEMM (on CUDA its epilogue; else in place): the hidden states
   // [B, S, 4 * dim] are the block's largest tensor.
   return proj_out->forward(proj_in->forward_gelu_tanh(x));
 }
 
+bool FeedForwardImpl::takes_fp8_rows() const { return proj_in->takes_fp8() && proj_in->loras().empty(); }
+
 at::Tensor FeedForwardImpl::forward(const ops::Fp8Rows& x, at::ScalarType dtype) const {
-  at::Tensor hidden = proj_in->forward(x, dtype);  // [B, S, 4 * dim], before GELU
+  return second(proj_in->forward(x, dtype), dtype);
+}
+
+at::Tensor FeedForwardImpl::second(at::Tensor hidden, at::ScalarType dtype) const {
   if (proj_out->takes_fp8() && proj_out->loras().empty()) {
+    // fp8 compute: the GELU rides in the quantization of the second GEMM's input rows (one kernel reads
+    // the first product once), the same values as a GELU pass and the quantization. Not with LoRAs on the
+    // second layer: their side paths read its dense input.
     return proj_out->forward(ops::quantize_fp8_rows_joined(at::Tensor(), hidden, /*gelu_b=*/true), dtype);
   }
   // GELU on the rounded product, as forward_gelu_tanh does after an fp8 GEMM.

@@ -17,11 +17,18 @@ class FeedForwardImpl : public torch::nn::Module {
   FeedForwardImpl(int64_t dim, int64_t dim_out, int64_t hidden, const at::TensorOptions& options);
   // x: [B, S, dim] -> [B, S, dim_out]
   at::Tensor forward(const at::Tensor& x) const;
-  // The same from rows its producer already quantized to fp8 (proj_in->takes_fp8() only), out in `dtype`.
+  // Whether forward may be given fp8 rows: the first layer computes in fp8 and has no LoRA side path
+  // (those read its dense input).
+  bool takes_fp8_rows() const;
+  // The same from rows its producer already quantized to fp8 (takes_fp8_rows() only), out in `dtype`.
   at::Tensor forward(const ops::Fp8Rows& x, at::ScalarType dtype) const;
 
   nn::Linear proj_in{nullptr};   // net.0.proj
   nn::Linear proj_out{nullptr};  // net.2
+
+ private:
+  // The second layer on the first one's product before GELU: [B, S, hidden] -> [B, S, dim_out] in dtype.
+  at::Tensor second(at::Tensor hidden, at::ScalarType dtype) const;
 };
 TORCH_MODULE(FeedForward);
 
