@@ -19,14 +19,32 @@ namespace {
 
 bool fused(const at::Tensor& t) { return t.is_cuda() && kernel_mode() == KernelMode::kFused; }
 
-// The reference quantization, in ATen ops whose divisions are IEEE on every device (tensor / tensor).
+// The reference quantization, in ATen ops whose divisions are IEEE on every device (tensor / tensor): the
+// scale absmax / 448, and each value multiplied by the row's 448 / absmax (one division a row, as the CUDA
+// kernels do it; both 1 for a row of zeros), clamped (a row's maximum can land a hair above 448) and rounded
+// to e4m3.
 Fp8Rows quantize_reference(const at::Tensor& x) {
   const at::Tensor wide = x.to(at::kFloat);
   const at::Tensor absmax = wide.abs().amax(-1);  // [...]
   at::Tensor scale = absmax / at::full_like(absmax, quant::kFp8E4m3Max);
-  scale.masked_fill_(scale == 0, 1.0);
-  at::Tensor data = (wide / scale.unsqueeze(-1)).clamp_(-quant::kFp8E4m3Max, quant::kFp8E4m3Max);
+  at::Tensor inverse = at::full_like(absmax, quant::kFp8E4m3Max) / absmax;
+  const at::Tensor degenerate = inverse.isinf();  // a row of zeros, or so small that 448 / absmax overflows
+  scale.masked_fill_(degenerate, 1.0);
+  inverse.masked_fill_(degenerate, 1.0);
+  at::Tensor data = (wide * inverse.unsqueeze(-1)).clamp_(-quant::kFp8E4m3Max, quant::kFp8E4m3Max);
   return {data.to(at::kFloat8_e4m3fn).contiguous(), scale};
+}
+
+// x: [..., K] as the 2-D rows [R, K] the kernels read: a view when the last dim is contiguous and the rows lie
+// at one stride (a column slice of a wider product, e.g. the single blocks' q / k / v / MLP columns), a
+// contiguous copy otherwise.
+at::Tensor as_rows(const at::Tensor& x) {
+  const int64_t k = x.size(-1);
+  bool one_stride = x.stride(-1) == 1;
+  for (int64_t d = 0; one_stride && d + 2 < x.dim(); ++d) one_stride = x.stride(d) == x.size(d + 1) * x.stride(d + 1);
+  if (!one_stride) return x.contiguous().view({-1, k});
+  const int64_t rows = x.numel() / k;
+  return x.as_strided({rows, k}, {x.dim() >= 2 ? x.stride(-2) : k, 1});
 }
 
 }  // namespace
@@ -52,8 +70,7 @@ Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool 
                 at::empty(b.sizes().slice(0, b.dim() - 1), b.options().dtype(at::kFloat))};
     at::Tensor data = out.data.view({-1, ka + kb});
     at::Tensor scale = out.scale.view({-1});
-    const at::Tensor rows_a = a.defined() ? a.contiguous().view({-1, ka}) : at::Tensor();
-    detail::quantize_fp8_rows_cuda(rows_a, b.contiguous().view({-1, kb}), gelu_b, data, scale);
+    detail::quantize_fp8_rows_cuda(a.defined() ? as_rows(a) : a, as_rows(b), gelu_b, data, scale);
     return out;
   }
 #endif

@@ -1,12 +1,13 @@
 // Per-row fp8 quantization of activations, one thread block per row. Reads 2 bytes and writes 1 per bf16
 // value. The usual rows (16-byte aligned, up to 32K values) stay in registers: each thread loads its
 // 8-value chunks (up to kPer of them, all loads issued before any arithmetic, so the memory system has them
-// in flight together), the block reduces the absmax, and each value is divided by the row's scale and stored
-// as one e4m3 byte (8-byte stores). Other rows (odd widths, misaligned, longer) go through shared memory.
+// in flight together), the block reduces the absmax, and each value is multiplied by the row's 448 / absmax and
+// stored as one e4m3 byte (8-byte stores). Other rows (odd widths, misaligned, longer) go through shared memory.
 // A row may be joined from two sources, [a | b], with GELU (tanh) applied to b on the way in: the single
 // blocks' output projection reads [attention | GELU(MLP)] and the feed-forwards' second GEMM reads GELU of
 // the first one's product, so neither the GELU pass nor the copy into a joined buffer is ever made.
-// Both forms do the same fp32 operations in the same order, so they write the same bytes.
+// Both forms do the same fp32 operations in the same order, so they write the same bytes, and without GELU the
+// bytes of the CPU reference.
 #include "fused_cuda.cuh"
 #include "fused_kernels.h"
 
@@ -20,15 +21,18 @@
 namespace fluxbatch::ops::detail {
 namespace {
 
-// at::gelu(x, "tanh") on CUDA (ActivationGeluKernel.cu), term by term in the same fp32 operations, then
-// rounded to T as its output is, so the fp8 rows equal those quantized from at::gelu's tensor.
+// GELU (tanh approximation) rounded to T as at::gelu's output is: 0.5 x (1 + tanh(u)) written as x / (1 + e^(-2u)),
+// the same function (0.5 (1 + tanh(u)) is the logistic of 2u) with the fast exponential and division: about
+// ten instructions a value where tanhf takes some twenty-five, which kept this kernel compute-bound. No
+// cancellation for negative x (1 + tanh(u) would lose the digits there; e^(-2u) only grows). Within a few fp32
+// ulps of at::gelu's value, so it rounds to the same T value but rarely (one in thousands of values, one T ulp
+// apart), and an e4m3 byte differs rarer still ([cuda] test).
 template <typename T>
 __device__ __forceinline__ float gelu_tanh_rounded(float x) {
   constexpr float kBeta = M_SQRT2 * M_2_SQRTPI * 0.5;
   constexpr float kKappa = 0.044715;
-  const float x_cube = x * x * x;
-  const float inner = kBeta * (x + kKappa * x_cube);
-  return cuda::to_float(cuda::from_float<T>(0.5f * x * (1.0f + tanhf(inner))));
+  const float inner = kBeta * (x + kKappa * x * x * x);
+  return cuda::to_float(cuda::from_float<T>(__fdividef(x, 1.0f + __expf(-2.0f * inner))));
 }
 
 // One segment of a joined row into shared memory; returns this thread's running absmax.
@@ -50,27 +54,29 @@ __device__ __forceinline__ float load_segment(const T* __restrict__ in, int64_t 
   return local;
 }
 
-// Row r of [a | b] (a: [R, ka], b: [R, kb], either width may be 0) -> data [R, ka + kb], scales [R].
+// Row r of [a | b] (a: [R, ka] with rows lda values apart, b: [R, kb] with rows ldb apart, either width may
+// be 0) -> data [R, ka + kb], scales [R].
 template <typename T, int kVec, bool kGeluB>
-__global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, const T* __restrict__ b, int64_t kb,
-                                         uint8_t* __restrict__ data, float* __restrict__ scales) {
+__global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, int64_t lda, const T* __restrict__ b,
+                                         int64_t kb, int64_t ldb, uint8_t* __restrict__ data,
+                                         float* __restrict__ scales) {
   extern __shared__ float row[];  // [ka + kb], then 32 floats of reduction scratch
   const int64_t k = ka + kb;
   float* scratch = row + k;
   constexpr bool kVector = kVec > 1;
   const int64_t r = blockIdx.x;
   float local = 0.0f;
-  if (ka > 0) local = load_segment<T, kVec, false>(a + r * ka, ka, row, local);
-  if (kb > 0) local = load_segment<T, kVec, kGeluB>(b + r * kb, kb, row + ka, local);
+  if (ka > 0) local = load_segment<T, kVec, false>(a + r * lda, ka, row, local);
+  if (kb > 0) local = load_segment<T, kVec, kGeluB>(b + r * ldb, kb, row + ka, local);
   // block_max synchronises the block, so every thread then reads values other threads wrote.
-  const float scale = cuda::fp8_row_scale(cuda::block_max(local, scratch));
-  if (threadIdx.x == 0) scales[r] = scale;
+  const cuda::Fp8RowScale fp8 = cuda::fp8_row_scale(cuda::block_max(local, scratch));
+  if (threadIdx.x == 0) scales[r] = fp8.scale;
   const int64_t step = int64_t(blockDim.x) * kVec;
   for (int64_t c = int64_t(threadIdx.x) * kVec; c < k; c += step) {
     float v[kVec];
 #pragma unroll
     for (int i = 0; i < kVec; ++i) v[i] = row[c + i];
-    cuda::store_fp8<kVec, kVector>(data + r * k + c, v, scale);
+    cuda::store_fp8<kVec, kVector>(data + r * k + c, v, fp8.inverse);
   }
 }
 
@@ -78,8 +84,8 @@ __global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, co
 // (ka + kb) / 8 chunks spread over the block, chunk c = threadIdx.x + j * blockDim.x for j < kPer.
 // Blocks of at most 512 threads; up to kPer = 4 at most 64 registers a thread, so that two blocks share an SM.
 template <typename T, int kPer, bool kGeluB>
-__global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, const T* __restrict__ b,
-                                             int64_t kb, uint8_t* __restrict__ data, float* __restrict__ scales) {
+__global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, int64_t lda, const T* __restrict__ b,
+                                             int64_t kb, int64_t ldb, uint8_t* __restrict__ data, float* __restrict__ scales) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const int64_t chunks_a = ka / 8, chunks = chunks_a + kb / 8;
@@ -88,9 +94,9 @@ __global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_
   for (int j = 0; j < kPer; ++j) {
     const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
     if (c < chunks_a) {
-      cuda::load_vec<T, 8>(a + r * ka + c * 8, v[j]);
+      cuda::load_vec<T, 8>(a + r * lda + c * 8, v[j]);
     } else if (c < chunks) {
-      cuda::load_vec<T, 8>(b + r * kb + (c - chunks_a) * 8, v[j]);
+      cuda::load_vec<T, 8>(b + r * ldb + (c - chunks_a) * 8, v[j]);
     }
   }
   float local = 0.0f;
@@ -106,13 +112,13 @@ __global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_
       local = fmaxf(local, fabsf(v[j][i]));
     }
   }
-  const float scale = cuda::fp8_row_scale(cuda::block_max(local, scratch));
-  if (threadIdx.x == 0) scales[r] = scale;
+  const cuda::Fp8RowScale fp8 = cuda::fp8_row_scale(cuda::block_max(local, scratch));
+  if (threadIdx.x == 0) scales[r] = fp8.scale;
   const int64_t k = ka + kb;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
-    if (c < chunks) cuda::store_fp8<8, true>(data + r * k + c * 8, v[j], scale);
+    if (c < chunks) cuda::store_fp8<8, true>(data + r * k + c * 8, v[j], fp8.inverse);
   }
 }
 
@@ -121,17 +127,18 @@ bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t
 template <typename T, typename Storage>
 void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data, at::Tensor& scale) {
   const int64_t ka = a.defined() ? a.size(1) : 0, kb = b.defined() ? b.size(1) : 0, k = ka + kb;
+  const int64_t lda = a.defined() ? a.stride(0) : 0, ldb = b.defined() ? b.stride(0) : 0;
   const int64_t n = data.size(0);
   const T* pa = ka > 0 ? reinterpret_cast<const T*>(a.data_ptr<Storage>()) : nullptr;
   const T* pb = kb > 0 ? reinterpret_cast<const T*>(b.data_ptr<Storage>()) : nullptr;
   uint8_t* out = reinterpret_cast<uint8_t*>(data.data_ptr());
-  const bool vector = ka % 8 == 0 && kb % 8 == 0 && (pa == nullptr || aligned(pa, 16)) &&
-                      (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
+  const bool vector = ka % 8 == 0 && kb % 8 == 0 && lda % 8 == 0 && ldb % 8 == 0 &&
+                      (pa == nullptr || aligned(pa, 16)) && (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cuda::RegisterRows shape = vector ? cuda::register_rows(k / 8, 8) : cuda::RegisterRows{};
   if (shape.per > 0) {
     auto reg = [&](auto kernel) {
-      kernel<<<n, shape.threads, 0, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
+      kernel<<<n, shape.threads, 0, stream>>>(pa, ka, lda, pb, kb, ldb, out, scale.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto by_per = [&](auto gelu) {
@@ -154,7 +161,7 @@ void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& d
     if (shared > 48 * 1024) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
     }
-    kernel<<<n, threads, shared, stream>>>(pa, ka, pb, kb, out, scale.data_ptr<float>());
+    kernel<<<n, threads, shared, stream>>>(pa, ka, lda, pb, kb, ldb, out, scale.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if (gelu_b) {

@@ -27,8 +27,9 @@ void rms_norm_rope_cuda(at::Tensor& x, int64_t head_dim, const at::Tensor& w_tex
 // cuBLASLt GEMM with the bias + GELU epilogue into out's rows. False (nothing written) when cuBLASLt
 // offers no algorithm for these shapes, strides and alignments.
 bool linear_gelu_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
-// Rows [a | GELU?(b)]: a [R, Ka] and b [R, Kb] contiguous, one dtype, either undefined (width 0) -> data
-// [R, Ka + Kb] e4m3 and scale [R] fp32 (ops/fp8_linear.h): one block per row.
+// Rows [a | GELU?(b)]: a [R, Ka] and b [R, Kb] with unit last stride (rows may lie apart: column slices of a
+// wider product), one dtype, either undefined (width 0) -> data [R, Ka + Kb] e4m3 and scale [R] fp32
+// (ops/fp8_linear.h): one block per row.
 void quantize_fp8_rows_cuda(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data,
                             at::Tensor& scale);
 #endif

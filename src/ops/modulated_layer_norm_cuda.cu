@@ -95,13 +95,13 @@ __global__ void modulated_layer_norm_kernel(RowArgs<T> a) {
   if constexpr (kFp8Out) {
     // The GEMM input quantized per row here rather than in a pass of its own: the fp32 values are
     // rounded once, to e4m3, never to T.
-    const float fp8_scale = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
-    if (threadIdx.x == 0) a.out_scale[r] = fp8_scale;
+    const cuda::Fp8RowScale fp8 = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
+    if (threadIdx.x == 0) a.out_scale[r] = fp8.scale;
     for (int64_t c = int64_t(threadIdx.x) * kVec; c < a.channels; c += step) {
       float o[kVec];
 #pragma unroll
       for (int i = 0; i < kVec; ++i) o[i] = row[c + i];
-      cuda::store_fp8<kVec, kVector>(a.out_fp8 + r * a.channels + c, o, fp8_scale);
+      cuda::store_fp8<kVec, kVector>(a.out_fp8 + r * a.channels + c, o, fp8.inverse);
     }
   }
 }
@@ -167,12 +167,12 @@ __global__ void __launch_bounds__(512, 2) modulated_layer_norm_reg_kernel(RowArg
     if constexpr (!kFp8Out) cuda::store_vec<T, 8>(a.out + r * a.channels + c, v[j]);
   }
   if constexpr (kFp8Out) {
-    const float fp8_scale = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
-    if (threadIdx.x == 0) a.out_scale[r] = fp8_scale;
+    const cuda::Fp8RowScale fp8 = cuda::fp8_row_scale(cuda::block_max(absmax, scratch));
+    if (threadIdx.x == 0) a.out_scale[r] = fp8.scale;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       const int64_t c = (threadIdx.x + int64_t(j) * blockDim.x) * 8;
-      if (c < a.channels) cuda::store_fp8<8, true>(a.out_fp8 + r * a.channels + c, v[j], fp8_scale);
+      if (c < a.channels) cuda::store_fp8<8, true>(a.out_fp8 + r * a.channels + c, v[j], fp8.inverse);
     }
   }
 }

@@ -154,7 +154,7 @@ TEST_CASE("joined fp8 rows: [a | GELU(b)] quantized as one row", "[ops][fp8]") {
   CHECK_THROWS_AS(ops::quantize_fp8_rows_joined(a.narrow(1, 0, 2), b, true), std::invalid_argument);
 }
 
-TEST_CASE("CUDA joined fp8 rows equal at::gelu + at::cat + the row quantization, bit for bit", "[ops][fp8][cuda]") {
+TEST_CASE("CUDA joined fp8 rows: [a | b] bit for bit, [a | GELU(b)] within one e4m3 step of at::gelu's", "[ops][fp8][cuda]") {
   if (!at::hasCUDA()) SKIP("no CUDA device");
   at::manual_seed(6);
   // FLUX's single blocks ([3072 | 12288]), the feed-forward's hidden states (b alone), a warp straddling a and b
@@ -165,18 +165,58 @@ TEST_CASE("CUDA joined fp8 rows equal at::gelu + at::cat + the row quantization,
       INFO("Ka = " << ka << ", Kb = " << kb << " " << c10::toString(dtype));
       const at::Tensor b = (at::randn({2, 9, kb}) * at::rand({2, 9, 1}) * 8).to(dtype).to(at::kCUDA);
       const at::Tensor a = ka > 0 ? (at::randn({2, 9, ka}) * 3).to(dtype).to(at::kCUDA) : at::Tensor();
+      // Without GELU: the plain quantization of the joined rows, and the CPU reference, bit for bit.
+      const ops::Fp8Rows plain = ops::quantize_fp8_rows_joined(a, b, /*gelu_b=*/false);
+      const at::Tensor joined = a.defined() ? at::cat({a, b}, -1) : b;
+      const ops::Fp8Rows cpu_plain = ops::quantize_fp8_rows(joined.cpu());
+      CHECK(at::equal(plain.scale.cpu(), cpu_plain.scale));
+      CHECK(at::equal(plain.data.cpu().view(at::kByte), cpu_plain.data.view(at::kByte)));
+
+      // With GELU: the kernel's GELU (x / (1 + e^-2u)) is within a few fp32 ulps of ATen's (0.5 x (1 + tanh u)),
+      // so after rounding to the dtype a value rarely lands one ulp apart; every fp8 value stays within one
+      // e4m3 step of the composition at::gelu + at::cat + quantize, and nearly all bytes are equal.
       const ops::Fp8Rows fused = ops::quantize_fp8_rows_joined(a, b, /*gelu_b=*/true);
-      // The composition on the GPU: ATen's GELU kernel, then the plain row quantization.
       const at::Tensor gelu = at::gelu(b, "tanh");
       const ops::Fp8Rows want = ops::quantize_fp8_rows(a.defined() ? at::cat({a, gelu}, -1) : gelu);
-      CHECK(at::equal(fused.scale, want.scale));
-      CHECK(at::equal(fused.data.view(at::kByte), want.data.view(at::kByte)));
-      // And against the CPU reference: ATen's CPU GELU may round a value the other way, so the rows agree
-      // to within one e4m3 step rather than bit for bit.
+      const at::Tensor got_values = ops::dequantize_fp8_rows(fused, at::kFloat).cpu().to(at::kDouble);
+      const at::Tensor want_values = ops::dequantize_fp8_rows(want, at::kFloat).cpu().to(at::kDouble);
+      CHECK(at::allclose(fused.scale, want.scale, /*rtol=*/1.0 / 128, /*atol=*/0.0));  // one bf16 ulp at most
+      // One e4m3 step: 2^-3 of a normal value, 2^-9 of the row's scale for the smallest ones.
+      const at::Tensor step = at::maximum(want_values.abs() / 8, want.scale.cpu().to(at::kDouble).unsqueeze(-1) / 512);
+      CHECK(((got_values - want_values).abs() <= step * 1.0001).all().item<bool>());
+      // A row's scale moves only when its largest value rounds the other way: at most one row here. In the
+      // rows whose scale agrees, under 0.1% of the bytes differ.
+      const at::Tensor same_scale = fused.scale.eq(want.scale);
+      CHECK(same_scale.logical_not().sum().item<int64_t>() <= 1);
+      const at::Tensor differs = fused.data.view(at::kByte).ne(want.data.view(at::kByte)).logical_and(same_scale.unsqueeze(-1));
+      CHECK(differs.sum().item<double>() <= 1e-3 * double(fused.data.numel()));
+      // And against the CPU reference (ATen's CPU GELU), to the same closeness.
       const ops::Fp8Rows cpu = ops::quantize_fp8_rows_joined(a.defined() ? a.cpu() : a, b.cpu(), true);
       CHECK(rel_l2(ops::dequantize_fp8_rows(fused, at::kFloat), ops::dequantize_fp8_rows(cpu, at::kFloat)) < 1e-2);
     }
   }
+}
+
+TEST_CASE("CUDA fp8 rows read column slices of a wider product in place, as their contiguous copies", "[ops][fp8][cuda]") {
+  if (!at::hasCUDA()) SKIP("no CUDA device");
+  at::manual_seed(7);
+  // The single blocks' joined projection: [B, S, q | k | v | MLP], whose attention output and MLP columns feed
+  // the output projection's rows; plus an odd row stride (the scalar path) and a batch whose rows do not lie at
+  // one stride (a copy).
+  const at::Tensor wide = (at::randn({2, 33, 1024 + 4096}) * 3).to(at::kBFloat16).to(at::kCUDA);
+  const at::Tensor a = (at::randn({2, 33, 256}) * 2).to(at::kBFloat16).to(at::kCUDA);
+  const at::Tensor mlp = wide.narrow(2, 1024, 4096);
+  for (bool gelu : {false, true}) {
+    const ops::Fp8Rows sliced = ops::quantize_fp8_rows_joined(a, mlp, gelu);
+    const ops::Fp8Rows copied = ops::quantize_fp8_rows_joined(a, mlp.contiguous(), gelu);
+    CHECK(at::equal(sliced.scale, copied.scale));
+    CHECK(at::equal(sliced.data.view(at::kByte), copied.data.view(at::kByte)));
+  }
+  const at::Tensor odd = (at::randn({3, 5, 333}) * 3).to(at::kBFloat16).to(at::kCUDA).narrow(2, 7, 320);
+  CHECK(at::equal(ops::quantize_fp8_rows(odd).data.view(at::kByte), ops::quantize_fp8_rows(odd.contiguous()).data.view(at::kByte)));
+  const at::Tensor apart = wide.narrow(1, 0, 16).narrow(2, 0, 512);  // image rows end before the next image's
+  CHECK(at::equal(ops::quantize_fp8_rows(apart).data.view(at::kByte),
+                  ops::quantize_fp8_rows(apart.contiguous()).data.view(at::kByte)));
 }
 
 TEST_CASE("CUDA fp8 GEMM (row-wise scaled) against the fp32 GEMM of the dequantized operands", "[ops][fp8][cuda]") {

@@ -1,5 +1,5 @@
-// The fp8 GEMM of --compute fp8: activations quantized per row (each token divided by max|row| / 448 and
-// rounded to e4m3, so every token uses e4m3's whole range) times weights quantized per output channel
+// The fp8 GEMM of --compute fp8: activations quantized per row (each token multiplied by 448 / max|row|, its
+// scale being max|row| / 448, and rounded to e4m3, so every token uses e4m3's whole range) times weights quantized per output channel
 // (quant::Fp8Tensor), accumulated in fp32 and written in bf16. On CUDA (KernelMode::kFused) a row-wise
 // scaled fp8 GEMM per image (at::_scaled_mm: fp8 tensor cores, Hopper and Ada); otherwise the reference:
 // both operands dequantized to fp32, an fp32 GEMM, one rounding.
@@ -20,7 +20,9 @@ struct Fp8Rows {
 Fp8Rows quantize_fp8_rows(const at::Tensor& x);
 
 // Rows joined from two tensors and quantized as one: [a | GELU_tanh(b)] along the last dim (GELU only with
-// gelu_b, its output rounded to b's dtype as at::gelu's is), equal to quantize_fp8_rows(at::cat({a, b'}, -1)).
+// gelu_b, its output rounded to b's dtype as at::gelu's is), equal to quantize_fp8_rows(at::cat({a, b'}, -1))
+// (on CUDA the GELU is computed another way, within a few fp32 ulps of at::gelu's, so a value rounds to the
+// neighbouring b value once in thousands).
 // a: [..., Ka] or undefined, b: [..., Kb], one dtype and leading shape -> rows [..., Ka + Kb]. On CUDA one
 // kernel reads each source once, so the joined bf16 tensor and the GELU pass are never made (the single
 // blocks' [attention | MLP] and the feed-forwards' hidden states).
