@@ -24,20 +24,23 @@ const char* backend_name(int64_t backend) {
   }
 }
 
-// Says once per device, dtype and shape which SDPA kernel PyTorch picks for it: the backend decides a
+// Says once per device, dtype, shape and layout which SDPA kernel PyTorch picks for it: the backend decides a
 // large share of a step's time, and it differs between cards and versions.
 void log_backend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask,
                  std::optional<double> scale, bool is_causal) {
   static std::mutex mutex;
-  static std::set<std::tuple<std::string, int, std::vector<int64_t>>> seen;
-  auto key = std::make_tuple(q.device().str(), static_cast<int>(q.scalar_type()), q.sizes().vec());
+  static std::set<std::tuple<std::string, int, std::vector<int64_t>, std::vector<int64_t>>> seen;
+  // Strides too: a backend may take one layout and not another (q / k / v read as column slices of a wider
+  // product, as the fp8 single blocks do).
+  auto key = std::make_tuple(q.device().str(), static_cast<int>(q.scalar_type()), q.sizes().vec(), q.strides().vec());
   {
     std::lock_guard<std::mutex> lock(mutex);
     if (!seen.insert(std::move(key)).second) return;
   }
   const int64_t backend = at::_fused_sdp_choice(q, k, v, mask, 0.0, is_causal, scale);
   log::info(std::string("attention: ") + backend_name(backend) + " SDPA for " + c10::toString(q.scalar_type()) +
-            " [B, H, S, D] = " + c10::str(q.sizes()) + " on " + q.device().str());
+            " [B, H, S, D] = " + c10::str(q.sizes()) + " (strides " + c10::str(q.strides()) + ") on " +
+            q.device().str());
 }
 
 }  // namespace

@@ -173,6 +173,7 @@ int main(int argc, char** argv) {
       // --compute fp8 (compute capability 8.9+): the blocks' NF4 layers become fp8 weights.
       if (ops::fp8_gemm_supported(at::Device(at::kCUDA))) {
         nn::nf4_layers_to_fp8(*nf4, models::flux::computes_in_fp8, /*keep_nf4=*/false);
+        nf4->join_fp8_projections();  // as the pipeline's loader does
         c10::cuda::CUDACachingAllocator::emptyCache();
         const double fp8_none = median_ms(run(nf4), reps);
         double fp8_side = 0;

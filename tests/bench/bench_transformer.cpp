@@ -325,9 +325,11 @@ int main(int argc, char** argv) {
       load.device = at::Device(at::kCUDA);
       load.what = "transformer (fp8)";
       const int n = nn::load_state_fp8(*fp8, nn::read_safetensors(files), load, models::flux::computes_in_fp8);
+      const int joined = fp8->join_fp8_projections();  // as the pipeline's loader does
       c10::cuda::device_synchronize();
-      std::printf("loaded the fp8 transformer (%d fp8 Linears) in %.1f s (%.2f GiB on the GPU)\n", n, seconds_since(t0),
-                  gib(bench::allocated_now()));
+      std::printf("loaded the fp8 transformer (%d fp8 Linears; %d single blocks with q, k, v and MLP in one GEMM) in "
+                  "%.1f s (%.2f GiB on the GPU)\n",
+                  n, joined, seconds_since(t0), gib(bench::allocated_now()));
       figure("fp8_weights_gib", gib(bench::allocated_now()));
       const at::Tensor out_fp8 = forward(fp8, in).to(at::kCPU).to(at::kFloat);
       const Timings t = time_configurations("1024x1024 batch 1 fp8", "forward_1024_b1_fp8", fp8, in, reps, true,
@@ -412,6 +414,7 @@ int main(int argc, char** argv) {
         }
         const auto t0 = std::chrono::steady_clock::now();
         nn::nf4_layers_to_fp8(*nf4, models::flux::computes_in_fp8, /*keep_nf4=*/false);
+        nf4->join_fp8_projections();
         c10::cuda::device_synchronize();
         const double convert_s = seconds_since(t0);
         const at::Tensor out_nf4_fp8 = forward(nf4, in).to(at::kCPU).to(at::kFloat);

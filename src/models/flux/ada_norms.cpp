@@ -1,6 +1,7 @@
 #include "fluxbatch/models/flux/ada_norms.h"
 
 #include "fluxbatch/nn/activations.h"
+#include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/modulated_layer_norm.h"
 
 #include <ATen/ATen.h>
@@ -21,11 +22,27 @@ nn::LinearInput modulate(const at::Tensor& x, const at::Tensor& shift, const at:
 
 }  // namespace
 
+Conditioning Conditioning::of(const at::Tensor& temb, bool fp8) {
+  Conditioning c;
+  c.silu = nn::silu(temb);
+  if (fp8) c.fp8 = ops::quantize_fp8_rows(c.silu);
+  return c;
+}
+
+nn::LinearInput Conditioning::input_of(const nn::Linear& linear) const {
+  if (fp8.data.defined() && linear->takes_fp8() && linear->loras().empty()) return {at::Tensor(), fp8};
+  return {silu, {}};
+}
+
 AdaLayerNormZeroImpl::AdaLayerNormZeroImpl(int64_t dim, const at::TensorOptions& options)
     : linear(register_module("linear", nn::Linear(dim, 6 * dim, true, options))) {}
 
 AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const at::Tensor& temb, bool fp8) const {
-  const auto e = linear->forward(nn::silu(temb)).chunk(6, 1);  // 6 x [B, dim]
+  return forward(x, Conditioning::of(temb, linear->takes_fp8()), fp8);
+}
+
+AdaNormZeroOutput AdaLayerNormZeroImpl::forward(const at::Tensor& x, const Conditioning& temb, bool fp8) const {
+  const auto e = linear->forward(temb.input_of(linear), temb.silu.scalar_type()).chunk(6, 1);  // 6 x [B, dim]
   return {modulate(x, e[0], e[1], fp8), e[2], e[3], e[4], e[5]};
 }
 
@@ -34,7 +51,12 @@ AdaLayerNormZeroSingleImpl::AdaLayerNormZeroSingleImpl(int64_t dim, const at::Te
 
 std::pair<nn::LinearInput, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x, const at::Tensor& temb,
                                                                            bool fp8) const {
-  const auto e = linear->forward(nn::silu(temb)).chunk(3, 1);  // shift, scale, gate: [B, dim]
+  return forward(x, Conditioning::of(temb, linear->takes_fp8()), fp8);
+}
+
+std::pair<nn::LinearInput, at::Tensor> AdaLayerNormZeroSingleImpl::forward(const at::Tensor& x,
+                                                                           const Conditioning& temb, bool fp8) const {
+  const auto e = linear->forward(temb.input_of(linear), temb.silu.scalar_type()).chunk(3, 1);  // shift, scale, gate
   return {modulate(x, e[0], e[1], fp8), e[2]};
 }
 

@@ -60,12 +60,16 @@ std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const nn::Lin
 
 at::Tensor FluxAttentionImpl::forward_single(const nn::LinearInput& x, const nn::RopeTables& rope,
                                              at::ScalarType dtype) const {
-  // x: [B, L+S, dim], the joint sequence: one norm weight for every token.
-  at::Tensor q = to_q->forward(x, dtype);  // [B, L+S, inner]
+  // x: [B, L+S, dim], the joint sequence.
+  return attend_single(to_q->forward(x, dtype), to_k->forward(x, dtype), to_v->forward(x, dtype), rope);
+}
+
+at::Tensor FluxAttentionImpl::attend_single(at::Tensor q, at::Tensor k, const at::Tensor& v,
+                                            const nn::RopeTables& rope) const {
+  // q, k, v: [B, L+S, inner], the joint sequence: one norm weight for every token.
   ops::rms_norm_rope_(q, head_dim_, norm_q->weight, norm_q->weight, 0, rope.cos, rope.sin, norm_q->eps());
-  at::Tensor k = to_k->forward(x, dtype);
   ops::rms_norm_rope_(k, head_dim_, norm_k->weight, norm_k->weight, 0, rope.cos, rope.sin, norm_k->eps());
-  return nn::attention(split_heads(q), split_heads(k), split_heads(to_v->forward(x, dtype)));  // [B, S, inner]
+  return nn::attention(split_heads(q), split_heads(k), split_heads(v));  // [B, S, inner]
 }
 
 }  // namespace fluxbatch::models::flux

@@ -42,6 +42,11 @@ DoubleBlockImpl::DoubleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, c
 
 StreamPair DoubleBlockImpl::forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& temb,
                                     const nn::RopeTables& rope) const {
+  return forward(x, context, Conditioning::of(temb, norm1->linear->takes_fp8()), rope);
+}
+
+StreamPair DoubleBlockImpl::forward(const at::Tensor& x, const at::Tensor& context, const Conditioning& temb,
+                                    const nn::RopeTables& rope) const {
   const bool fp8 = attn->takes_fp8();
   const AdaNormZeroOutput img = norm1->forward(x, temb, fp8);
   const AdaNormZeroOutput txt = norm1_context->forward(context, temb, fp8);

@@ -5,7 +5,38 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <string>
+#include <vector>
+
 namespace fluxbatch::models::flux {
+namespace {
+
+// Whether `parts` lie back to back in one storage, in order, each contiguous, one dtype: then one view covers
+// them all (joined_view).
+bool back_to_back(const std::vector<at::Tensor>& parts) {
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const at::Tensor& t = parts[i];
+    if (!t.defined() || !t.is_contiguous() || t.scalar_type() != parts[0].scalar_type() ||
+        !t.storage().is_alias_of(parts[0].storage())) {
+      return false;
+    }
+    if (i > 0 && static_cast<const char*>(parts[i - 1].data_ptr()) + parts[i - 1].nbytes() !=
+                     static_cast<const char*>(t.data_ptr())) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The view over back_to_back `parts` stacked along dim 0.
+at::Tensor joined_view(const std::vector<at::Tensor>& parts) {
+  std::vector<int64_t> sizes = parts[0].sizes().vec();
+  for (size_t i = 1; i < parts.size(); ++i) sizes[0] += parts[i].size(0);
+  return parts[0].as_strided(sizes, parts[0].strides());
+}
+
+}  // namespace
 
 SingleBlockImpl::SingleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, const at::TensorOptions& options)
     : norm(register_module("norm", AdaLayerNormZeroSingle(dim, options))),
@@ -14,6 +45,10 @@ SingleBlockImpl::SingleBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, c
       attn(register_module("attn", FluxAttention(dim, heads, head_dim, AttentionKind::kSingle, 1e-6, options))) {}
 
 at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const at::Tensor& temb, const nn::RopeTables& rope) const {
+  return forward(h, Conditioning::of(temb, norm->linear->takes_fp8()), rope);
+}
+
+at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const Conditioning& temb, const nn::RopeTables& rope) const {
   const int64_t dim = proj_mlp->in_features(), hidden = proj_mlp->out_features();
   at::Tensor gate, out;
   {
@@ -23,8 +58,19 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const at::Tensor& temb,
       // fp8 compute: the output projection's input rows [attention | GELU(MLP)] are quantized straight from
       // the two products, the GELU on the way (one kernel), so neither the joined bf16 buffer nor the GELU
       // pass is made. Equal to the branch below, which quantizes the joined buffer.
-      at::Tensor attention = attn->forward_single(n, rope, h.scalar_type());  // [B, L+S, dim]
-      at::Tensor mlp = proj_mlp->forward(n, h.scalar_type());                  // [B, L+S, 4*dim], before GELU
+      at::Tensor attention, mlp;  // [B, L+S, dim], [B, L+S, 4*dim] before GELU
+      const std::optional<JoinedProjection> joined = n.is_fp8() ? joined_projection() : std::nullopt;
+      if (joined) {
+        // q, k, v and the MLP's first product from one GEMM ([B, L+S, 3 * dim + 4 * dim]), read in place as
+        // column slices: the same per-column fp32 sums and bf16 roundings as the four GEMMs.
+        const at::Tensor product = ops::fp8_linear(n.fp8, joined->weight, joined->bias, h.scalar_type());
+        attention = attn->attend_single(product.narrow(2, 0, dim), product.narrow(2, dim, dim),
+                                        product.narrow(2, 2 * dim, dim), rope);
+        mlp = product.narrow(2, 3 * dim, hidden);
+      } else {
+        attention = attn->forward_single(n, rope, h.scalar_type());
+        mlp = proj_mlp->forward(n, h.scalar_type());
+      }
       const ops::Fp8Rows rows = ops::quantize_fp8_rows_joined(attention, mlp, /*gelu_b=*/true);
       attention = mlp = at::Tensor();
       out = proj_out->forward(rows, h.scalar_type());
@@ -48,5 +94,54 @@ bool SingleBlockImpl::fp8_joined_rows() const {
   // side path on the output projection, whose LoRAs read its dense input.
   return proj_mlp->takes_fp8() && proj_out->takes_fp8() && proj_out->loras().empty();
 }
+
+std::array<nn::Linear, 4> SingleBlockImpl::projections() const {
+  return {attn->to_q, attn->to_k, attn->to_v, proj_mlp};
+}
+
+bool SingleBlockImpl::join_fp8_projections() {
+  const std::array<nn::Linear, 4> parts = projections();
+  for (const nn::Linear& l : parts) {
+    if (!l->is_fp8() || !l->bias.defined() || l->fp8().data.device() != parts[0]->fp8().data.device() ||
+        l->bias.device() != parts[0]->fp8().data.device()) {
+      return false;
+    }
+  }
+  if (fp8_projections_joined()) return true;
+  std::vector<at::Tensor> data, scale, bias;
+  for (const nn::Linear& l : parts) {
+    data.push_back(l->fp8().data);
+    scale.push_back(l->fp8().scale);
+    bias.push_back(l->bias);
+  }
+  // The block's four weights are held twice until the old copies go (about 66 MB at FLUX.1-dev's size).
+  const at::Tensor joined_data = at::cat(data, 0), joined_scale = at::cat(scale, 0), joined_bias = at::cat(bias, 0);
+  data.clear();
+  scale.clear();
+  int64_t row = 0;
+  for (nn::Linear l : parts) {  // a handle copy: the module itself is changed
+    const int64_t n = l->out_features();
+    l->set_fp8({joined_data.narrow(0, row, n), joined_scale.narrow(0, row, n)}, "joined fp8 projection");
+    // The registered "bias" parameter itself now views the joined bias (named_parameters() still lists it), as
+    // nn::PinnedWeights repoints tensors.
+    l->bias.set_data(joined_bias.narrow(0, row, n));
+    row += n;
+  }
+  return true;
+}
+
+std::optional<SingleBlockImpl::JoinedProjection> SingleBlockImpl::joined_projection() const {
+  std::vector<at::Tensor> data, scale, bias;
+  for (const nn::Linear& l : projections()) {
+    if (!l->is_fp8() || !l->loras().empty() || !l->bias.defined()) return std::nullopt;
+    data.push_back(l->fp8().data);
+    scale.push_back(l->fp8().scale);
+    bias.push_back(l->bias);
+  }
+  if (!back_to_back(data) || !back_to_back(scale) || !back_to_back(bias)) return std::nullopt;
+  return JoinedProjection{quant::Fp8Tensor{joined_view(data), joined_view(scale)}, joined_view(bias)};
+}
+
+bool SingleBlockImpl::fp8_projections_joined() const { return joined_projection().has_value(); }
 
 }  // namespace fluxbatch::models::flux

@@ -108,11 +108,16 @@ at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
   at::Tensor context = context_embedder->forward(encoder_hidden_states);  // [B, L, inner]
   trace("context_embedder", context);
   const nn::RopeTables rope = flux_pos_embed(at::cat({txt_ids, img_ids}, 0), config_.axes_dims_rope);
+  // SiLU(temb) for every block's modulation, once (and its fp8 rows when the modulations compute in fp8).
+  bool fp8_modulation = false;
+  for (const DoubleBlock& b : transformer_blocks) fp8_modulation = fp8_modulation || b->norm1->linear->takes_fp8();
+  for (const SingleBlock& b : single_transformer_blocks) fp8_modulation = fp8_modulation || b->norm->linear->takes_fp8();
+  const Conditioning conditioning = Conditioning::of(temb, fp8_modulation);
 
   const auto doubles = static_cast<int64_t>(transformer_blocks.size());
   for (size_t i = 0; i < transformer_blocks.size(); ++i) {
     if (hook_.before) hook_.before(static_cast<int64_t>(i));
-    StreamPair streams = transformer_blocks[i]->forward(x, context, temb, rope);
+    StreamPair streams = transformer_blocks[i]->forward(x, context, conditioning, rope);
     if (hook_.after) hook_.after(static_cast<int64_t>(i));
     x = std::move(streams.x);
     context = std::move(streams.context);
@@ -124,7 +129,7 @@ at::Tensor FluxTransformer2DModelImpl::forward(const at::Tensor& hidden_states,
   at::Tensor h = at::cat({context, x}, 1);  // [B, L+S, inner], text first
   for (size_t i = 0; i < single_transformer_blocks.size(); ++i) {
     if (hook_.before) hook_.before(doubles + static_cast<int64_t>(i));
-    h = single_transformer_blocks[i]->forward(h, temb, rope);
+    h = single_transformer_blocks[i]->forward(h, conditioning, rope);
     if (hook_.after) hook_.after(doubles + static_cast<int64_t>(i));
     trace("single_transformer_blocks." + std::to_string(i), h);
   }
@@ -139,6 +144,12 @@ std::vector<torch::nn::Module*> FluxTransformer2DModelImpl::blocks() {
   for (const DoubleBlock& b : transformer_blocks) out.push_back(b.ptr().get());
   for (const SingleBlock& b : single_transformer_blocks) out.push_back(b.ptr().get());
   return out;
+}
+
+int FluxTransformer2DModelImpl::join_fp8_projections() {
+  int joined = 0;
+  for (SingleBlock& b : single_transformer_blocks) joined += b->join_fp8_projections() ? 1 : 0;
+  return joined;
 }
 
 bool computes_in_fp8(const std::string& name) {

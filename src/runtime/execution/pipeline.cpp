@@ -106,6 +106,15 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
   return it != weights.end() && it->first.rfind(prefix, 0) == 0;
 }
 
+// fp8 weights: each single block's q / k / v / MLP projections laid out for one GEMM (SingleBlockImpl::
+// join_fp8_projections).
+void join_fp8_projections(models::flux::FluxTransformer2DModel& transformer) {
+  const int joined = transformer->join_fp8_projections();
+  if (joined > 0) {
+    log::debug("fp8 compute: " + std::to_string(joined) + " single blocks run q, k, v and the MLP as one GEMM");
+  }
+}
+
 // `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
 // components' home) is the host.
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
@@ -130,6 +139,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
       log::info("fp8 compute: " + std::to_string(n) + " transformer Linears " +
                 (pipeline.fp8_from_nf4 ? "stay NF4 and are turned into fp8 at each call"
                                        : "hold fp8 weights made from their NF4 weights"));
+      join_fp8_projections(transformer);
     }
     return transformer;
   }
@@ -141,6 +151,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     load.quantize_device = compute;
     const int n = nn::load_state_fp8(*transformer, read_component(model.transformer), load, models::flux::computes_in_fp8);
     log::info("fp8 compute: " + std::to_string(n) + " transformer Linears hold per-channel fp8 weights");
+    join_fp8_projections(transformer);
     return transformer;
   }
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);

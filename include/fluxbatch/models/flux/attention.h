@@ -34,6 +34,9 @@ class FluxAttentionImpl : public torch::nn::Module {
                                                   const nn::RopeTables& rope, at::ScalarType dtype) const;
   // Single: x: [B, S, dim] -> [B, S, heads * head_dim] (no output projection).
   at::Tensor forward_single(const nn::LinearInput& x, const nn::RopeTables& rope, at::ScalarType dtype) const;
+  // Single, from projections made elsewhere: q, k, v [B, S, heads * head_dim] (unit last stride; rows may lie
+  // apart, e.g. column slices of one joined product). q and k are normalized and rotated in place.
+  at::Tensor attend_single(at::Tensor q, at::Tensor k, const at::Tensor& v, const nn::RopeTables& rope) const;
   // Whether the q/k/v projections compute in fp8, so their input may come as fp8 rows.
   bool takes_fp8() const { return to_q->takes_fp8(); }
 

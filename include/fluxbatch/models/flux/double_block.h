@@ -26,6 +26,9 @@ class DoubleBlockImpl : public torch::nn::Module {
   // x: [B, S, dim], context: [B, L, dim], temb: [B, dim], rope over L + S tokens -> both streams updated.
   StreamPair forward(const at::Tensor& x, const at::Tensor& context, const at::Tensor& temb,
                      const nn::RopeTables& rope) const;
+  // The same with SiLU(temb) made once for all blocks (Conditioning::of).
+  StreamPair forward(const at::Tensor& x, const at::Tensor& context, const Conditioning& temb,
+                     const nn::RopeTables& rope) const;
 
   AdaLayerNormZero norm1{nullptr};
   AdaLayerNormZero norm1_context{nullptr};

@@ -11,7 +11,9 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <array>
 #include <cstdint>
+#include <optional>
 
 namespace fluxbatch::models::flux {
 
@@ -21,6 +23,18 @@ class SingleBlockImpl : public torch::nn::Module {
   // h: [B, L+S, dim] (diffusers' cat([context, x], 1)), temb: [B, dim] -> [B, L+S, dim].
   // diffusers splits and re-concatenates the streams around every block; the values are the same.
   at::Tensor forward(const at::Tensor& h, const at::Tensor& temb, const nn::RopeTables& rope) const;
+  // The same with SiLU(temb) made once for all blocks (Conditioning::of).
+  at::Tensor forward(const at::Tensor& h, const Conditioning& temb, const nn::RopeTables& rope) const;
+
+  // fp8 compute: lays the fp8 weights, scales and biases of attn.to_q, to_k, to_v and proj_mlp out back to back,
+  // each layer keeping its own view, so that forward() runs the four products as one GEMM ([3 * inner + 4 * dim,
+  // dim]): one launch instead of four, and no partial last wave on the three small ones. Returns false (and
+  // changes nothing) unless all four hold fp8 weights and biases on one device. Values are unchanged. Anything
+  // that later moves one of those tensors on its own (offload, streaming) breaks the layout, and forward()
+  // then takes the four GEMMs again.
+  bool join_fp8_projections();
+  // Whether forward() can run the joined GEMM now (the layout above holds and no layer has a LoRA).
+  bool fp8_projections_joined() const;
 
   AdaLayerNormZeroSingle norm{nullptr};
   nn::Linear proj_mlp{nullptr};  // [4*dim, dim]
@@ -30,6 +44,15 @@ class SingleBlockImpl : public torch::nn::Module {
  private:
   // Whether the output projection's fp8 input rows are made from the attention and MLP products directly.
   bool fp8_joined_rows() const;
+  // The joined weight ([3 * inner + 4 * dim, dim]) and bias over the layout join_fp8_projections() makes, when
+  // fp8_projections_joined().
+  struct JoinedProjection {
+    quant::Fp8Tensor weight;
+    at::Tensor bias;
+  };
+  std::optional<JoinedProjection> joined_projection() const;
+  // attn.to_q, to_k, to_v, proj_mlp: the layers whose products one GEMM can make (same input).
+  std::array<nn::Linear, 4> projections() const;
 };
 TORCH_MODULE(SingleBlock);
 

@@ -52,6 +52,8 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
   void set_block_hook(BlockHook hook) { hook_ = std::move(hook); }
   // The double blocks, then the single blocks: the order forward() runs them and BlockHook counts them.
   std::vector<torch::nn::Module*> blocks();
+  // fp8 compute: SingleBlockImpl::join_fp8_projections on every single block; returns how many joined.
+  int join_fp8_projections();
 
   nn::Linear x_embedder{nullptr};        // [inner, in_channels]
   nn::Linear context_embedder{nullptr};  // [inner, joint_attention_dim]
