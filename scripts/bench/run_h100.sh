@@ -7,6 +7,8 @@
 # diffusers nf4model forward fp8job fp8peak job budget bf16render render" (encoders: the random model without its text
 # encoders and VAE, for a call that only times forwards; then skip fp8job fp8peak job budget render too). FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
 # job runs without diffusers (for a short call) unless FB_FP8JOB_SKIP_DIFFUSERS=0. The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
+# figures.json names the commit as `git describe --dirty` sees it there; the device tool's copy can sit on the
+# landed main with this session's tree on top (so "<main>-dirty"): pass FB_COMMIT=<sha of the tree> to name it.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -125,7 +127,7 @@ if ! skip job; then
 fi
 
 step "figures"
-python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)}" \
   "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json" "$OUTDIR/fp8peak.json"
 
 if ! skip budget; then

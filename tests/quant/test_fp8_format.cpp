@@ -184,12 +184,19 @@ TEST_CASE("CUDA joined fp8 rows: [a | b] bit for bit, [a | GELU(b)] within one e
       // One e4m3 step: 2^-3 of a normal value, 2^-9 of the row's scale for the smallest ones.
       const at::Tensor step = at::maximum(want_values.abs() / 8, want.scale.cpu().to(at::kDouble).unsqueeze(-1) / 512);
       CHECK(((got_values - want_values).abs() <= step * 1.0001).all().item<bool>());
-      // A row's scale moves only when its largest value rounds the other way: at most one row here. In the
-      // rows whose scale agrees, under 0.1% of the bytes differ.
-      const at::Tensor same_scale = fused.scale.eq(want.scale);
-      CHECK(same_scale.logical_not().sum().item<int64_t>() <= 1);
-      const at::Tensor differs = fused.data.view(at::kByte).ne(want.data.view(at::kByte)).logical_and(same_scale.unsqueeze(-1));
-      CHECK(differs.sum().item<double>() <= 1e-3 * double(fused.data.numel()));
+      // Under 0.1% of the bytes differ. fp32 rows keep their GELU values unrounded, so a row's scale moves by
+      // a few fp32 ulps (on the H100, 2 of these 18 rows) and the bytes are compared everywhere. In bf16 / fp16
+      // rows a scale moves only when the row's largest value rounds to the neighbouring bf16 / fp16: at most
+      // one row here, whose bytes all move with it; the bytes are compared in the rows of equal scale.
+      const at::Tensor differs = fused.data.view(at::kByte).ne(want.data.view(at::kByte));
+      if (dtype == at::kFloat) {
+        CHECK(at::allclose(fused.scale, want.scale, /*rtol=*/1e-6, /*atol=*/0.0));
+        CHECK(differs.sum().item<double>() <= 1e-3 * double(fused.data.numel()));
+      } else {
+        const at::Tensor same_scale = fused.scale.eq(want.scale);
+        CHECK(same_scale.logical_not().sum().item<int64_t>() <= 1);
+        CHECK(differs.logical_and(same_scale.unsqueeze(-1)).sum().item<double>() <= 1e-3 * double(fused.data.numel()));
+      }
       // And against the CPU reference (ATen's CPU GELU), to the same closeness.
       const ops::Fp8Rows cpu = ops::quantize_fp8_rows_joined(a.defined() ? a.cpu() : a, b.cpu(), true);
       CHECK(rel_l2(ops::dequantize_fp8_rows(fused, at::kFloat), ops::dequantize_fp8_rows(cpu, at::kFloat)) < 1e-2);
