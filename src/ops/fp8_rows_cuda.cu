@@ -81,44 +81,62 @@ __global__ void quantize_fp8_rows_kernel(const T* __restrict__ a, int64_t ka, in
 }
 
 // The register form: row r of [a | b] with ka and kb multiples of 8 and 16-byte aligned sources, its
-// (ka + kb) / 8 chunks spread over the block, chunk c = threadIdx.x + j * blockDim.x for j < kPer.
-// Blocks of at most 512 threads; up to kPer = 4 at most 64 registers a thread, so that two blocks share an SM.
+// (ka + kb) / 8 chunks spread over the block, chunk c = threadIdx.x + j * blockDim.x for j < kPer. The chunks stay
+// packed as stored (cuda::Packed8; GELU's output is rounded to T anyway, so it goes back in T exactly): a bf16
+// row of 15,360 values (kPer 4) needs about 32 registers a thread, so four blocks of up to 512 threads share an
+// SM, twice the rows in flight of the fp32 registers this kernel held before.
+template <typename T, int kPer>
+constexpr int quantize_min_blocks() {
+  return kPer >= 8 ? 1 : (sizeof(T) == 2 ? 4 : 2);
+}
 template <typename T, int kPer, bool kGeluB>
-__global__ void __launch_bounds__(512, kPer >= 8 ? 1 : 2) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, int64_t lda, const T* __restrict__ b,
+__global__ void __launch_bounds__(512, quantize_min_blocks<T, kPer>()) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, int64_t lda, const T* __restrict__ b,
                                              int64_t kb, int64_t ldb, uint8_t* __restrict__ data, float* __restrict__ scales) {
   __shared__ float scratch[32];
+  // Row pointers once and 32-bit chunk indices (a row has at most 32K values): registers go to the values.
   const int64_t r = blockIdx.x;
-  const int64_t chunks_a = ka / 8, chunks = chunks_a + kb / 8;
-  float v[kPer][8];
+  const T* __restrict__ row_a = a + r * lda;
+  const T* __restrict__ row_b = b + r * ldb;
+  const int chunks_a = static_cast<int>(ka / 8), chunks = chunks_a + static_cast<int>(kb / 8);
+  cuda::Packed8<T> v[kPer];
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    const int c = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
     if (c < chunks_a) {
-      cuda::load_vec<T, 8>(a + r * lda + c * 8, v[j]);
+      v[j].load(row_a + c * 8);
     } else if (c < chunks) {
-      cuda::load_vec<T, 8>(b + r * ldb + (c - chunks_a) * 8, v[j]);
+      v[j].load(row_b + (c - chunks_a) * 8);
     }
   }
   float local = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
+    const int c = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
     if (c >= chunks) continue;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < 8; i += 2) {
+      float lo = v[j].get(i), hi = v[j].get(i + 1);
       if constexpr (kGeluB) {
-        if (c >= chunks_a) v[j][i] = gelu_tanh_rounded<T>(v[j][i]);
+        if (c >= chunks_a) {
+          lo = gelu_tanh_rounded<T>(lo);
+          hi = gelu_tanh_rounded<T>(hi);
+          v[j].set_pair(i / 2, lo, hi);
+        }
       }
-      local = fmaxf(local, fabsf(v[j][i]));
+      local = fmaxf(local, fmaxf(fabsf(lo), fabsf(hi)));
     }
   }
   const cuda::Fp8RowScale fp8 = cuda::fp8_row_scale(cuda::block_max(local, scratch));
   if (threadIdx.x == 0) scales[r] = fp8.scale;
-  const int64_t k = ka + kb;
+  uint8_t* __restrict__ out = data + r * (ka + kb);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    const int64_t c = threadIdx.x + int64_t(j) * blockDim.x;
-    if (c < chunks) cuda::store_fp8<8, true>(data + r * k + c * 8, v[j], fp8.inverse);
+    const int c = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
+    if (c >= chunks) continue;
+    float x[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = v[j].get(i);
+    cuda::store_fp8<8, true>(out + c * 8, x, fp8.inverse);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fluxbatch::ops::cuda {
 
@@ -29,6 +30,58 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&v)[N]
 #pragma unroll
   for (int i = 0; i < int(N * sizeof(T) / 16); ++i) reinterpret_cast<uint4*>(p)[i] = reinterpret_cast<const uint4*>(raw)[i];
 }
+
+// Eight consecutive values of a row held in registers as stored (one 16-byte load): for bf16 / fp16 two to a
+// 32-bit register, half the registers of eight floats, so that more rows fit on an SM at once; for fp32 eight
+// floats. get() widens a value to fp32 exactly, set() rounds one to T (exact for a value already rounded to T).
+template <typename T>
+struct Packed8 {
+  static_assert(sizeof(T) == 2, "16-bit storage types");
+  uint32_t w[4];
+  __device__ __forceinline__ void load(const T* __restrict__ p) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    w[0] = u.x;
+    w[1] = u.y;
+    w[2] = u.z;
+    w[3] = u.w;
+  }
+  __device__ __forceinline__ float get(int i) const {
+    const auto bits = static_cast<unsigned short>(i % 2 == 0 ? w[i / 2] & 0xFFFFu : w[i / 2] >> 16);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      return to_float(__ushort_as_bfloat16(bits));
+    } else {
+      return to_float(__ushort_as_half(bits));
+    }
+  }
+  __device__ __forceinline__ void set(int i, float v) {
+    unsigned short bits;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      bits = __bfloat16_as_ushort(from_float<T>(v));
+    } else {
+      bits = __half_as_ushort(from_float<T>(v));
+    }
+    w[i / 2] = i % 2 == 0 ? (w[i / 2] & 0xFFFF0000u) | bits : (w[i / 2] & 0xFFFFu) | (uint32_t(bits) << 16);
+  }
+  // Values 2 * pair and 2 * pair + 1 at once (one packing, no read-modify-write).
+  __device__ __forceinline__ void set_pair(int pair, float lo, float hi) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      w[pair] = uint32_t(__bfloat16_as_ushort(from_float<T>(lo))) | (uint32_t(__bfloat16_as_ushort(from_float<T>(hi))) << 16);
+    } else {
+      w[pair] = uint32_t(__half_as_ushort(from_float<T>(lo))) | (uint32_t(__half_as_ushort(from_float<T>(hi))) << 16);
+    }
+  }
+};
+template <>
+struct Packed8<float> {
+  float f[8];
+  __device__ __forceinline__ void load(const float* __restrict__ p) { load_vec<float, 8>(p, f); }
+  __device__ __forceinline__ float get(int i) const { return f[i]; }
+  __device__ __forceinline__ void set(int i, float v) { f[i] = v; }
+  __device__ __forceinline__ void set_pair(int pair, float lo, float hi) {
+    f[2 * pair] = lo;
+    f[2 * pair + 1] = hi;
+  }
+};
 
 // Element by element (any alignment): the fallback of the vector forms above.
 template <typename T, int N>

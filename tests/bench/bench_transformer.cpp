@@ -201,6 +201,19 @@ Timings time_configurations(const std::string& label, const std::string& key, co
   return t;
 }
 
+// Gives every single block's q / k / v / MLP Linear tensors of its own, so no joined GEMM runs (the layout
+// SingleBlockImpl::join_fp8_projections makes is gone).
+void separate_projections(FluxTransformer2DModel& model) {
+  for (const models::flux::SingleBlock& b : model->single_transformer_blocks) {
+    for (nn::Linear l : {b->attn->to_q, b->attn->to_k, b->attn->to_v, b->proj_mlp}) {
+      const quant::Fp8Tensor w = l->fp8();
+      const at::Tensor bias = l->bias.clone();
+      l->set_fp8({w.data.clone(), w.scale.clone()}, "separate fp8 projection");
+      l->bias.set_data(bias);
+    }
+  }
+}
+
 FluxTransformer2DModel load_dense(const FluxConfig& config, const std::vector<std::string>& files, at::ScalarType dtype) {
   const auto t0 = std::chrono::steady_clock::now();
   FluxTransformer2DModel model(config, at::TensorOptions().dtype(dtype).device(at::kCUDA));
@@ -347,6 +360,24 @@ int main(int argc, char** argv) {
         const Inputs small = random_inputs(config, 512, 4, in.encoder.size(1), at::kBFloat16);
         time_configurations("512x512 batch 4 fp8", "forward_512_b4_fp8", fp8, small, reps, false,
                             /*with_reference=*/false);
+      }
+      // The single blocks' other layouts, in the same call: q, k and v joined without the MLP (cuDNN's packed
+      // QKV layout, and the separate GEMMs' peak), then no join at all (four GEMMs). The loader joins all four.
+      {
+        fp8->join_fp8_projections(/*with_mlp=*/false);
+        time_configurations("1024x1024 batch 1 fp8, q/k/v joined without the MLP", "forward_1024_b1_fp8_qkv_join", fp8,
+                            in, reps, true, /*with_reference=*/false);
+        const double qkv_vs_joined = rel_l2(forward(fp8, in).to(at::kCPU).to(at::kFloat), out_fp8);
+        separate_projections(fp8);
+        time_configurations("1024x1024 batch 1 fp8, no joined GEMM", "forward_1024_b1_fp8_no_join", fp8, in, reps, true,
+                            /*with_reference=*/false);
+        const double separate_vs_joined = rel_l2(forward(fp8, in).to(at::kCPU).to(at::kFloat), out_fp8);
+        std::printf("single-block layouts against the joined q/k/v/MLP output: q/k/v only %.3e, separate %.3e "
+                    "(relative L2; cuBLASLt may round a wider GEMM's product differently)\n",
+                    qkv_vs_joined, separate_vs_joined);
+        figure("rel_l2_fp8_qkv_join_vs_join", qkv_vs_joined);
+        figure("rel_l2_fp8_no_join_vs_join", separate_vs_joined);
+        fp8->join_fp8_projections();
       }
     } else {
       std::printf("fp8 compute: this GPU has no fp8 tensor cores (compute capability < 8.9); not measured\n");

@@ -141,8 +141,26 @@ TEST_CASE("fp8 single blocks: q, k, v and the MLP joined into one GEMM give the 
   CHECK_FALSE(block->fp8_projections_joined());
   to_v->remove_lora(1);
   CHECK(block->fp8_projections_joined());
+  // A LoRA on the MLP: q, k and v still run as one GEMM, the MLP with its side path.
+  fluxbatch::nn::Linear mlp = block->proj_mlp;
+  mlp->set_lora(1, {at::randn({2, dim}) * 0.1, at::randn({mlp->out_features(), 2}) * 0.1, 1.0}, "test LoRA");
+  REQUIRE(block->fp8_projections_joined());
+  CHECK_FALSE(block->joined_projection_with_mlp());
+  mlp->remove_lora(1);
+  CHECK(block->joined_projection_with_mlp());
+
+  // q, k and v alone (cuDNN's packed QKV layout; the MLP gets tensors of its own): the same result.
+  REQUIRE(joined->join_fp8_projections(/*with_mlp=*/false) == blocks);
+  CHECK(block->fp8_projections_joined());
+  CHECK_FALSE(block->joined_projection_with_mlp());
+  CHECK_FALSE(block->proj_mlp->fp8().data.storage().is_alias_of(block->attn->to_q->fp8().data.storage()));
+  CHECK(at::equal(block->proj_mlp->fp8().scale, mlp_scale_before));
+  CHECK(at::equal(block->proj_mlp->bias, mlp_bias_before));
+  CHECK(at::equal(block->attn->to_q->fp8().data.view(at::kByte), q_before));
+  CHECK(rel_l2(run(joined, g), want) < 1e-5);
+
   // A layer whose weight moved on its own (as offloading repoints each tensor) breaks the layout: the block
-  // takes the four GEMMs, with the same result.
+  // takes the separate GEMMs, with the same result.
   const fluxbatch::quant::Fp8Tensor v = to_v->fp8();
   to_v->set_fp8({v.data.clone(), v.scale.clone()}, "moved");
   CHECK_FALSE(block->fp8_projections_joined());
@@ -263,6 +281,13 @@ TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against t
   CHECK(rel_l2(joined, got) < 0.03);
   CHECK(rel_l2(joined, want) < 0.15);
   CHECK(at::equal(forward_gpu().to(at::kCPU).to(at::kFloat), joined));
+  // q, k and v alone (cuDNN's packed QKV layout), the MLP's GEMM on its own.
+  REQUIRE(gpu->join_fp8_projections(/*with_mlp=*/false) == static_cast<int>(gpu->single_transformer_blocks.size()));
+  REQUIRE_FALSE(gpu->single_transformer_blocks[0]->joined_projection_with_mlp());
+  const at::Tensor qkv = forward_gpu().to(at::kCPU).to(at::kFloat);
+  CAPTURE(rel_l2(qkv, got));
+  CHECK(rel_l2(qkv, got) < 0.03);
+  CHECK(rel_l2(qkv, want) < 0.15);
 }
 
 TEST_CASE("fp8 blocks: rows quantized from the products equal the joined-buffer path they replace", "[flux][fp8]") {

@@ -5,7 +5,6 @@
 
 #include <ATen/ATen.h>
 
-#include <array>
 #include <string>
 #include <vector>
 
@@ -61,12 +60,17 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const Conditioning& tem
       at::Tensor attention, mlp;  // [B, L+S, dim], [B, L+S, 4*dim] before GELU
       const std::optional<JoinedProjection> joined = n.is_fp8() ? joined_projection() : std::nullopt;
       if (joined) {
-        // q, k, v and the MLP's first product from one GEMM ([B, L+S, 3 * dim + 4 * dim]), read in place as
-        // column slices: the same per-column fp32 sums and bf16 roundings as the four GEMMs.
-        const at::Tensor product = ops::fp8_linear(n.fp8, joined->weight, joined->bias, h.scalar_type());
+        // q, k, v (and the MLP's first product) from one GEMM ([B, L+S, 3 * dim (+ 4 * dim)]), read in place
+        // as column slices: the same per-column fp32 sums and bf16 roundings as the separate GEMMs.
+        at::Tensor product = ops::fp8_linear(n.fp8, joined->weight, joined->bias, h.scalar_type());
         attention = attn->attend_single(product.narrow(2, 0, dim), product.narrow(2, dim, dim),
                                         product.narrow(2, 2 * dim, dim), rope);
-        mlp = product.narrow(2, 3 * dim, hidden);
+        if (joined->with_mlp) {
+          mlp = product.narrow(2, 3 * dim, hidden);
+        } else {
+          product = at::Tensor();  // q, k and v go before the MLP's product comes
+          mlp = proj_mlp->forward(n, h.scalar_type());
+        }
       } else {
         attention = attn->forward_single(n, rope, h.scalar_type());
         mlp = proj_mlp->forward(n, h.scalar_type());
@@ -95,26 +99,35 @@ bool SingleBlockImpl::fp8_joined_rows() const {
   return proj_mlp->takes_fp8() && proj_out->takes_fp8() && proj_out->loras().empty();
 }
 
-std::array<nn::Linear, 4> SingleBlockImpl::projections() const {
-  return {attn->to_q, attn->to_k, attn->to_v, proj_mlp};
+std::vector<nn::Linear> SingleBlockImpl::projections(bool with_mlp) const {
+  std::vector<nn::Linear> out{attn->to_q, attn->to_k, attn->to_v};
+  if (with_mlp) out.push_back(proj_mlp);
+  return out;
 }
 
-bool SingleBlockImpl::join_fp8_projections() {
-  const std::array<nn::Linear, 4> parts = projections();
+bool SingleBlockImpl::join_fp8_projections(bool with_mlp) {
+  const std::vector<nn::Linear> parts = projections(with_mlp);
   for (const nn::Linear& l : parts) {
     if (!l->is_fp8() || !l->bias.defined() || l->fp8().data.device() != parts[0]->fp8().data.device() ||
         l->bias.device() != parts[0]->fp8().data.device()) {
       return false;
     }
   }
-  if (fp8_projections_joined()) return true;
+  if (const auto joined = joined_projection(/*allow_loras=*/true); joined && joined->with_mlp == with_mlp) return true;
   std::vector<at::Tensor> data, scale, bias;
   for (const nn::Linear& l : parts) {
     data.push_back(l->fp8().data);
     scale.push_back(l->fp8().scale);
     bias.push_back(l->bias);
   }
-  // The block's four weights are held twice until the old copies go (about 66 MB at FLUX.1-dev's size).
+  if (!with_mlp && proj_mlp->is_fp8() && proj_mlp->fp8().data.storage().is_alias_of(attn->to_q->fp8().data.storage())) {
+    // Leaving a joined layout with the MLP: the MLP gets tensors of its own, so the old block storage goes.
+    const quant::Fp8Tensor w = proj_mlp->fp8();
+    const at::Tensor mlp_bias = proj_mlp->bias.clone();
+    proj_mlp->set_fp8({w.data.clone(), w.scale.clone()}, "fp8 projection");
+    proj_mlp->bias.set_data(mlp_bias);
+  }
+  // The layers' weights are held twice until the old copies go (about 66 MB a block at FLUX.1-dev's size).
   const at::Tensor joined_data = at::cat(data, 0), joined_scale = at::cat(scale, 0), joined_bias = at::cat(bias, 0);
   data.clear();
   scale.clear();
@@ -130,18 +143,29 @@ bool SingleBlockImpl::join_fp8_projections() {
   return true;
 }
 
-std::optional<SingleBlockImpl::JoinedProjection> SingleBlockImpl::joined_projection() const {
-  std::vector<at::Tensor> data, scale, bias;
-  for (const nn::Linear& l : projections()) {
-    if (!l->is_fp8() || !l->loras().empty() || !l->bias.defined()) return std::nullopt;
-    data.push_back(l->fp8().data);
-    scale.push_back(l->fp8().scale);
-    bias.push_back(l->bias);
+std::optional<SingleBlockImpl::JoinedProjection> SingleBlockImpl::joined_projection(bool allow_loras) const {
+  for (const bool with_mlp : {true, false}) {
+    std::vector<at::Tensor> data, scale, bias;
+    bool usable = true;
+    for (const nn::Linear& l : projections(with_mlp)) {
+      usable = usable && l->is_fp8() && (allow_loras || l->loras().empty()) && l->bias.defined();
+      if (!usable) break;
+      data.push_back(l->fp8().data);
+      scale.push_back(l->fp8().scale);
+      bias.push_back(l->bias);
+    }
+    if (usable && back_to_back(data) && back_to_back(scale) && back_to_back(bias)) {
+      return JoinedProjection{quant::Fp8Tensor{joined_view(data), joined_view(scale)}, joined_view(bias), with_mlp};
+    }
   }
-  if (!back_to_back(data) || !back_to_back(scale) || !back_to_back(bias)) return std::nullopt;
-  return JoinedProjection{quant::Fp8Tensor{joined_view(data), joined_view(scale)}, joined_view(bias)};
+  return std::nullopt;
 }
 
 bool SingleBlockImpl::fp8_projections_joined() const { return joined_projection().has_value(); }
+
+bool SingleBlockImpl::joined_projection_with_mlp() const {
+  const std::optional<JoinedProjection> joined = joined_projection();
+  return joined && joined->with_mlp;
+}
 
 }  // namespace fluxbatch::models::flux

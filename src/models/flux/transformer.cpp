@@ -146,9 +146,9 @@ std::vector<torch::nn::Module*> FluxTransformer2DModelImpl::blocks() {
   return out;
 }
 
-int FluxTransformer2DModelImpl::join_fp8_projections() {
+int FluxTransformer2DModelImpl::join_fp8_projections(bool with_mlp) {
   int joined = 0;
-  for (SingleBlock& b : single_transformer_blocks) joined += b->join_fp8_projections() ? 1 : 0;
+  for (SingleBlock& b : single_transformer_blocks) joined += b->join_fp8_projections(with_mlp) ? 1 : 0;
   return joined;
 }
 

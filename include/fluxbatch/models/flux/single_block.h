@@ -11,9 +11,9 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
-#include <array>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace fluxbatch::models::flux {
 
@@ -26,15 +26,19 @@ class SingleBlockImpl : public torch::nn::Module {
   // The same with SiLU(temb) made once for all blocks (Conditioning::of).
   at::Tensor forward(const at::Tensor& h, const Conditioning& temb, const nn::RopeTables& rope) const;
 
-  // fp8 compute: lays the fp8 weights, scales and biases of attn.to_q, to_k, to_v and proj_mlp out back to back,
-  // each layer keeping its own view, so that forward() runs the four products as one GEMM ([3 * inner + 4 * dim,
-  // dim]): one launch instead of four, and no partial last wave on the three small ones. Returns false (and
-  // changes nothing) unless all four hold fp8 weights and biases on one device. Values are unchanged. Anything
-  // that later moves one of those tensors on its own (offload, streaming) breaks the layout, and forward()
-  // then takes the four GEMMs again.
-  bool join_fp8_projections();
-  // Whether forward() can run the joined GEMM now (the layout above holds and no layer has a LoRA).
+  // fp8 compute: lays the fp8 weights, scales and biases of attn.to_q, to_k, to_v (and, with_mlp, proj_mlp) out
+  // back to back, each layer keeping its own view, so that forward() runs their products as one GEMM
+  // ([3 * inner (+ 4 * dim), dim]): fewer launches, and no partial last wave on the small ones. Returns false
+  // (and changes nothing) unless all of them hold fp8 weights and biases on one device. Values are unchanged.
+  // Anything that later moves one of those tensors on its own (offload, streaming) breaks the layout, and
+  // forward() then takes the separate GEMMs again. Without the MLP, q, k and v lie in cuDNN's packed QKV layout
+  // (rows 3 * inner apart) and the block's peak stays that of the separate GEMMs; with it, one launch fewer and
+  // the MLP's product is held beside q, k and v (about 80 MB more a 1024x1024 image).
+  bool join_fp8_projections(bool with_mlp = true);
+  // Whether forward() runs a joined GEMM now (the layout above holds and no joined layer has a LoRA).
   bool fp8_projections_joined() const;
+  // Whether that joined GEMM includes the MLP's product.
+  bool joined_projection_with_mlp() const;
 
   AdaLayerNormZeroSingle norm{nullptr};
   nn::Linear proj_mlp{nullptr};  // [4*dim, dim]
@@ -49,10 +53,12 @@ class SingleBlockImpl : public torch::nn::Module {
   struct JoinedProjection {
     quant::Fp8Tensor weight;
     at::Tensor bias;
+    bool with_mlp;  // proj_mlp's rows follow q, k, v's
   };
-  std::optional<JoinedProjection> joined_projection() const;
-  // attn.to_q, to_k, to_v, proj_mlp: the layers whose products one GEMM can make (same input).
-  std::array<nn::Linear, 4> projections() const;
+  // allow_loras: the layout alone, whether or not forward() may use it.
+  std::optional<JoinedProjection> joined_projection(bool allow_loras = false) const;
+  // attn.to_q, to_k, to_v (and proj_mlp): the layers whose products one GEMM can make (same input).
+  std::vector<nn::Linear> projections(bool with_mlp) const;
 };
 TORCH_MODULE(SingleBlock);
 

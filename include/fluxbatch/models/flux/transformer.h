@@ -53,7 +53,7 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
   // The double blocks, then the single blocks: the order forward() runs them and BlockHook counts them.
   std::vector<torch::nn::Module*> blocks();
   // fp8 compute: SingleBlockImpl::join_fp8_projections on every single block; returns how many joined.
-  int join_fp8_projections();
+  int join_fp8_projections(bool with_mlp = true);
 
   nn::Linear x_embedder{nullptr};        // [inner, in_channels]
   nn::Linear context_embedder{nullptr};  // [inner, joint_attention_dim]
