@@ -65,6 +65,28 @@ TensorMap golden() {
 
 double rel_l2(const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); }
 
+// The tiny model with per-channel fp8 weights (fp32 reference arithmetic on the CPU).
+FluxTransformer2DModel fp8_model(const fs::path& dir) {
+  FluxTransformer2DModel model = fresh(dir);
+  fluxbatch::nn::load_state_fp8(*model, weights_of(dir), load_options(), computes_in_fp8);
+  return model;
+}
+
+// What the block-level tests share: the fp8 tiny model, its goldens' token ids and their RoPE, random inputs seeded.
+struct Fp8Blocks {
+  explicit Fp8Blocks(uint64_t seed)
+      : g(golden()), fp8(fp8_model(model_dir("tiny-flux-dev"))), dim(fp8->config().inner_dim()),
+        txt_ids(g.at("txt_ids")), img_ids(g.at("img_ids")),
+        rope(fluxbatch::models::flux::flux_pos_embed(at::cat({txt_ids, img_ids}, 0), fp8->config().axes_dims_rope)) {
+    at::manual_seed(seed);
+  }
+  TensorMap g;
+  FluxTransformer2DModel fp8;
+  int64_t dim;
+  at::Tensor txt_ids, img_ids;
+  fluxbatch::nn::RopeTables rope;
+};
+
 }  // namespace
 
 TEST_CASE("fp8 compute: every Linear of the blocks is fp8, the embedders and output stay dense", "[flux][fp8]") {
@@ -105,9 +127,7 @@ TEST_CASE("fp8 single blocks: q, k, v and the MLP joined into one GEMM give the 
   at::InferenceMode guard;
   const fs::path dir = model_dir("tiny-flux-dev");
   const TensorMap g = golden();
-  FluxTransformer2DModel separate = fresh(dir), joined = fresh(dir);
-  fluxbatch::nn::load_state_fp8(*separate, weights_of(dir), load_options(), computes_in_fp8);
-  fluxbatch::nn::load_state_fp8(*joined, weights_of(dir), load_options(), computes_in_fp8);
+  FluxTransformer2DModel separate = fp8_model(dir), joined = fp8_model(dir);
   const at::Tensor want = run(separate, g);
 
   const auto& block = joined->single_transformer_blocks[0];
@@ -173,34 +193,26 @@ TEST_CASE("fp8 single blocks: q, k, v and the MLP joined into one GEMM give the 
 
 TEST_CASE("fp8 modulations read SiLU(temb) quantized once per forward: the per-block result, bit for bit", "[flux][fp8]") {
   at::InferenceMode guard;
-  const fs::path dir = model_dir("tiny-flux-dev");
-  const TensorMap g = golden();
-  FluxTransformer2DModel fp8 = fresh(dir);
-  fluxbatch::nn::load_state_fp8(*fp8, weights_of(dir), load_options(), computes_in_fp8);
-  at::manual_seed(8);
-  const int64_t dim = fp8->config().inner_dim();
-  const at::Tensor txt_ids = g.at("txt_ids"), img_ids = g.at("img_ids");
-  const fluxbatch::nn::RopeTables rope =
-      fluxbatch::models::flux::flux_pos_embed(at::cat({txt_ids, img_ids}, 0), fp8->config().axes_dims_rope);
-  const at::Tensor x = at::randn({2, img_ids.size(0), dim}), context = at::randn({2, txt_ids.size(0), dim});
-  const at::Tensor temb = at::randn({2, dim});
+  const Fp8Blocks t(8);
+  const at::Tensor x = at::randn({2, t.img_ids.size(0), t.dim}), context = at::randn({2, t.txt_ids.size(0), t.dim});
+  const at::Tensor temb = at::randn({2, t.dim});
   const auto shared = fluxbatch::models::flux::Conditioning::of(temb, /*fp8=*/true);
   REQUIRE(shared.fp8.data.defined());
-  const auto& single = fp8->single_transformer_blocks[0];
+  const auto& single = t.fp8->single_transformer_blocks[0];
   const at::Tensor h = at::cat({context, x}, 1);
-  CHECK(at::equal(single->forward(h, shared, rope), single->forward(h, temb, rope)));
-  const auto& block = fp8->transformer_blocks[0];
-  const auto a = block->forward(x, context, shared, rope), b = block->forward(x, context, temb, rope);
+  CHECK(at::equal(single->forward(h, shared, t.rope), single->forward(h, temb, t.rope)));
+  const auto& block = t.fp8->transformer_blocks[0];
+  const auto a = block->forward(x, context, shared, t.rope), b = block->forward(x, context, temb, t.rope);
   CHECK(at::equal(a.x, b.x));
   CHECK(at::equal(a.context, b.context));
   // A modulation with a LoRA reads the dense SiLU (its side path needs it); the others the fp8 rows.
   CHECK(shared.input_of(single->norm->linear).is_fp8());
   fluxbatch::nn::Linear modulation = single->norm->linear;
-  modulation->set_lora(1, {at::randn({2, dim}), at::randn({3 * dim, 2}), 1.0}, "test LoRA");
+  modulation->set_lora(1, {at::randn({2, t.dim}), at::randn({3 * t.dim, 2}), 1.0}, "test LoRA");
   CHECK_FALSE(shared.input_of(modulation).is_fp8());
   CHECK(at::equal(shared.input_of(modulation).dense, at::silu(temb)));
   // Without fp8 rows (dense modulations) every layer reads the dense SiLU.
-  CHECK_FALSE(fluxbatch::models::flux::Conditioning::of(temb, false).input_of(fp8->single_transformer_blocks[1]->norm->linear).is_fp8());
+  CHECK_FALSE(fluxbatch::models::flux::Conditioning::of(temb, false).input_of(t.fp8->single_transformer_blocks[1]->norm->linear).is_fp8());
 }
 
 TEST_CASE("fp8 compute stays close to the dense forward and really quantizes", "[flux][fp8]") {
@@ -209,8 +221,7 @@ TEST_CASE("fp8 compute stays close to the dense forward and really quantizes", "
   const TensorMap g = golden();
   FluxTransformer2DModel dense = fresh(dir);
   fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
-  FluxTransformer2DModel fp8 = fresh(dir);
-  fluxbatch::nn::load_state_fp8(*fp8, weights_of(dir), load_options(), computes_in_fp8);
+  FluxTransformer2DModel fp8 = fp8_model(dir);
   const at::Tensor want = run(dense, g);
   const at::Tensor got = run(fp8, g);
   const double err = rel_l2(got, want);
@@ -243,8 +254,7 @@ TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against t
   FluxTransformer2DModel dense = fresh(dir);
   fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
   const at::Tensor want = run(dense, g);
-  FluxTransformer2DModel cpu_fp8 = fresh(dir);
-  fluxbatch::nn::load_state_fp8(*cpu_fp8, weights_of(dir), load_options(), computes_in_fp8);
+  FluxTransformer2DModel cpu_fp8 = fp8_model(dir);
   const at::Tensor cpu_got = run(cpu_fp8, g);
 
   fluxbatch::nn::LoadOptions options = load_options();
@@ -295,31 +305,24 @@ TEST_CASE("fp8 blocks: rows quantized from the products equal the joined-buffer 
   // the products (ops::quantize_fp8_rows_joined); before, both went through a dense buffer, a GELU pass and the
   // plain row quantization. Same values, bit for bit.
   at::InferenceMode guard;
-  const fs::path dir = model_dir("tiny-flux-dev");
-  const TensorMap g = golden();
-  FluxTransformer2DModel fp8 = fresh(dir);
-  fluxbatch::nn::load_state_fp8(*fp8, weights_of(dir), load_options(), computes_in_fp8);
-  at::manual_seed(4);
-  const int64_t dim = fp8->config().inner_dim();
-  const at::Tensor txt_ids = g.at("txt_ids"), img_ids = g.at("img_ids");
-  const int64_t tokens = txt_ids.size(0) + img_ids.size(0);
-  const fluxbatch::nn::RopeTables rope =
-      fluxbatch::models::flux::flux_pos_embed(at::cat({txt_ids, img_ids}, 0), fp8->config().axes_dims_rope);
-  const at::Tensor h = at::randn({2, tokens, dim});
-  const at::Tensor temb = at::randn({2, dim});
+  const Fp8Blocks t(4);
+  const int64_t tokens = t.txt_ids.size(0) + t.img_ids.size(0);
+  const fluxbatch::nn::RopeTables& rope = t.rope;
+  const at::Tensor h = at::randn({2, tokens, t.dim});
+  const at::Tensor temb = at::randn({2, t.dim});
 
-  const auto& single = fp8->single_transformer_blocks[0];
+  const auto& single = t.fp8->single_transformer_blocks[0];
   const at::Tensor got = single->forward(h, temb, rope);
   auto [n, gate] = single->norm->forward(h, temb, /*fp8_rows=*/true);
   const int64_t hidden = single->proj_mlp->out_features();
-  at::Tensor joined = at::empty({2, tokens, dim + hidden});
-  joined.narrow(2, 0, dim).copy_(single->attn->forward_single(n, rope, at::kFloat));
-  single->proj_mlp->forward_out(n, joined.narrow(2, dim, hidden), /*gelu_tanh=*/true);
+  at::Tensor joined = at::empty({2, tokens, t.dim + hidden});
+  joined.narrow(2, 0, t.dim).copy_(single->attn->forward_single(n, rope, at::kFloat));
+  single->proj_mlp->forward_out(n, joined.narrow(2, t.dim, hidden), /*gelu_tanh=*/true);
   at::Tensor want = single->proj_out->forward(joined);
   fluxbatch::ops::gated_residual_(want, h, gate);
   CHECK(at::equal(got, want));
 
-  const auto& ff = fp8->transformer_blocks[0]->ff;
-  const at::Tensor x = at::randn({2, img_ids.size(0), dim});
+  const auto& ff = t.fp8->transformer_blocks[0]->ff;
+  const at::Tensor x = at::randn({2, t.img_ids.size(0), t.dim});
   CHECK(at::equal(ff->forward(x), ff->proj_out->forward(ff->proj_in->forward_gelu_tanh(x))));
 }
