@@ -138,8 +138,7 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // A row's fp8 scale (ops/fp8_linear.h) and what each of its values is multiplied by before rounding to e4m3,
 // from the row's largest magnitude: absmax / 448 and 448 / absmax by IEEE division, once per row, as the CPU
 // reference computes them; both 1 for a row of zeros (or of values so small that 448 / absmax overflows).
-// One multiplication a value instead of a division: the division's ten-odd instructions a value made the
-// quantizing kernels compute-bound.
+// One multiplication a value instead of a division (ten-odd instructions a value).
 struct Fp8RowScale {
   float scale;
   float inverse;
