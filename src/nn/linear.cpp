@@ -228,6 +228,12 @@ void LinearImpl::set_fp8(quant::Fp8Tensor w, const std::string& what) {
   drop_dense_weight();
 }
 
+void LinearImpl::own_fp8_storage() {
+  FLUXBATCH_CHECK(fp8_ != nullptr, std::invalid_argument, "Linear::own_fp8_storage: not an fp8 layer");
+  fp8_ = std::make_shared<quant::Fp8Tensor>(quant::Fp8Tensor{fp8_->data.clone(), fp8_->scale.clone()});
+  if (bias.defined()) bias.set_data(bias.clone());
+}
+
 void LinearImpl::compute_in_fp8() {
   FLUXBATCH_CHECK(nf4_ != nullptr, std::invalid_argument, "Linear::compute_in_fp8: only an NF4 layer keeps its weight");
   nf4_in_fp8_ = true;

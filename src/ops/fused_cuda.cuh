@@ -33,7 +33,7 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&v)[N]
 
 // Eight consecutive values of a row held in registers as stored (one 16-byte load): for bf16 / fp16 two to a
 // 32-bit register, half the registers of eight floats, so that more rows fit on an SM at once; for fp32 eight
-// floats. get() widens a value to fp32 exactly, set() rounds one to T (exact for a value already rounded to T).
+// floats. get() widens a value to fp32 exactly, set_pair() rounds two to T (exact for values already rounded to T).
 template <typename T>
 struct Packed8 {
   static_assert(sizeof(T) == 2, "16-bit storage types");
@@ -53,15 +53,6 @@ struct Packed8 {
       return to_float(__ushort_as_half(bits));
     }
   }
-  __device__ __forceinline__ void set(int i, float v) {
-    unsigned short bits;
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      bits = __bfloat16_as_ushort(from_float<T>(v));
-    } else {
-      bits = __half_as_ushort(from_float<T>(v));
-    }
-    w[i / 2] = i % 2 == 0 ? (w[i / 2] & 0xFFFF0000u) | bits : (w[i / 2] & 0xFFFFu) | (uint32_t(bits) << 16);
-  }
   // Values 2 * pair and 2 * pair + 1 at once (one packing, no read-modify-write).
   __device__ __forceinline__ void set_pair(int pair, float lo, float hi) {
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -76,7 +67,6 @@ struct Packed8<float> {
   float f[8];
   __device__ __forceinline__ void load(const float* __restrict__ p) { load_vec<float, 8>(p, f); }
   __device__ __forceinline__ float get(int i) const { return f[i]; }
-  __device__ __forceinline__ void set(int i, float v) { f[i] = v; }
   __device__ __forceinline__ void set_pair(int pair, float lo, float hi) {
     f[2 * pair] = lo;
     f[2 * pair + 1] = hi;

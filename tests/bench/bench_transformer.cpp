@@ -205,12 +205,7 @@ Timings time_configurations(const std::string& label, const std::string& key, co
 // SingleBlockImpl::join_fp8_projections makes is gone).
 void separate_projections(FluxTransformer2DModel& model) {
   for (const models::flux::SingleBlock& b : model->single_transformer_blocks) {
-    for (nn::Linear l : {b->attn->to_q, b->attn->to_k, b->attn->to_v, b->proj_mlp}) {
-      const quant::Fp8Tensor w = l->fp8();
-      const at::Tensor bias = l->bias.clone();
-      l->set_fp8({w.data.clone(), w.scale.clone()}, "separate fp8 projection");
-      l->bias.set_data(bias);
-    }
+    for (nn::Linear l : {b->attn->to_q, b->attn->to_k, b->attn->to_v, b->proj_mlp}) l->own_fp8_storage();
   }
 }
 

@@ -189,6 +189,8 @@ TEST_CASE("fp8 single blocks: q, k, v and the MLP joined into one GEMM give the 
   FluxTransformer2DModel dense = fresh(dir);
   fluxbatch::nn::load_state(*dense, weights_of(dir), load_options());
   CHECK(dense->join_fp8_projections() == 0);
+  fluxbatch::nn::Linear dense_mlp = dense->single_transformer_blocks[0]->proj_mlp;
+  CHECK_THROWS_AS(dense_mlp->own_fp8_storage(), std::invalid_argument);
 }
 
 TEST_CASE("fp8 modulations read SiLU(temb) quantized once per forward: the per-block result, bit for bit", "[flux][fp8]") {

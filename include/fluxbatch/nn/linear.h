@@ -91,6 +91,9 @@ class LinearImpl : public torch::nn::Module {
   // (ops::quantize_fp8_rows) unless given fp8 rows, and runs ops::fp8_linear.
   void set_fp8(quant::Fp8Tensor w, const std::string& what);
   void compute_in_fp8();
+  // An fp8 layer whose weight, scale and bias view storage it shares with other layers (a joined layout,
+  // models::flux::SingleBlockImpl::join_fp8_projections) gets copies of its own; the values stay.
+  void own_fp8_storage();
   bool takes_fp8() const { return fp8_ != nullptr || nf4_in_fp8_; }
   bool is_fp8() const { return fp8_ != nullptr; }
   const quant::Fp8Tensor& fp8() const { return *fp8_; }  // only when is_fp8()

@@ -121,11 +121,7 @@ bool SingleBlockImpl::join_fp8_projections(bool with_mlp) {
     bias.push_back(l->bias);
   }
   if (!with_mlp && proj_mlp->is_fp8() && proj_mlp->fp8().data.storage().is_alias_of(attn->to_q->fp8().data.storage())) {
-    // Leaving a joined layout with the MLP: the MLP gets tensors of its own, so the old block storage goes.
-    const quant::Fp8Tensor w = proj_mlp->fp8();
-    const at::Tensor mlp_bias = proj_mlp->bias.clone();
-    proj_mlp->set_fp8({w.data.clone(), w.scale.clone()}, "fp8 projection");
-    proj_mlp->bias.set_data(mlp_bias);
+    proj_mlp->own_fp8_storage();  // leaving a joined layout with the MLP: the old block storage goes
   }
   // The layers' weights are held twice until the old copies go (about 66 MB a block at FLUX.1-dev's size).
   const at::Tensor joined_data = at::cat(data, 0), joined_scale = at::cat(scale, 0), joined_bias = at::cat(bias, 0);
