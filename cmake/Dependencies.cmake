@@ -59,6 +59,21 @@ if(FLUXBATCH_WITH_CUDA)
   target_link_libraries(fluxbatch::torch INTERFACE ${TORCH_LIBRARIES} CUDA::cublasLt)
   target_include_directories(fluxbatch::torch INTERFACE ${TORCH_INCLUDE_DIRS})
   message(STATUS "fluxbatch: CUDA build (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
+  # cuDNN's C++ frontend (header-only; the PyPI wheel nvidia-cudnn-frontend puts it in site-packages/include) and
+  # cuDNN's own headers (nvidia-cudnn-cu13, which torch depends on): fp8 attention (src/ops/fp8_attention_cudnn.cpp).
+  # Without them the build goes on and --attention fp8 says it is not available.
+  execute_process(
+    COMMAND ${FLUXBATCH_PYTHON} -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    OUTPUT_VARIABLE _fb_site OUTPUT_STRIP_TRAILING_WHITESPACE)
+  find_path(FLUXBATCH_CUDNN_FRONTEND_DIR cudnn_frontend.h HINTS ${_fb_site}/include NO_DEFAULT_PATH)
+  find_path(FLUXBATCH_CUDNN_INCLUDE_DIR cudnn.h HINTS ${_fb_site}/nvidia/cudnn/include ${FLUXBATCH_TORCH_ROOT}/../nvidia/cudnn/include)
+  if(FLUXBATCH_CUDNN_FRONTEND_DIR AND FLUXBATCH_CUDNN_INCLUDE_DIR)
+    set(FLUXBATCH_WITH_CUDNN_FRONTEND ON)
+    message(STATUS "fluxbatch: fp8 attention through cuDNN's frontend (${FLUXBATCH_CUDNN_FRONTEND_DIR})")
+  else()
+    set(FLUXBATCH_WITH_CUDNN_FRONTEND OFF)
+    message(STATUS "fluxbatch: no cuDNN frontend headers (pip install nvidia-cudnn-frontend): no fp8 attention")
+  endif()
 else()
   # Without nvcc the wheel's TorchConfig refuses to load, so link the CPU half of libtorch by hand.
   add_library(fluxbatch::torch INTERFACE IMPORTED)

@@ -3,9 +3,10 @@
 {"card", "commit", "date", "figures": {name: value}} (milliseconds, images/hour, plain ratios).
 
   python3 scripts/bench/collect_figures.py --out OUT.json --commit SHA bench.json diffusers.json job16.json ...
-Part files are flat {name: value} objects (fluxbatch_bench_transformer --json, job_bench.sh); diffusers.json
-(diffusers_reference.py) is renamed into diffusers_* figures. With --merge, figures already in OUT that this
-call did not measure are kept.
+Part files are flat {name: value} objects (fluxbatch_bench_transformer --json, job_bench.sh) whose names are
+kept (so bench.json's forward_1024_b1_fp8_attn_ms and rel_l2_vs_fp32_fp8_attn come through as they are, like the
+fp8 ones); diffusers.json (diffusers_reference.py) is renamed into diffusers_* figures, and a few figures are also
+recorded under a second name (ALIASES). With --merge, figures already in OUT that this call did not measure are kept.
 """
 import argparse
 import datetime
@@ -15,6 +16,12 @@ from pathlib import Path
 
 DIFFUSERS_NAMES = {"forward_ms": "diffusers_forward_1024_b1_bf16_ms", "forward_nf4_ms": "diffusers_forward_1024_b1_nf4_ms",
                    "forward_peak_extra_gib": "diffusers_forward_1024_b1_bf16_peak_extra_gib"}
+
+# name: the part file's figure it copies. The --attention fp8 job (run_h100.sh's fp8attnjob step, job_bench.sh
+# FB_JOB_TAG=nf4_fp8_attn) under the names the fp8 attention's figures go by; s_per_image is the steady figure
+# (denoise + decode stages per image), as the fp8 job's is quoted.
+ALIASES = {"job16_fp8_attn_img_per_h": "job16_nf4_fp8_attn_img_per_h",
+           "job16_fp8_attn_s_per_image": "job16_nf4_fp8_attn_steady_s_per_image"}
 
 
 def card_name():
@@ -40,8 +47,11 @@ def main():
         if part.name == "diffusers.json":
             data = {DIFFUSERS_NAMES[k]: v for k, v in data.items() if k in DIFFUSERS_NAMES}
         figures.update({k: v for k, v in data.items() if isinstance(v, (int, float))})
+        figures.update({alias: data[k] for alias, k in ALIASES.items() if isinstance(data.get(k), (int, float))})
     ratios = {"forward_1024_b1_speedup_vs_diffusers": ("diffusers_forward_1024_b1_bf16_ms", "forward_1024_b1_bf16_ms"),
               "job16_speedup_vs_diffusers": ("job16_nf4_img_per_h", "diffusers_job16_nf4_img_per_h"),
+              "job16_nf4_fp8_speedup_vs_diffusers": ("job16_nf4_fp8_img_per_h", "diffusers_job16_nf4_img_per_h"),
+              "job16_fp8_attn_speedup_vs_diffusers": ("job16_fp8_attn_img_per_h", "diffusers_job16_nf4_img_per_h"),
               "rel_l2_bf16_over_diffusers": ("rel_l2_vs_fp32_bf16", "diffusers_rel_l2_vs_fp32_bf16")}
     for name, (num, den) in ratios.items():
         if num in figures and den in figures and figures[den]:

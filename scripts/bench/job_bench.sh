@@ -5,6 +5,7 @@
 #   bash scripts/bench/job_bench.sh MODEL_NF4 OUTDIR [COUNT] [DIFFUSERS_BATCH] [EXTRA FLUXBATCH FLAGS...]
 # Prints both and writes OUTDIR/job<COUNT>.json (job<COUNT>_nf4_img_per_h, diffusers_job<COUNT>_nf4_img_per_h, ...).
 # FB_JOB_SKIP_DIFFUSERS=1 runs fluxbatch only; FB_JOB_REUSE_DIFFUSERS=1 reuses OUTDIR/job_diffusers.json from an earlier run in the same call.
+# Either way a diffusers job an earlier step of the call wrote there (OUTDIR starts empty each call) gives the ratio.
 # FB_JOB_TAG names fluxbatch's figures when EXTRA flags change what it measures (e.g. FB_JOB_TAG=nf4_fp8 with
 # --compute fp8: job<COUNT>_nf4_fp8_img_per_h, in OUTDIR/job<COUNT>_nf4_fp8.json).
 set -uo pipefail
@@ -31,9 +32,13 @@ t1=$(date +%s%N)
 fb_wall=$(python3 -c "print(($t1 - $t0) / 1e9)")
 pngs=$(ls /tmp/job_bench_out/*.png 2>/dev/null | wc -l)
 echo "fluxbatch job: exit $rc, $pngs PNGs, $COUNT images in $fb_wall s whole process"
-grep -E "batch of|plan for|loaded|fp8 compute|summary:|peak" "$OUTDIR/job_fluxbatch_${FB_JOB_TAG:-nf4}.log" | grep -v debug | cut -c1-400 | tail -8
+grep -E "batch of|plan for|loaded|fp8 compute|attention: |summary:|peak" "$OUTDIR/job_fluxbatch_${FB_JOB_TAG:-nf4}.log" | grep -v debug | cut -c1-400 | tail -8
 if [ "${FB_JOB_SKIP_DIFFUSERS:-0}" = 1 ]; then
-  echo "diffusers: skipped (FB_JOB_SKIP_DIFFUSERS=1)"
+  if [ -f "$OUTDIR/job_diffusers.json" ]; then
+    echo "diffusers: not run (FB_JOB_SKIP_DIFFUSERS=1); the ratio uses $OUTDIR/job_diffusers.json from an earlier step of this call"
+  else
+    echo "diffusers: skipped (FB_JOB_SKIP_DIFFUSERS=1)"
+  fi
 elif [ "${FB_JOB_REUSE_DIFFUSERS:-0}" = 1 ] && [ -f "$OUTDIR/job_diffusers.json" ]; then
   echo "diffusers: reusing $OUTDIR/job_diffusers.json from the earlier run of this call"
 else

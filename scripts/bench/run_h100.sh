@@ -2,11 +2,14 @@
 # Everything the GPU machine does in one call: build with CUDA, run the test suites there, make a full-size
 # random-weight FLUX.1-dev folder, take diffusers' figures on it, then ours on the same weights.
 #   bash scripts/bench/run_h100.sh [OUTDIR]        (OUTDIR defaults to $OUT or /tmp/fluxbatch-bench)
-# Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels).
+# Needs, carried from the dev machine: .stb (stb headers) and .whl (diffusers + importlib_metadata wheels, and
+# nvidia-cudnn-frontend's headers for --attention fp8: bash scripts/bench/prepare_carry.sh).
 # FB_TARGETS overrides the targets built. Steps can be skipped: FB_SKIP="tests cputests benchtests gemm fixtures model encoders
-# diffusers nf4model forward fp8job fp8peak job budget bf16render render" (encoders: the random model without its text
-# encoders and VAE, for a call that only times forwards; then skip fp8job fp8peak job budget render too). FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
-# job runs without diffusers (for a short call) unless FB_FP8JOB_SKIP_DIFFUSERS=0. The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
+# diffusers nf4model forward fp8job fp8attnjob fp8peak job budget bf16render render" (encoders: the random model without its text
+# encoders and VAE, for a call that only times forwards; then skip fp8job fp8attnjob fp8peak job budget render too). FB_FP8_ONLY=1: the forward bench measures fp8 (and fidelity) only, the fp8
+# job runs without diffusers (for a short call) unless FB_FP8JOB_SKIP_DIFFUSERS=0. FB_FP8_LAYOUTS=0: the forward bench
+# leaves out the single blocks' other two fp8 layouts. fp8attnjob never runs diffusers:
+# its ratio is against the fp8job step's diffusers job, when that ran. The speed figures end in OUTDIR/figures.json (docs/benchmarks/<card>.json's form).
 # figures.json names the commit as `git describe --dirty` sees it there; the device tool's copy can sit on the
 # landed main with this session's tree on top (so "<main>-dirty"): pass FB_COMMIT=<sha of the tree> to name it.
 set -uo pipefail
@@ -93,12 +96,17 @@ fi
 if ! skip forward; then
   step "fluxbatch transformer forward: reference kernels, fused, fused + CUDA graph; fidelity vs fp32"
   ./build-gpu/fluxbatch_bench_transformer "$MODEL" /tmp/ref_forward.safetensors --nf4 "$MODEL-nf4" --reps 10 \
-    --json "$OUTDIR/bench.json" --fp8-only "${FB_FP8_ONLY:-0}"
+    --json "$OUTDIR/bench.json" --fp8-only "${FB_FP8_ONLY:-0}" --fp8-layouts "${FB_FP8_LAYOUTS:-1}"
 fi
 
 if ! skip fp8job; then
   step "a 16-image 1024x1024 28-step NF4 job with --compute fp8: fluxbatch vs diffusers + bitsandbytes"
   FB_JOB_TAG=nf4_fp8 FB_JOB_SKIP_DIFFUSERS="${FB_FP8JOB_SKIP_DIFFUSERS:-${FB_FP8_ONLY:-0}}" bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8
+fi
+
+if ! skip fp8attnjob; then
+  step "the same job with --compute fp8 --attention fp8 (cuDNN fp8 attention); ratio against the fp8job step's diffusers job"
+  FB_JOB_TAG=nf4_fp8_attn FB_JOB_SKIP_DIFFUSERS=1 bash scripts/bench/job_bench.sh "$MODEL-nf4" "$OUTDIR" 16 4 --compute fp8 --attention fp8
 fi
 
 if ! skip fp8peak; then
@@ -128,7 +136,8 @@ fi
 
 step "figures"
 python3 scripts/bench/collect_figures.py --out "$OUTDIR/figures.json" --commit "${FB_COMMIT:-$(git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)}" \
-  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json" "$OUTDIR/fp8peak.json"
+  "$OUTDIR/bench.json" "$OUTDIR/diffusers.json" "$OUTDIR/job16.json" "$OUTDIR/job16_nf4_fp8.json" \
+  "$OUTDIR/job16_nf4_fp8_attn.json" "$OUTDIR/fp8peak.json"
 
 if ! skip budget; then
   step "memory scheduler under real pressure: 32 x 1024^2, --batch 16, budgets 24/12/8 GiB (ballast), 4 steps"

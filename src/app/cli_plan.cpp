@@ -231,12 +231,15 @@ void run_plan(const PlanCommand& given) {
   }
   const runtime::ModelSummary summary = runtime::summarize_model(model);  // headers, read once
   const bool fp8 = command.speed.compute == "fp8";
+  // Activations, not weights: fp8 attention changes only which calibrations apply (InputError without fp8).
+  const bool fp8_attention = attention_fp8(command.speed);
   std::vector<runtime::ComponentWeights> weights =
       runtime::model_component_weights(summary, dtype_size, command.quantize == "nf4", fp8);
   const runtime::Residency residency = resolve_residency(command.memory.offload, device, weights, budget.bytes);
   const std::vector<runtime::ResolutionGroup> groups = resolution_groups(spec);
   const runtime::CalibrationCache cache(runtime::default_calibration_path());
-  const std::string identity = runtime::model_identity(summary, dtype, weights_tag(command.quantize == "nf4", fp8));
+  const std::string identity =
+      runtime::model_identity(summary, dtype, calibration_tag(command.quantize == "nf4", fp8, fp8_attention));
   std::optional<StreamingPlan> stream;
   if (residency == runtime::Residency::kStream) {
     stream = plan_streaming(files, weights, dtype_size, groups, cache, runtime::device_identity(device), identity,

@@ -18,7 +18,7 @@ struct PlanCommand {
   std::string dtype;        // empty: bf16 on cuda, fp32 on cpu (as render)
   MemoryOptions memory;     // --vram-budget, --vram-reserve
   std::string quantize = "none";  // --quantize none|nf4, as render
-  SpeedOptions speed;             // --compute bf16|fp8, as render (the weights' size)
+  SpeedOptions speed;             // --compute, --attention bf16|fp8, as render (the weights' size, calibrations)
   int max_batch = 64;
   bool json = false;
   std::string config;       // --config NAME|FILE (as render: its device, dtype, quantize and memory options)

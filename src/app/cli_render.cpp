@@ -291,7 +291,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   // itself loads lazily inside the job, where any error stops the job instead).
   runtime::check_components(files, tokenizers::ClipTokenizer(files.tokenizer_dir),
                             tokenizers::T5Tokenizer(files.tokenizer_2_dir));
-  apply_speed_options(command.speed, options);  // before the caches: their keys take the compute mode
+  apply_speed_options(command.speed, options);  // before the caches: their keys take the compute modes
   // The LoRAs: read and checked against the model's layers (configs only) before any weights load.
   if (auto loras = runtime::LoraCatalog::load(loaded.spec, files); !loras->empty()) options.loras = loras;
   options.merge_loras = command.lora_merge;
@@ -324,7 +324,7 @@ std::optional<runtime::RunSummary> run_render(const RenderCommand& given) {
   };
   SessionSetup setup;
   setup.model = model;
-  setup.description = runtime::describe_model(files, options.compute_fp8);
+  setup.description = runtime::describe_model(files, options.compute_fp8, options.attention_fp8);
   setup.headers = &headers;
   setup.memory = command.memory;
   setup.generator = options;

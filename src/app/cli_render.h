@@ -24,7 +24,7 @@ struct RenderCommand {
   std::string batch = "auto";
   MemoryOptions memory;     // --vram-budget, --vram-reserve, --monitor-interval, --monitor-threshold
   std::string quantize = "none";  // --quantize none|nf4
-  SpeedOptions speed;             // --kernels, --cuda-graphs
+  SpeedOptions speed;             // --kernels, --cuda-graphs, --compute, --attention
   bool overwrite = false;
   bool lora_merge = false;  // --lora-merge
   bool dry_run = false;

@@ -63,8 +63,8 @@ runtime::ImageGenerator& RenderSession::device(const std::vector<const job::Rend
   runtime::GeneratorOptions options = setup_.generator;
   const c10::ScalarType dtype = *options.dtype;
   const int dtype_size = static_cast<int>(c10::elementSize(dtype));
-  const std::string identity =
-      runtime::model_identity(*setup_.headers, dtype, weights_tag(options.quantize_nf4, options.compute_fp8));
+  const std::string identity = runtime::model_identity(
+      *setup_.headers, dtype, calibration_tag(options.quantize_nf4, options.compute_fp8, options.attention_fp8));
   // Before the model loads: the budget is enforced and the weights are counted and monitored.
   memory_ = std::make_unique<RenderMemory>(setup_.memory, options.device, dtype, identity, clock_);
   shown_ = memory_.get();

@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/kernel_mode.h"
+#include "fp8_reference.h"
 #include "fused_kernels.h"
 
 #include <ATen/ATen.h>
@@ -19,20 +20,11 @@ namespace {
 
 bool fused(const at::Tensor& t) { return t.is_cuda() && kernel_mode() == KernelMode::kFused; }
 
-// The reference quantization, in ATen ops whose divisions are IEEE on every device (tensor / tensor): the
-// scale absmax / 448, and each value multiplied by the row's 448 / absmax (one division a row, as the CUDA
-// kernels do it; both 1 for a row of zeros), clamped (a row's maximum can land a hair above 448) and rounded
-// to e4m3.
+// The reference quantization (fp8_reference.h) over each row.
 Fp8Rows quantize_reference(const at::Tensor& x) {
   const at::Tensor wide = x.to(at::kFloat);
-  const at::Tensor absmax = wide.abs().amax(-1);  // [...]
-  at::Tensor scale = absmax / at::full_like(absmax, quant::kFp8E4m3Max);
-  at::Tensor inverse = at::full_like(absmax, quant::kFp8E4m3Max) / absmax;
-  const at::Tensor degenerate = inverse.isinf();  // a row of zeros, or so small that 448 / absmax overflows
-  scale.masked_fill_(degenerate, 1.0);
-  inverse.masked_fill_(degenerate, 1.0);
-  at::Tensor data = (wide * inverse.unsqueeze(-1)).clamp_(-quant::kFp8E4m3Max, quant::kFp8E4m3Max);
-  return {data.to(at::kFloat8_e4m3fn).contiguous(), scale};
+  auto [scale, inverse] = detail::fp8_scale_and_inverse(wide.abs().amax(-1));  // [...]
+  return {detail::fp8_round(wide, inverse.unsqueeze(-1)), scale};
 }
 
 // x: [..., K] as the 2-D rows [R, K] the kernels read: a view when the last dim is contiguous and the rows lie
@@ -48,6 +40,23 @@ at::Tensor as_rows(const at::Tensor& x) {
 }
 
 }  // namespace
+
+namespace detail {
+
+std::pair<at::Tensor, at::Tensor> fp8_scale_and_inverse(const at::Tensor& absmax) {
+  at::Tensor scale = absmax / at::full_like(absmax, quant::kFp8E4m3Max);
+  at::Tensor inverse = at::full_like(absmax, quant::kFp8E4m3Max) / absmax;
+  const at::Tensor degenerate = inverse.isinf();
+  scale.masked_fill_(degenerate, 1.0);
+  inverse.masked_fill_(degenerate, 1.0);
+  return {scale, inverse};
+}
+
+at::Tensor fp8_round(const at::Tensor& wide, const at::Tensor& inverse) {
+  return (wide * inverse).clamp_(-quant::kFp8E4m3Max, quant::kFp8E4m3Max).to(at::kFloat8_e4m3fn).contiguous();
+}
+
+}  // namespace detail
 
 Fp8Rows quantize_fp8_rows(const at::Tensor& x) { return quantize_fp8_rows_joined(at::Tensor(), x, false); }
 
@@ -76,6 +85,31 @@ Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool 
 #endif
   const at::Tensor second = gelu_b ? at::gelu(b, "tanh") : b;
   return quantize_reference(a.defined() ? at::cat({a, second}, -1) : second);
+}
+
+Fp8Rows quantize_fp8_rows_joined(const Fp8Heads& a, const at::Tensor& b, bool gelu_b) {
+  FLUXBATCH_CHECK(a.data.defined() && a.data.dim() == 3 && a.data.scalar_type() == at::kFloat8_e4m3fn &&
+                      a.data.stride(2) == 1 && b.defined() && b.dim() == 3 &&
+                      a.data.sizes().slice(0, 2) == b.sizes().slice(0, 2) && a.data.device() == b.device() &&
+                      a.scale.defined() && a.scale.numel() == a.data.size(0) && a.scale.scalar_type() == at::kFloat,
+                  std::invalid_argument,
+                  "quantize_fp8_rows_joined: a must be e4m3 [B, S, Ka] with scales [B], b [B, S, Kb] on its device");
+#ifdef FLUXBATCH_WITH_CUDA
+  if (fused(b)) {
+    const int64_t ka = a.data.size(2), kb = b.size(2);
+    Fp8Rows out{at::empty({b.size(0), b.size(1), ka + kb}, b.options().dtype(at::kFloat8_e4m3fn)),
+                at::empty({b.size(0), b.size(1)}, b.options().dtype(at::kFloat))};
+    at::Tensor data = out.data.view({-1, ka + kb});
+    at::Tensor scale = out.scale.view({-1});
+    const at::Tensor a_rows = as_rows(a.data), b_rows = as_rows(b);
+    // Rows of one image lie at one stride only within the image: as_rows copies otherwise, and the per-image
+    // scale then indexes the copy's rows the same way.
+    if (detail::quantize_fp8_rows_fp8a_cuda(a_rows, a.scale.contiguous(), b.size(1), b_rows, gelu_b, data, scale)) {
+      return out;
+    }
+  }
+#endif
+  return quantize_fp8_rows_joined(dequantize_fp8_heads(a, b.scalar_type()), b, gelu_b);
 }
 
 at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype) {

@@ -90,21 +90,49 @@ template <typename T, int kPer>
 constexpr int quantize_min_blocks() {
   return kPer >= 8 ? 1 : (sizeof(T) == 2 ? 4 : 2);
 }
-template <typename T, int kPer, bool kGeluB>
+// a given as e4m3 with one scale an image (quantize_fp8_rows_fp8a_cuda): the attention output of fp8 attention.
+struct Fp8Source {
+  const uint8_t* data = nullptr;  // [R, ka], rows lda bytes apart
+  const float* scale = nullptr;   // [R / rows_per_image]
+  int64_t rows_per_image = 1;
+};
+
+// Eight e4m3 values of an fp8 source times its image's scale, rounded to T (exact widening, one fp32 product).
+template <typename T>
+__device__ __forceinline__ void load_fp8_scaled(cuda::Packed8<T>& v, const uint8_t* __restrict__ p, float scale) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const uint32_t words[2] = {u.x, u.y};
+#pragma unroll
+  for (int pair = 0; pair < 4; ++pair) {
+    const uint32_t word = words[pair / 2] >> (16 * (pair % 2));
+    const float lo = __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(word & 0xFFu), __NV_E4M3)));
+    const float hi = __half2float(__half(__nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>((word >> 8) & 0xFFu), __NV_E4M3)));
+    v.set_pair(pair, __fmul_rn(lo, scale), __fmul_rn(hi, scale));
+  }
+}
+
+template <typename T, int kPer, bool kGeluB, bool kFp8A>
 __global__ void __launch_bounds__(512, quantize_min_blocks<T, kPer>()) quantize_fp8_rows_reg_kernel(const T* __restrict__ a, int64_t ka, int64_t lda, const T* __restrict__ b,
-                                             int64_t kb, int64_t ldb, uint8_t* __restrict__ data, float* __restrict__ scales) {
+                                             int64_t kb, int64_t ldb, uint8_t* __restrict__ data, float* __restrict__ scales,
+                                             Fp8Source a8) {
   __shared__ float scratch[32];
   // Row pointers once and 32-bit chunk indices (a row has at most 32K values): registers go to the values.
   const int64_t r = blockIdx.x;
   const T* __restrict__ row_a = a + r * lda;
   const T* __restrict__ row_b = b + r * ldb;
   const int chunks_a = static_cast<int>(ka / 8), chunks = chunks_a + static_cast<int>(kb / 8);
+  float a_scale = 1.0f;
+  if constexpr (kFp8A) a_scale = a8.scale[r / a8.rows_per_image];
   cuda::Packed8<T> v[kPer];
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int c = static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
     if (c < chunks_a) {
-      v[j].load(row_a + c * 8);
+      if constexpr (kFp8A) {
+        load_fp8_scaled<T>(v[j], a8.data + r * lda + c * 8, a_scale);
+      } else {
+        v[j].load(row_a + c * 8);
+      }
     } else if (c < chunks) {
       v[j].load(row_b + (c - chunks_a) * 8);
     }
@@ -143,35 +171,51 @@ __global__ void __launch_bounds__(512, quantize_min_blocks<T, kPer>()) quantize_
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// a8 given: a is that e4m3 source (a undefined; ka from a8's tensor) and only the register form runs; returns
+// whether it ran.
 template <typename T, typename Storage>
-void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data, at::Tensor& scale) {
-  const int64_t ka = a.defined() ? a.size(1) : 0, kb = b.defined() ? b.size(1) : 0, k = ka + kb;
-  const int64_t lda = a.defined() ? a.stride(0) : 0, ldb = b.defined() ? b.stride(0) : 0;
+bool launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& data, at::Tensor& scale,
+            const at::Tensor* a8 = nullptr, const at::Tensor* a8_scale = nullptr, int64_t rows_per_image = 1) {
+  const at::Tensor& a_any = a8 != nullptr ? *a8 : a;
+  const int64_t ka = a_any.defined() ? a_any.size(1) : 0, kb = b.defined() ? b.size(1) : 0, k = ka + kb;
+  const int64_t lda = a_any.defined() ? a_any.stride(0) : 0, ldb = b.defined() ? b.stride(0) : 0;
   const int64_t n = data.size(0);
-  const T* pa = ka > 0 ? reinterpret_cast<const T*>(a.data_ptr<Storage>()) : nullptr;
+  const T* pa = ka > 0 && a8 == nullptr ? reinterpret_cast<const T*>(a.data_ptr<Storage>()) : nullptr;
   const T* pb = kb > 0 ? reinterpret_cast<const T*>(b.data_ptr<Storage>()) : nullptr;
+  Fp8Source source;
+  if (a8 != nullptr) {
+    source.data = reinterpret_cast<const uint8_t*>(a8->data_ptr());
+    source.scale = a8_scale->data_ptr<float>();
+    source.rows_per_image = rows_per_image;
+  }
   uint8_t* out = reinterpret_cast<uint8_t*>(data.data_ptr());
   const bool vector = ka % 8 == 0 && kb % 8 == 0 && lda % 8 == 0 && ldb % 8 == 0 &&
-                      (pa == nullptr || aligned(pa, 16)) && (pb == nullptr || aligned(pb, 16)) && aligned(out, 8);
+                      (pa == nullptr || aligned(pa, 16)) && (pb == nullptr || aligned(pb, 16)) && aligned(out, 8) &&
+                      (source.data == nullptr || aligned(source.data, 8));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cuda::RegisterRows shape = vector ? cuda::register_rows(k / 8, 8) : cuda::RegisterRows{};
   if (shape.per > 0) {
     auto reg = [&](auto kernel) {
-      kernel<<<n, shape.threads, 0, stream>>>(pa, ka, lda, pb, kb, ldb, out, scale.data_ptr<float>());
+      kernel<<<n, shape.threads, 0, stream>>>(pa, ka, lda, pb, kb, ldb, out, scale.data_ptr<float>(), source);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    auto by_per = [&](auto gelu) {
-      constexpr bool kGelu = decltype(gelu)::value;
+    auto by_per = [&](auto gelu, auto fp8a) {
+      constexpr bool kGelu = decltype(gelu)::value, kFp8A = decltype(fp8a)::value;
       switch (shape.per) {
-        case 1: return reg(quantize_fp8_rows_reg_kernel<T, 1, kGelu>);
-        case 2: return reg(quantize_fp8_rows_reg_kernel<T, 2, kGelu>);
-        case 4: return reg(quantize_fp8_rows_reg_kernel<T, 4, kGelu>);
-        default: return reg(quantize_fp8_rows_reg_kernel<T, 8, kGelu>);
+        case 1: return reg(quantize_fp8_rows_reg_kernel<T, 1, kGelu, kFp8A>);
+        case 2: return reg(quantize_fp8_rows_reg_kernel<T, 2, kGelu, kFp8A>);
+        case 4: return reg(quantize_fp8_rows_reg_kernel<T, 4, kGelu, kFp8A>);
+        default: return reg(quantize_fp8_rows_reg_kernel<T, 8, kGelu, kFp8A>);
       }
     };
-    gelu_b ? by_per(std::true_type{}) : by_per(std::false_type{});
-    return;
+    if (a8 != nullptr) {
+      gelu_b ? by_per(std::true_type{}, std::true_type{}) : by_per(std::false_type{}, std::true_type{});
+    } else {
+      gelu_b ? by_per(std::true_type{}, std::false_type{}) : by_per(std::false_type{}, std::false_type{});
+    }
+    return true;
   }
+  if (a8 != nullptr) return false;
   const int vec = vector ? 8 : 1;
   const int64_t chunks = (std::max(ka, kb) + vec - 1) / vec;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (chunks + 31) / 32 * 32)));
@@ -188,6 +232,7 @@ void launch(const at::Tensor& a, const at::Tensor& b, bool gelu_b, at::Tensor& d
   } else {
     vector ? go(quantize_fp8_rows_kernel<T, 8, false>) : go(quantize_fp8_rows_kernel<T, 1, false>);
   }
+  return true;
 }
 
 }  // namespace
@@ -208,6 +253,22 @@ void quantize_fp8_rows_cuda(const at::Tensor& a, const at::Tensor& b, bool gelu_
       break;
     default:
       TORCH_CHECK(false, "quantize_fp8_rows_cuda: unsupported dtype ", (a.defined() ? a : b).scalar_type());
+  }
+}
+
+bool quantize_fp8_rows_fp8a_cuda(const at::Tensor& a, const at::Tensor& a_scale, int64_t rows_per_image,
+                                 const at::Tensor& b, bool gelu_b, at::Tensor& data, at::Tensor& scale) {
+  if (data.numel() == 0) return true;
+  const c10::cuda::CUDAGuard guard(data.device());
+  switch (b.scalar_type()) {
+    case at::kBFloat16:
+      return launch<__nv_bfloat16, at::BFloat16>(at::Tensor(), b, gelu_b, data, scale, &a, &a_scale, rows_per_image);
+    case at::kHalf:
+      return launch<__half, at::Half>(at::Tensor(), b, gelu_b, data, scale, &a, &a_scale, rows_per_image);
+    case at::kFloat:
+      return launch<float, float>(at::Tensor(), b, gelu_b, data, scale, &a, &a_scale, rows_per_image);
+    default:
+      return false;
   }
 }
 

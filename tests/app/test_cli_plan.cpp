@@ -116,6 +116,72 @@ TEST_CASE("render --compute fp8 without fp8 tensor cores stops before loading an
   CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
 }
 
+TEST_CASE("render and plan --help list --attention next to --compute", "[cli][fp8]") {
+  for (const char* command : {"render --help", "plan --help"}) {
+    const CommandResult r = fluxbatch_cmd(command);
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.output, ContainsSubstring("--compute"));
+    CHECK_THAT(r.output, ContainsSubstring("--attention"));
+  }
+}
+
+TEST_CASE("--attention fp8 without --compute fp8 stops before loading anything (exit 2)", "[cli][fp8]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string() + " --model " + tiny_model().string();
+  const CommandResult r =
+      fluxbatch_cmd("render " + job + " --device cpu --attention fp8 --out " + quote((dir / "out").string()));
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, ContainsSubstring("--attention fp8 needs --compute fp8"));
+  CHECK_THAT(r.output, !ContainsSubstring("loaded"));
+  CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
+
+  const CommandResult plan = plan_cmd(job + " --vram-budget 8G --attention fp8");
+  INFO(plan.output);
+  CHECK(plan.exit_code == 2);
+  CHECK_THAT(plan.output, ContainsSubstring("--attention fp8 needs --compute fp8"));
+}
+
+TEST_CASE("render --attention fp8 where cuDNN's fp8 attention cannot run stops before loading (exit 2)", "[cli][fp8]") {
+  TempDir dir;
+  const CommandResult r = fluxbatch_cmd("render " + write_job(dir).string() + " --model " + tiny_model().string() +
+                                        " --device cpu --compute fp8 --attention fp8 --out " +
+                                        quote((dir / "out").string()));
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  // The attention's requirement (compute capability 9.0) is named before --compute fp8's (8.9).
+  CHECK_THAT(r.output, ContainsSubstring("--attention fp8 needs cuDNN's fp8 attention"));
+  CHECK_THAT(r.output, ContainsSubstring("Use --attention bf16"));
+  CHECK_THAT(r.output, !ContainsSubstring("loaded"));
+  CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
+}
+
+TEST_CASE("--attention takes bf16 or fp8 only (exit 2)", "[cli][fp8]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string() + " --model " + tiny_model().string();
+  for (const std::string& command : {"render " + job + " --device cpu --out " + quote((dir / "out").string()),
+                                     "plan " + job + " --vram-budget 8G"}) {
+    const CommandResult r = fluxbatch_cmd(command + " --compute fp8 --attention maybe");
+    INFO(r.output);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.output, ContainsSubstring("--attention"));
+  }
+  CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
+}
+
+TEST_CASE("plan --attention fp8 counts the weights as --compute fp8 does", "[cli][planner][fp8]") {
+  TempDir dir;
+  const std::string job = write_job(dir).string() + " --model " + tiny_model().string() +
+                          " --vram-budget 8G --dtype bf16 --json --compute fp8";
+  const auto denoise_weights = [](const CommandResult& r) {
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    return nlohmann::json::parse(r.output)["groups"][0]["stages"][1]["weight_bytes"].get<int64_t>();
+  };
+  CHECK(denoise_weights(plan_cmd(job + " --attention fp8")) == denoise_weights(plan_cmd(job)));
+}
+
 TEST_CASE("probe reports every CUDA device, or says there is none (exit 3)", "[cli][memory]") {
   const CommandResult r = fluxbatch_cmd("probe --json");
   INFO(r.output);

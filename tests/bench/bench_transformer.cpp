@@ -2,7 +2,8 @@
 // and inputs. Not a test: scripts/bench/run_h100.sh runs it after scripts/bench/diffusers_reference.py
 // wrote REF (the inputs, diffusers' bf16 output and, with an NF4 folder, diffusers + bitsandbytes' NF4 output).
 //   fluxbatch_bench_transformer MODEL_DIR REF.safetensors [--nf4 NF4_DIR] [--reps N] [--json OUT.json] [--fp8-only 1]
-// (--fp8-only 1: the fp8 figures, NF4 + fp8, and the fidelity of bf16, fp8, NF4 and NF4 + fp8, for a short call.)
+// (--fp8-only 1: the fp8 figures, NF4 + fp8, and the fidelity of bf16, fp8, NF4 and NF4 + fp8, for a short call;
+// --fp8-layouts 0: without the single blocks' other two layouts.)
 // For 1024x1024 batch 1 (REF's inputs), 512x512 batch 4 (random inputs) and a 4-step schnell-shaped
 // denoise, it prints the median forward time in three configurations measured in the same process:
 // reference kernels (diffusers' ATen ops: the "before"), fused kernels, and fused kernels replayed as a CUDA
@@ -18,6 +19,7 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/fp8_attention.h"
 #include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/kernel_mode.h"
 #include "fluxbatch/ops/nf4_dequantize.h"
@@ -246,13 +248,14 @@ int main(int argc, char** argv) {
   const std::string ref_path = argv[2];
   std::string nf4_dir, json_path;
   int reps = 10;
-  bool fp8_only = false;
+  bool fp8_only = false, fp8_layouts = true;
   for (int i = 3; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--nf4") nf4_dir = argv[i + 1];
     else if (flag == "--reps") reps = std::stoi(argv[i + 1]);
     else if (flag == "--json") json_path = argv[i + 1];
     else if (flag == "--fp8-only") fp8_only = std::string(argv[i + 1]) == "1";
+    else if (flag == "--fp8-layouts") fp8_layouts = std::string(argv[i + 1]) == "1";
   }
   try {
     c10::InferenceMode guard;
@@ -356,9 +359,30 @@ int main(int argc, char** argv) {
         time_configurations("512x512 batch 4 fp8", "forward_512_b4_fp8", fp8, small, reps, false,
                             /*with_reference=*/false);
       }
+      // --attention fp8: the same model with cuDNN's fp8 attention (q, k, v and the output in e4m3).
+      if (!ops::fp8_attention_supported(c10::Device(c10::kCUDA, 0))) {
+        std::printf("fp8 attention: not available here (needs compute capability 9.0 and a build with cuDNN's "
+                    "frontend); not measured\n");
+      } else try {
+        fp8->set_fp8_attention(true);
+        const at::Tensor out_attn = forward(fp8, in).to(at::kCPU).to(at::kFloat);
+        const Timings ta = time_configurations("1024x1024 batch 1 fp8, fp8 attention", "forward_1024_b1_fp8_attn", fp8,
+                                               in, reps, true, /*with_reference=*/false);
+        const double err_attn = rel_l2(out_attn, out_fp32);
+        std::printf("relative L2 vs fp32 (same weights and inputs), fp8 compute + fp8 attention: %.4e (fp8 compute "
+                    "%.4e); graph time %.1f ms against fp8 compute's %.1f ms: %.3fx\n",
+                    err_attn, err_fp8, ta.graph, t.graph, ta.graph / t.graph);
+        figure("rel_l2_vs_fp32_fp8_attn", err_attn);
+        figure("fp8_attn_over_fp8", ta.graph / t.graph);
+        fp8->set_fp8_attention(false);
+      } catch (const std::exception& e) {
+        // Said, and the rest of the bench goes on: the figures after this one do not depend on it.
+        std::printf("fp8 attention FAILED: %s\n", e.what());
+        fp8->set_fp8_attention(false);
+      }
       // The single blocks' other layouts, in the same call: q, k and v joined without the MLP (cuDNN's packed
       // QKV layout, and the separate GEMMs' peak), then no join at all (four GEMMs). The loader joins all four.
-      {
+      if (fp8_layouts) {
         fp8->join_fp8_projections(/*with_mlp=*/false);
         time_configurations("1024x1024 batch 1 fp8, q/k/v joined without the MLP", "forward_1024_b1_fp8_qkv_join", fp8,
                             in, reps, true, /*with_reference=*/false);

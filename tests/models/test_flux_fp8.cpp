@@ -7,6 +7,7 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/nf4_state.h"
 #include "fluxbatch/nn/weights.h"
+#include "fluxbatch/ops/fp8_attention.h"
 #include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/gated_residual.h"
 #include "test_support.h"
@@ -300,6 +301,38 @@ TEST_CASE("CUDA fp8 compute: the tiny transformer on fp8 tensor cores, against t
   CAPTURE(rel_l2(qkv, got));
   CHECK(rel_l2(qkv, got) < 0.03);
   CHECK(rel_l2(qkv, want) < 0.15);
+
+  // --attention fp8: cuDNN's fp8 attention in every block (the joint attention of the double blocks, and the
+  // single blocks' joined rows read from its e4m3 output).
+  REQUIRE(fluxbatch::ops::fp8_attention_supported(c10::Device(c10::kCUDA, 0)));
+  REQUIRE(gpu->join_fp8_projections() == static_cast<int>(gpu->single_transformer_blocks.size()));
+  gpu->set_fp8_attention(true);
+  const at::Tensor attn8 = forward_gpu().to(at::kCPU).to(at::kFloat);
+  REQUIRE(at::isfinite(attn8).all().item<bool>());
+  CAPTURE(rel_l2(attn8, joined), rel_l2(attn8, want));
+  CHECK(rel_l2(attn8, joined) > 0);     // it ran
+  CHECK(rel_l2(attn8, joined) < 0.06);  // e4m3 q, k, v, probabilities and output
+  CHECK(rel_l2(attn8, want) < 0.15);
+  CHECK(at::equal(forward_gpu().to(at::kCPU).to(at::kFloat), attn8));
+}
+
+TEST_CASE("fp8 attention (CPU reference) in the tiny transformer stays close to bf16-style attention", "[flux][fp8]") {
+  at::InferenceMode guard;
+  const fs::path dir = model_dir("tiny-flux-dev");
+  const TensorMap g = golden();
+  FluxTransformer2DModel fp8 = fp8_model(dir);
+  const at::Tensor plain = run(fp8, g);
+  fp8->set_fp8_attention(true);
+  CHECK(fp8->fp8_attention());
+  CHECK(fp8->transformer_blocks[0]->attn->fp8_attention());
+  CHECK(fp8->single_transformer_blocks[0]->attn->fp8_attention());
+  const at::Tensor attn8 = run(fp8, g);
+  const double err = rel_l2(attn8, plain);
+  CAPTURE(err);
+  CHECK(err > 1e-4);  // the e4m3 attention really ran
+  CHECK(err < 0.06);
+  fp8->set_fp8_attention(false);
+  CHECK(at::equal(run(fp8, g), plain));
 }
 
 TEST_CASE("fp8 blocks: rows quantized from the products equal the joined-buffer path they replace", "[flux][fp8]") {

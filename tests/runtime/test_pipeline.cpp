@@ -13,6 +13,7 @@
 
 #include "../sampling/golden_cases.h"
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/models/flux/transformer.h"
 #include "fluxbatch/runtime/execution/pipeline.h"
 #include "fluxbatch/sampling/postprocess.h"
 
@@ -80,6 +81,30 @@ TEST_CASE("pipeline variants and descriptions", "[pipeline]") {
   CHECK((dev.steps == 28 && dev.guidance == 3.5 && dev.max_sequence_length == 512));
   const auto schnell = fluxbatch::runtime::variant_defaults(FluxVariant::kSchnell);
   CHECK((schnell.steps == 4 && schnell.max_sequence_length == 256));
+}
+
+TEST_CASE("fp8 attention reaches the transformer and the description, with fp8 compute only", "[pipeline][fp8]") {
+  using Catch::Matchers::EndsWith;
+  const std::string model = fluxbatch::test::require_generated(kModels / "tiny-flux-dev").string();
+  PipelineOptions options;
+  options.dtype = at::kFloat;
+  options.compute_fp8 = true;  // the CPU runs the references of the fp8 arithmetic
+  options.attention_fp8 = true;
+  const FluxPipeline fp8(model, options);
+  // The description is what the manifest and the PNGs record and resume compares.
+  CHECK_THAT(fp8.description(), EndsWith(", fp8 compute, fp8 attention"));
+  CHECK_THAT(fluxbatch::runtime::describe_model(fp8.files(), true, false), EndsWith("), fp8 compute"));
+  CHECK_THAT(fluxbatch::runtime::describe_model(fp8.files(), false, false), EndsWith(")"));
+  using fluxbatch::models::flux::FluxTransformer2DModelImpl;
+  const FluxTransformer2DModelImpl* transformer = nullptr;
+  for (const auto& [name, module] : fp8.components()) {
+    if (name == "transformer") transformer = dynamic_cast<const FluxTransformer2DModelImpl*>(module);
+  }
+  REQUIRE(transformer != nullptr);
+  CHECK(transformer->fp8_attention());
+
+  options.compute_fp8 = false;
+  CHECK_THROWS_AS(FluxPipeline(model, options), fluxbatch::InputError);
 }
 
 TEST_CASE("pipeline matches diffusers on every golden case (fp32, CPU)", "[pipeline]") {

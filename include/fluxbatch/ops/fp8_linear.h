@@ -4,6 +4,7 @@
 // scaled fp8 GEMM per image (at::_scaled_mm: fp8 tensor cores, Hopper and Ada); otherwise the reference:
 // both operands dequantized to fp32, an fp32 GEMM, one rounding.
 #pragma once
+#include "fluxbatch/ops/fp8_heads.h"
 #include "fluxbatch/quant/fp8_format.h"
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +28,12 @@ Fp8Rows quantize_fp8_rows(const at::Tensor& x);
 // kernel reads each source once, so the joined bf16 tensor and the GELU pass are never made (the single
 // blocks' [attention | MLP] and the feed-forwards' hidden states).
 Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool gelu_b);
+
+// The same with a given in e4m3 with one scale per image (fp8 attention's output, ops/fp8_attention.h): a's
+// values are dequantized to b's dtype first (dequantize_fp8_heads), so the rows equal
+// quantize_fp8_rows_joined(dequantize_fp8_heads(a, b.scalar_type()), b, gelu_b); on CUDA in the same one kernel,
+// reading a byte a value. a: [B, S, Ka], b: [B, S, Kb].
+Fp8Rows quantize_fp8_rows_joined(const Fp8Heads& a, const at::Tensor& b, bool gelu_b);
 
 // rows.data * rows.scale[..., None] in `dtype`.
 at::Tensor dequantize_fp8_rows(const Fp8Rows& rows, at::ScalarType dtype);

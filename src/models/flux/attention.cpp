@@ -2,6 +2,8 @@
 
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/nn/attention.h"
+#include "fluxbatch/ops/fp8_attention.h"
+#include "fluxbatch/ops/fp8_linear.h"
 #include "fluxbatch/ops/qk_norm_rope.h"
 
 #include <ATen/ATen.h>
@@ -45,6 +47,18 @@ std::pair<at::Tensor, at::Tensor> FluxAttentionImpl::forward_joint(const nn::Lin
     image_proj->forward_out(x, out.narrow(1, text_len, image_len));
     return out;
   };
+  if (fp8_attention_) {
+    // q and k straight from the norm + RoPE kernel into e4m3, v quantized per image; the output's e4m3 rows go
+    // into the output projections' fp8 GEMMs as they are.
+    ops::Fp8Heads q8 = ops::rms_norm_rope_fp8(joint(add_q_proj, to_q), head_dim_, norm_added_q->weight,
+                                              norm_q->weight, text_len, rope.cos, rope.sin, norm_q->eps());
+    ops::Fp8Heads k8 = ops::rms_norm_rope_fp8(joint(add_k_proj, to_k), head_dim_, norm_added_k->weight,
+                                              norm_k->weight, text_len, rope.cos, rope.sin, norm_k->eps());
+    ops::Fp8Heads v8 = ops::quantize_fp8_heads(joint(add_v_proj, to_v));
+    const ops::Fp8Heads out = ops::fp8_attention(q8, k8, v8, head_dim_);
+    q8 = k8 = v8 = ops::Fp8Heads();
+    return {project(to_out_0, out, text_len, image_len, dtype), project(to_add_out, out, 0, text_len, dtype)};
+  }
   at::Tensor q = joint(add_q_proj, to_q);
   ops::rms_norm_rope_(q, head_dim_, norm_added_q->weight, norm_q->weight, text_len, rope.cos, rope.sin,
                       norm_q->eps());
@@ -64,8 +78,26 @@ at::Tensor FluxAttentionImpl::forward_single(const nn::LinearInput& x, const nn:
   return attend_single(to_q->forward(x, dtype), to_k->forward(x, dtype), to_v->forward(x, dtype), rope);
 }
 
+at::Tensor FluxAttentionImpl::project(const nn::Linear& linear, const ops::Fp8Heads& out, int64_t start,
+                                      int64_t length, at::ScalarType dtype) const {
+  const int64_t images = out.data.size(0);
+  ops::Fp8Rows rows{out.data.narrow(1, start, length), out.scale.view({images, 1}).expand({images, length})};
+  if (linear->takes_fp8()) return linear->forward(rows, dtype);
+  return linear->forward(ops::dequantize_fp8_rows(rows, dtype));
+}
+
+ops::Fp8Heads FluxAttentionImpl::attend_single_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const nn::RopeTables& rope) const {
+  ops::Fp8Heads q8 =
+      ops::rms_norm_rope_fp8(q, head_dim_, norm_q->weight, norm_q->weight, 0, rope.cos, rope.sin, norm_q->eps());
+  ops::Fp8Heads k8 =
+      ops::rms_norm_rope_fp8(k, head_dim_, norm_k->weight, norm_k->weight, 0, rope.cos, rope.sin, norm_k->eps());
+  return ops::fp8_attention(q8, k8, ops::quantize_fp8_heads(v), head_dim_);
+}
+
 at::Tensor FluxAttentionImpl::attend_single(at::Tensor q, at::Tensor k, const at::Tensor& v,
                                             const nn::RopeTables& rope) const {
+  if (fp8_attention_) return ops::dequantize_fp8_heads(attend_single_fp8(q, k, v, rope), v.scalar_type());
   // q, k, v: [B, L+S, inner], the joint sequence: one norm weight for every token.
   ops::rms_norm_rope_(q, head_dim_, norm_q->weight, norm_q->weight, 0, rope.cos, rope.sin, norm_q->eps());
   ops::rms_norm_rope_(k, head_dim_, norm_k->weight, norm_k->weight, 0, rope.cos, rope.sin, norm_k->eps());

@@ -58,13 +58,20 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const Conditioning& tem
       // the two products, the GELU on the way (one kernel), so neither the joined bf16 buffer nor the GELU
       // pass is made. Equal to the branch below, which quantizes the joined buffer.
       at::Tensor attention, mlp;  // [B, L+S, dim], [B, L+S, 4*dim] before GELU
+      ops::Fp8Heads attention8;   // --attention fp8: the attention's e4m3 output instead, read as it is
+      auto attend = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+        if (attn->fp8_attention()) {
+          attention8 = attn->attend_single_fp8(q, k, v, rope);
+        } else {
+          attention = attn->attend_single(q, k, v, rope);
+        }
+      };
       const std::optional<JoinedProjection> joined = n.is_fp8() ? joined_projection() : std::nullopt;
       if (joined) {
         // q, k, v (and the MLP's first product) from one GEMM ([B, L+S, 3 * dim (+ 4 * dim)]), read in place
         // as column slices: the same per-column fp32 sums and bf16 roundings as the separate GEMMs.
         at::Tensor product = ops::fp8_linear(n.fp8, joined->weight, joined->bias, h.scalar_type());
-        attention = attn->attend_single(product.narrow(2, 0, dim), product.narrow(2, dim, dim),
-                                        product.narrow(2, 2 * dim, dim), rope);
+        attend(product.narrow(2, 0, dim), product.narrow(2, dim, dim), product.narrow(2, 2 * dim, dim));
         if (joined->with_mlp) {
           mlp = product.narrow(2, 3 * dim, hidden);
         } else {
@@ -72,10 +79,14 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& h, const Conditioning& tem
           mlp = proj_mlp->forward(n, h.scalar_type());
         }
       } else {
-        attention = attn->forward_single(n, rope, h.scalar_type());
+        attend(attn->to_q->forward(n, h.scalar_type()), attn->to_k->forward(n, h.scalar_type()),
+               attn->to_v->forward(n, h.scalar_type()));
         mlp = proj_mlp->forward(n, h.scalar_type());
       }
-      const ops::Fp8Rows rows = ops::quantize_fp8_rows_joined(attention, mlp, /*gelu_b=*/true);
+      const ops::Fp8Rows rows = attention8.data.defined()
+                                    ? ops::quantize_fp8_rows_joined(attention8, mlp, /*gelu_b=*/true)
+                                    : ops::quantize_fp8_rows_joined(attention, mlp, /*gelu_b=*/true);
+      attention8 = ops::Fp8Heads();
       attention = mlp = at::Tensor();
       out = proj_out->forward(rows, h.scalar_type());
     } else {

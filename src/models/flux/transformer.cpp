@@ -152,6 +152,12 @@ int FluxTransformer2DModelImpl::join_fp8_projections(bool with_mlp) {
   return joined;
 }
 
+void FluxTransformer2DModelImpl::set_fp8_attention(bool on) {
+  for (DoubleBlock& b : transformer_blocks) b->attn->set_fp8_attention(on);
+  for (SingleBlock& b : single_transformer_blocks) b->attn->set_fp8_attention(on);
+  fp8_attention_ = on;
+}
+
 bool computes_in_fp8(const std::string& name) {
   auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
   return starts("transformer_blocks.") || starts("single_transformer_blocks.");

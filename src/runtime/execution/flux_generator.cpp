@@ -82,6 +82,7 @@ PipelineOptions pipeline_options(const GeneratorOptions& options) {
   out.loras = options.loras;
   out.merge_loras = options.merge_loras;
   out.compute_fp8 = options.compute_fp8;
+  out.attention_fp8 = options.attention_fp8;
   out.fp8_from_nf4 = options.fp8_from_nf4;
   if (out.dtype == c10::kHalf) {
     log::warn("fp16: FLUX.1 activations can overflow in float16; bf16 is the reference dtype");

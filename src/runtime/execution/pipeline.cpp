@@ -115,6 +115,13 @@ void join_fp8_projections(models::flux::FluxTransformer2DModel& transformer) {
   }
 }
 
+// --attention fp8 (PipelineOptions::attention_fp8), set on a transformer loaded for fp8 compute: the only
+// one it is offered on.
+void set_fp8_attention(models::flux::FluxTransformer2DModel& transformer, bool on) {
+  transformer->set_fp8_attention(on);
+  if (on) log::info("attention: fp8 (cuDNN, e4m3 q/k/v/out, one scale per image)");
+}
+
 // `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
 // components' home) is the host.
 models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, const at::TensorOptions& options,
@@ -140,6 +147,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
                 (pipeline.fp8_from_nf4 ? "stay NF4 and are turned into fp8 at each call"
                                        : "hold fp8 weights made from their NF4 weights"));
       join_fp8_projections(transformer);
+      set_fp8_attention(transformer, pipeline.attention_fp8);
     }
     return transformer;
   }
@@ -152,6 +160,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     const int n = nn::load_state_fp8(*transformer, read_component(model.transformer), load, models::flux::computes_in_fp8);
     log::info("fp8 compute: " + std::to_string(n) + " transformer Linears hold per-channel fp8 weights");
     join_fp8_projections(transformer);
+    set_fp8_attention(transformer, pipeline.attention_fp8);
     return transformer;
   }
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
@@ -436,6 +445,8 @@ struct FluxPipeline::State {
 FluxPipeline::FluxPipeline(const std::string& model_path, const PipelineOptions& options)
     : state_(std::make_unique<State>()) {
   State& s = *state_;
+  FLUXBATCH_CHECK(!options.attention_fp8 || options.compute_fp8, InputError,
+                  "attention_fp8 needs compute_fp8 (--attention fp8 needs --compute fp8)");
   s.options = options;
   const auto start = Clock::now();
   s.files = locate_model(model_path);
@@ -471,13 +482,15 @@ FluxPipeline::~FluxPipeline() = default;
 
 FluxVariant FluxPipeline::variant() const { return state_->variant; }
 
-std::string describe_model(const ModelFiles& files, bool compute_fp8) {
-  // The compute mode is part of what determines the pixels: resume compares it.
+std::string describe_model(const ModelFiles& files, bool compute_fp8, bool attention_fp8) {
+  // The compute and attention modes are part of what determines the pixels: resume compares them.
   return std::string("FLUX.1-") + variant_name(files.variant) + " (" + layout_name(files.layout) + ")" +
-         (compute_fp8 ? ", fp8 compute" : "");
+         (compute_fp8 ? ", fp8 compute" : "") + (attention_fp8 ? ", fp8 attention" : "");
 }
 
-std::string FluxPipeline::description() const { return describe_model(state_->files, state_->options.compute_fp8); }
+std::string FluxPipeline::description() const {
+  return describe_model(state_->files, state_->options.compute_fp8, state_->options.attention_fp8);
+}
 
 const ModelFiles& FluxPipeline::files() const { return state_->files; }
 

@@ -4,6 +4,7 @@
 #include "fluxbatch/nn/linear.h"
 #include "fluxbatch/nn/norms.h"
 #include "fluxbatch/nn/rope.h"
+#include "fluxbatch/ops/fp8_heads.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/TensorOptions.h>
@@ -37,6 +38,14 @@ class FluxAttentionImpl : public torch::nn::Module {
   // Single, from projections made elsewhere: q, k, v [B, S, heads * head_dim] (unit last stride; rows may lie
   // apart, e.g. column slices of one joined product). q and k are normalized and rotated in place.
   at::Tensor attend_single(at::Tensor q, at::Tensor k, const at::Tensor& v, const nn::RopeTables& rope) const;
+  // The same attention over fp8 operands (ops::fp8_attention): q and k normalized and rotated into e4m3, v
+  // quantized per image; -> the output in e4m3 with one scale per image, [B, S, heads * head_dim].
+  ops::Fp8Heads attend_single_fp8(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const nn::RopeTables& rope) const;
+  // --attention fp8 (FluxTransformer2DModelImpl::set_fp8_attention): forward_joint, forward_single and
+  // attend_single run their attention through ops::fp8_attention.
+  void set_fp8_attention(bool on) { fp8_attention_ = on; }
+  bool fp8_attention() const { return fp8_attention_; }
   // Whether the q/k/v projections compute in fp8, so their input may come as fp8 rows.
   bool takes_fp8() const { return to_q->takes_fp8(); }
 
@@ -55,8 +64,15 @@ class FluxAttentionImpl : public torch::nn::Module {
   // [B, S, inner] -> [B, S, heads, head_dim]
   at::Tensor split_heads(const at::Tensor& x) const { return x.unflatten(-1, {-1, head_dim_}); }
 
+  // x: [B, S, inner] -> [B, S, heads, head_dim]
+  // The output projection of fp8 attention's output: its e4m3 rows straight into an fp8 GEMM (the image's
+  // scale for each row), dequantized for a layer without fp8 compute.
+  at::Tensor project(const nn::Linear& linear, const ops::Fp8Heads& out, int64_t start, int64_t length,
+                     at::ScalarType dtype) const;
+
   int64_t head_dim_;
   AttentionKind kind_;
+  bool fp8_attention_ = false;
 };
 TORCH_MODULE(FluxAttention);
 

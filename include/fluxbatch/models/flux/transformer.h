@@ -54,6 +54,11 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
   std::vector<torch::nn::Module*> blocks();
   // fp8 compute: SingleBlockImpl::join_fp8_projections on every single block; returns how many joined.
   int join_fp8_projections(bool with_mlp = true);
+  // --attention fp8: every block's attention through ops::fp8_attention (q, k, v and the output in e4m3 with one
+  // scale per image; cuDNN on Hopper). Off (bf16 attention) by default. Callers check
+  // ops::fp8_attention_supported first; the CPU runs the op's reference.
+  void set_fp8_attention(bool on);
+  bool fp8_attention() const { return fp8_attention_; }
 
   nn::Linear x_embedder{nullptr};        // [inner, in_channels]
   nn::Linear context_embedder{nullptr};  // [inner, joint_attention_dim]
@@ -74,6 +79,7 @@ class FluxTransformer2DModelImpl : public torch::nn::Module {
   FluxConfig config_;
   TraceFn trace_;
   BlockHook hook_;
+  bool fp8_attention_ = false;
 };
 TORCH_MODULE(FluxTransformer2DModel);
 

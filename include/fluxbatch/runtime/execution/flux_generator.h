@@ -34,6 +34,7 @@ struct GeneratorOptions {
   bool quantize_nf4 = false;             // PipelineOptions::quantize_nf4 and quantize_t5_nf4 (--quantize nf4)
   bool cuda_graphs = true;               // PipelineOptions::cuda_graphs (--cuda-graphs)
   bool compute_fp8 = false;              // PipelineOptions::compute_fp8 (--compute fp8)
+  bool attention_fp8 = false;            // PipelineOptions::attention_fp8 (--attention fp8)
   bool fp8_from_nf4 = false;             // PipelineOptions::fp8_from_nf4 (the memory plan's choice)
   size_t prompt_cache_size = 64;         // distinct (prompt, max_sequence_length) embeddings kept
   // prepare(): host (CPU) bytes of prompt embeddings encoded ahead of the denoise stage. Prompts

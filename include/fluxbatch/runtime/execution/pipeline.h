@@ -36,9 +36,10 @@ struct VariantDefaults {
 };
 VariantDefaults variant_defaults(FluxVariant variant);
 
-// "FLUX.1-dev (diffusers)", with ", fp8 compute" under --compute fp8: the model as the manifest and the
-// PNGs record it (resume compares it, so images of the other compute mode are rendered again).
-std::string describe_model(const ModelFiles& files, bool compute_fp8);
+// "FLUX.1-dev (diffusers)", with ", fp8 compute" under --compute fp8 and then ", fp8 attention" under
+// --attention fp8: the model as the manifest and the PNGs record it (resume compares it, so images of
+// another compute or attention mode are rendered again).
+std::string describe_model(const ModelFiles& files, bool compute_fp8, bool attention_fp8);
 
 // The variant of the model at `model_path` from its configs / safetensors headers only (no weights
 // read), so defaults can be applied before loading. ModelError as locate_model.
@@ -78,6 +79,10 @@ struct PipelineOptions {
   // elsewhere (the CPU) it runs the fp32 reference of the fp8 arithmetic, for tests.
   bool compute_fp8 = false;
   bool fp8_from_nf4 = false;
+  // --attention fp8 (with compute_fp8 only; InputError otherwise): every block's attention through
+  // ops::fp8_attention (cuDNN: q, k, v and the output in e4m3 with one scale per image). The CLI allows it
+  // where ops::fp8_attention_supported; elsewhere (the CPU) the op's reference runs, for tests.
+  bool attention_fp8 = false;
   // Replay a CUDA graph of the transformer step from the second step of each denoise call on
   // (execution::GraphedDenoiser); false runs every step eagerly. Ignored on the CPU.
   bool cuda_graphs = true;
