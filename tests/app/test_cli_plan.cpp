@@ -126,7 +126,7 @@ TEST_CASE("render and plan --help list --attention next to --compute", "[cli][fp
   }
 }
 
-TEST_CASE("--attention fp8 without --compute fp8 stops before loading anything (exit 2)", "[cli][fp8]") {
+TEST_CASE("render and plan: --attention fp8 without --compute fp8 stops before loading anything (exit 2)", "[cli][fp8]") {
   TempDir dir;
   const std::string job = write_job(dir).string() + " --model " + tiny_model().string();
   const CommandResult r =
@@ -157,7 +157,7 @@ TEST_CASE("render --attention fp8 where cuDNN's fp8 attention cannot run stops b
   CHECK_FALSE(fs::exists(dir / "out" / "manifest.jsonl"));
 }
 
-TEST_CASE("--attention takes bf16 or fp8 only (exit 2)", "[cli][fp8]") {
+TEST_CASE("render and plan take --attention bf16 or fp8 only (exit 2)", "[cli][fp8]") {
   TempDir dir;
   const std::string job = write_job(dir).string() + " --model " + tiny_model().string();
   for (const std::string& command : {"render " + job + " --device cpu --out " + quote((dir / "out").string()),
