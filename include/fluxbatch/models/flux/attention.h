@@ -64,9 +64,9 @@ class FluxAttentionImpl : public torch::nn::Module {
   // [B, S, inner] -> [B, S, heads, head_dim]
   at::Tensor split_heads(const at::Tensor& x) const { return x.unflatten(-1, {-1, head_dim_}); }
 
-  // x: [B, S, inner] -> [B, S, heads, head_dim]
-  // The output projection of fp8 attention's output: its e4m3 rows straight into an fp8 GEMM (the image's
-  // scale for each row), dequantized for a layer without fp8 compute.
+  // The output projection of fp8 attention's output (tokens [start, start + length) of out, [B, L+S, inner]):
+  // its e4m3 rows straight into an fp8 GEMM (the image's scale for each row), dequantized for a layer without fp8
+  // compute. -> [B, length, dim] in dtype.
   at::Tensor project(const nn::Linear& linear, const ops::Fp8Heads& out, int64_t start, int64_t length,
                      at::ScalarType dtype) const;
 
