@@ -17,10 +17,12 @@ from pathlib import Path
 DIFFUSERS_NAMES = {"forward_ms": "diffusers_forward_1024_b1_bf16_ms", "forward_nf4_ms": "diffusers_forward_1024_b1_nf4_ms",
                    "forward_peak_extra_gib": "diffusers_forward_1024_b1_bf16_peak_extra_gib"}
 
-# name: the part file's figure it copies. The --attention fp8 job (run_h100.sh's fp8attnjob step, job_bench.sh
-# FB_JOB_TAG=nf4_fp8_attn) under the names the fp8 attention's figures go by; s_per_image is the steady figure
-# (denoise + decode stages per image), as the fp8 job's is quoted.
-ALIASES = {"job16_fp8_attn_img_per_h": "job16_nf4_fp8_attn_img_per_h",
+# name: the part file's figure it copies. The --compute fp8 jobs (run_h100.sh's fp8job and fp8attnjob steps,
+# job_bench.sh FB_JOB_TAG=nf4_fp8 / nf4_fp8_attn) also under the names the fp8 issue records them by; s_per_image
+# is the steady figure (denoise + decode stages per image), img_per_h the whole process.
+ALIASES = {"job16_fp8_img_per_h": "job16_nf4_fp8_img_per_h",
+           "job16_fp8_s_per_image": "job16_nf4_fp8_steady_s_per_image",
+           "job16_fp8_attn_img_per_h": "job16_nf4_fp8_attn_img_per_h",
            "job16_fp8_attn_s_per_image": "job16_nf4_fp8_attn_steady_s_per_image"}
 
 
