@@ -2,6 +2,7 @@
 
 #include "fluxbatch/core/error.h"
 #include "fp8_reference.h"
+#include "fused_checks.h"
 #include "fused_kernels.h"
 
 #include <ATen/ATen.h>
@@ -36,14 +37,11 @@ Fp8Heads reference(const Fp8Heads& q, const Fp8Heads& k, const Fp8Heads& v, int6
 }
 
 void check(const Fp8Heads& t, const char* name, const Fp8Heads& q, int64_t head_dim) {
-  FLUXBATCH_CHECK(t.data.defined() && t.data.dim() == 3 && t.data.scalar_type() == at::kFloat8_e4m3fn &&
-                      t.data.stride(2) == 1 && t.data.size(0) == q.data.size(0) && t.data.size(2) == q.data.size(2) &&
-                      t.data.device() == q.data.device() && t.scale.defined() &&
-                      t.scale.scalar_type() == at::kFloat && t.scale.numel() == t.data.size(0) &&
-                      t.scale.device() == t.data.device(),
+  detail::check_fp8_heads("fp8_attention", name, t);
+  FLUXBATCH_CHECK(t.data.size(0) == q.data.size(0) && t.data.size(2) == q.data.size(2) &&
+                      t.data.device() == q.data.device(),
                   std::invalid_argument,
-                  std::string("fp8_attention: ") + name +
-                      " must be e4m3 [B, S, H * D] (unit last stride) with fp32 scales [B], like q, on q's device");
+                  std::string("fp8_attention: ") + name + " must have q's images and width, on q's device");
   FLUXBATCH_CHECK(head_dim > 0 && t.data.size(2) % head_dim == 0, std::invalid_argument,
                   "fp8_attention: the last dimension must be whole heads");
 }

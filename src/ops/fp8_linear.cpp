@@ -3,6 +3,7 @@
 #include "fluxbatch/core/error.h"
 #include "fluxbatch/ops/kernel_mode.h"
 #include "fp8_reference.h"
+#include "fused_checks.h"
 #include "fused_kernels.h"
 
 #include <ATen/ATen.h>
@@ -88,12 +89,10 @@ Fp8Rows quantize_fp8_rows_joined(const at::Tensor& a, const at::Tensor& b, bool 
 }
 
 Fp8Rows quantize_fp8_rows_joined(const Fp8Heads& a, const at::Tensor& b, bool gelu_b) {
-  FLUXBATCH_CHECK(a.data.defined() && a.data.dim() == 3 && a.data.scalar_type() == at::kFloat8_e4m3fn &&
-                      a.data.stride(2) == 1 && b.defined() && b.dim() == 3 &&
-                      a.data.sizes().slice(0, 2) == b.sizes().slice(0, 2) && a.data.device() == b.device() &&
-                      a.scale.defined() && a.scale.numel() == a.data.size(0) && a.scale.scalar_type() == at::kFloat,
-                  std::invalid_argument,
-                  "quantize_fp8_rows_joined: a must be e4m3 [B, S, Ka] with scales [B], b [B, S, Kb] on its device");
+  detail::check_fp8_heads("quantize_fp8_rows_joined", "a", a);
+  FLUXBATCH_CHECK(b.defined() && b.dim() == 3 && a.data.sizes().slice(0, 2) == b.sizes().slice(0, 2) &&
+                      a.data.device() == b.device(),
+                  std::invalid_argument, "quantize_fp8_rows_joined: b must be [B, S, Kb] like a, on its device");
 #ifdef FLUXBATCH_WITH_CUDA
   if (fused(b)) {
     const int64_t ka = a.data.size(2), kb = b.size(2);

@@ -2,6 +2,7 @@
 // [B, S, C] with a unit last stride, the per-image vectors [B, C].
 #pragma once
 #include "fluxbatch/core/error.h"
+#include "fluxbatch/ops/fp8_heads.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -12,6 +13,16 @@ namespace fluxbatch::ops::detail {
 inline void check_rows(const char* op, const char* name, const at::Tensor& t) {
   FLUXBATCH_CHECK(t.defined() && t.dim() == 3 && t.stride(2) == 1, std::invalid_argument,
                   std::string(op) + ": " + name + " must be [B, S, C] with a contiguous last dimension");
+}
+
+// e4m3 heads (ops/fp8_heads.h): data [B, S, C] with a unit last stride, fp32 scales [B] on its device.
+inline void check_fp8_heads(const char* op, const char* name, const Fp8Heads& t) {
+  FLUXBATCH_CHECK(t.data.defined() && t.data.dim() == 3 && t.data.scalar_type() == at::kFloat8_e4m3fn &&
+                      t.data.stride(2) == 1 && t.scale.defined() && t.scale.scalar_type() == at::kFloat &&
+                      t.scale.numel() == t.data.size(0) && t.scale.device() == t.data.device(),
+                  std::invalid_argument,
+                  std::string(op) + ": " + name +
+                      " must be e4m3 [B, S, C] (unit last stride) with fp32 scales [B] on its device");
 }
 
 inline void check_per_image(const char* op, const char* name, const at::Tensor& t, const at::Tensor& rows) {

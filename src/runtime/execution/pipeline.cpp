@@ -106,20 +106,16 @@ bool has_key(const nn::TensorMap& weights, const std::string& prefix) {
   return it != weights.end() && it->first.rfind(prefix, 0) == 0;
 }
 
-// fp8 weights: each single block's q / k / v / MLP projections laid out for one GEMM (SingleBlockImpl::
-// join_fp8_projections).
-void join_fp8_projections(models::flux::FluxTransformer2DModel& transformer) {
+// A transformer loaded for fp8 compute: each single block's q / k / v / MLP projections laid out for one GEMM
+// (SingleBlockImpl::join_fp8_projections), and --attention fp8 (PipelineOptions::attention_fp8), which is only
+// offered with fp8 compute.
+void finish_fp8_transformer(models::flux::FluxTransformer2DModel& transformer, const PipelineOptions& pipeline) {
   const int joined = transformer->join_fp8_projections();
   if (joined > 0) {
     log::debug("fp8 compute: " + std::to_string(joined) + " single blocks run q, k, v and the MLP as one GEMM");
   }
-}
-
-// --attention fp8 (PipelineOptions::attention_fp8), set on a transformer loaded for fp8 compute: the only
-// one it is offered on.
-void set_fp8_attention(models::flux::FluxTransformer2DModel& transformer, bool on) {
-  transformer->set_fp8_attention(on);
-  if (on) log::info("attention: fp8 (cuDNN, e4m3 q/k/v/out, one scale per image)");
+  transformer->set_fp8_attention(pipeline.attention_fp8);
+  if (pipeline.attention_fp8) log::info("attention: fp8 (cuDNN, e4m3 q/k/v/out, one scale per image)");
 }
 
 // `compute`: the device the model runs on, where quantize-on-load happens even when `options` (the
@@ -146,8 +142,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
       log::info("fp8 compute: " + std::to_string(n) + " transformer Linears " +
                 (pipeline.fp8_from_nf4 ? "stay NF4 and are turned into fp8 at each call"
                                        : "hold fp8 weights made from their NF4 weights"));
-      join_fp8_projections(transformer);
-      set_fp8_attention(transformer, pipeline.attention_fp8);
+      finish_fp8_transformer(transformer, pipeline);
     }
     return transformer;
   }
@@ -159,8 +154,7 @@ models::flux::FluxTransformer2DModel load_transformer(const ModelFiles& model, c
     load.quantize_device = compute;
     const int n = nn::load_state_fp8(*transformer, read_component(model.transformer), load, models::flux::computes_in_fp8);
     log::info("fp8 compute: " + std::to_string(n) + " transformer Linears hold per-channel fp8 weights");
-    join_fp8_projections(transformer);
-    set_fp8_attention(transformer, pipeline.attention_fp8);
+    finish_fp8_transformer(transformer, pipeline);
     return transformer;
   }
   models::flux::FluxTransformer2DModel transformer(transformer_config(model), options);
